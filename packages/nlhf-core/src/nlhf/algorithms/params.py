@@ -1,0 +1,165 @@
+"""Parameter models of the algorithms (the ``algorithm:`` section of a run spec).
+
+Tabular algorithms (run by the ``numpy`` backend on a preference matrix):
+``nash_md``, ``omd``, ``self_play``, ``best_response``.
+LLM algorithms (torch/jax backends, paper §7): ``nash_md_pg``, ``nash_ema_pg``,
+``self_play``, ``best_response``, ``rlhf_pg``, ``online_ipo``.
+``self_play`` and ``best_response`` exist in both families; fields marked
+*tabular* or *LLM* apply to one family only (the spec validator says so).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nlhf.algorithms.schedules import ScheduleOrFloat, schedule_bounds
+
+KLEstimator = Literal["sampled", "k3", "exact"]
+TABULAR_ALGORITHMS = ("nash_md", "omd", "self_play", "best_response")
+LLM_ALGORITHMS = (
+    "nash_md_pg",
+    "nash_ema_pg",
+    "self_play",
+    "best_response",
+    "rlhf_pg",
+    "online_ipo",
+)
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(value: ScheduleOrFloat, low: float, high: float | None, what: str):
+    lo, hi = schedule_bounds(value)
+    if lo < low or (high is not None and hi > high):
+        upper = f", {high}]" if high is not None else ", ∞)"
+        raise ValueError(f"{what} must lie in [{low}{upper}; got {lo if lo < low else hi}")
+    return value
+
+
+class _TabularFields(_Params):
+    steps: Annotated[int, Field(gt=0)] | None = None
+    """*tabular*: number of iterations (LLM runs use ``training.steps``)."""
+    eta: Literal["auto"] | Annotated[float, Field(gt=0)] = "auto"
+    """*tabular*: step size; ``auto`` = the paper's η_t = 2/(τ(t+2)) (Nash-MD, §5)."""
+    log_every: Annotated[int, Field(gt=0)] | None = None
+    """*tabular*: log metrics every N iterations (default: about 100 records)."""
+
+
+class _LLMFields(_Params):
+    kl_estimator: KLEstimator = "exact"
+    """*LLM*: KL(π‖μ) estimator: ``sampled`` (reward-to-go score function),
+    ``k3`` (Schulman) or ``exact`` (full vocabulary per position)."""
+
+
+class NashMD(_TabularFields):
+    """Tabular Nash-MD (paper §5): π_t^μ ∝ π_t^(1−ητ) μ^(ητ);
+    π_{t+1}(y) ∝ π_t^μ(y)·exp(η P(y ≻ π_t^μ))."""
+
+    name: Literal["nash_md"] = "nash_md"
+    tau: Annotated[float, Field(gt=0)] = 0.1
+
+
+class OMD(_TabularFields):
+    """Regularised online mirror descent (paper §5 baseline):
+    π_{t+1}(y) ∝ π_t(y)^(1−ητ) μ(y)^(ητ) exp(η P(y ≻ π_t)); its last iterate may cycle."""
+
+    name: Literal["omd"] = "omd"
+    tau: Annotated[float, Field(ge=0)] = 0.1
+
+
+class SelfPlay(_TabularFields, _LLMFields):
+    """Self-play. Tabular: multiplicative weights against the current policy,
+    π_{t+1}(y) ∝ π_t(y)^(1−ητ) μ(y)^(ητ) exp(η P(y ≻ π_t)) with constant η (τ=0: plain
+    MW, whose last iterate cycles on non-transitive games). LLM: Nash-MD-PG with β=0."""
+
+    name: Literal["self_play"] = "self_play"
+    tau: ScheduleOrFloat = 0.0
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, None, "tau")
+
+
+class BestResponse(_TabularFields, _LLMFields):
+    """Regularised best response against μ: π = argmax_π P(π ≻ μ) − τ KL(π‖μ)
+    = softmax(log μ + P μ / τ) (tabular, closed form). LLM: Nash-MD-PG with y' ~ μ (β=1)."""
+
+    name: Literal["best_response"] = "best_response"
+    tau: ScheduleOrFloat = 0.1
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, None, "tau")
+
+
+class NashMDPG(_LLMFields):
+    """Nash-MD-PG (paper §7): y ~ π_θ, y' ~ π̃_β ∝ π_θ^(1−β) μ^β token by token;
+    loss = −(P(y≻y'|x) − ½)·Σ_n log π_θ(y_n|x,y_<n) + τ·KL(π_θ‖μ)."""
+
+    name: Literal["nash_md_pg"] = "nash_md_pg"
+    beta: ScheduleOrFloat = 0.125
+    tau: ScheduleOrFloat = 0.1
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, 1.0, "beta")
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, None, "tau")
+
+
+class NashEMAPG(_LLMFields):
+    """Nash-EMA-PG (paper §7): y' sampled from an exponential moving average of past
+    parameters, θ̄ ← decay·θ̄ + (1 − decay)·θ after every optimiser step."""
+
+    name: Literal["nash_ema_pg"] = "nash_ema_pg"
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    tau: ScheduleOrFloat = 0.1
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, None, "tau")
+
+
+class RLHFPG(_LLMFields):
+    """RLHF baseline: maximise E_y~π[r(x,y)] − τ KL(π‖μ) with the same policy gradient,
+    reward centred by the batch mean (r from ``bradley_terry_reward`` or an oracle's score)."""
+
+    name: Literal["rlhf_pg"] = "rlhf_pg"
+    tau: ScheduleOrFloat = 0.1
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, None, "tau")
+
+
+class OnlineIPO(_LLMFields):
+    """Online IPO / IPO-MD (Calandriello et al. 2024): pairs (y, y') from π (β=0) or the
+    β-mixture, ordered by P; loss (h_π(y_w, y_l) − 1/(2τ))² with
+    h = log π(y_w)/μ(y_w) − log π(y_l)/μ(y_l)."""
+
+    name: Literal["online_ipo"] = "online_ipo"
+    beta: ScheduleOrFloat = 0.0
+    tau: Annotated[float, Field(gt=0)] = 0.1
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: ScheduleOrFloat) -> ScheduleOrFloat:
+        return _check_range(v, 0.0, 1.0, "beta")
+
+
+AlgorithmSpec = Annotated[
+    NashMD | OMD | SelfPlay | BestResponse | NashMDPG | NashEMAPG | RLHFPG | OnlineIPO,
+    Field(discriminator="name"),
+]

@@ -1,0 +1,30 @@
+"""Exceptions with messages meant for users: what went wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+
+class NLHFError(Exception):
+    """Base class of every error nlhf reports to a user (the CLI prints it without a traceback)."""
+
+
+class SpecError(NLHFError):
+    """A run spec is invalid; ``issues`` holds every problem found, already formatted."""
+
+    def __init__(self, issues: list[str]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(self.issues))
+
+
+class PluginError(NLHFError):
+    """A plugin is misconfigured (duplicate name, bad registration)."""
+
+
+class UnknownNameError(NLHFError, KeyError):
+    """A name (backend, preference model, data format) is not registered."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class InputError(NLHFError, ValueError):
+    """User-provided data (a matrix, a dataset, a model path) is invalid."""

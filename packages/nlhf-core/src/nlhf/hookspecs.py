@@ -1,0 +1,66 @@
+"""pluggy hook specifications of nlhf (entry-point group ``nlhf``).
+
+Each hook hands a plugin a ``register`` callback, as in simonw/llm::
+
+    import nlhf
+
+    @nlhf.hookimpl
+    def nlhf_register_backends(register):
+        register("mybackend", lambda: MyBackend(), requires=("mylib",))
+
+The built-in backends (numpy, torch, jax) are registered the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import pluggy
+
+PROJECT = "nlhf"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class RegisterCallback(Protocol):
+    """``register(name, factory, *, requires=(), description="", **options)``."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Any,
+        *,
+        requires: tuple[str, ...] = (),
+        description: str = "",
+        **options: Any,
+    ) -> None: ...
+
+
+@hookspec
+def nlhf_register_backends(register: RegisterCallback) -> None:
+    """Register backends: ``factory()`` returns an object implementing
+    :class:`nlhf.algorithms.protocols.Backend`."""
+
+
+@hookspec
+def nlhf_register_preference_models(register: RegisterCallback) -> None:
+    """Register preference models usable as ``preference: {name: ...}`` in a spec.
+    Option ``params_model`` (a pydantic model class) validates the spec section;
+    ``backends`` (tuple of backend names) says who can run it."""
+
+
+@hookspec
+def nlhf_register_data_formats(register: RegisterCallback) -> None:
+    """Register data formats: ``factory(rows, columns)`` maps raw rows to nlhf's
+    canonical ``prompt``/``chosen``/``rejected`` records."""
+
+
+@hookspec
+def nlhf_register_oracles(register: RegisterCallback) -> None:
+    """Register preference oracles ``factory(**options) -> f(prompt, y, y_prime) -> P(y≻y')``
+    (used by ``preference: {name: oracle, function: NAME}``; tests and the quickstart)."""
+
+
+@hookspec
+def nlhf_register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``nlhf`` typer application ``cli``."""

@@ -1,0 +1,349 @@
+"""The run spec (DESIGN §3): one pydantic v2 model tree, ``spec_version: 1``.
+
+Unknown keys are errors (``extra="forbid"``); tagged sections are discriminated
+unions on ``name`` (``preference``, ``algorithm``) or ``engine`` (``distributed``).
+Loading with file/line/column error reports lives in :mod:`nlhf.spec.load`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
+
+from nlhf.algorithms.params import (
+    LLM_ALGORITHMS,
+    TABULAR_ALGORITHMS,
+    AlgorithmSpec,
+)
+
+Dtype = Literal["float32", "float64", "bfloat16", "float16"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- models
+class LoraSpec(Section):
+    """PEFT LoRA adapter on the policy; the reference is the same model with the adapter
+    disabled (never ``get_base_model()``, see TRL #2781)."""
+
+    r: Annotated[int, Field(gt=0)] = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class PolicySpec(Section):
+    """The trained policy: a local directory or hub id that ``AutoModelForCausalLM`` loads."""
+
+    model: str
+    tokenizer: str | None = None
+    """Tokenizer path or id (default: ``model``)."""
+    dtype: Dtype = "float32"
+    chat_template: bool | None = None
+    """Wrap prompts with the tokenizer's chat template (default: when it has one)."""
+    trust_remote_code: bool = False
+    lora: LoraSpec | None = None
+
+
+class ReferenceSpec(Section):
+    """The reference policy μ. LLM runs: ``model`` (default: a frozen copy of the initial
+    policy). Tabular runs: ``probs`` over the responses (default: uniform)."""
+
+    model: str | None = None
+    dtype: Dtype | None = None
+    probs: list[Annotated[float, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReferenceSpec:
+        if self.model is not None and self.probs is not None:
+            raise ValueError("give either `model` (LLM runs) or `probs` (tabular runs), not both")
+        if self.probs is not None:
+            total = sum(self.probs)
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"`probs` must sum to 1 (got {total:.6g}); normalise it")
+            if any(p == 0 for p in self.probs):
+                raise ValueError("`probs` must be > 0 everywhere (KL to μ is infinite otherwise)")
+        return self
+
+
+# ------------------------------------------------------------------------ preference
+class TabularPreference(Section):
+    """A preference matrix: ``matrix[i][j] = P(y_i ≻ y_j)`` or a built-in ``game``."""
+
+    name: Literal["tabular"] = "tabular"
+    matrix: list[list[float]] | None = None
+    game: Literal["bt3", "dice", "rps", "population", "random"] | None = None
+    size: Annotated[int, Field(gt=1)] | None = None
+    """Number of responses for ``game: random``."""
+    seed: int | None = None
+    """Seed for ``game: random`` (default: the run's seed)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TabularPreference:
+        if (self.matrix is None) == (self.game is None):
+            raise ValueError("give exactly one of `matrix` or `game`")
+        if self.size is not None and self.game != "random":
+            raise ValueError("`size` applies only to `game: random`")
+        return self
+
+
+class PairwiseModelPreference(Section):
+    """A trained pairwise preference model P_θ(y≻y'|x) (task ``preference_model`` output)."""
+
+    name: Literal["pairwise_model"] = "pairwise_model"
+    path: str
+    batch_size: Annotated[int, Field(gt=0)] = 16
+    max_length: Annotated[int, Field(gt=0)] = 1024
+    dtype: Dtype = "float32"
+
+
+class BradleyTerryPreference(Section):
+    """A scalar reward model r(x, y) (sequence classification, 1 label); P = σ(r − r')."""
+
+    name: Literal["bradley_terry_reward"] = "bradley_terry_reward"
+    path: str
+    tokenizer: str | None = None
+    batch_size: Annotated[int, Field(gt=0)] = 16
+    max_length: Annotated[int, Field(gt=0)] = 1024
+    dtype: Dtype = "float32"
+
+
+DEFAULT_JUDGE_TEMPLATE = (
+    "Given the prompt and two responses, which response is better, 1 or 2?\n\n"
+    "Prompt: {prompt}\n\nResponse 1: {response_1}\n\nResponse 2: {response_2}\n\n"
+    "The better response is"
+)
+
+
+class LLMJudgePreference(Section):
+    """A causal LM prompted "which is better, 1 or 2?"; P from the logits of the two answer
+    tokens, averaged over both presentation orders (antisymmetric by construction)."""
+
+    name: Literal["llm_judge"] = "llm_judge"
+    model: str
+    tokenizer: str | None = None
+    template: str = DEFAULT_JUDGE_TEMPLATE
+    answer_tokens: tuple[str, str] = (" 1", " 2")
+    batch_size: Annotated[int, Field(gt=0)] = 8
+    max_length: Annotated[int, Field(gt=0)] = 2048
+    dtype: Dtype = "float32"
+
+
+class OraclePreference(Section):
+    """A preference function registered by a plugin (``nlhf_register_oracles``)."""
+
+    name: Literal["oracle"] = "oracle"
+    function: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PluginPreference(BaseModel):
+    """A preference model contributed by a plugin; its own parameters are validated
+    against the plugin's ``params_model`` when the run starts."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+BUILTIN_PREFERENCES = ("tabular", "pairwise_model", "bradley_terry_reward", "llm_judge", "oracle")
+
+
+def _preference_tag(value: Any) -> str:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return name if name in BUILTIN_PREFERENCES else "plugin"
+
+
+PreferenceSpec = Annotated[
+    Annotated[TabularPreference, Tag("tabular")]
+    | Annotated[PairwiseModelPreference, Tag("pairwise_model")]
+    | Annotated[BradleyTerryPreference, Tag("bradley_terry_reward")]
+    | Annotated[LLMJudgePreference, Tag("llm_judge")]
+    | Annotated[OraclePreference, Tag("oracle")]
+    | Annotated[PluginPreference, Tag("plugin")],
+    Discriminator(_preference_tag),
+]
+
+
+# ------------------------------------------------------------------------------ data
+class DataSpec(Section):
+    """A ``datasets`` source: a local json/jsonl/parquet/csv file or directory, or a hub name.
+
+    Formats: ``prompt`` (a prompt column; for ``task: nash``), ``preference``
+    (TRL's prompt/chosen/rejected), ``hh_rlhf`` (full ``chosen``/``rejected`` dialogues
+    whose shared prefix becomes the prompt), ``auto`` (detected from the columns) or a
+    plugin's format name.
+    """
+
+    path: str
+    format: str = "auto"
+    split: str = "train"
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Map nlhf's names (prompt, chosen, rejected, label) to the dataset's column names."""
+    eval_split: str | None = None
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    limit: Annotated[int, Field(gt=0)] | None = None
+    max_prompt_length: Annotated[int, Field(gt=0)] = 256
+    max_length: Annotated[int, Field(gt=0)] = 512
+    truncation: Literal["left", "right", "drop", "error"] = "left"
+    """Over-long examples: cut the prompt's left (``left``) or the response's right
+    (``right``), drop the example (``drop``) or stop with an error (``error``)."""
+    shuffle: bool = True
+
+
+# -------------------------------------------------------------------------- training
+class OptimizerSpec(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class GenerationSpec(Section):
+    max_new_tokens: Annotated[int, Field(gt=0)] = 64
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    """Applied to the (mixed) logits when sampling *and* to the log-probs in the loss."""
+    top_k: Annotated[int, Field(ge=0)] = 0
+    """0 = full vocabulary (required for exact Nash-MD-PG gradients)."""
+
+
+class TrainingSpec(Section):
+    steps: Annotated[int, Field(gt=0)] = 100
+    batch_size: Annotated[int, Field(gt=0)] = 8
+    """Prompts per optimiser step (global, across processes)."""
+    grad_accum: Annotated[int, Field(gt=0)] = 1
+    lr: Annotated[float, Field(gt=0)] = 1e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    epochs: Annotated[int, Field(gt=0)] = 1
+    """Preference-model training: passes over the data (``steps`` caps the total)."""
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    log_every: Annotated[int, Field(gt=0)] = 1
+    eval_every: Annotated[int, Field(gt=0)] | None = None
+
+
+# ----------------------------------------------------------------------- distributed
+class NoDistributed(Section):
+    engine: Literal["none"] = "none"
+
+
+class DeepSpeedSpec(Section):
+    """torch: DeepSpeed ZeRO. ``config`` is a user's own DeepSpeed JSON (path or mapping);
+    keys that conflict with the fields here are reported, never silently merged."""
+
+    engine: Literal["deepspeed"] = "deepspeed"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    micro_batch_size: Annotated[int, Field(gt=0)] | None = None
+    config: str | dict[str, Any] | None = None
+
+
+class JaxMeshSpec(Section):
+    """jax: a device mesh, e.g. ``mesh: {data: 2, fsdp: 2, tensor: 1}``; parameters are
+    sharded by ``rules`` (parameter-path regex -> partition spec axes)."""
+
+    engine: Literal["jax"] = "jax"
+    mesh: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: {"data": 1})
+    rules: list[tuple[str, list[str | None]]] = Field(default_factory=list)
+
+
+DistributedSpec = Annotated[
+    NoDistributed | DeepSpeedSpec | JaxMeshSpec, Field(discriminator="engine")
+]
+
+
+# ---------------------------------------------------------------------------- output
+class OutputSpec(Section):
+    dir: str = "runs/nlhf"
+    checkpoint_every: Annotated[int, Field(gt=0)] | None = None
+    keep_last: Annotated[int, Field(gt=0)] | None = None
+    plots: bool = True
+
+
+class EvalSpec(Section):
+    """``task: evaluate`` (and end-of-run evaluation): win-rates between policies."""
+
+    policies: list[str] = Field(default_factory=list)
+    samples_per_prompt: Annotated[int, Field(gt=0)] = 1
+    num_prompts: Annotated[int, Field(gt=0)] | None = None
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+
+
+# ------------------------------------------------------------------------------ root
+class RunSpec(Section):
+    """Root of a run spec (``spec_version: 1``)."""
+
+    spec_version: Literal[1] = 1
+    task: Literal["nash", "preference_model", "evaluate"] = "nash"
+    seed: int = 0
+    policy: PolicySpec | None = None
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
+    preference: PreferenceSpec | None = None
+    data: DataSpec | None = None
+    algorithm: AlgorithmSpec | None = None
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    distributed: DistributedSpec = Field(default_factory=NoDistributed)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    eval: EvalSpec | None = None
+
+    @property
+    def is_tabular(self) -> bool:
+        return isinstance(self.preference, TabularPreference)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunSpec:
+        """Cross-section rules; each message names the field to change."""
+        problems: list[str] = []
+        if self.task == "nash":
+            if self.preference is None:
+                problems.append("preference: a `task: nash` spec needs a `preference` section")
+            if self.algorithm is None:
+                problems.append("algorithm: a `task: nash` spec needs an `algorithm` section")
+        if self.is_tabular and self.algorithm is not None:
+            if self.algorithm.name not in TABULAR_ALGORITHMS:
+                problems.append(
+                    f"algorithm.name: {self.algorithm.name!r} is an LLM algorithm; with a tabular "
+                    f"preference use one of {', '.join(TABULAR_ALGORITHMS)}"
+                )
+            if self.policy is not None:
+                problems.append("policy: tabular runs have no policy model; remove `policy`")
+            if self.reference.model is not None:
+                problems.append("reference.model: tabular runs take `reference.probs`")
+        elif self.task == "nash" and self.preference is not None and self.algorithm is not None:
+            if self.algorithm.name not in LLM_ALGORITHMS:
+                problems.append(
+                    f"algorithm.name: {self.algorithm.name!r} is tabular; with preference "
+                    f"{self.preference.name!r} use one of {', '.join(LLM_ALGORITHMS)}"
+                )
+            if getattr(self.algorithm, "steps", None) is not None:
+                problems.append("algorithm.steps: LLM runs count steps in `training.steps`")
+            if self.policy is None:
+                problems.append("policy: an LLM `task: nash` run needs `policy.model`")
+            if self.data is None:
+                problems.append("data: an LLM `task: nash` run needs a prompt dataset in `data`")
+            if self.reference.probs is not None:
+                problems.append("reference.probs: only tabular runs take `probs`")
+        if self.task == "preference_model":
+            if self.policy is None:
+                problems.append(
+                    "policy: `task: preference_model` needs `policy.model` (the LM to start from)"
+                )
+            if self.data is None:
+                problems.append("data: `task: preference_model` needs pairwise data in `data`")
+        if self.task == "evaluate" and (self.eval is None or not self.eval.policies):
+            problems.append("eval.policies: `task: evaluate` needs a list of policies")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

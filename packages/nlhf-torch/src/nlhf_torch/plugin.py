@@ -1,0 +1,23 @@
+"""Entry point of the torch backend (group ``nlhf``). Imports nothing heavy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nlhf
+
+
+def _backend() -> Any:
+    from nlhf_torch.backend import TorchBackend
+
+    return TorchBackend()
+
+
+@nlhf.hookimpl
+def nlhf_register_backends(register: Any) -> None:
+    register(
+        "torch",
+        _backend,
+        requires=("torch", "transformers"),
+        description="PyTorch + transformers; DeepSpeed ZeRO for multi-process runs",
+    )
