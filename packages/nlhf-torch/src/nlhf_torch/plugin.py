@@ -21,3 +21,18 @@ def nlhf_register_backends(register: Any) -> None:
         requires=("torch", "transformers"),
         description="PyTorch + transformers; DeepSpeed ZeRO for multi-process runs",
     )
+
+
+def _population_oracle(**options: Any) -> Any:
+    from nlhf_torch.quickstart import population_oracle
+
+    return population_oracle(**options)
+
+
+@nlhf.hookimpl
+def nlhf_register_oracles(register: Any) -> None:
+    register(
+        "population",
+        _population_oracle,
+        description="annotator types with cyclic tastes over fixed answers (the quickstart)",
+    )

@@ -38,3 +38,7 @@ __all__ = [
     "TabularPreference",
     "TrainingSpec",
 ]
+
+from nlhf.spec.load import load_spec, load_spec_text
+
+__all__ += ["load_spec", "load_spec_text"]

@@ -139,6 +139,51 @@ class LLMJudgePreference(Section):
     dtype: Dtype = "float32"
 
 
+class PreferenceTrainingSpec(Section):
+    """``task: preference_model``: which preference model to train (DESIGN §5, issue 4).
+
+    - ``kind: pairwise`` — P_θ(y≻y'|x) = σ(v_θ(x,y,y') − v_θ(x,y',y)), antisymmetric by
+      construction. ``head: lm``: v = logit(answer_tokens[0]) − logit(answer_tokens[1]) of
+      the causal LM ``policy.model`` at the last position of ``template`` (a prompted
+      judge, usable zero-shot before training); ``head: classification``: v = a scalar
+      sequence-classification head on the same ``template`` text.
+    - ``kind: bradley_terry`` — a reward r_θ(x,y) (sequence classification, 1 label) on
+      ``prompt + response``; P = σ(r(x,y) − r(x,y')) (``head`` must be ``classification``).
+
+    Both are trained by cross-entropy on ``z = v_fwd − v_bwd`` (both presentation orders).
+    ``compare_baseline: true`` (with ``kind: pairwise``) also trains a Bradley–Terry model
+    with the same data, split and budget, and reports both on the same held-out pairs.
+    Omitting the section means ``kind: pairwise, head: lm``.
+    """
+
+    kind: Literal["pairwise", "bradley_terry"] = "pairwise"
+    head: Literal["lm", "classification"] | None = None
+    """Default: ``lm`` for ``pairwise``, ``classification`` for ``bradley_terry``."""
+    template: str = DEFAULT_JUDGE_TEMPLATE
+    """Judge prompt with ``{prompt}``, ``{response_1}``, ``{response_2}`` (pairwise only)."""
+    answer_tokens: tuple[str, str] = (" 1", " 2")
+    """Continuations whose first differing tokens give v (``head: lm`` only)."""
+    compare_baseline: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreferenceTrainingSpec:
+        if self.head is None:
+            self.head = "lm" if self.kind == "pairwise" else "classification"
+        if self.kind == "bradley_terry" and self.head != "classification":
+            raise ValueError("head: a `bradley_terry` reward model needs `head: classification`")
+        if self.kind == "bradley_terry" and self.compare_baseline:
+            raise ValueError("compare_baseline: applies to `kind: pairwise` (BT is the baseline)")
+        if self.kind == "pairwise":
+            missing = [
+                f for f in ("{prompt}", "{response_1}", "{response_2}") if f not in self.template
+            ]
+            if missing:
+                raise ValueError(f"template: missing placeholder(s) {', '.join(missing)}")
+        if self.answer_tokens[0] == self.answer_tokens[1]:
+            raise ValueError("answer_tokens: the two answers must differ")
+        return self
+
+
 class OraclePreference(Section):
     """A preference function registered by a plugin (``nlhf_register_oracles``)."""
 
@@ -292,6 +337,8 @@ class RunSpec(Section):
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     preference: PreferenceSpec | None = None
     data: DataSpec | None = None
+    preference_training: PreferenceTrainingSpec | None = None
+    """``task: preference_model`` only: pairwise vs Bradley–Terry, head, judge template."""
     algorithm: AlgorithmSpec | None = None
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     distributed: DistributedSpec = Field(default_factory=NoDistributed)
@@ -342,6 +389,10 @@ class RunSpec(Section):
                 )
             if self.data is None:
                 problems.append("data: `task: preference_model` needs pairwise data in `data`")
+        elif self.preference_training is not None:
+            problems.append(
+                "preference_training: applies only to `task: preference_model`; remove it"
+            )
         if self.task == "evaluate" and (self.eval is None or not self.eval.policies):
             problems.append("eval.policies: `task: evaluate` needs a list of policies")
         if problems:

@@ -1,0 +1,178 @@
+"""Pair-generation throughput: nlhf's cached engine vs TRL-style uncached sampling (DESIGN §6).
+
+Setup (defaults): a tiny random Qwen2 policy and reference (2 layers, hidden 128, vocab
+1024), batch 8 left-padded prompts of 12–24 tokens, 32 new tokens, β = 0.5, no EOS (every
+method generates exactly 32 tokens per row). Methods:
+
+- ``nlhf``: :func:`nlhf_torch.generation.generate_pairs` (prefill once, lockstep KV caches,
+  logits_to_keep=1, y and y' in one 2B batch through the policy).
+- ``nlhf+ref``: the same, also decoding the y rows through the reference and returning its
+  logits for the KL term; compared with ``nlhf`` + one separate reference forward over y
+  (``nlhf, then ref fwd``).
+- ``trl``: TRL 1.13 NashMDTrainer style: y from ``policy.generate`` (cached), y' from a
+  mixture loop that re-runs policy and reference over the whole prefix for every token.
+- ``naive``: both loops uncached (the full prefix through every model at every token).
+
+Prints the median seconds over ``--repeats`` runs and the speed-up ratios.
+Run: ``.venv/bin/python benchmarks/generation_bench.py [--threads 1] [--device cpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from nlhf_torch.generation import generate_pairs, sequence_logits
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+
+def build(seed: int, vocab: int, hidden: int, layers: int, device: str):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    return AutoModelForCausalLM.from_config(cfg).to(device).eval()
+
+
+def _last(model, ids, mask):
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+
+
+def _uncached_loop(logits_fn, ids, mask, n_new, temperature, gen):
+    seq, am = ids, mask
+    for _ in range(n_new):
+        logp = torch.log_softmax(logits_fn(seq, am) / temperature, -1)
+        tok = torch.multinomial(logp.exp(), 1, generator=gen)
+        seq = torch.cat([seq, tok], 1)
+        am = torch.cat([am, torch.ones_like(tok)], 1)
+    return seq[:, ids.shape[1] :]
+
+
+@torch.no_grad()
+def naive(policy, reference, ids, mask, beta, n_new, temperature, gen):
+    y = _uncached_loop(lambda s, a: _last(policy, s, a), ids, mask, n_new, temperature, gen)
+    yp = _uncached_loop(
+        lambda s, a: (1 - beta) * _last(policy, s, a) + beta * _last(reference, s, a),
+        ids, mask, n_new, temperature, gen,
+    )
+    return y, yp
+
+
+@torch.no_grad()
+def trl_style(policy, reference, ids, mask, beta, n_new, temperature, gen):
+    y = policy.generate(
+        input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+        max_new_tokens=n_new, min_new_tokens=n_new, top_k=0, top_p=1.0, pad_token_id=0,
+    )[:, ids.shape[1] :]
+    yp = _uncached_loop(
+        lambda s, a: (1 - beta) * _last(policy, s, a) + beta * _last(reference, s, a),
+        ids, mask, n_new, temperature, gen,
+    )
+    return y, yp
+
+
+def median_times(
+    fns: dict[str, Callable[[], object]], repeats: int, device: str
+) -> dict[str, float]:
+    """Median wall time of each function; the methods are interleaved round-robin so that
+    load from other processes affects all of them alike."""
+
+    def timed(fn: Callable[[], object]) -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--beta", type=float, default=0.5)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-naive", action="store_true", help="skip the slowest baseline")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = args.device
+    policy = build(0, args.vocab, args.hidden, args.layers, dev)
+    reference = build(1, args.vocab, args.hidden, args.layers, dev)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(12, 25, (args.batch,), generator=g)
+    width = int(lengths.max())
+    ids = torch.randint(3, args.vocab, (args.batch, width), generator=g)
+    mask = (torch.arange(width)[None] >= width - lengths[:, None]).long()
+    ids = ids.masked_fill(mask == 0, 0).to(dev)
+    mask = mask.to(dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    n, b, t = args.new_tokens, args.beta, args.temperature
+    kw = dict(beta=b, max_new_tokens=n, temperature=t, eos_token_id=None, pad_token_id=0)
+
+    def ours(ref_logits: bool = False):
+        return generate_pairs(
+            policy, reference, ids, mask, generator=gen, return_reference_logits=ref_logits, **kw
+        )
+
+    def ours_then_ref_forward():
+        out = ours()
+        with torch.no_grad():
+            return sequence_logits(reference, ids, mask, out.y, out.y_mask)
+
+    fns: dict[str, Callable[[], object]] = {
+        "nlhf": ours,
+        "nlhf+ref": lambda: ours(True),
+        "nlhf, then ref fwd": ours_then_ref_forward,
+        "trl": lambda: trl_style(policy, reference, ids, mask, b, n, t, gen),
+    }
+    if not args.skip_naive:
+        fns["naive"] = lambda: naive(policy, reference, ids, mask, b, n, t, gen)
+    results = median_times(fns, args.repeats, dev)
+    print(
+        f"# Qwen2 {args.layers}L h{args.hidden} V{args.vocab}, B={args.batch}, prompts 12-24, "
+        f"{n} new tokens, beta={b}, device={dev}, threads={args.threads}, "
+        f"median of {args.repeats}"
+    )
+    for name, sec in results.items():
+        toks = 2 * args.batch * n / sec
+        print(f"{name:>20}: {sec:8.4f} s   {toks:9.0f} generated tok/s")
+    base = results["nlhf"]
+    for name in ("trl", "naive"):
+        if name in results:
+            print(f"speed-up vs {name}: {results[name] / base:.2f}x")
+    print(
+        "reference logits reused while decoding vs separate forward: "
+        f"{results['nlhf+ref']:.4f} s vs {results['nlhf, then ref fwd']:.4f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Built-in plugin registering the ``numpy`` backend (entry point ``nlhf: numpy``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nlhf
+
+
+def _factory() -> Any:
+    from nlhf.backends.numpy_backend import NumpyBackend
+
+    return NumpyBackend()
+
+
+@nlhf.hookimpl
+def nlhf_register_backends(register: Any) -> None:
+    register(
+        "numpy",
+        _factory,
+        requires=(),
+        description="tabular Nash-MD / OMD / self-play / best response in NumPy (reference)",
+    )

@@ -1,0 +1,352 @@
+"""The ``nlhf`` command line: ``run``, ``validate``, ``schema``, ``backends``, ``solve``,
+plus commands added by plugins through the ``nlhf_register_commands(cli)`` hook.
+
+Heavy frameworks are imported only by the backend a ``run`` asks for: ``nlhf --help``,
+``validate``, ``schema`` and ``backends`` never import torch or jax. Every
+:class:`nlhf.errors.NLHFError` is printed as ``error: ...`` on stderr (exit 1; a
+:class:`~nlhf.errors.SpecError` prints one issue per line and exits 2), without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import nlhf
+from nlhf.errors import NLHFError, SpecError
+
+SPEC_ERROR_EXIT = 2
+ERROR_EXIT = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SpecArg = Annotated[Path, typer.Argument(help="YAML run spec (see specs/ and docs/spec.md).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a spec field, e.g. --set algorithm.tau=0.05 (repeatable; "
+        "the value is parsed as YAML; a.0.b indexes a list).",
+    ),
+]
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def report_errors(func: F) -> F:
+    """Turn :class:`NLHFError` into a clean message and exit code (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SpecError as exc:
+            for issue in exc.issues:
+                _err().print(issue, markup=False)
+            count = len(exc.issues)
+            _err().print(f"error: {count} problem{'s' * (count != 1)} in the spec", markup=False)
+            raise typer.Exit(SPEC_ERROR_EXIT) from None
+        except NLHFError as exc:
+            _err().print(f"error: {exc}", markup=False)
+            raise typer.Exit(ERROR_EXIT) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(spec: Path, overrides: Sequence[str] | None) -> Any:
+    from nlhf.spec.load import load_spec
+
+    return load_spec(spec, list(overrides or ()))
+
+
+def _backend(name: str) -> Any:
+    """Instantiate backend ``name``; if its plugin failed to load, say why."""
+    from nlhf.errors import UnknownNameError
+    from nlhf.plugins import get_backend, get_plugins
+
+    try:
+        return get_backend(name)
+    except UnknownNameError as exc:
+        for failure in get_plugins().failures:
+            if failure.name == name:
+                raise UnknownNameError(
+                    f"{exc}; the plugin {name!r} ({failure.package}) failed to load: "
+                    f"{failure.error}"
+                ) from None
+        raise
+
+
+def _describe(spec: Any) -> str:
+    parts = [f"task {spec.task}"]
+    if spec.algorithm is not None:
+        parts.append(f"algorithm {spec.algorithm.name}")
+    if spec.preference is not None:
+        parts.append(f"preference {spec.preference.name}")
+    return ", ".join(parts)
+
+
+def default_backend(spec: Any) -> str:
+    """``numpy`` for tabular specs, ``torch`` otherwise."""
+    return "numpy" if getattr(spec, "is_tabular", False) else "torch"
+
+
+# -------------------------------------------------------------------------- commands
+@report_errors
+def run(
+    spec: SpecArg,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", "-b", help="Backend name (default: numpy for tabular specs, else torch)."
+        ),
+    ] = None,
+    overrides: SetOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output directory (overrides output.dir).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Resume from the latest checkpoint in the output dir.")
+    ] = False,
+) -> None:
+    """Run a spec: train, or solve a tabular game, and write outputs."""
+    run_spec = _load(spec, overrides)
+    if output is not None:
+        run_spec.output.dir = str(output)
+    name = backend or default_backend(run_spec)
+    engine = _backend(name)
+    out_dir = Path(run_spec.output.dir)
+    _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
+    summary = engine.train(run_spec, out_dir, resume=resume) or {}
+    console = _out()
+    headline = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
+    if headline:
+        table = Table(title="summary", show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        for key, value in headline.items():
+            table.add_row(key, _fmt(value))
+        console.print(table)
+    console.print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
+
+
+@report_errors
+def validate(spec: SpecArg, overrides: SetOpt = None) -> None:
+    """Check a spec and report every problem at once (exit 2 on errors)."""
+    run_spec = _load(spec, overrides)
+    _out().print(f"{spec}: ok ({_describe(run_spec)})", markup=False)
+
+
+@report_errors
+def schema() -> None:
+    """Print the JSON schema of the run spec."""
+    from nlhf.spec.models import RunSpec
+
+    typer.echo(json.dumps(RunSpec.model_json_schema(), indent=2))
+
+
+@report_errors
+def backends() -> None:
+    """List backends (name, package, version, framework importable) and broken plugins."""
+    from nlhf.plugins import get_plugins
+
+    plugins = get_plugins()
+    table = Table(title="nlhf backends")
+    for column in ("name", "package", "version", "importable", "description"):
+        table.add_column(column)
+    for entry in plugins.backends:
+        missing = entry.missing()
+        ok = "yes" if not missing else f"no (missing: {', '.join(missing)})"
+        table.add_row(entry.name, entry.package, entry.version, ok, entry.description)
+    console = _out()
+    console.print(table)
+    if len(plugins.preference_models):
+        console.print(
+            "preference models from plugins: " + ", ".join(plugins.preference_models.names())
+        )
+    if plugins.failures:
+        failed = Table(title="plugins that failed to load (skipped)")
+        for column in ("plugin", "package", "error"):
+            failed.add_column(column)
+        for failure in plugins.failures:
+            failed.add_row(failure.name, failure.package, failure.error)
+        console.print(failed)
+
+
+@report_errors
+def solve(
+    spec: SpecArg,
+    overrides: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Solve a tabular spec exactly: regularised NE (+ gap) and maximal lottery."""
+    from nlhf.errors import InputError
+
+    run_spec = _load(spec, overrides)
+    if not run_spec.is_tabular:
+        raise InputError(
+            f"{spec}: `nlhf solve` needs a tabular preference (preference.name: tabular), "
+            f"got {run_spec.preference.name if run_spec.preference else 'none'}"
+        )
+    from nlhf.tabular import solve_spec
+
+    result = solve_spec(run_spec)
+    if as_json:
+        from nlhf.runio import _jsonable
+
+        typer.echo(json.dumps(_jsonable(result), indent=2))
+        return
+    _print_solution(result)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _print_solution(result: dict[str, Any]) -> None:
+    """Vector entries (per response) as the columns of one table, the rest as key/value
+    rows; nested mappings are flattened to dotted keys (``x.policy`` shows as ``x``)."""
+    console = _out()
+    flat = _flatten(result)
+    responses = [str(r) for r in flat.pop("responses", None) or []]
+    vectors = {
+        key.removesuffix(".policy"): list(value)
+        for key, value in flat.items()
+        if isinstance(value, list | tuple)
+        and value
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    }
+    size = max((len(v) for v in vectors.values()), default=0)
+    if len(responses) < size:
+        responses += [f"y{i}" for i in range(len(responses), size)]
+    if vectors:
+        table = Table(title="policies")
+        table.add_column("response")
+        for key in vectors:
+            table.add_column(key, justify="right")
+        for i, response in enumerate(responses):
+            table.add_row(
+                response, *(f"{v[i]:.6f}" if i < len(v) else "" for v in vectors.values())
+            )
+        console.print(table)
+    scalars = Table(show_header=False, title="solution")
+    scalars.add_column("key", style="bold")
+    scalars.add_column("value")
+    shown = {f"{k}.policy" for k in vectors} | set(vectors)
+    for key, value in flat.items():
+        if key not in shown:
+            scalars.add_row(key, _fmt(value) if not isinstance(value, list) else json.dumps(value))
+    console.print(scalars)
+
+
+# ------------------------------------------------------------------------------ app
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nlhf {nlhf.__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """nlhf: Nash Learning from Human Feedback. Write one YAML spec, run it on a backend."""
+
+
+def _add_plugin_commands(app: typer.Typer) -> None:
+    """Call every plugin's ``nlhf_register_commands(cli)``; a failing plugin is reported
+    (stderr and ``nlhf backends``) and skipped."""
+    from nlhf.plugins import PluginFailure, get_plugins
+
+    try:
+        plugins = get_plugins()
+    except NLHFError as exc:
+        _err().print(f"warning: plugins not loaded: {exc}", markup=False)
+        return
+    for impl in plugins.manager.hook.nlhf_register_commands.get_hookimpls():
+        before = list(app.registered_commands)
+        try:
+            impl.function(cli=app)
+        except Exception as exc:
+            app.registered_commands[:] = before
+            package = plugins.packages.get(impl.plugin_name, (impl.plugin_name, "?"))[0]
+            error = f"{type(exc).__name__}: {exc}"
+            if not any(f.name == impl.plugin_name and f.error == error for f in plugins.failures):
+                plugins.failures.append(PluginFailure(impl.plugin_name, package, error))
+            _err().print(
+                f"warning: plugin {impl.plugin_name!r} failed to add commands: {error}",
+                markup=False,
+            )
+
+
+def get_app(*, plugins: bool = True) -> typer.Typer:
+    """Build the typer application (with plugin commands unless ``plugins=False``)."""
+    app = typer.Typer(
+        name="nlhf",
+        help="nlhf: Nash Learning from Human Feedback (Munos et al., arXiv:2312.00886).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+    app.callback()(_root)
+    app.command()(run)
+    app.command()(validate)
+    app.command()(schema)
+    app.command()(backends)
+    app.command()(solve)
+    if plugins:
+        builtin = len(app.registered_commands)
+        _add_plugin_commands(app)
+        for info in app.registered_commands[builtin:]:
+            if info.callback is not None:
+                info.callback = report_errors(info.callback)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point ``nlhf``."""
+    app = get_app()
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="nlhf")
+    except SpecError as exc:  # raised outside a command (defensive)
+        for issue in exc.issues:
+            _err().print(issue, markup=False)
+        sys.exit(SPEC_ERROR_EXIT)
+    except NLHFError as exc:
+        _err().print(f"error: {exc}", markup=False)
+        sys.exit(ERROR_EXIT)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,205 @@
+"""Run specs on the tabular engine: :func:`solve_spec` (``nlhf solve``) and
+:func:`train_spec` (the ``numpy`` backend's ``train``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nlhf.algorithms.schedules import Schedule
+from nlhf.errors import NLHFError
+from nlhf.tabular import dynamics
+from nlhf.tabular.games import game_from_spec
+from nlhf.tabular.matrix import validate_reference
+from nlhf.tabular.metrics import duality_gap, exploitability, kl_divergence
+from nlhf.tabular.solvers import maximal_lottery, regularized_nash
+
+if TYPE_CHECKING:
+    from nlhf.spec.models import RunSpec
+
+LOG_RECORDS = 100
+"""Default number of metrics records of a run (``algorithm.log_every`` overrides it)."""
+
+
+@dataclass(frozen=True)
+class TabularProblem:
+    """A tabular run spec resolved to arrays and numbers."""
+
+    game: str
+    P: np.ndarray
+    mu: np.ndarray
+    labels: tuple[str, ...]
+    algorithm: str
+    tau: float | Schedule
+    tau_final: float
+    """τ of the game the run is measured against: τ at the last step (schedules)."""
+    eta: float | str
+    steps: int
+    log_every: int
+
+
+def resolve(spec: RunSpec) -> TabularProblem:
+    """Resolve a tabular :class:`~nlhf.spec.RunSpec`; :class:`NLHFError` if it is not one."""
+    if not spec.is_tabular:
+        name = getattr(spec.preference, "name", None)
+        raise NLHFError(
+            f"preference.name: {name!r} is not tabular; LLM specs run on --backend torch or "
+            "jax (the numpy backend runs `preference: {name: tabular, ...}` only)"
+        )
+    game = game_from_spec(spec)
+    mu = validate_reference(spec.reference.probs, game.size, where="reference.probs")
+    algo = spec.algorithm
+    if algo is None:  # e.g. `task: evaluate`: solve the unregularised game
+        name, tau, eta, steps, log_every = "nash_md", 0.0, "auto", dynamics.DEFAULT_STEPS, None
+    else:
+        name, tau, eta = algo.name, algo.tau, algo.eta
+        steps = 1 if name == "best_response" else (algo.steps or dynamics.DEFAULT_STEPS)
+        log_every = algo.log_every
+    tau_final = dynamics.tau_at(tau, steps, steps)
+    return TabularProblem(
+        game=game.name,
+        P=game.matrix,
+        mu=mu,
+        labels=game.labels,
+        algorithm=name,
+        tau=tau,
+        tau_final=tau_final,
+        eta=eta,
+        steps=steps,
+        log_every=log_every or max(1, steps // LOG_RECORDS),
+    )
+
+
+def solution(problem: TabularProblem) -> np.ndarray:
+    """π*_τ at τ = ``tau_final`` (the maximal lottery when it is 0)."""
+    if problem.tau_final > 0:
+        return regularized_nash(problem.P, problem.mu, problem.tau_final)
+    return maximal_lottery(problem.P)
+
+
+def solve_spec(spec: RunSpec) -> dict[str, Any]:
+    """The exact equilibria of a tabular spec (``nlhf solve``).
+
+    Returns ``responses``, ``reference`` (μ), ``tau``, ``regularized_nash`` (π*_τ with
+    its ``duality_gap``, ``exploitability``, ``kl_to_reference``) and ``maximal_lottery``
+    (with its ``exploitability``); when τ = 0 the regularised NE *is* the maximal lottery.
+    """
+    problem = resolve(spec)
+    P, mu, tau = problem.P, problem.mu, problem.tau_final
+    ml = maximal_lottery(P)
+    pi = regularized_nash(P, mu, tau) if tau > 0 else ml
+    return {
+        "game": problem.game,
+        "responses": list(problem.labels),
+        "reference": mu.tolist(),
+        "algorithm": problem.algorithm,
+        "tau": tau,
+        "regularized_nash": {
+            "policy": pi.tolist(),
+            "duality_gap": duality_gap(P, mu, pi, tau),
+            "exploitability": exploitability(P, pi),
+            "kl_to_reference": kl_divergence(pi, mu),
+        },
+        "maximal_lottery": {
+            "policy": ml.tolist(),
+            "exploitability": exploitability(P, ml),
+        },
+    }
+
+
+def _record(
+    problem: TabularProblem, star: np.ndarray, t: int, log_pi: np.ndarray
+) -> dict[str, Any]:
+    pi = np.exp(log_pi)
+    tau = problem.tau_final
+    return {
+        "step": t,
+        "duality_gap": duality_gap(problem.P, problem.mu, pi, tau),
+        "exploitability": exploitability(problem.P, pi),
+        "kl_to_reference": kl_divergence(pi, problem.mu),
+        "kl_to_solution": kl_divergence(star, pi, log_q=log_pi),
+    }
+
+
+def _progress(enabled: bool, total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("gap {task.fields[gap]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def train_spec(
+    spec: RunSpec, output: Path, *, resume: bool = False, progress: bool | None = None
+) -> dict[str, Any]:
+    """Run a tabular spec, writing ``spec.resolved.yaml``, ``metrics.jsonl`` (a record every
+    ``log_every`` steps, plus steps 0 and T) and ``summary.json`` under ``output``.
+
+    Tabular runs take seconds and keep no checkpoints: ``resume`` recomputes the run
+    (deterministically) from step 0. ``progress=None`` shows a rich progress bar when
+    stderr is a terminal and the run has ≥ 1000 steps.
+    """
+    from nlhf.runio import MetricsWriter, write_resolved_spec, write_summary
+
+    del resume  # deterministic and cheap: always recomputed
+    start = time.perf_counter()
+    problem = resolve(spec)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_resolved_spec(output, spec)
+    star = solution(problem)
+    if progress is None:
+        progress = sys.stderr.isatty() and problem.steps >= 1000
+    tick = max(1, problem.steps // 200)
+    last: dict[str, Any] = {}
+    log_pi = np.log(problem.mu)
+    with MetricsWriter(output) as writer, _progress(progress, problem.steps) as bar:
+        task = bar.add_task(problem.algorithm, total=problem.steps, gap="-")
+        for t, log_pi in dynamics.iterate(
+            problem.P,
+            problem.mu,
+            algorithm=problem.algorithm,
+            tau=problem.tau,
+            eta=problem.eta,
+            steps=problem.steps,
+        ):
+            if t % problem.log_every == 0 or t == problem.steps:
+                last = _record(problem, star, t, log_pi)
+                writer.log(last)
+            if t % tick == 0 or t == problem.steps:
+                bar.update(task, completed=t, gap=f"{last.get('duality_gap', float('nan')):.2e}")
+    policy = np.exp(log_pi)
+    summary: dict[str, Any] = {
+        "backend": "numpy",
+        "game": problem.game,
+        "algorithm": problem.algorithm,
+        "tau": problem.tau.model_dump() if isinstance(problem.tau, Schedule) else problem.tau,
+        "tau_final": problem.tau_final,
+        "eta": problem.eta,
+        "steps": int(last["step"]),
+        "responses": list(problem.labels),
+        "reference": problem.mu.tolist(),
+        "policy": policy.tolist(),
+        "duality_gap": last["duality_gap"],
+        "exploitability": last["exploitability"],
+        "kl_to_reference": last["kl_to_reference"],
+        "solution": star.tolist(),
+        "solution_kind": "regularized_nash" if problem.tau_final > 0 else "maximal_lottery",
+        "kl_to_solution": last["kl_to_solution"],
+        "seconds": time.perf_counter() - start,
+    }
+    write_summary(output, summary)
+    return summary

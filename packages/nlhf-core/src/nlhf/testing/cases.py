@@ -1,0 +1,109 @@
+"""Fixed, seeded inputs of the conformance cases (shared by every backend).
+
+Each builder returns float64 NumPy arrays already rounded to the backend's dtype
+(:func:`rounded`), so the oracle sees exactly the numbers the backend sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nlhf.algorithms import reference
+from nlhf.testing.tolerances import SAMPLER_MARGIN
+
+SEED = 20231201  # arXiv 2312.00886
+
+
+def rounded(x: np.ndarray, dtype: str) -> np.ndarray:
+    """``x`` rounded to ``dtype`` and back to float64."""
+    return np.asarray(x, dtype=np.dtype(dtype)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class PreferenceInputs:
+    v_fwd: np.ndarray  # (B,)
+    v_bwd: np.ndarray  # (B,)
+    target: np.ndarray  # (B,) in [0, 1]: hard and soft labels
+
+
+def preference_inputs(dtype: str) -> PreferenceInputs:
+    rng = np.random.default_rng(SEED)
+    v_fwd = rng.normal(0.0, 2.0, size=8)
+    v_bwd = rng.normal(0.0, 2.0, size=8)
+    v_fwd[0], v_bwd[0] = 30.0, -25.0  # large margin: log σ must be stable
+    target = np.array([1.0, 0.0, 1.0, 1.0, 0.3, 0.5, 0.0, 0.9])
+    return PreferenceInputs(*(rounded(a, dtype) for a in (v_fwd, v_bwd, target)))
+
+
+@dataclass(frozen=True)
+class SequenceInputs:
+    policy_logits: np.ndarray  # (B, T, V)
+    reference_logits: np.ndarray  # (B, T, V)
+    tokens: np.ndarray  # (B, T) int64; arbitrary ids at padded positions
+    mask: np.ndarray  # (B, T) 0/1 float, suffix padding
+    preference: np.ndarray  # (B,) P(y ≻ y')
+    row_weights: np.ndarray  # (B,) weights of the rows in gradient checks
+
+
+def sequence_inputs(dtype: str, batch: int = 3, length: int = 4, vocab: int = 5) -> SequenceInputs:
+    rng = np.random.default_rng(SEED + 1)
+    shape = (batch, length, vocab)
+    policy = rng.normal(0.0, 1.5, size=shape)
+    ref = policy + rng.normal(0.0, 0.7, size=shape)  # μ near π, as in training
+    tokens = rng.integers(0, vocab, size=(batch, length)).astype(np.int64)
+    lengths = [length, 2, length - 1][:batch] + [length] * max(0, batch - 3)
+    mask = (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float64)
+    preference = rng.uniform(0.05, 0.95, size=batch)
+    weights = rng.uniform(0.5, 1.5, size=batch)
+    return SequenceInputs(
+        rounded(policy, dtype),
+        rounded(ref, dtype),
+        tokens,
+        mask,
+        rounded(preference, dtype),
+        rounded(weights, dtype),
+    )
+
+
+@dataclass(frozen=True)
+class SamplerInputs:
+    logprobs: np.ndarray  # (B, T, V), normalised
+    uniforms: np.ndarray  # (B, T), at least SAMPLER_MARGIN from every CDF boundary
+
+
+def sampler_inputs(dtype: str) -> SamplerInputs:
+    rng = np.random.default_rng(SEED + 2)
+    logits = rng.normal(0.0, 2.0, size=(4, 6, 7))
+    logprobs = rounded(reference.log_softmax(logits), dtype)
+    uniforms = rng.uniform(size=logprobs.shape[:-1])
+    cdf = np.cumsum(np.exp(logprobs), axis=-1)
+    for idx in np.ndindex(uniforms.shape):  # redraw uniforms too close to a boundary
+        while (
+            np.min(np.abs(cdf[idx] - uniforms[idx])) < SAMPLER_MARGIN
+            or uniforms[idx] < SAMPLER_MARGIN
+        ):
+            uniforms[idx] = rng.uniform()
+    uniforms[0, 0], uniforms[0, 1] = 0.999, 1e-3  # near both ends of [0, 1)
+    uniforms = rounded(uniforms, dtype)
+    if reference.cdf_margin(logprobs, uniforms) < SAMPLER_MARGIN:  # pragma: no cover
+        raise AssertionError("sampler inputs too close to a CDF boundary")
+    return SamplerInputs(logprobs, uniforms)
+
+
+@dataclass(frozen=True)
+class TabularInputs:
+    matrix: np.ndarray  # (n, n), P + Pᵀ = 1
+    mu: np.ndarray  # (n,)
+    tau: float
+    steps: int
+
+
+def tabular_inputs() -> TabularInputs:
+    rng = np.random.default_rng(SEED + 3)
+    n = 4
+    a = rng.uniform(-0.45, 0.45, size=(n, n))
+    matrix = 0.5 + (a - a.T) / 2
+    mu = rng.dirichlet(np.ones(n) * 3)
+    return TabularInputs(matrix, mu, tau=0.5, steps=25)

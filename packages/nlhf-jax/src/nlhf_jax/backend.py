@@ -1,0 +1,29 @@
+"""The jax backend object (:class:`nlhf.algorithms.protocols.Backend`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nlhf.errors import NLHFError
+
+
+class JaxBackend:
+    """Backend ``jax``: :class:`nlhf_jax.kernels.JaxKernels` plus ``train`` (task ``nash``
+    on LLM specs; see :mod:`nlhf_jax.trainer`)."""
+
+    name = "jax"
+
+    def __init__(self) -> None:
+        from nlhf_jax.kernels import JaxKernels
+
+        self.kernels = JaxKernels()
+
+    def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+        if spec.task == "nash":
+            if spec.is_tabular:
+                raise NLHFError("tabular preferences run on the numpy backend: use --backend numpy")
+            from nlhf_jax.trainer import train_nash
+
+            return train_nash(spec, Path(output), resume=resume)
+        raise NLHFError(f"task {spec.task!r} is not supported by the jax backend yet")

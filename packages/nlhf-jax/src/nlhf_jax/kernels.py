@@ -1,0 +1,219 @@
+"""JAX kernels of nlhf (:class:`nlhf.algorithms.protocols.Kernels`, DESIGN §5).
+
+The module-level functions are pure ``jax.numpy`` and jit-friendly (the trainer calls
+them inside its jitted step); :class:`JaxKernels` bundles them for the backend object and
+the conformance kit. Shapes follow :mod:`nlhf.algorithms.protocols`: B rows, T completion
+tokens, V vocabulary; ``mask[b, n] = 1`` for real completion tokens (EOS included). All
+log-probabilities use the sampling temperature: log π(·) = log_softmax(logits / T).
+
+float64: JAX computes in float32 unless ``jax_enable_x64`` is on. nlhf never flips that
+global switch. :class:`JaxKernels` enters the scoped ``jax.enable_x64(True)`` context
+whenever an argument is 64-bit (``asarray(x, "float64")``, int64 tokens, ``grad`` of a
+float64 array), so float64 conformance runs next to float32 training in one process.
+Users who want float64 everywhere set ``JAX_ENABLE_X64=1`` themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nlhf.algorithms.params import KLEstimator
+
+__all__ = [
+    "JaxKernels",
+    "kl",
+    "mixture_logprobs",
+    "nash_md_pg_loss",
+    "preference_loss",
+    "sample",
+    "sequence_logprobs",
+    "token_logprobs",
+]
+
+_KL_ESTIMATORS = ("sampled", "k3", "exact")
+
+
+def _float(x: jax.Array) -> jax.Array:
+    """Half-precision logits are upcast to float32; float32/float64 are kept."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x
+
+
+def preference_loss(v_fwd: jax.Array, v_bwd: jax.Array, target: jax.Array) -> jax.Array:
+    """Pairwise preference cross-entropy (paper §3, DESIGN §5): z = v_fwd − v_bwd,
+    loss = mean_b −[p_b log σ(z_b) + (1 − p_b) log σ(−z_b)] (soft targets allowed)."""
+    z = jnp.asarray(v_fwd) - jnp.asarray(v_bwd)
+    p = jnp.asarray(target, dtype=z.dtype)
+    return -jnp.mean(p * jax.nn.log_sigmoid(z) + (1.0 - p) * jax.nn.log_sigmoid(-z))
+
+
+def mixture_logprobs(
+    policy_logits: jax.Array, reference_logits: jax.Array, beta: Any, temperature: Any
+) -> jax.Array:
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7, DESIGN §5):
+    log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis.
+    (β and T may be traced scalars, so they are not range-checked here.)"""
+    mixed = (1.0 - beta) * _float(policy_logits) + beta * _float(reference_logits)
+    return jax.nn.log_softmax(mixed / temperature, axis=-1)
+
+
+def sample(logprobs: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """Inverse-CDF sampling (protocols.CategoricalSampler): the smallest v with
+    Σ_{w≤v} p_w > u, clamped to V−1. Shapes logprobs (..., V), uniforms (...)."""
+    lp = jnp.asarray(logprobs)
+    cdf = jnp.cumsum(jnp.exp(lp), axis=-1)
+    u = jnp.asarray(uniforms).astype(cdf.dtype)
+    idx = jnp.sum(cdf <= u[..., None], axis=-1)
+    return jnp.minimum(idx, lp.shape[-1] - 1)
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: Any) -> jax.Array:
+    """log π(y_n|x,y_<n) = log_softmax(ℓ_n / T)[y_n], shape (B, T)."""
+    logp = jax.nn.log_softmax(_float(logits) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, jnp.asarray(tokens)[..., None], axis=-1)[..., 0]
+
+
+def sequence_logprobs(
+    logits: jax.Array, tokens: jax.Array, mask: jax.Array, temperature: Any
+) -> jax.Array:
+    """log π(y|x) = Σ_n m_n log π(y_n|x,y_<n), shape (B,)."""
+    lp = token_logprobs(logits, tokens, temperature)
+    return jnp.sum(lp * jnp.asarray(mask).astype(lp.dtype), axis=-1)
+
+
+def kl(
+    policy_logits: jax.Array,
+    reference_logits: jax.Array,
+    tokens: jax.Array,
+    mask: jax.Array,
+    estimator: KLEstimator,
+    temperature: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """KL(π_θ‖μ) per row; returns ``(surrogate, value)``, each (B,) (DESIGN §5).
+
+    With ℓ_n = log π_θ(y_n|·) − log μ(y_n|·) at temperature T, summed where m_n = 1:
+
+    - ``sampled``: value = Σ_n ℓ_n; surrogate = Σ_n log π_θ(y_n|·)·sg(Σ_{m≥n} ℓ_m)
+      (score function with reward-to-go; ∇surrogate is unbiased for ∇KL).
+    - ``k3`` (Schulman 2020): value = surrogate = Σ_n (e^{−ℓ_n} − 1 + ℓ_n).
+    - ``exact``: value = surrogate = Σ_n Σ_v π(v|·)(log π(v|·) − log μ(v|·)) over the full
+      vocabulary at each sampled prefix: unbiased for the sequence KL, but its gradient
+      omits the effect of earlier tokens on the distribution of later prefixes.
+    """
+    if estimator not in _KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {_KL_ESTIMATORS}")
+    logp = jax.nn.log_softmax(_float(policy_logits) / temperature, axis=-1)
+    logq = jax.nn.log_softmax(_float(reference_logits) / temperature, axis=-1)
+    m = jnp.asarray(mask).astype(logp.dtype)
+    if estimator == "exact":
+        per_pos = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+        value = jnp.sum(per_pos * m, axis=-1)
+        return value, value
+    idx = jnp.asarray(tokens)[..., None]
+    lp = jnp.take_along_axis(logp, idx, axis=-1)[..., 0]
+    lq = jnp.take_along_axis(logq, idx, axis=-1)[..., 0]
+    ratio = (lp - lq) * m
+    if estimator == "k3":
+        value = jnp.sum((jnp.exp(-ratio) - 1.0 + ratio) * m, axis=-1)
+        return value, value
+    to_go = jnp.flip(jnp.cumsum(jnp.flip(jax.lax.stop_gradient(ratio), -1), -1), -1)
+    surrogate = jnp.sum(lp * m * to_go, axis=-1)
+    return surrogate, jnp.sum(ratio, axis=-1)
+
+
+def nash_md_pg_loss(
+    policy_logits: jax.Array,
+    reference_logits: jax.Array,
+    tokens: jax.Array,
+    mask: jax.Array,
+    preference: jax.Array,
+    tau: Any,
+    temperature: Any,
+    estimator: KLEstimator,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Nash-MD-PG loss (paper §7): mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b],
+    P_b = P(y_b ≻ y'_b|x_b) held constant, KL_b the surrogate of :func:`kl`.
+
+    Metrics (no gradient): ``score`` = mean_b −(P_b − ½)·log π_θ(y_b), ``kl`` = mean KL
+    value, ``kl_surrogate``, ``preference`` = mean P, ``logprob`` = mean log π_θ(y_b)."""
+    seq_lp = sequence_logprobs(policy_logits, tokens, mask, temperature)
+    p = jax.lax.stop_gradient(jnp.asarray(preference).astype(seq_lp.dtype))
+    score = -(p - 0.5) * seq_lp
+    surrogate, value = kl(policy_logits, reference_logits, tokens, mask, estimator, temperature)
+    loss = jnp.mean(score + tau * surrogate)
+    sg = jax.lax.stop_gradient
+    metrics = {
+        "score": sg(jnp.mean(score)),
+        "kl": sg(jnp.mean(value)),
+        "kl_surrogate": sg(jnp.mean(surrogate)),
+        "preference": jnp.mean(p),
+        "logprob": sg(jnp.mean(seq_lp)),
+    }
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------- Kernels object
+
+_DTYPES = {
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": jnp.bfloat16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+}
+
+
+def _is_64bit(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and np.dtype(dtype).itemsize == 8
+
+
+def _x64_if_needed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` under ``jax.enable_x64(True)`` when any argument is a 64-bit array."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if any(_is_64bit(x) for x in leaves):
+            with jax.enable_x64(True):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class JaxKernels:
+    """The kernel set of the jax backend (protocols.Kernels); float64 via scoped x64."""
+
+    preference_loss = staticmethod(_x64_if_needed(preference_loss))
+    mixture_logprobs = staticmethod(_x64_if_needed(mixture_logprobs))
+    sample = staticmethod(_x64_if_needed(sample))
+    kl = staticmethod(_x64_if_needed(kl))
+    nash_md_pg_loss = staticmethod(_x64_if_needed(nash_md_pg_loss))
+
+    def asarray(self, x: Any, dtype: str = "float64") -> jax.Array:
+        """NumPy / Python data → a jax array of ``dtype`` (64-bit under scoped x64)."""
+        np_dtype = _DTYPES[str(dtype)]
+        arr = np.asarray(x).astype(np_dtype)
+        if _is_64bit(arr):
+            with jax.enable_x64(True):
+                return jnp.asarray(arr)
+        return jnp.asarray(arr)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def grad(self, fn: Callable[[jax.Array], Any], x: jax.Array) -> jax.Array:
+        """∂fn(x)/∂x for a scalar fn, by ``jax.grad``."""
+        if _is_64bit(x):
+            with jax.enable_x64(True):
+                return jax.grad(fn)(x)
+        return jax.grad(fn)(x)

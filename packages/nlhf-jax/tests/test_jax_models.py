@@ -1,0 +1,161 @@
+"""Flax NNX Llama/Qwen2 vs transformers (the independent implementation) in float32."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nlhf.errors import InputError
+from nlhf_jax.models import load_model, save_model
+from nlhf_jax.models.decoder import DecoderConfig, rope_inv_freq
+
+pytestmark = pytest.mark.jax
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+ARCHS = ["llama", "llama_tied", "qwen2", "qwen2_tied"]
+
+
+def _batch(vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A left-padded batch: row 0 full, rows 1 and 2 padded by 3 and 1 tokens."""
+    ids = np.random.RandomState(seed).randint(3, vocab, size=(3, 9))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def _hf_logits(path, ids, mask):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    pos = np.clip(mask.cumsum(-1) - 1, 0, None)  # generate()'s left-padding positions
+    with torch.no_grad():
+        out = model(
+            torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+        )
+    return out.logits.numpy()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_match_transformers_left_padded(tiny_ckpts, arch):
+    model = load_model(tiny_ckpts[arch])
+    ids, mask = _batch(model.config.vocab_size)
+    ref = _hf_logits(tiny_ckpts[arch], ids, mask)
+    got, _ = model(jnp.asarray(ids), jnp.asarray(mask))
+    got = np.asarray(got)
+    assert np.abs(ref).max() > 0.5  # non-trivial logits
+    np.testing.assert_allclose(got[mask == 1], ref[mask == 1], atol=1e-5, rtol=0)
+    # a padded row gives the logits of its unpadded sequence
+    alone, _ = model(jnp.asarray(ids[1:2, 3:]))
+    np.testing.assert_allclose(np.asarray(alone)[0], ref[1, 3:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_tied"])
+def test_save_then_transformers_load_gives_same_logits(tiny_ckpts, tmp_path, arch):
+    model = load_model(tiny_ckpts[arch])
+    save_model(model, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] == (arch == "qwen2_tied")
+    ids, mask = _batch(model.config.vocab_size, seed=1)
+    np.testing.assert_allclose(
+        _hf_logits(tmp_path / "out", ids, mask)[mask == 1],
+        _hf_logits(tiny_ckpts[arch], ids, mask)[mask == 1],
+        atol=0,
+        rtol=0,
+    )
+
+
+def test_sequence_classification_matches_transformers(tiny_ckpts):
+    path = tiny_ckpts["llama_rm"]
+    model = load_model(path)
+    ids, mask = _batch(model.config.vocab_size, seed=2)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
+    pos = np.clip(mask.cumsum(-1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(
+            torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
+        ).logits.numpy()
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    assert got.shape == (3, 1)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_decode_matches_full_forward(tiny_ckpts):
+    """Prefill a left-padded prompt into a static cache, then feed one token at a time:
+    every step's last-position logits equal transformers' full-sequence logits."""
+    model = load_model(tiny_ckpts["qwen2"])
+    ids, mask = _batch(model.config.vocab_size, seed=3)
+    ref = _hf_logits(tiny_ckpts["qwen2"], ids, mask)
+    prompt = 5
+    length = ids.shape[1] + 2  # spare slots stay masked
+    cache = model.init_cache(3, length)
+    kv_mask = np.zeros((3, length), np.int32)
+    kv_mask[:, :prompt] = mask[:, :prompt]
+    pos = np.clip(mask.cumsum(-1) - 1, 0, None)
+    logits, cache = model(
+        jnp.asarray(ids[:, :prompt]),
+        jnp.asarray(kv_mask),
+        jnp.asarray(pos[:, :prompt]),
+        cache=cache,
+        cache_index=0,
+        last_only=True,
+    )
+    np.testing.assert_allclose(np.asarray(logits), ref[:, prompt - 1], atol=1e-5, rtol=0)
+    for t in range(prompt, ids.shape[1]):
+        kv_mask[:, t] = 1
+        logits, cache = model(
+            jnp.asarray(ids[:, t : t + 1]),
+            jnp.asarray(kv_mask),
+            jnp.asarray(pos[:, t : t + 1]),
+            cache=cache,
+            cache_index=t,
+            last_only=True,
+        )
+        np.testing.assert_allclose(np.asarray(logits), ref[:, t], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "default", "rope_theta": 500000.0},
+        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ],
+)
+def test_rope_inv_freq_matches_transformers(rope):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_cfg = LlamaConfig(
+        hidden_size=64, num_attention_heads=2, rope_parameters=dict(rope), num_hidden_layers=1
+    )
+    cfg = DecoderConfig.from_dict(hf_cfg.to_dict())
+    if rope["rope_type"] == "default":
+        ref = 1.0 / (rope["rope_theta"] ** (np.arange(0, 32, 2) / 32))
+    else:
+        ref = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf_cfg, "cpu")[0].numpy()
+    np.testing.assert_allclose(rope_inv_freq(cfg), ref, rtol=1e-6)
+
+
+def test_legacy_rope_theta_config_is_read():
+    cfg = DecoderConfig.from_dict(
+        dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8,
+             num_hidden_layers=1, num_attention_heads=2, rope_theta=1234.0)
+    )  # fmt: skip
+    assert cfg.rope_parameters == {"rope_type": "default", "rope_theta": 1234.0}
+    np.testing.assert_allclose(rope_inv_freq(cfg), 1234.0 ** -(np.arange(0, 4, 2) / 4), rtol=1e-6)
+
+
+def test_unsupported_architecture_is_a_clear_error():
+    with pytest.raises(InputError, match="gpt2"):
+        DecoderConfig.from_dict({"model_type": "gpt2"})

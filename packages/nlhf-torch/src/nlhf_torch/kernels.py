@@ -1,0 +1,203 @@
+"""Torch kernels of nlhf (:class:`nlhf.algorithms.protocols.Kernels`, DESIGN §5).
+
+Every kernel is a module-level function (the trainer imports them directly) and
+:class:`TorchKernels` bundles them for the backend object and the conformance kit.
+Shapes follow :mod:`nlhf.algorithms.protocols`: B rows, T completion tokens, V vocabulary;
+``mask[b, n] = 1`` for real completion tokens (EOS included). All log-probabilities use
+the sampling temperature: log π(·) = log_softmax(logits / T).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:  # keep this module importable without pydantic
+    from nlhf.algorithms.params import KLEstimator
+
+__all__ = [
+    "TorchKernels",
+    "kl",
+    "mixture_logprobs",
+    "nash_md_pg_loss",
+    "preference_loss",
+    "sample",
+    "sequence_logprobs",
+    "token_logprobs",
+]
+
+_KL_ESTIMATORS = ("sampled", "k3", "exact")
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits are upcast to float32; float32/float64 are kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def preference_loss(v_fwd: torch.Tensor, v_bwd: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a pairwise preference model (paper §3, DESIGN §5).
+
+    z = v_fwd − v_bwd, P(y≻y') = σ(z);
+    loss = mean_b −[p_b log σ(z_b) + (1 − p_b) log σ(−z_b)] (soft targets p allowed).
+    """
+    z = v_fwd - v_bwd
+    target = torch.as_tensor(target, dtype=z.dtype, device=z.device)
+    return -(target * F.logsigmoid(z) + (1.0 - target) * F.logsigmoid(-z)).mean()
+
+
+def mixture_logprobs(
+    policy_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    beta: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7, DESIGN §5):
+    log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1]; got {beta}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    mixed = (1.0 - beta) * _float(policy_logits) + beta * _float(reference_logits)
+    return torch.log_softmax(mixed / temperature, dim=-1)
+
+
+def sample(logprobs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling (protocols.CategoricalSampler): the smallest v with
+    Σ_{w≤v} p_w > u, clamped to V−1. The CDF is accumulated in float64 so float32 and
+    float64 inputs pick the same token away from CDF boundaries. Returns int64 (...)."""
+    cdf = torch.cumsum(torch.exp(logprobs.to(torch.float64)), dim=-1)
+    u = torch.as_tensor(uniforms, device=cdf.device).to(torch.float64)
+    idx = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
+    return idx.clamp_(max=logprobs.shape[-1] - 1)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log π(y_n|x,y_<n) = log_softmax(ℓ_n / T)[y_n], shape (B, T)."""
+    logp = torch.log_softmax(_float(logits) / temperature, dim=-1)
+    return logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log π(y|x) = Σ_n m_n log π(y_n|x,y_<n), shape (B,)."""
+    lp = token_logprobs(logits, tokens, temperature)
+    return (lp * mask.to(lp.dtype)).sum(-1)
+
+
+def kl(
+    policy_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: KLEstimator,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(π_θ‖μ) per row; returns ``(surrogate, value)`` each of shape (B,) (DESIGN §5).
+
+    With ℓ_n = log π_θ(y_n|·) − log μ(y_n|·), both at temperature T, summed over m_n = 1:
+
+    - ``sampled``: value = Σ_n ℓ_n; surrogate = Σ_n log π_θ(y_n|·)·sg(Σ_{m≥n} ℓ_m)
+      (score function with reward-to-go; ∇surrogate is unbiased for ∇KL).
+    - ``k3`` (Schulman): value = surrogate = Σ_n (e^{−ℓ_n} − 1 + ℓ_n).
+    - ``exact``: value = surrogate = Σ_n Σ_v π(v|·)(log π(v|·) − log μ(v|·)), the full
+      vocabulary at each sampled prefix. Its value is unbiased for the sequence KL, but
+      its gradient omits the effect of earlier tokens on the distribution of later
+      prefixes (only the per-position KLs are differentiated).
+    """
+    if estimator not in _KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {_KL_ESTIMATORS}")
+    logp = torch.log_softmax(_float(policy_logits) / temperature, dim=-1)
+    logq = torch.log_softmax(_float(reference_logits) / temperature, dim=-1)
+    m = mask.to(logp.dtype)
+    if estimator == "exact":
+        per_pos = (logp.exp() * (logp - logq)).sum(-1)
+        value = (per_pos * m).sum(-1)
+        return value, value
+    idx = tokens.long().unsqueeze(-1)
+    lp = logp.gather(-1, idx).squeeze(-1)
+    lq = logq.gather(-1, idx).squeeze(-1)
+    ratio = (lp - lq) * m
+    if estimator == "k3":
+        value = ((torch.exp(-ratio) - 1.0 + ratio) * m).sum(-1)
+        return value, value
+    # reward-to-go: Σ_{m≥n} ℓ_m = reversed cumulative sum
+    to_go = torch.flip(torch.cumsum(torch.flip(ratio.detach(), [-1]), -1), [-1])
+    surrogate = (lp * m * to_go).sum(-1)
+    return surrogate, ratio.sum(-1)
+
+
+def nash_md_pg_loss(
+    policy_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    preference: torch.Tensor,
+    tau: float,
+    temperature: float,
+    estimator: KLEstimator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Nash-MD-PG loss (paper §7): loss = mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b]
+    with P_b = P(y_b ≻ y'_b|x_b) held constant and KL_b the surrogate of :func:`kl`.
+
+    Metrics (detached): ``score`` = mean_b −(P_b − ½)·log π_θ(y_b), ``kl`` = mean KL value,
+    ``kl_surrogate``, ``preference`` = mean P, ``logprob`` = mean log π_θ(y_b).
+    """
+    seq_lp = sequence_logprobs(policy_logits, tokens, mask, temperature)
+    p = torch.as_tensor(preference, device=seq_lp.device).to(seq_lp.dtype).detach()
+    score = -(p - 0.5) * seq_lp
+    surrogate, value = kl(policy_logits, reference_logits, tokens, mask, estimator, temperature)
+    loss = (score + tau * surrogate).mean()
+    metrics = {
+        "score": score.mean().detach(),
+        "kl": value.mean().detach(),
+        "kl_surrogate": surrogate.mean().detach(),
+        "preference": p.mean(),
+        "logprob": seq_lp.mean().detach(),
+    }
+    return loss, metrics
+
+
+_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+
+class TorchKernels:
+    """The kernel set of the torch backend (protocols.Kernels) on CPU tensors by default."""
+
+    preference_loss = staticmethod(preference_loss)
+    mixture_logprobs = staticmethod(mixture_logprobs)
+    sample = staticmethod(sample)
+    kl = staticmethod(kl)
+    nash_md_pg_loss = staticmethod(nash_md_pg_loss)
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def asarray(self, x: Any, dtype: str = "float64") -> torch.Tensor:
+        """NumPy / Python data → a tensor of ``dtype`` (kernels cast token ids with
+        ``.long()``, so token arrays may come in any dtype)."""
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        return torch.as_tensor(arr, device=self.device).to(_DTYPES[str(dtype)])
+
+    def to_numpy(self, x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu().numpy()
+        return np.asarray(x)
+
+    def grad(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        """∂fn(x)/∂x for a scalar fn, by torch.autograd."""
+        with torch.enable_grad():
+            xr = x.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(fn(xr), xr)
+        return g

@@ -1,0 +1,218 @@
+"""Policy, reference and tokenizer of a ``task: nash`` run (issue 3, part 1).
+
+- policy: ``AutoModelForCausalLM.from_pretrained(policy.model, dtype=policy.dtype)``;
+- reference μ: ``reference.model`` when given, else a frozen copy of the *initial* policy
+  (also on resume: μ never moves);
+- LoRA (``policy.lora``, needs ``peft``): the reference is the same module with the
+  adapter disabled (``with policy.disable_adapter()``), never ``get_base_model()``, which
+  still runs the adapter layers (TRL #2781).
+
+Errors are :class:`nlhf.errors.InputError` naming the field and the fix: missing model
+path, unloadable model, tokenizer larger than the model's vocabulary, policy/reference
+vocabulary mismatch.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from nlhf.errors import InputError
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InputError(f"dtype: unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is a filesystem path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_path(name: str, field: str) -> None:
+    """A path that should be local but is absent gets a clear error (before transformers
+    tries the hub, which is offline in tests and CI)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise InputError(
+                f"{field}: {name} has no config.json; point it at a directory written by "
+                f"save_pretrained (or a hub id)"
+            )
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if _looks_local(name) or offline:
+        hint = " (HF_HUB_OFFLINE is set, so hub ids cannot be downloaded)" if offline else ""
+        raise InputError(f"{field}: model path not found: {name}{hint}")
+
+
+def load_tokenizer(name: str, field: str = "policy.tokenizer", **kwargs: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    check_model_path(name, field)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as exc:
+        raise InputError(f"{field}: could not load a tokenizer from {name}: {exc}") from exc
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise InputError(f"{field}: the tokenizer of {name} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, dtype: str, field: str, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    check_model_path(name, field)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise InputError(
+            f"{field}: could not load a causal LM from {name} "
+            f"({type(exc).__name__}: {exc}); it must be loadable by AutoModelForCausalLM"
+        ) from exc
+    return model
+
+
+def output_vocab_size(model: Any) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def check_vocab(tokenizer: Any, model: Any, *, tokenizer_field: str, model_field: str) -> None:
+    """Every token id the tokenizer can produce must index the model's vocabulary
+    (models may pad their vocabulary beyond the tokenizer, never the reverse)."""
+    n_tok, n_model = len(tokenizer), output_vocab_size(model)
+    if n_tok > n_model:
+        raise InputError(
+            f"{tokenizer_field}: the tokenizer has {n_tok} tokens but the model of "
+            f"{model_field} has a vocabulary of {n_model}; use the tokenizer the model was "
+            f"trained with"
+        )
+
+
+class AdapterDisabled(torch.nn.Module):
+    """μ of a LoRA policy: calls the policy with its adapter disabled (TRL #2781: not
+    ``get_base_model()``, whose layers still run the adapter)."""
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__()
+        self._policy = [policy]  # a list, so the policy is not registered as a submodule
+        self.config = policy.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        policy = self._policy[0]
+        with policy.disable_adapter(), torch.no_grad():
+            return policy(*args, **kwargs)
+
+
+@dataclass
+class Models:
+    """The trained policy, the frozen reference μ and the policy's tokenizer."""
+
+    policy: Any
+    reference: Any
+    tokenizer: Any
+    lora: bool = False
+
+
+def _apply_lora(model: Any, lora: Any) -> Any:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise InputError(
+            "policy.lora: LoRA policies need the `peft` package: pip install 'nlhf-torch[peft]'"
+        ) from exc
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_models(spec: Any, *, policy_path: str | Path | None = None) -> Models:
+    """Load policy, reference and tokenizer for ``spec`` (a :class:`nlhf.spec.RunSpec`).
+
+    ``policy_path`` (a checkpoint directory) overrides where the policy weights come
+    from; the reference still comes from ``reference.model`` or the initial policy.
+    """
+    pol = spec.policy
+    tokenizer = load_tokenizer(
+        pol.tokenizer or pol.model,
+        "policy.tokenizer" if pol.tokenizer else "policy.model",
+        trust_remote_code=pol.trust_remote_code,
+    )
+    initial = load_causal_lm(
+        pol.model, pol.dtype, "policy.model", trust_remote_code=pol.trust_remote_code
+    )
+    check_vocab(
+        tokenizer,
+        initial,
+        tokenizer_field="policy.tokenizer" if pol.tokenizer else "policy.model",
+        model_field="policy.model",
+    )
+    lora = pol.lora is not None
+    if lora:
+        if spec.reference.model is not None:
+            raise InputError(
+                "reference.model: with policy.lora the reference is the policy with its "
+                "adapter disabled; remove reference.model"
+            )
+        if policy_path is not None:
+            from peft import PeftModel
+
+            policy = PeftModel.from_pretrained(initial, str(policy_path), is_trainable=True)
+        else:
+            policy = _apply_lora(initial, pol.lora)
+        policy.train()
+        return Models(
+            policy=policy, reference=AdapterDisabled(policy), tokenizer=tokenizer, lora=True
+        )
+
+    if spec.reference.model is not None:
+        reference = load_causal_lm(
+            spec.reference.model,
+            spec.reference.dtype or pol.dtype,
+            "reference.model",
+            trust_remote_code=pol.trust_remote_code,
+        )
+        if output_vocab_size(reference) != output_vocab_size(initial):
+            raise InputError(
+                f"reference.model: vocabulary of {output_vocab_size(reference)} differs from "
+                f"the policy's {output_vocab_size(initial)}; policy and reference must share "
+                f"a tokenizer"
+            )
+    else:
+        reference = initial if policy_path is not None else copy.deepcopy(initial)
+        if spec.reference.dtype is not None and spec.reference.dtype != pol.dtype:
+            reference = reference.to(torch_dtype(spec.reference.dtype))
+    reference.eval()
+    reference.requires_grad_(False)
+
+    if policy_path is not None:
+        policy = load_causal_lm(
+            str(policy_path), pol.dtype, "checkpoint", trust_remote_code=pol.trust_remote_code
+        )
+    else:
+        policy = initial
+    policy.train()
+    return Models(policy=policy, reference=reference, tokenizer=tokenizer)

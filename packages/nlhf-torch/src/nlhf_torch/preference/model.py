@@ -1,0 +1,343 @@
+"""Preference models on transformers (DESIGN §5, paper §3, issue 4).
+
+- :class:`PairwiseModel`: P_θ(y≻y'|x) = σ(v_θ(x,y,y') − v_θ(x,y',y)), antisymmetric by
+  construction. ``head="lm"``: a causal LM reads the judge prompt ("which response is
+  better, 1 or 2?", :data:`nlhf.spec.models.DEFAULT_JUDGE_TEMPLATE`) and
+  v = logit(" 1") − logit(" 2") at the last position — a prompted judge, usable
+  zero-shot before any training. ``head="classification"``: v = a 1-label
+  sequence-classification head on the same judge text.
+- :class:`BradleyTerryModel`: a reward r_θ(x,y) (1-label sequence classification on
+  ``prompt + response``) with P = σ(r(x,y) − r(x,y')) (Bradley & Terry 1952).
+
+Both expose ``pair_logits(prompts, ys, y_primes) -> z`` (differentiable, P = σ(z)) and
+``prob(...) -> list[float]``. A model directory holds the transformers checkpoint
+(safetensors), its tokenizer and ``nlhf_preference.json`` (kind, head, template, answer
+tokens, max length).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from nlhf.errors import InputError
+from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE
+
+CONFIG_NAME = "nlhf_preference.json"
+Kind = Literal["pairwise", "bradley_terry"]
+Head = Literal["lm", "classification"]
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass
+class PreferenceConfig:
+    """What ``nlhf_preference.json`` records about a saved preference model."""
+
+    kind: Kind = "pairwise"
+    head: Head = "lm"
+    template: str = DEFAULT_JUDGE_TEMPLATE
+    answer_tokens: tuple[str, str] = (" 1", " 2")
+    max_length: int = 1024
+    format_version: int = 1
+
+    def save(self, directory: Path) -> None:
+        data = asdict(self)
+        data["answer_tokens"] = list(self.answer_tokens)
+        (Path(directory) / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> PreferenceConfig:
+        data = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        data["answer_tokens"] = tuple(data["answer_tokens"])
+        return cls(**data)
+
+
+def render_judge(template: str, prompt: str, response_1: str, response_2: str) -> str:
+    """Fill ``{prompt}``, ``{response_1}``, ``{response_2}`` (plain replacement, so braces
+    elsewhere in the template or the texts are left alone)."""
+    return (
+        template.replace("{prompt}", prompt)
+        .replace("{response_1}", response_1)
+        .replace("{response_2}", response_2)
+    )
+
+
+def answer_ids(tokenizer: Any, answers: tuple[str, str]) -> tuple[list[int], int, int]:
+    """Token ids of the shared prefix of the two answers and of their first differing
+    tokens: v = logit(first differing token of answer 1) − logit(... of answer 2), read
+    after the judge text followed by the shared prefix (e.g. " 1"/" 2" -> "Ġ" + "1"/"2"
+    for a tokenizer without a "Ġ1" token)."""
+    a = tokenizer.encode(answers[0], add_special_tokens=False)
+    b = tokenizer.encode(answers[1], add_special_tokens=False)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n == len(a) or n == len(b):
+        raise InputError(
+            f"preference_training.answer_tokens: {answers[0]!r} and {answers[1]!r} tokenise to "
+            f"{a} and {b}; one is a prefix of the other, so no token tells them apart. "
+            "Pick answers that differ in a token"
+        )
+    return a[:n], a[n], b[n]
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Right padding (the last real token is gathered per row), left truncation (keep the
+    end, where the answer is read), and a pad token (the EOS token if there is none)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise InputError("the tokenizer has neither a pad nor an EOS token; add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def text_overhead(tokenizer: Any, config: PreferenceConfig) -> int:
+    """Tokens a model of ``config`` adds around prompt and responses: special tokens, the
+    judge template (pairwise) and the shared answer prefix (``head="lm"``)."""
+    if config.kind == "bradley_terry":
+        return len(tokenizer("").input_ids)
+    empty = render_judge(config.template, "", "", "")
+    suffix = answer_ids(tokenizer, config.answer_tokens)[0] if config.head == "lm" else []
+    return len(tokenizer(empty).input_ids) + len(suffix)
+
+
+def load_tokenizer(path: str | Path, field: str = "policy.tokenizer") -> Any:
+    """``AutoTokenizer`` from a local directory or hub id, prepared for scoring."""
+    from transformers import AutoTokenizer
+
+    _check_dir(path, field)
+    try:
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{field}: could not load a tokenizer from {path}: {exc}") from exc
+
+
+class PreferenceModel(torch.nn.Module):
+    """Base class: a transformers model + tokenizer + :class:`PreferenceConfig`."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: PreferenceConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.config = config
+        self.batch_size = 16
+        self._suffix: list[int] = []
+        if config.head == "lm":
+            self._suffix, self._id_1, self._id_2 = answer_ids(tokenizer, config.answer_tokens)
+        elif getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def overhead(self) -> int:
+        """Tokens the model adds around prompt and responses (template, specials)."""
+        return text_overhead(self.tokenizer, self.config)
+
+    def _batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        limit = self.config.max_length - len(self._suffix)
+        rows = self.tokenizer(list(texts), truncation=True, max_length=limit).input_ids
+        rows = [list(r) + self._suffix for r in rows]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
+        return ids.to(self.device), mask.to(self.device), last.to(self.device)
+
+    def scores(self, texts: Sequence[str]) -> torch.Tensor:
+        """v (pairwise) or r (Bradley–Terry) of each text, shape (B,), float32."""
+        ids, mask, last = self._batch(texts)
+        rows = torch.arange(len(ids), device=ids.device)
+        if self.config.head == "lm":
+            base, head = self.model.base_model, self.model.get_output_embeddings()
+            if base is not self.model and head is not None:  # logits at the last position only
+                hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+                logits = head(hidden[rows, last]).float()
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, last].float()
+            return logits[:, self._id_1] - logits[:, self._id_2]
+        out = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        return out[:, 0]
+
+    def texts(
+        self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """Texts scored for the first and the second term of z."""
+        raise NotImplementedError
+
+    def pair_scores(
+        self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v_fwd, v_bwd) with P(y≻y'|x) = σ(v_fwd − v_bwd), one forward over both."""
+        if not len(prompts) == len(ys) == len(y_primes):
+            raise InputError(
+                f"prob: got {len(prompts)} prompts, {len(ys)} ys, {len(y_primes)} y_primes; "
+                "pass one of each per comparison"
+            )
+        fwd, bwd = self.texts(prompts, ys, y_primes)
+        v = self.scores(fwd + bwd)
+        return v[: len(fwd)], v[len(fwd) :]
+
+    def pair_logits(
+        self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
+    ) -> torch.Tensor:
+        """z = v_fwd − v_bwd, so P(y≻y'|x) = σ(z) and z(y',y) = −z(y,y')."""
+        v_fwd, v_bwd = self.pair_scores(prompts, ys, y_primes)
+        return v_fwd - v_bwd
+
+    @torch.no_grad()
+    def prob(
+        self,
+        prompts: Sequence[str],
+        ys: Sequence[str],
+        y_primes: Sequence[str],
+        batch_size: int | None = None,
+    ) -> list[float]:
+        """P(y≻y'|x) for each triple, in batches of ``batch_size`` comparisons."""
+        size = batch_size or self.batch_size
+        out: list[float] = []
+        for i in range(0, len(prompts), size):
+            z = self.pair_logits(prompts[i : i + size], ys[i : i + size], y_primes[i : i + size])
+            out.extend(torch.sigmoid(z.double()).tolist())
+        return out
+
+    def save(self, directory: str | Path) -> None:
+        """``save_pretrained`` (safetensors) + tokenizer + ``nlhf_preference.json``."""
+        directory = Path(directory)
+        with _quiet_loading():
+            self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.config.save(directory)
+
+
+class PairwiseModel(PreferenceModel):
+    """P(y≻y'|x) = σ(v(x,y,y') − v(x,y',y)); v from the judge text (y shown as 1)."""
+
+    def texts(
+        self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        t = self.config.template
+        fwd = [render_judge(t, x, a, b) for x, a, b in zip(prompts, ys, y_primes, strict=True)]
+        bwd = [render_judge(t, x, b, a) for x, a, b in zip(prompts, ys, y_primes, strict=True)]
+        return fwd, bwd
+
+
+class BradleyTerryModel(PreferenceModel):
+    """P(y≻y'|x) = σ(r(x,y) − r(x,y')), r read on ``prompt + response``."""
+
+    def texts(
+        self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        fwd = [x + a for x, a in zip(prompts, ys, strict=True)]
+        bwd = [x + b for x, b in zip(prompts, y_primes, strict=True)]
+        return fwd, bwd
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report (a fresh score head is expected when a
+    classifier starts from a causal LM) and its progress bars, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _model_class(head: Head) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
+
+
+def _wrap(model: Any, tokenizer: Any, config: PreferenceConfig) -> PreferenceModel:
+    cls = PairwiseModel if config.kind == "pairwise" else BradleyTerryModel
+    return cls(model, tokenizer, config)
+
+
+def _check_dir(path: str | Path, field: str) -> None:
+    p = Path(path).expanduser()
+    if not p.is_dir() and str(path).startswith((".", "/", "~")):
+        raise InputError(f"{field}: model directory not found: {path}")
+
+
+def build_preference_model(
+    model_path: str | Path,
+    config: PreferenceConfig,
+    *,
+    tokenizer_path: str | Path | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    field: str = "policy.model",
+) -> PreferenceModel:
+    """Start a preference model from a pretrained LM: ``head="lm"`` keeps its LM head
+    (the zero-shot judge); ``head="classification"`` adds a fresh 1-label score head."""
+    _check_dir(model_path, field)
+    tokenizer = load_tokenizer(tokenizer_path or model_path)
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    if config.head == "classification":
+        kwargs["num_labels"] = 1
+    try:
+        if config.head == "classification":
+            kwargs["pad_token_id"] = tokenizer.pad_token_id
+        with _quiet_loading():
+            model = _model_class(config.head).from_pretrained(str(model_path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{field}: could not load {model_path}: {exc}") from exc
+    return _wrap(model.to(device), tokenizer, config)
+
+
+def load_preference_model(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: str = "float32"
+) -> PreferenceModel:
+    """Load a directory saved by :meth:`PreferenceModel.save`. Without
+    ``nlhf_preference.json``, a causal LM becomes a zero-shot pairwise judge
+    (default template) and a 1-label classifier a Bradley–Terry reward model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise InputError(f"preference.path: model directory not found: {path}")
+    if (path / CONFIG_NAME).exists():
+        config = PreferenceConfig.load(path)
+    else:
+        try:
+            arch = " ".join(AutoConfig.from_pretrained(str(path)).architectures or [])
+        except (OSError, ValueError) as exc:
+            raise InputError(f"preference.path: {path} is not a model directory: {exc}") from exc
+        if arch.endswith("ForCausalLM"):
+            config = PreferenceConfig(kind="pairwise", head="lm")
+        elif "ForSequenceClassification" in arch:
+            config = PreferenceConfig(kind="bradley_terry", head="classification")
+        else:
+            raise InputError(
+                f"preference.path: {path} has no {CONFIG_NAME} and its architecture "
+                f"({arch or 'unknown'}) is neither a causal LM nor a sequence classifier"
+            )
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    with _quiet_loading():
+        model = _model_class(config.head).from_pretrained(str(path), dtype=DTYPES[dtype])
+    return _wrap(model.to(device), tokenizer, config)

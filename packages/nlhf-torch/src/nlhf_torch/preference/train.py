@@ -1,0 +1,330 @@
+"""``task: preference_model`` on the torch backend (issue 4, DESIGN §5).
+
+Trains a :class:`~nlhf_torch.preference.model.PairwiseModel` (or a Bradley–Terry
+reward model) by cross-entropy over both presentation orders,
+loss = mean_b −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)], z = v(x,y_w,y_l) − v(x,y_l,y_w)
+(:func:`nlhf_torch.kernels.preference_loss`), with AdamW, gradient accumulation and
+clipping. Held-out metrics: accuracy, log-loss, ECE and the antisymmetry error
+max |P(y≻y') + P(y'≻y) − 1| (scored in separate calls). Writes
+``spec.resolved.yaml``, ``metrics.jsonl``, ``checkpoints/step-N/`` (model, tokenizer,
+``nlhf_preference.json``, ``trainer_state.pt``), ``model/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from nlhf.data.pairs import Pair, PairData, load_pairs
+from nlhf.errors import InputError
+from nlhf.runio import (
+    MetricsWriter,
+    atomic_directory,
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    write_resolved_spec,
+    write_summary,
+)
+from nlhf.spec.models import PreferenceTrainingSpec
+
+from nlhf_torch.preference.model import (
+    PreferenceConfig,
+    PreferenceModel,
+    build_preference_model,
+    load_preference_model,
+    load_tokenizer,
+    text_overhead,
+)
+
+STATE_NAME = "trainer_state.pt"
+ECE_BINS = 10
+EVAL_BATCH = 16
+LENGTH_SLACK = 4
+"""Tokens kept free beyond the template: BPE merges across the pieces of a rendered text
+may differ slightly from the pieces' separate token counts."""
+
+try:
+    from nlhf_torch.kernels import preference_loss
+except ImportError:  # pragma: no cover - the kernels module ships with nlhf-torch
+
+    def preference_loss(v_fwd: torch.Tensor, v_bwd: torch.Tensor, target: torch.Tensor) -> Any:
+        """Fallback with the same math: BCE with logits on z = v_fwd − v_bwd."""
+        return torch.nn.functional.binary_cross_entropy_with_logits(v_fwd - v_bwd, target)
+
+
+# ------------------------------------------------------------------------- metrics
+def calibration_error(probs: Sequence[float], targets: Sequence[float], bins: int = ECE_BINS):
+    """Expected calibration error (Naeini et al. 2015; Guo et al. 2017) of binary
+    predictions: ECE = Σ_b (n_b/N)·|mean_{i∈b} p_i − mean_{i∈b} t_i| over ``bins``
+    equal-width bins of p ∈ [0, 1] (soft targets t allowed)."""
+    p = torch.tensor(probs, dtype=torch.float64)
+    t = torch.tensor(targets, dtype=torch.float64)
+    idx = torch.clamp((p * bins).long(), max=bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.double().mean().item() * abs(p[sel].mean().item() - t[sel].mean().item())
+    return ece
+
+
+def evaluate_pairs(
+    model: PreferenceModel, pairs: Sequence[Pair], batch_size: int = EVAL_BATCH
+) -> dict[str, float]:
+    """Held-out metrics of P(chosen ≻ rejected) against the labels p:
+    accuracy = mean[(P > ½) = (p > ½)] over pairs with p ≠ ½;
+    log_loss = mean −[p log P + (1−p) log(1−P)];
+    ece over both presentation orders ((P, p) and (P', 1−p), P' = P(rejected ≻ chosen));
+    antisymmetry_max_error = max |P + P' − 1| (P' scored in a separate call)."""
+    if not pairs:
+        return {}
+    was_training = model.training
+    model.eval()
+    prompts = [q.prompt for q in pairs]
+    chosen = [q.chosen for q in pairs]
+    rejected = [q.rejected for q in pairs]
+    p_fwd = torch.tensor(model.prob(prompts, chosen, rejected, batch_size), dtype=torch.float64)
+    p_bwd = torch.tensor(model.prob(prompts, rejected, chosen, batch_size), dtype=torch.float64)
+    model.train(was_training)
+    labels = torch.tensor([q.label for q in pairs], dtype=torch.float64)
+    clipped = p_fwd.clamp(1e-12, 1 - 1e-12)
+    log_loss = -(labels * clipped.log() + (1 - labels) * (1 - clipped).log()).mean()
+    decided = labels != 0.5
+    accuracy = ((p_fwd > 0.5) == (labels > 0.5))[decided].double().mean() if decided.any() else 0
+    ece = calibration_error(
+        torch.cat([p_fwd, p_bwd]).tolist(), torch.cat([labels, 1 - labels]).tolist()
+    )
+    return {
+        "accuracy": float(accuracy),
+        "log_loss": float(log_loss),
+        "ece": ece,
+        "antisymmetry_max_error": float((p_fwd + p_bwd - 1).abs().max()),
+        "mean_prob_chosen": float(p_fwd.mean()),
+        "pairs": len(pairs),
+    }
+
+
+# ------------------------------------------------------------------------ training
+def _optimizer(spec: Any, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    o, lr = spec.training.optimizer, spec.training.lr
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+
+def _lr_lambda(spec: Any, total: int) -> Any:
+    """Linear warm-up for ``warmup_steps``, then constant / linear / cosine decay to 0."""
+    warm, kind = spec.training.warmup_steps, spec.training.lr_schedule
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        frac = (step - warm) / max(1, total - warm)
+        return max(0.0, 1 - frac) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+
+    return factor
+
+
+def _batch_indices(n: int, batch: int, step: int, seed: int, shuffle: bool) -> list[int]:
+    """Pairs of optimiser step ``step`` (0-based): a seeded permutation per epoch, so a
+    resumed run sees exactly the batches the uninterrupted run would have."""
+    per_epoch = math.ceil(n / batch)
+    epoch, k = divmod(step, per_epoch)
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    else:
+        order = torch.arange(n)
+    return order[k * batch : (k + 1) * batch].tolist()
+
+
+def _progress(total: int, start: int, label: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        disable=not sys.stderr.isatty(),
+    )
+    task = bar.add_task(label, total=total, completed=start, loss="-")
+    return bar, task
+
+
+def _save_checkpoint(
+    output: Path, step: int, model: PreferenceModel, opt: Any, sched: Any, keep: int | None
+) -> None:
+    with atomic_directory(checkpoint_dir(output, step)) as tmp:
+        model.save(tmp)
+        state = {
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+        torch.save(state, tmp / STATE_NAME)
+    prune_checkpoints(output, keep)
+
+
+def fit(
+    spec: Any,
+    output: Path,
+    config: PreferenceConfig,
+    data: PairData,
+    *,
+    resume: bool,
+    label: str,
+) -> dict[str, Any]:
+    """Train one preference model on ``data`` under ``output``; return its summary."""
+    t0 = time.perf_counter()
+    tr = spec.training
+    found = latest_checkpoint(output)
+    if found is not None and not resume:
+        raise InputError(
+            f"output.dir: {output} already holds checkpoints (latest {found[1].name}); "
+            "resume with --resume or choose a new output.dir"
+        )
+    start = 0
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
+    if resume and found is not None:
+        start, path = found
+        model = load_preference_model(path, dtype=spec.policy.dtype)
+    else:
+        model = build_preference_model(
+            spec.policy.model,
+            config,
+            tokenizer_path=spec.policy.tokenizer,
+            dtype=spec.policy.dtype,
+        )
+    n = len(data.train)
+    per_epoch = math.ceil(n / tr.batch_size)
+    total = min(tr.steps, tr.epochs * per_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(spec, params)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, total))
+    if start:
+        state = torch.load(found[1] / STATE_NAME, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+    metrics = MetricsWriter(output, truncate_after=start if start else None)
+    zero_shot = None
+    if start == 0 and data.eval:
+        zero_shot = evaluate_pairs(model, data.eval)
+        metrics.log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
+    model.train()
+    bar, task = _progress(total, start, label)
+    last_loss = float("nan")
+    with bar:
+        for step in range(start, total):
+            idx = _batch_indices(n, tr.batch_size, step, spec.seed, spec.data.shuffle)
+            chunks = [c for c in torch.tensor(idx).tensor_split(tr.grad_accum) if len(c)]
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for chunk in chunks:
+                pairs = [data.train[i] for i in chunk.tolist()]
+                v_fwd, v_bwd = model.pair_scores(
+                    [q.prompt for q in pairs], [q.chosen for q in pairs], [q.rejected for q in pairs]
+                )
+                target = torch.tensor([q.label for q in pairs], dtype=v_fwd.dtype)
+                loss = preference_loss(v_fwd, v_bwd, target) * (len(pairs) / len(idx))
+                loss.backward()
+                loss_sum += float(loss.detach())
+            norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm or float("inf"))
+            opt.step()
+            sched.step()
+            done = step + 1
+            last_loss = loss_sum
+            record: dict[str, Any] = {}
+            if done % tr.log_every == 0 or done == total:
+                record = {
+                    "step": done,
+                    "epoch": step // per_epoch,
+                    "loss": loss_sum,
+                    "grad_norm": float(norm),
+                    "lr": sched.get_last_lr()[0],
+                }
+            if data.eval and tr.eval_every and done % tr.eval_every == 0 and done != total:
+                ev = evaluate_pairs(model, data.eval)
+                record.update({"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+            if record:
+                metrics.log(record)
+            every = spec.output.checkpoint_every
+            if (every and done % every == 0) or done == total:
+                _save_checkpoint(output, done, model, opt, sched, spec.output.keep_last)
+            bar.update(task, completed=done, loss=f"{loss_sum:.4f}")
+    final = evaluate_pairs(model, data.eval) if data.eval else {}
+    if final:
+        metrics.log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})
+    metrics.close()
+    with atomic_directory(output / "model") as tmp:
+        model.save(tmp)
+    summary: dict[str, Any] = {
+        "kind": model.config.kind,
+        "head": model.config.head,
+        "model_path": str(output / "model"),
+        "initial_model": spec.policy.model,
+        "steps": total,
+        "resumed_from": start or None,
+        "train_loss_last": last_loss if total > start else None,
+        "eval": final,
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    if zero_shot is not None:
+        summary["eval_zero_shot"] = zero_shot
+    return summary
+
+
+def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run ``task: preference_model`` (see the module docstring); returns the summary."""
+    t0 = time.perf_counter()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_resolved_spec(output, spec)
+    pt = spec.preference_training or PreferenceTrainingSpec()
+    config = PreferenceConfig(
+        kind=pt.kind,
+        head=pt.head or "lm",
+        template=pt.template,
+        answer_tokens=tuple(pt.answer_tokens),
+        max_length=spec.data.max_length,
+    )
+    # the data budget comes from the tokenizer and template of the model being trained
+    tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
+    data = load_pairs(
+        spec.data,
+        seed=spec.seed,
+        tokenizer=tokenizer,
+        reserve=text_overhead(tokenizer, config) + LENGTH_SLACK,
+        joint=config.kind == "pairwise",
+    )
+    summary: dict[str, Any] = {"task": "preference_model", "data": data.report}
+    summary.update(fit(spec, output, config, data, resume=resume, label=config.kind))
+    if pt.compare_baseline:
+        bt = PreferenceConfig(kind="bradley_terry", head="classification", max_length=config.max_length)
+        summary["baseline"] = fit(
+            spec, output / "baseline", bt, data, resume=resume, label="bradley_terry"
+        )
+    summary["wall_time_s"] = time.perf_counter() - t0
+    write_summary(output, summary)
+    return summary

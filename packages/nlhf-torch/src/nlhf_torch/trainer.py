@@ -1,0 +1,543 @@
+"""The torch training loop of ``task: nash`` (issue 3, parts 4 and 6; paper §7).
+
+One loop, the algorithm chosen by the spec:
+
+============== ============================ ==========================================
+algorithm      opponent y'                  loss per row (P = P(y≻y'|x), no gradient)
+============== ============================ ==========================================
+nash_md_pg     π̃_β ∝ π_θ^(1−β) μ^β (tokens) −(P − ½)·log π_θ(y|x) + τ·KL
+self_play      π_θ (β = 0)                   same
+best_response  μ (β = 1)                     same
+nash_ema_pg    EMA θ̄ ← d·θ̄ + (1−d)·θ        same
+rlhf_pg        — (no y')                     −(r − mean_batch r)·log π_θ(y|x) + τ·KL
+online_ipo     π̃_β                          (h(y_w, y_l) − 1/(2τ))², h = log π/μ(y_w) − log π/μ(y_l)
+============== ============================ ==========================================
+
+y ~ π_θ and y' are drawn by :func:`nlhf_torch.generation.generate_pairs` (KV caches, one
+prefill) from a seeded ``torch.Generator``; P comes from the *decoded completions*
+(special tokens skipped, EOS looked for in the completion only, TRL #6802). Log-probs use
+the sampling temperature. β and τ follow :func:`nlhf.algorithms.schedules.schedule_value`
+at the integer step (0-based: step 1 uses the schedule's start). ``training.batch_size``
+prompts per optimiser step are split into ``grad_accum`` micro-batches; each micro-batch
+loss is divided by ``grad_accum``. The prompt order is a permutation seeded by
+(seed, epoch), so it is a pure function of the step and needs no state to resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nlhf.algorithms.schedules import schedule_value
+from nlhf.data.prompts import load_prompts
+from nlhf.errors import InputError, NLHFError
+from nlhf.runio import MetricsWriter, write_resolved_spec, write_summary
+
+from nlhf_torch import kernels
+from nlhf_torch.checkpoint import (
+    load_trainer_state,
+    resume_point,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from nlhf_torch.generation import generate_pairs, sequence_logits
+from nlhf_torch.models import Models, load_models
+from nlhf_torch.preferences import build_preference, has_reward
+
+OPPONENT = {
+    "nash_md_pg": "mixture",
+    "self_play": "policy",
+    "best_response": "reference",
+    "nash_ema_pg": "model",
+    "rlhf_pg": "policy",
+    "online_ipo": "mixture",
+}
+TIMING_KEYS = ("tokens_per_s", "step_seconds", "generation_seconds")
+
+
+# ------------------------------------------------------------------------- helpers
+def prompt_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The order of the n prompts in ``epoch``: a permutation seeded by (seed, epoch)."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(position: int, size: int, n: int, seed: int, shuffle: bool) -> list[int]:
+    """Prompt indices at global positions ``position .. position+size−1`` (crossing epochs)."""
+    out = []
+    for p in range(position, position + size):
+        out.append(int(prompt_order(n, p // n, seed, shuffle)[p % n]))
+    return out
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier after ``s`` optimiser steps: linear warmup min(1, (s+1)/warmup), then
+    ``constant`` 1, ``linear`` 1 − u or ``cosine`` ½(1 + cos πu), u = (s − warmup)/(total − warmup)."""
+
+    def fn(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        u = min(max(s - warmup, 0) / max(total - warmup, 1), 1.0)
+        if schedule == "linear":
+            return 1.0 - u
+        return 0.5 * (1.0 + math.cos(math.pi * u))
+
+    return fn
+
+
+def build_optimizer(params: list[torch.nn.Parameter], training: Any) -> torch.optim.Optimizer:
+    opt = training.optimizer
+    if opt.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=training.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+    if opt.name == "adam":
+        return torch.optim.Adam(
+            params, lr=training.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+    return torch.optim.SGD(params, lr=training.lr, weight_decay=opt.weight_decay)
+
+
+def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> str:
+    """Wrap ``prompt`` in the tokenizer's chat template when asked (default: when it has one)."""
+    use = chat_template if chat_template is not None else bool(tokenizer.chat_template)
+    if not use:
+        return prompt
+    if not tokenizer.chat_template:
+        raise InputError(
+            "policy.chat_template: the tokenizer has no chat template; set chat_template: false"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def tokenize_prompts(
+    prompts: list[str], tokenizer: Any, data: Any, chat_template: bool | None
+) -> tuple[list[str], list[list[int]]]:
+    """Token ids of each prompt; over-long prompts follow ``data.truncation`` (``left`` and
+    ``right`` both keep the prompt's last ``max_prompt_length`` tokens, since responses are
+    generated; ``drop`` skips it; ``error`` stops)."""
+    texts, ids = [], []
+    limit = data.max_prompt_length
+    for i, prompt in enumerate(prompts):
+        text = format_prompt(tokenizer, prompt, chat_template)
+        tok = tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
+        if not tok:
+            raise InputError(f"data: prompt {i} is empty after tokenization")
+        if len(tok) > limit:
+            if data.truncation == "drop":
+                continue
+            if data.truncation == "error":
+                raise InputError(
+                    f"data.max_prompt_length: prompt {i} has {len(tok)} tokens > {limit}; "
+                    f"raise the limit or set data.truncation: left"
+                )
+            tok = tok[-limit:]
+        texts.append(prompt)
+        ids.append(tok)
+    if not ids:
+        raise InputError(f"data: every prompt is longer than max_prompt_length={limit}")
+    return texts, ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Any, Any]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def decode(tokenizer: Any, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Completion texts: only the sampled tokens (mask 1), special tokens skipped."""
+    rows = [t[m.bool()].tolist() for t, m in zip(tokens.cpu(), mask.cpu(), strict=True)]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """θ̄ ← d·θ̄ + (1 − d)·θ (Nash-EMA-PG, paper §7)."""
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+
+
+def _check_spec(spec: Any) -> None:
+    if spec.task != "nash":
+        raise NLHFError(f"train_nash runs `task: nash` specs, not {spec.task!r}")
+    if spec.is_tabular:
+        raise NLHFError("tabular preferences run on the numpy backend: use --backend numpy")
+    if spec.algorithm is None or spec.algorithm.name not in OPPONENT:
+        name = getattr(spec.algorithm, "name", None)
+        raise InputError(
+            f"algorithm.name: {name!r} is not an LLM algorithm; use one of {', '.join(OPPONENT)}"
+        )
+    if spec.distributed.engine != "none":
+        raise NLHFError(
+            f"distributed.engine: {spec.distributed.engine!r} is not supported by the "
+            f"single-process trainer yet; remove the distributed section"
+        )
+    tr = spec.training
+    if tr.batch_size % tr.grad_accum:
+        raise InputError(
+            f"training.grad_accum: batch_size {tr.batch_size} is not divisible by grad_accum "
+            f"{tr.grad_accum}; each optimiser step takes batch_size prompts in grad_accum "
+            f"equal micro-batches"
+        )
+    if tr.generation.top_k:
+        raise InputError("training.generation.top_k: the torch trainer samples the full vocabulary")
+
+
+# ---------------------------------------------------------------------------- loop
+class NashTrainer:
+    """State of one run; :func:`train_nash` is the entry point."""
+
+    def __init__(self, spec: Any, output: Path, *, resume: bool, plugins: Any = None) -> None:
+        _check_spec(spec)
+        self.spec = spec
+        self.output = Path(output)
+        self.algo = spec.algorithm
+        self.total = spec.training.steps
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.start_step = 0
+        state = None
+        ckpt_path = None
+        if resume:
+            self.start_step, ckpt_path = resume_point(self.output)
+            state = load_trainer_state(ckpt_path)
+        self.models: Models = load_models(spec, policy_path=ckpt_path)
+        self.policy = self.models.policy.to(self.device)
+        self.reference = self.models.reference.to(self.device)
+        self.tokenizer = self.models.tokenizer
+        self.preference = build_preference(spec, self.device, plugins=plugins)
+        if self.algo.name == "rlhf_pg" and not has_reward(self.preference):
+            raise InputError(
+                f"algorithm.name: rlhf_pg needs a scalar reward; preference "
+                f"{spec.preference.name!r} has none (use bradley_terry_reward or an oracle "
+                f"with `reward`)"
+            )
+        raw = load_prompts(spec.data)
+        self.prompts, self.prompt_ids = tokenize_prompts(
+            raw, self.tokenizer, spec.data, spec.policy.chat_template
+        )
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise InputError("policy.tokenizer: the tokenizer has no EOS token")
+        self.eos_id, self.pad_id = eos, self.tokenizer.pad_token_id
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, spec.training)
+        tr = spec.training
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(tr.lr_schedule, tr.warmup_steps, self.total)
+        )
+        self.ema = None
+        if self.algo.name == "nash_ema_pg":
+            self.ema = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        # seeds are set after the models load, so loading cannot shift the streams
+        random.seed(spec.seed)
+        np.random.seed(spec.seed % 2**32)
+        torch.manual_seed(spec.seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        self.elapsed = 0.0
+        self.generated_tokens = 0
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            set_rng_state(state["rng"], self.generator)
+            self.elapsed = float(state.get("elapsed", 0.0))
+            self.generated_tokens = int(state.get("generated_tokens", 0))
+        self.last_checkpoint: Path | None = ckpt_path
+
+    # ----------------------------------------------------------------- one step
+    def _micro_batch(self, idx: list[int], step0: int) -> tuple[torch.Tensor, dict[str, float]]:
+        spec, algo = self.spec, self.algo
+        gen = spec.training.generation
+        temp = gen.temperature
+        tau = schedule_value(algo.tau, step0, self.total)
+        beta = {"self_play": 0.0, "best_response": 1.0}.get(
+            algo.name, schedule_value(getattr(algo, "beta", 0.0), step0, self.total)
+        )
+        input_ids, attn = left_pad([self.prompt_ids[i] for i in idx], self.pad_id, self.device)
+        prompts = [self.prompts[i] for i in idx]
+        t0 = time.perf_counter()
+        pairs = generate_pairs(
+            self.policy,
+            self.reference,
+            input_ids,
+            attn,
+            beta=beta,
+            max_new_tokens=gen.max_new_tokens,
+            temperature=temp,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            opponent=OPPONENT[algo.name],
+            opponent_model=self.ema,
+            generator=self.generator,
+            return_reference_logits=True,
+        )
+        gen_seconds = time.perf_counter() - t0
+        ys = decode(self.tokenizer, pairs.y, pairs.y_mask)
+        logits = sequence_logits(self.policy, input_ids, attn, pairs.y, pairs.y_mask)
+        ref_logits = pairs.reference_logits
+        metrics: dict[str, float] = {}
+        if algo.name == "rlhf_pg":
+            reward = self.preference.reward(prompts, ys).to(self.device)
+            advantage = reward - reward.mean()
+            # −(r − r̄)·log π(y) + τ·KL  ==  nash_md_pg_loss with P := r − r̄ + ½
+            loss, km = kernels.nash_md_pg_loss(
+                logits,
+                ref_logits,
+                pairs.y,
+                pairs.y_mask,
+                advantage + 0.5,
+                tau,
+                temp,
+                algo.kl_estimator,
+            )
+            km.pop("preference")
+            metrics["reward"] = float(reward.mean())
+            gen_tokens = int(pairs.y_mask.sum())
+        else:
+            y_primes = decode(self.tokenizer, pairs.y_prime, pairs.y_prime_mask)
+            pref = self.preference.prob(prompts, ys, y_primes)
+            pref = torch.as_tensor(pref, dtype=torch.float64).to(self.device)
+            if algo.name == "online_ipo":
+                loss, km = self._ipo_loss(
+                    input_ids, attn, pairs, logits, ref_logits, pref, algo.tau, temp
+                )
+            else:
+                loss, km = kernels.nash_md_pg_loss(
+                    logits,
+                    ref_logits,
+                    pairs.y,
+                    pairs.y_mask,
+                    pref,
+                    tau,
+                    temp,
+                    algo.kl_estimator,
+                )
+            metrics["len_y_prime"] = float(pairs.y_prime_mask.sum(-1).double().mean())
+            gen_tokens = int(pairs.y_mask.sum() + pairs.y_prime_mask.sum())
+        metrics.update({k: float(v) for k, v in km.items()})
+        metrics["len_y"] = float(pairs.y_mask.sum(-1).double().mean())
+        metrics["tau"] = tau
+        if algo.name not in ("rlhf_pg",):
+            metrics["beta"] = beta
+        metrics["generation_seconds"] = gen_seconds
+        metrics["generated_tokens"] = gen_tokens
+        return loss, metrics
+
+    def _ipo_loss(
+        self,
+        input_ids: torch.Tensor,
+        attn: torch.Tensor,
+        pairs: Any,
+        logits: torch.Tensor,
+        ref_logits: torch.Tensor,
+        pref: torch.Tensor,
+        tau: float,
+        temp: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Online IPO (Calandriello et al. 2024): with s = sign(P − ½) ordering the pair,
+        loss = mean (s·h(y, y') − 1/(2τ))², h = log π/μ(y) − log π/μ(y')."""
+        logits_p = sequence_logits(self.policy, input_ids, attn, pairs.y_prime, pairs.y_prime_mask)
+        with torch.no_grad():
+            ref_p = sequence_logits(
+                self.reference, input_ids, attn, pairs.y_prime, pairs.y_prime_mask
+            )
+        lp_y = kernels.sequence_logprobs(logits, pairs.y, pairs.y_mask, temp)
+        lq_y = kernels.sequence_logprobs(ref_logits, pairs.y, pairs.y_mask, temp)
+        lp_p = kernels.sequence_logprobs(logits_p, pairs.y_prime, pairs.y_prime_mask, temp)
+        lq_p = kernels.sequence_logprobs(ref_p, pairs.y_prime, pairs.y_prime_mask, temp)
+        h = (lp_y - lq_y) - (lp_p - lq_p)
+        sign = torch.where(pref >= 0.5, 1.0, -1.0).to(h.dtype)
+        loss = ((sign * h - 1.0 / (2.0 * tau)) ** 2).mean()
+        return loss, {
+            "preference": pref.mean(),
+            "margin": (sign * h).mean().detach(),
+            "kl": (lp_y - lq_y).mean().detach(),
+        }
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One optimiser step (1-based ``step``); returns its metrics record."""
+        tr = self.spec.training
+        t0 = time.perf_counter()
+        idx = batch_indices(
+            (step - 1) * tr.batch_size,
+            tr.batch_size,
+            len(self.prompts),
+            self.spec.seed,
+            self.spec.data.shuffle,
+        )
+        micro = tr.batch_size // tr.grad_accum
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        total_loss = 0.0
+        for k in range(tr.grad_accum):
+            loss, m = self._micro_batch(idx[k * micro : (k + 1) * micro], step - 1)
+            (loss / tr.grad_accum).backward()
+            total_loss += float(loss.detach()) / tr.grad_accum
+            for key, value in m.items():
+                sums[key] = sums.get(key, 0.0) + value
+        grad_norm = None
+        if tr.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, tr.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            ema_update(self.ema, self.policy, self.algo.ema_decay)
+        seconds = time.perf_counter() - t0
+        gen_tokens = int(sums.pop("generated_tokens"))
+        gen_seconds = sums.pop("generation_seconds")
+        self.elapsed += seconds
+        self.generated_tokens += gen_tokens
+        record: dict[str, Any] = {"step": step, "loss": total_loss}
+        averaged = ("generation_seconds", "generated_tokens")
+        for key, value in sums.items():
+            if key not in averaged:
+                record[key] = value / tr.grad_accum
+        record["kl_estimator"] = getattr(self.algo, "kl_estimator", None)
+        record["grad_norm"] = grad_norm
+        record["lr"] = lr
+        record["generated_tokens"] = gen_tokens
+        record["tokens_per_s"] = gen_tokens / gen_seconds if gen_seconds > 0 else None
+        record["generation_seconds"] = gen_seconds
+        record["step_seconds"] = seconds
+        return record
+
+    # ----------------------------------------------------------------- the run
+    def checkpoint(self, step: int) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.generator),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "position": step * self.spec.training.batch_size,
+            "elapsed": self.elapsed,
+            "generated_tokens": self.generated_tokens,
+            "algorithm": self.algo.name,
+        }
+        self.last_checkpoint = save_checkpoint(
+            self.output,
+            step,
+            policy=self.policy,
+            tokenizer=self.tokenizer,
+            trainer_state=state,
+            keep_last=self.spec.output.keep_last,
+        )
+        return self.last_checkpoint
+
+    def run(self) -> dict[str, Any]:
+        spec = self.spec
+        self.output.mkdir(parents=True, exist_ok=True)
+        write_resolved_spec(self.output, spec)
+        every = spec.output.checkpoint_every
+        last: dict[str, Any] = {}
+        saved_at = self.start_step if self.last_checkpoint is not None else None
+        with (
+            MetricsWriter(
+                self.output, truncate_after=self.start_step if self.start_step else None
+            ) as writer,
+            _progress(self.total, self.start_step, spec.algorithm.name) as advance,
+        ):
+            for step in range(self.start_step + 1, self.total + 1):
+                record = self.step(step)
+                last = record
+                if step % spec.training.log_every == 0 or step == self.total:
+                    writer.log(record)
+                advance(record)
+                if every is not None and step % every == 0:
+                    self.checkpoint(step)
+                    saved_at = step
+        if saved_at != self.total:
+            self.checkpoint(self.total)
+        summary: dict[str, Any] = {
+            "task": "nash",
+            "backend": "torch",
+            "algorithm": self.algo.name,
+            "steps": self.total,
+            "resumed_from": self.start_step or None,
+            "wall_seconds": self.elapsed,
+            "seconds_per_step": self.elapsed / self.total,
+            "generated_tokens": self.generated_tokens,
+            "tokens_per_s": self.generated_tokens / self.elapsed if self.elapsed else None,
+            "final": {k: v for k, v in last.items() if k not in TIMING_KEYS},
+            "checkpoint": str(self.last_checkpoint),
+            "device": str(self.device),
+        }
+        extra = getattr(getattr(self.preference, "fn", None), "summary", None)
+        if callable(extra):
+            summary["oracle"] = extra(
+                policy=self.policy,
+                reference=self.reference,
+                tokenizer=self.tokenizer,
+                prompts=self.prompts,
+                spec=spec,
+            )
+        write_summary(self.output, summary)
+        return summary
+
+
+class _progress:
+    """A rich progress bar on a TTY; a no-op otherwise."""
+
+    def __init__(self, total: int, done: int, label: str) -> None:
+        self.total, self.done, self.label = total, done, label
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[dict[str, Any]], None]:
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task(
+                self.label, total=self.total, completed=self.done, info=""
+            )
+
+        def advance(record: dict[str, Any]) -> None:
+            if self.bar is not None:
+                info = f"loss {record['loss']:.4f} kl {record.get('kl', float('nan')):.4f}"
+                self.bar.update(self.task, advance=1, info=info)
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def train_nash(
+    spec: Any, output: Path, *, resume: bool = False, plugins: Any = None
+) -> dict[str, Any]:
+    """Run a ``task: nash`` spec with the torch backend; write ``spec.resolved.yaml``,
+    ``metrics.jsonl``, ``summary.json`` and ``checkpoints/step-N/`` under ``output`` and
+    return the summary. ``resume=True`` continues bit-exactly from the latest checkpoint.
+    ``plugins`` overrides the process-wide plugin set (tests)."""
+    from nlhf_torch.quickstart import maybe_prepare
+
+    maybe_prepare(spec)
+    return NashTrainer(spec, Path(output), resume=resume, plugins=plugins).run()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install nlhf into ./.venv: torch (CPU, pinned) first, then the workspace packages
+# (editable), the example third-party backend, and the dev tools.
+#
+#   bash scripts/install.sh              # always (re)install
+#   bash scripts/install.sh --if-needed  # skip when .venv is up to date (stamp file)
+#
+# The stamp (.venv/.nlhf-install-stamp) holds a hash of every pyproject.toml and of this
+# script, so editing a dependency or this file triggers a reinstall.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV=.venv
+STAMP="$VENV/.nlhf-install-stamp"
+TORCH_PIN="torch==2.13.0"  # pinned: an unpinned torch pulls a multi-GB CUDA build
+
+stamp() {
+  {
+    find . \( -name .venv -o -name .nox -o -name .git -o -name node_modules -o -name '.trl-venv' \) -prune \
+      -o -name pyproject.toml -type f -print | LC_ALL=C sort | xargs cat
+    cat scripts/install.sh
+  } | sha256sum | cut -d' ' -f1
+}
+
+if [[ "${1:-}" == "--if-needed" ]]; then
+  if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp)" ]]; then
+    exit 0
+  fi
+  echo "install: .venv missing or out of date; installing" >&2
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  if command -v python3.11 >/dev/null 2>&1; then
+    PYTHON=python3.11
+  else
+    PYTHON=python3
+  fi
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "install: nlhf needs Python >= 3.11; found $("$PYTHON" --version 2>&1)." >&2
+    echo "install: install python3.11 and re-run this script." >&2
+    exit 1
+  fi
+  echo "install: creating $VENV with $("$PYTHON" --version 2>&1)" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
+"${PIP[@]}" --upgrade pip
+"${PIP[@]}" "$TORCH_PIN"
+
+PACKAGES=(-e packages/nlhf-core -e packages/nlhf-torch -e packages/nlhf-jax)
+if [[ -d examples/nlhf-example-backend ]]; then
+  PACKAGES+=(-e examples/nlhf-example-backend)
+fi
+"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest ruff nox matplotlib
+
+stamp >"$STAMP"
+echo "install: done; the CLI is $VENV/bin/nlhf" >&2

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install everything into ./.venv and run the main job on an embedded example spec.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SPEC="${NLHF_QUICKSTART_SPEC:-specs/tabular-dice.yaml}"  # the job the quickstart runs
+BACKEND="${NLHF_QUICKSTART_BACKEND:-numpy}"
+
+bash scripts/install.sh --if-needed
+echo "quickstart: nlhf run $SPEC --backend $BACKEND" >&2
+.venv/bin/nlhf run "$SPEC" --backend "$BACKEND" "$@"

@@ -1,0 +1,112 @@
+"""The kit has teeth: each known kernel bug (DESIGN §9) makes a kit case fail; and the
+pytest plugin turns declared gaps into strict xfails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from nlhf.algorithms import reference as R
+from nlhf.testing import BackendConformance
+
+
+class _Kit(BackendConformance):  # not collected (no Test prefix): cases called directly
+    backend = "numpy"
+    dtype = "float64"
+
+
+class SwappedMixture(R.NumpyKernels):
+    """TRL PR #1853: the mixture coefficients swapped."""
+
+    def mixture_logprobs(self, p: Any, r: Any, beta: float, temperature: float) -> Any:  # type: ignore[override]
+        return R.mixture_logprobs(p, r, 1.0 - beta, temperature)
+
+
+class NoTemperatureKL(R.NumpyKernels):
+    """Temperature used for sampling but not for log-probs (DESIGN §9)."""
+
+    def kl(self, p, r, t, m, estimator, temperature):  # type: ignore[override]
+        return R.kl(p, r, t, m, estimator, 1.0)
+
+
+class UnmaskedKL(R.NumpyKernels):
+    """Padding after EOS counted (TRL #6802-like)."""
+
+    def kl(self, p, r, t, m, estimator, temperature):  # type: ignore[override]
+        return R.kl(p, r, t, np.ones_like(m), estimator, temperature)
+
+
+class GreedySampler(R.NumpyKernels):
+    def sample(self, logprobs, uniforms):  # type: ignore[override]
+        return np.argmax(logprobs, axis=-1)
+
+
+class UncenteredPreference(R.NumpyKernels):
+    """−P·Σ log π instead of −(P − ½)·Σ log π."""
+
+    def nash_md_pg_loss(self, p, r, t, m, pref, tau, temperature, estimator):  # type: ignore[override]
+        return R.nash_md_pg_loss(p, r, t, m, np.asarray(pref) - 0.5, tau, temperature, estimator)
+
+
+def _fails(method: str, kernels: Any, **kwargs: Any) -> None:
+    with pytest.raises(AssertionError):
+        getattr(_Kit(), method)(kernels, **kwargs)
+
+
+def test_kit_passes_the_oracle_itself() -> None:
+    k = R.NumpyKernels()
+    _Kit().test_mixture_logprobs(k, beta=0.3, temperature=0.7)
+    _Kit().test_kl_grad(k, estimator="sampled")
+
+
+def test_kit_catches_known_bugs() -> None:
+    _fails("test_mixture_logprobs", SwappedMixture(), beta=0.3, temperature=1.0)
+    for est in R.ESTIMATORS:
+        _fails("test_kl_value", NoTemperatureKL(), estimator=est)
+        _fails("test_kl_value", UnmaskedKL(), estimator=est)
+    _fails("test_sample", GreedySampler())
+    _fails("test_nash_md_pg_loss", UncenteredPreference(), estimator="exact")
+    # EasyDeL: KL log-ratio not gradient-stopped -> wrong sampled-KL gradient
+    _fails("test_kl_grad", R.NumpyKernels("central"), estimator="sampled")
+    _fails("test_nash_md_pg_grad", R.NumpyKernels("central"), estimator="sampled")
+
+
+def test_plugin_applies_strict_xfails(tmp_path: Path) -> None:
+    (tmp_path / "test_plugin_probe.py").write_text(
+        "from nlhf.testing import BackendConformance\n"
+        "class TestProbe(BackendConformance):\n"
+        "    backend = 'example'\n"
+        "    dtype = 'float32'\n"
+        "    xfails = {'test_sample': 'sampler broken on purpose',\n"
+        "              'test_kl_value[k3]': 'declared but passes'}\n"
+        "    def test_sample(self, kernels):\n"
+        "        raise AssertionError('broken')\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "test_sample or test_kl_value",
+            str(tmp_path / "test_plugin_probe.py"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = proc.stdout
+    assert "XFAIL test_plugin_probe.py::TestProbe::test_sample" in out, out
+    assert "sampler broken on purpose" in out, out
+    assert "[XPASS(strict)]" in out and "test_kl_value[k3]" in out, out
+    assert "2 passed" in out, out  # kl_value[sampled], kl_value[exact]
