@@ -18,7 +18,6 @@ pytestmark = [pytest.mark.jax, pytest.mark.torch]
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
-
 from nlhf.spec.models import TrainingSpec  # noqa: E402
 
 B, P, T = 3, 6, 7
@@ -29,9 +28,8 @@ TEMP, BETA, TAU = 0.8, 0.3, 0.2
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny Qwen2 policy (weights ~ N(0, 0.3²), biases non-zero) and a perturbed copy as
     the reference."""
-    from transformers import AutoModelForCausalLM
-
     from nlhf_torch.tiny import build_tiny_model
+    from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("xbackend")
     raw = build_tiny_model(root / "raw", "qwen2", tie_word_embeddings=False)
@@ -50,9 +48,8 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def models(ckpts):
-    from transformers import AutoModelForCausalLM
-
     from nlhf_jax.models import load_model
+    from transformers import AutoModelForCausalLM
 
     tp = AutoModelForCausalLM.from_pretrained(ckpts["policy"]).eval()
     tr = AutoModelForCausalLM.from_pretrained(ckpts["reference"]).eval()
@@ -119,7 +116,14 @@ def test_logits_and_token_logprobs_match(models, batch):
     np.testing.assert_allclose(j_lp[real], t_lp[real], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("opponent", ["mixture", "reference", "policy"])
+@pytest.mark.parametrize(
+    "opponent",
+    [
+        "mixture",
+        pytest.param("reference", marks=pytest.mark.slow),
+        pytest.param("policy", marks=pytest.mark.slow),
+    ],
+)
 def test_generation_draws_the_same_pairs(models, batch, opponent):
     """Same uniforms → the same y and y' tokens and masks; the reference logits returned
     for the KL term agree to 1e-5."""
@@ -191,12 +195,12 @@ def test_nash_md_pg_loss_and_parameter_gradients_match(models, batch, estimator)
                                    err_msg=name)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_one_adamw_step_gives_the_same_parameters(models, batch, ckpts):
     """torch.optim.AdamW + clip_grad_norm_ vs the optax chain of the same spec section."""
-    from transformers import AutoModelForCausalLM
-
     from nlhf_jax.models import to_hf_state_dict
     from nlhf_jax.optim import build_optimizer
+    from transformers import AutoModelForCausalLM
 
     training = TrainingSpec(
         lr=1e-3, max_grad_norm=0.5, steps=10,
@@ -204,7 +208,7 @@ def test_one_adamw_step_gives_the_same_parameters(models, batch, ckpts):
     )  # fmt: skip
     _, tr, jp, jr = models
     tp = AutoModelForCausalLM.from_pretrained(ckpts["policy"]).eval()  # a fresh copy to update
-    _, t_grads, pref = _torch_loss_and_grads(tp, tr, batch, "exact")
+    _, _t_grads, pref = _torch_loss_and_grads(tp, tr, batch, "exact")
     opt = torch.optim.AdamW(tp.parameters(), lr=training.lr, betas=training.optimizer.betas,
                             eps=training.optimizer.eps, weight_decay=0.01)  # fmt: skip
     before = {n: q.detach().numpy().copy() for n, q in tp.named_parameters()}
@@ -212,7 +216,7 @@ def test_one_adamw_step_gives_the_same_parameters(models, batch, ckpts):
     opt.step()
     after_t = {n: q.detach().numpy() for n, q in tp.named_parameters()}
 
-    fn, state, graphdef = _jax_loss_fn(jp, jr, batch, pref, "exact")
+    fn, state, _graphdef = _jax_loss_fn(jp, jr, batch, pref, "exact")
     grads = jax.grad(fn)(state)
     tx = build_optimizer(training)
     import optax

@@ -99,7 +99,9 @@ def test_pairs_trl_format_with_column_mapping_and_soft_labels(tmp_path: Path) ->
 
 
 def test_pairs_bad_label_is_an_error(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b", "label": 1.5}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b", "label": 1.5}]
+    )
     with pytest.raises(InputError, match=r"row 0.*\[0, 1\]"):
         load_pairs(spec(path))
 
@@ -110,7 +112,7 @@ def test_pairs_missing_columns_name_the_columns_found(tmp_path: Path) -> None:
         load_pairs(spec(path))
     assert "question" in str(err.value) and "answer" in str(err.value)
     assert "data.columns" in str(err.value)
-    with pytest.raises(InputError, match="lacks column.*'prompt'.*columns found: chosen"):
+    with pytest.raises(InputError, match=r"lacks column.*'prompt'.*columns found: chosen"):
         path2 = write_jsonl(tmp_path / "e.jsonl", [{"chosen": "a", "rejected": "b"}])
         load_pairs(spec(path2, format="preference"))
 
@@ -133,7 +135,7 @@ def test_pairs_identical_pairs_are_dropped_and_counted(tmp_path: Path) -> None:
     assert data.report["dropped_identical"] == 3
     assert data.train == [Pair("x", "a", "b")]
     only_identical = write_jsonl(tmp_path / "e.jsonl", rows[1:])
-    with pytest.raises(InputError, match="no usable pairs.*3 identical"):
+    with pytest.raises(InputError, match=r"no usable pairs.*3 identical"):
         load_pairs(spec(only_identical))
 
 
@@ -142,7 +144,7 @@ def test_pairs_wrong_format_and_conversational_values(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a pairwise format"):
         load_pairs(spec(path, format="prompt"))
     conv = [{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}]
-    with pytest.raises(InputError, match="chosen.*list.*plain strings"):
+    with pytest.raises(InputError, match=r"chosen.*list.*plain strings"):
         load_pairs(spec(write_jsonl(tmp_path / "c.jsonl", conv)))
 
 
@@ -199,7 +201,7 @@ def test_pairs_truncation_drop_and_error(tmp_path: Path) -> None:
     data = load_pairs(spec(path, max_length=50, truncation="drop"))
     assert data.train == [Pair("x", "a", "b")]
     assert data.report["dropped_too_long"] == 1
-    with pytest.raises(InputError, match="row 0.*too long.*data.truncation"):
+    with pytest.raises(InputError, match=r"row 0.*too long.*data.truncation"):
         load_pairs(spec(path, max_length=50, truncation="error"))
     with pytest.raises(InputError, match="leaves no room"):
         load_pairs(spec(path, max_length=8), reserve=8)

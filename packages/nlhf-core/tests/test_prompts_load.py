@@ -69,7 +69,7 @@ def test_missing_prompt_column_names_columns(tmp_path: Path) -> None:
 def test_empty_dataset(tmp_path: Path) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("", encoding="utf-8")
-    with pytest.raises(InputError, match=r"empty\.jsonl"):
+    with pytest.raises(InputError, match=r"empty\.jsonl is empty \(no rows\)"):
         load_prompts(DataSpec(path=str(path), format="prompt"))
 
 

@@ -11,8 +11,12 @@ import pytest
 def randomize_checkpoint(src: Path, dst: Path, *, seed: int, std: float = 0.3) -> Path:
     """Load ``src`` with transformers, redraw every parameter ~ N(0, std²), save to ``dst``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoConfig
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     cfg = AutoConfig.from_pretrained(src)
     is_cls = any("SequenceClassification" in a for a in cfg.architectures or [])

@@ -7,7 +7,6 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from nlhf.errors import InputError
 from nlhf_jax.models import load_model, save_model
 from nlhf_jax.models.decoder import DecoderConfig, rope_inv_freq

@@ -24,7 +24,24 @@ from nlhf_torch.preference.model import (
 from nlhf_torch.preference.serve import load_pairwise_model
 from nlhf_torch.tiny import build_tiny_model
 
-WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "grape", "melon", "berry", "peach", "the", "a", "is", "good", "bad"]
+WORDS = [
+    "apple",
+    "pear",
+    "plum",
+    "fig",
+    "kiwi",
+    "lime",
+    "date",
+    "grape",
+    "melon",
+    "berry",
+    "peach",
+    "the",
+    "a",
+    "is",
+    "good",
+    "bad",
+]
 TEMPLATE = "Q: {prompt} A1: {response_1} A2: {response_2} Better:"
 CONFIGS = [
     PreferenceConfig(kind="pairwise", head="lm", template=TEMPLATE, max_length=96),

@@ -39,7 +39,11 @@ def keyword_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
         return " ".join(words)
 
     return [
-        {"prompt": f"pick {rng.choice(WORDS)}", "chosen": response(True), "rejected": response(False)}
+        {
+            "prompt": f"pick {rng.choice(WORDS)}",
+            "chosen": response(True),
+            "rejected": response(False),
+        }
         for _ in range(n)
     ]
 
@@ -151,7 +155,9 @@ def test_pref_run_outputs_resume_and_baseline(setup: dict[str, Path], tmp_path: 
 
 
 @pytest.mark.slow
-def test_pref_learns_known_preference_pairwise_and_bt(setup: dict[str, Path], tmp_path: Path) -> None:
+def test_pref_learns_known_preference_pairwise_and_bt(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
     spec = make_spec(
         setup,
         training={"steps": 30, "batch_size": 16},

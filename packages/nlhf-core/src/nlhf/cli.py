@@ -325,6 +325,9 @@ def get_app(*, plugins: bool = True) -> typer.Typer:
     app.command()(schema)
     app.command()(backends)
     app.command()(solve)
+    from nlhf.evaluation.cli import register as _register_eval
+
+    _register_eval(app)  # `eval` and `report` (issue 7)
     if plugins:
         builtin = len(app.registered_commands)
         _add_plugin_commands(app)

@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
 from nlhf.errors import InputError
 
 BATCH_AXES = ("data", "fsdp")

@@ -43,14 +43,14 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-def check_model_path(name: str, field: str) -> None:
+def check_model_path(name: str, field: str, *, marker: str = "config.json") -> None:
     """A path that should be local but is absent gets a clear error (before transformers
     tries the hub, which is offline in tests and CI)."""
     path = Path(name).expanduser()
     if path.exists():
-        if path.is_dir() and not (path / "config.json").exists():
+        if path.is_dir() and not (path / marker).exists():
             raise InputError(
-                f"{field}: {name} has no config.json; point it at a directory written by "
+                f"{field}: {name} has no {marker}; point it at a directory written by "
                 f"save_pretrained (or a hub id)"
             )
         return
@@ -63,7 +63,7 @@ def check_model_path(name: str, field: str) -> None:
 def load_tokenizer(name: str, field: str = "policy.tokenizer", **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
-    check_model_path(name, field)
+    check_model_path(name, field, marker="tokenizer_config.json")
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as exc:
@@ -88,6 +88,23 @@ def load_causal_lm(name: str, dtype: str, field: str, *, trust_remote_code: bool
             f"{field}: could not load a causal LM from {name} "
             f"({type(exc).__name__}: {exc}); it must be loadable by AutoModelForCausalLM"
         ) from exc
+    return own_storage(model)
+
+
+@torch.no_grad()
+def own_storage(model: Any) -> Any:
+    """Copy every parameter and buffer into freshly allocated memory.
+
+    Weights read from safetensors may live in memory-mapped, arbitrarily aligned
+    storage, and CPU GEMM kernels can round differently depending on alignment; owning
+    (64-byte aligned) copies makes a run and its resumed continuation bit-identical.
+    """
+    for module in model.modules():
+        for _name, param in list(module.named_parameters(recurse=False)):
+            param.data = param.data.clone()
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None:
+                module._buffers[name] = buf.clone()
     return model
 
 

@@ -109,9 +109,7 @@ class PopulationOracle:
         elif reward == "borda":
             self.rewards = self.P.mean(1)
         else:
-            raise InputError(
-                f"preference.options.reward: {reward!r}; use bradley_terry or borda"
-            )
+            raise InputError(f"preference.options.reward: {reward!r}; use bradley_terry or borda")
         self.reward_kind = reward
         self.eval_samples = eval_samples
         self._index = {a.strip(): i for i, a in enumerate(self.answers)}
@@ -169,9 +167,7 @@ class PopulationOracle:
             "answers": names,
             "tau": tau,
             "policy": dict(zip(names, pi_m.round(4).tolist(), strict=True)),
-            "policy_sampled": dict(
-                zip([*names, "other"], samp_m.round(4).tolist(), strict=True)
-            ),
+            "policy_sampled": dict(zip([*names, "other"], samp_m.round(4).tolist(), strict=True)),
             "reference": dict(zip(names, mu_m.round(4).tolist(), strict=True)),
             "regularized_nash": dict(zip(names, ne_m.round(4).tolist(), strict=True)),
             "rlhf_optimum": (
@@ -340,7 +336,7 @@ def prepare_assets(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
     model.eval()
     tok.save_pretrained(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -449,8 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--spec", default=QUICKSTART_SPEC)
     parser.add_argument("--out", default=None, help="default: the spec's output.dir")
-    parser.add_argument("--set", action="append", default=[], help="override, e.g. training.steps=50")
+    parser.add_argument(
+        "--set", action="append", default=[], help="override, e.g. training.steps=50"
+    )
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     spec = load_spec(args.spec, args.set)
     report = run_quickstart(spec, args.out or spec.output.dir)
     print(format_report(report))

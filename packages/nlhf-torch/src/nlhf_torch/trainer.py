@@ -110,10 +110,14 @@ def build_optimizer(params: list[torch.nn.Parameter], training: Any) -> torch.op
     return torch.optim.SGD(params, lr=training.lr, weight_decay=opt.weight_decay)
 
 
+def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
+    """``policy.chat_template``, defaulting to whether the tokenizer has a template."""
+    return chat_template if chat_template is not None else bool(tokenizer.chat_template)
+
+
 def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> str:
     """Wrap ``prompt`` in the tokenizer's chat template when asked (default: when it has one)."""
-    use = chat_template if chat_template is not None else bool(tokenizer.chat_template)
-    if not use:
+    if not uses_chat_template(tokenizer, chat_template):
         return prompt
     if not tokenizer.chat_template:
         raise InputError(
@@ -132,9 +136,10 @@ def tokenize_prompts(
     generated; ``drop`` skips it; ``error`` stops)."""
     texts, ids = [], []
     limit = data.max_prompt_length
+    templated = uses_chat_template(tokenizer, chat_template)
     for i, prompt in enumerate(prompts):
         text = format_prompt(tokenizer, prompt, chat_template)
-        tok = tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
+        tok = tokenizer(text, add_special_tokens=not templated)["input_ids"]
         if not tok:
             raise InputError(f"data: prompt {i} is empty after tokenization")
         if len(tok) > limit:

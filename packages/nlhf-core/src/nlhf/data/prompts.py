@@ -14,6 +14,7 @@ Formats (``data.format``):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from nlhf.data.source import load_rows, require_columns
@@ -69,6 +70,9 @@ def load_prompts(data_spec: Any) -> list[str]:
     Errors (:class:`InputError`): empty dataset, missing ``prompt`` column (naming the
     columns found), non-string prompts, HH-RLHF pairs without a shared prefix.
     """
+    local = Path(data_spec.path).expanduser()
+    if local.is_file() and local.stat().st_size == 0:
+        raise InputError(f"data.path: {data_spec.path} is empty (no rows); add prompts to it")
     ds = load_rows(data_spec)
     fmt = data_spec.format
     if fmt == "auto":

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from nlhf.errors import InputError
 
 Cache = tuple[tuple[jax.Array, jax.Array], ...]
@@ -255,7 +254,9 @@ class DecoderModel(nnx.Module):
 
     def __init__(self, cfg: DecoderConfig, *, dtype: Any = jnp.float32) -> None:
         self.embed_tokens = nnx.Param(jnp.zeros((cfg.vocab_size, cfg.hidden_size), dtype))
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
         self.config = cfg
 
@@ -341,8 +342,7 @@ class DecoderForCausalLM(nnx.Module):
         cfg = self.config
         shape = (batch, length, cfg.num_key_value_heads, cfg.head_dim)
         return tuple(
-            (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-            for _ in range(cfg.num_hidden_layers)
+            (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_hidden_layers)
         )
 
 
@@ -356,9 +356,7 @@ class DecoderForSequenceClassification(nnx.Module):
         self.model = DecoderModel(cfg, dtype=dtype)
         self.score = Linear(cfg.hidden_size, cfg.num_labels, bias=False, dtype=dtype)
 
-    def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array | None = None
-    ) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Scores (B, num_labels)."""
         h, _ = self.model(input_ids, attention_mask)
         logits = self.score(h)

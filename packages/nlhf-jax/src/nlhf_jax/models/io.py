@@ -16,8 +16,8 @@ from typing import Any, Literal
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from nlhf.errors import InputError
+
 from nlhf_jax.models.decoder import (
     DecoderConfig,
     DecoderForCausalLM,
@@ -112,8 +112,10 @@ def from_hf_state_dict(
 
 def _head_of(cfg: DecoderConfig) -> Head:
     archs = cfg.raw.get("architectures") or []
-    return "sequence_classification" if any("SequenceClassification" in a for a in archs) else (
-        "causal_lm"
+    return (
+        "sequence_classification"
+        if any("SequenceClassification" in a for a in archs)
+        else ("causal_lm")
     )
 
 

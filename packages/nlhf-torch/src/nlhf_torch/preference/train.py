@@ -244,7 +244,9 @@ def fit(
             for chunk in chunks:
                 pairs = [data.train[i] for i in chunk.tolist()]
                 v_fwd, v_bwd = model.pair_scores(
-                    [q.prompt for q in pairs], [q.chosen for q in pairs], [q.rejected for q in pairs]
+                    [q.prompt for q in pairs],
+                    [q.chosen for q in pairs],
+                    [q.rejected for q in pairs],
                 )
                 target = torch.tensor([q.label for q in pairs], dtype=v_fwd.dtype)
                 loss = preference_loss(v_fwd, v_bwd, target) * (len(pairs) / len(idx))
@@ -321,7 +323,9 @@ def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> 
     summary: dict[str, Any] = {"task": "preference_model", "data": data.report}
     summary.update(fit(spec, output, config, data, resume=resume, label=config.kind))
     if pt.compare_baseline:
-        bt = PreferenceConfig(kind="bradley_terry", head="classification", max_length=config.max_length)
+        bt = PreferenceConfig(
+            kind="bradley_terry", head="classification", max_length=config.max_length
+        )
         summary["baseline"] = fit(
             spec, output / "baseline", bt, data, resume=resume, label="bradley_terry"
         )

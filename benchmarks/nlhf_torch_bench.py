@@ -1,0 +1,102 @@
+"""nlhf's torch trainer on the benchmark workload (issue 8), one child process of ``run.py``.
+
+Drives :class:`nlhf_torch.trainer.NashTrainer` — the same object ``nlhf run --backend
+torch`` uses — built from a run spec (``nash_md_pg``, β = 0.5, τ = 0.1, ``kl_estimator:
+exact``, ``bradley_terry_reward`` on the shared reward model, batch 8, 32 new tokens at
+temperature 0.9, AdamW, ``max_grad_norm`` 1.0) and calls ``trainer.step(n)``, whose metrics
+record (the one written to ``metrics.jsonl``) carries ``step_seconds`` (generation +
+decode + preference + loss + backward + optimizer step) and ``generated_tokens``.
+
+One deviation from ``nlhf run``: the trainer's ``eos_id`` is set to ``None`` after
+construction so that no row stops early — every completion has exactly
+``max_new_tokens`` tokens, like TRL's run with ``min_new_tokens = max_new_tokens``.
+No checkpoint is written (the run's end-of-training save is not part of a step).
+
+    .venv/bin/python benchmarks/nlhf_torch_bench.py --workload W.json --assets DIR --out R.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workload import Workload, peak_rss_mb  # noqa: E402
+
+
+def nash_spec(w: Workload, assets: Path, output: str | Path) -> dict[str, Any]:
+    """The run spec (as data) of the benchmark workload for nlhf's trainers."""
+    return {
+        "spec_version": 1,
+        "task": "nash",
+        "seed": w.seed,
+        "policy": {"model": str(assets / "policy"), "chat_template": False},
+        "preference": {"name": "bradley_terry_reward", "path": str(assets / "reward")},
+        "data": {"path": str(assets / "prompts.jsonl"), "format": "prompt"},
+        "algorithm": {"name": "nash_md_pg", "beta": w.beta, "tau": w.tau, "kl_estimator": "exact"},
+        "training": {
+            "steps": w.steps,
+            "batch_size": w.batch_size,
+            "lr": w.lr,
+            "max_grad_norm": 1.0,
+            "generation": {"max_new_tokens": w.max_new_tokens, "temperature": w.temperature},
+        },
+        "output": {"dir": str(output), "plots": False},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", required=True, help="a JSON file written by run.py")
+    ap.add_argument("--assets", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    w = Workload.from_json(Path(args.workload).read_text())
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import transformers
+    from nlhf.spec import RunSpec
+    from nlhf_torch.trainer import NashTrainer
+
+    transformers.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as out_dir:
+        spec = RunSpec.model_validate(nash_spec(w, Path(args.assets), out_dir))
+        trainer = NashTrainer(spec, Path(out_dir), resume=False)
+        if not hasattr(trainer, "eos_id"):
+            raise RuntimeError("NashTrainer has no `eos_id`; update the benchmark")
+        trainer.eos_id = None  # exactly max_new_tokens tokens per completion
+        setup_seconds = time.perf_counter() - t_start
+        rss_setup = peak_rss_mb()
+        records = [trainer.step(n) for n in range(1, w.steps + 1)]
+    result = {
+        "method": "nlhf_torch",
+        "backend": "torch",
+        "workload": json.loads(w.to_json()),
+        "threads": args.threads,
+        "step_seconds": [r["step_seconds"] for r in records],
+        "generation_seconds": [r["generation_seconds"] for r in records],
+        "generated_tokens": [r["generated_tokens"] for r in records],
+        "loss": [r["loss"] for r in records],
+        "setup_seconds": setup_seconds,
+        "peak_rss_mb_after_setup": rss_setup,
+        "peak_rss_mb_self": peak_rss_mb(),
+        "settings": {"kl_estimator": "exact", "dtype": "float32", "eos": None},
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+        "pid": os.getpid(),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""The jax training loop of ``task: nash`` (issue 5 part 4; paper §7), mirroring
+:mod:`nlhf_torch.trainer`: same algorithms, prompt order, schedules, metrics keys and
+run outputs.
+
+============== ============================ ==========================================
+algorithm      opponent y'                  loss per row (P = P(y≻y'|x), no gradient)
+============== ============================ ==========================================
+nash_md_pg     π̃_β ∝ π_θ^(1−β) μ^β (tokens) −(P − ½)·log π_θ(y|x) + τ·KL
+self_play      π_θ (β = 0)                   same
+best_response  μ (β = 1)                     same
+nash_ema_pg    EMA θ̄ ← d·θ̄ + (1−d)·θ        same
+rlhf_pg        — (no y')                     −(r − mean_batch r)·log π_θ(y|x) + τ·KL
+============== ============================ ==========================================
+
+Pairs come from :func:`nlhf_jax.generation.generate_pairs` (one jitted decode loop) with
+uniforms from ``jax.random.fold_in(key(seed), step)``; the reference logits it returns
+feed the KL term; the loss and optax update are one jitted step. With
+``distributed: {engine: jax}`` the parameters are placed by the mesh rules and each
+batch is sharded over the data axes (:mod:`nlhf_jax.sharding`).
+
+Limits (each raises a clear error): preferences ``oracle`` only (plugin functions on
+text), ``grad_accum: 1``, no chat templates, no ``online_ipo``, no LoRA.
+Checkpoints: ``checkpoints/step-N/`` holds ``config.json`` + ``model.safetensors``
+(transformers loads it), the tokenizer files, ``optimizer.safetensors`` (optax state
+leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from nlhf.algorithms.schedules import schedule_value
+from nlhf.errors import InputError, NLHFError
+from nlhf.runio import (
+    MetricsWriter,
+    atomic_directory,
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    write_resolved_spec,
+    write_summary,
+)
+
+from nlhf_jax import kernels
+from nlhf_jax.generation import generate_pairs, sequence_logits
+from nlhf_jax.models import load_model, save_model
+from nlhf_jax.optim import build_optimizer, lr_multiplier
+
+OPPONENT = {
+    "nash_md_pg": "mixture",
+    "self_play": "policy",
+    "best_response": "reference",
+    "nash_ema_pg": "model",
+    "rlhf_pg": "policy",
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def prompt_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The order of the n prompts in ``epoch``: a permutation seeded by (seed, epoch)
+    (identical to the torch trainer's)."""
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
+def batch_indices(position: int, size: int, n: int, seed: int, shuffle: bool) -> list[int]:
+    return [
+        int(prompt_order(n, p // n, seed, shuffle)[p % n]) for p in range(position, position + size)
+    ]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _check_spec(spec: Any) -> None:
+    if spec.task != "nash" or spec.is_tabular:
+        raise NLHFError("the jax trainer runs LLM `task: nash` specs")
+    name = getattr(spec.algorithm, "name", None)
+    if name not in OPPONENT:
+        raise NLHFError(
+            f"algorithm.name: {name!r} is not supported by the jax backend yet "
+            f"(supported: {', '.join(OPPONENT)})"
+        )
+    if spec.preference.name != "oracle":
+        raise NLHFError(
+            f"preference.name: {spec.preference.name!r} is not supported by the jax backend "
+            f"yet; use an `oracle` preference or --backend torch"
+        )
+    if spec.distributed.engine not in ("none", "jax"):
+        raise NLHFError(f"distributed.engine: {spec.distributed.engine!r} is torch-only")
+    if spec.training.grad_accum != 1:
+        raise InputError("training.grad_accum: the jax trainer supports grad_accum: 1 only")
+    if spec.policy.lora is not None:
+        raise NLHFError("policy.lora: LoRA is not supported by the jax backend yet")
+    if spec.policy.chat_template:
+        raise NLHFError("policy.chat_template: chat templates are not supported on jax yet")
+    if spec.training.generation.top_k:
+        raise InputError("training.generation.top_k: the jax trainer samples the full vocabulary")
+
+
+class _Oracle:
+    """A plugin-registered preference function (``preference: {name: oracle}``)."""
+
+    def __init__(self, spec: Any, plugins: Any = None) -> None:
+        from nlhf.plugins import get_plugins
+
+        registry = (plugins or get_plugins()).oracles
+        registry.get(spec.function)  # UnknownNameError with did-you-mean
+        try:
+            self.fn = registry.create(spec.function, **spec.options)
+        except TypeError as exc:
+            raise InputError(f"preference.options: oracle {spec.function!r}: {exc}") from exc
+        self.name = spec.function
+
+    def _check(self, values: Any, n: int) -> np.ndarray:
+        p = np.asarray(values, np.float64).reshape(-1)
+        if p.size != n or not np.all(np.isfinite(p)) or (p < 0).any() or (p > 1).any():
+            raise NLHFError(f"oracle {self.name!r}: expected {n} probabilities in [0, 1]")
+        return p
+
+    def prob(self, prompts: list[str], ys: list[str], yps: list[str]) -> np.ndarray:
+        return self._check(self.fn(prompts, ys, yps), len(ys))
+
+    def reward(self, prompts: list[str], ys: list[str]) -> np.ndarray:
+        if not callable(getattr(self.fn, "reward", None)):
+            raise InputError(f"algorithm.name: rlhf_pg needs an oracle with `reward`; "
+                             f"{self.name!r} has none")  # fmt: skip
+        return np.asarray(self.fn.reward(prompts, ys), np.float64).reshape(-1)
+
+
+def _leaves_to_numpy(tree: Any) -> dict[str, np.ndarray]:
+    return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+
+
+def _leaves_from_numpy(like: Any, tensors: dict[str, np.ndarray]) -> Any:
+    leaves, treedef = jax.tree.flatten(like)
+    new = [
+        jnp.asarray(tensors[f"{i:05d}"], dtype=jnp.asarray(x).dtype) for i, x in enumerate(leaves)
+    ]
+    return jax.tree.unflatten(treedef, new)
+
+
+class NashTrainer:
+    """State of one jax run; :func:`train_nash` is the entry point."""
+
+    def __init__(self, spec: Any, output: Path, *, resume: bool, plugins: Any = None) -> None:
+        from nlhf.data.prompts import load_prompts
+        from tokenizers import Tokenizer
+
+        _check_spec(spec)
+        self.spec, self.output, self.algo = spec, Path(output), spec.algorithm
+        self.total = spec.training.steps
+        self.start_step, ckpt = 0, None
+        if resume:
+            found = latest_checkpoint(self.output)
+            if found is None:
+                raise InputError(f"--resume: no checkpoint under {self.output / 'checkpoints'}")
+            self.start_step, ckpt = found
+        dtype = spec.policy.dtype
+        self.policy = load_model(ckpt or spec.policy.model, dtype=dtype, head="causal_lm")
+        self.reference = load_model(spec.reference.model or spec.policy.model,
+                                    dtype=spec.reference.dtype or dtype, head="causal_lm")  # fmt: skip
+        tok_dir = Path(spec.policy.tokenizer or spec.policy.model)
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise InputError(f"policy.tokenizer: no tokenizer.json in {tok_dir}")
+        self.tok_dir = tok_dir
+        self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+        cfg = self.policy.config
+        eos = cfg.eos_token_id
+        if eos is None:
+            raise InputError("policy.model: config.json has no eos_token_id")
+        self.eos = eos
+        self.pad = (
+            cfg.pad_token_id
+            if cfg.pad_token_id is not None
+            else (eos if isinstance(eos, int) else eos[0])
+        )
+        self.preference = _Oracle(spec.preference, plugins)
+        raw = load_prompts(spec.data)
+        limit = spec.data.max_prompt_length
+        self.prompts, self.prompt_ids = [], []
+        for text in raw:
+            ids = self.tokenizer.encode(text, add_special_tokens=True).ids
+            if len(ids) > limit:
+                if spec.data.truncation == "drop":
+                    continue
+                if spec.data.truncation == "error":
+                    raise InputError(f"data.max_prompt_length: a prompt has {len(ids)} tokens")
+                ids = ids[-limit:]
+            self.prompts.append(text)
+            self.prompt_ids.append(ids)
+        if not self.prompts:
+            raise InputError("data: no prompts left after tokenization")
+        self.graphdef, self.state = nnx.split(self.policy)
+        self.ref_graphdef, self.ref_state = nnx.split(self.reference)
+        self.mesh = None
+        if spec.distributed.engine == "jax":
+            from nlhf_jax.sharding import make_mesh, shard_state
+
+            self.mesh = make_mesh(spec.distributed.mesh)
+            self.state = shard_state(self.state, self.mesh, spec.distributed.rules)
+            self.ref_state = shard_state(self.ref_state, self.mesh, spec.distributed.rules)
+        self.tx = build_optimizer(spec.training, self.total)
+        self.opt_state = self.tx.init(self.state)
+        self.lr_mult = lr_multiplier(spec.training.lr_schedule, spec.training.warmup_steps,
+                                     self.total)  # fmt: skip
+        self.ema_state = self.state if self.algo.name == "nash_ema_pg" else None
+        self.key = jax.random.key(spec.seed)
+        self.elapsed, self.generated_tokens = 0.0, 0
+        if ckpt is not None:
+            from safetensors.numpy import load_file
+
+            self.opt_state = _leaves_from_numpy(
+                self.opt_state, load_file(ckpt / "optimizer.safetensors")
+            )
+            if self.ema_state is not None:
+                self.ema_state = _leaves_from_numpy(
+                    self.ema_state, load_file(ckpt / "ema.safetensors")
+                )
+            st = json.loads((ckpt / "trainer_state.json").read_text())
+            self.elapsed, self.generated_tokens = st["elapsed"], st["generated_tokens"]
+        self.last_checkpoint = ckpt
+        self._step_fn = jax.jit(self._update, static_argnames=("estimator",))
+
+    # ------------------------------------------------------------------ jitted update
+    def _update(self, state, opt_state, ids, mask, y, ym, ref_logits, pref, tau, *, estimator):
+        temp = self.spec.training.generation.temperature
+
+        def loss_fn(s):
+            logits = sequence_logits(nnx.merge(self.graphdef, s), ids, mask, y, ym)
+            return kernels.nash_md_pg_loss(logits, ref_logits, y, ym, pref, tau, temp, estimator)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = self.tx.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state, loss, metrics, grad_norm
+
+    def _decode(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+        rows = [t[m.astype(bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
+        return self.tokenizer.decode_batch(rows, skip_special_tokens=True)
+
+    def step(self, step: int) -> dict[str, Any]:
+        spec, algo, tr = self.spec, self.algo, self.spec.training
+        gen = tr.generation
+        t0 = time.perf_counter()
+        idx = batch_indices((step - 1) * tr.batch_size, tr.batch_size, len(self.prompts),
+                            spec.seed, spec.data.shuffle)  # fmt: skip
+        tau = schedule_value(algo.tau, step - 1, self.total)
+        beta = {"self_play": 0.0, "best_response": 1.0}.get(
+            algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
+        )
+        ids, mask = left_pad([self.prompt_ids[i] for i in idx], self.pad)
+        if self.mesh is not None:
+            from nlhf_jax.sharding import shard_batch
+
+            ids, mask = shard_batch(self.mesh, ids, mask)
+        prompts = [self.prompts[i] for i in idx]
+        policy = nnx.merge(self.graphdef, self.state)
+        reference = nnx.merge(self.ref_graphdef, self.ref_state)
+        ema = nnx.merge(self.graphdef, self.ema_state) if self.ema_state is not None else None
+        pairs = generate_pairs(
+            policy, reference, ids, mask, beta=beta, max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature, eos_token_id=self.eos, pad_token_id=self.pad,
+            opponent=OPPONENT[algo.name], opponent_model=ema,
+            key=jax.random.fold_in(self.key, step), return_reference_logits=True,
+        )  # fmt: skip
+        y, ym = np.asarray(pairs.y), np.asarray(pairs.y_mask)
+        gen_seconds = time.perf_counter() - t0
+        ys = self._decode(y, ym)
+        record: dict[str, Any] = {"step": step}
+        if algo.name == "rlhf_pg":
+            reward = self.preference.reward(prompts, ys)
+            pref = reward - reward.mean() + 0.5  # −(r − r̄)·log π ≡ −(P − ½)·log π
+            record["reward"] = float(reward.mean())
+            gen_tokens = int(ym.sum())
+        else:
+            yp, ypm = np.asarray(pairs.y_prime), np.asarray(pairs.y_prime_mask)
+            pref = self.preference.prob(prompts, ys, self._decode(yp, ypm))
+            record["len_y_prime"] = float(ypm.sum(-1).mean())
+            gen_tokens = int(ym.sum() + ypm.sum())
+        lr = float(tr.lr * self.lr_mult(self.opt_step_count(step)))
+        self.state, self.opt_state, loss, metrics, grad_norm = self._step_fn(
+            self.state, self.opt_state, ids, mask, pairs.y, pairs.y_mask,
+            pairs.reference_logits, jnp.asarray(pref, jnp.float32), jnp.float32(tau),
+            estimator=algo.kl_estimator,
+        )  # fmt: skip
+        if self.ema_state is not None:
+            d = algo.ema_decay
+            self.ema_state = jax.tree.map(
+                lambda e, p: d * e + (1 - d) * p, self.ema_state, self.state
+            )
+        loss = float(loss)  # waits for the step
+        seconds = time.perf_counter() - t0
+        self.elapsed += seconds
+        self.generated_tokens += gen_tokens
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if algo.name == "rlhf_pg":
+            metrics.pop("preference")
+        record.update(loss=loss, **metrics)
+        record["len_y"] = float(ym.sum(-1).mean())
+        record["tau"] = tau
+        if algo.name != "rlhf_pg":
+            record["beta"] = beta
+        record.update(
+            kl_estimator=algo.kl_estimator, grad_norm=float(grad_norm), lr=lr,
+            generated_tokens=gen_tokens, tokens_per_s=gen_tokens / gen_seconds,
+            generation_seconds=gen_seconds, step_seconds=seconds,
+        )  # fmt: skip
+        return record
+
+    @staticmethod
+    def opt_step_count(step: int) -> int:
+        return step - 1
+
+    # ------------------------------------------------------------------- the run
+    def checkpoint(self, step: int) -> Path:
+        from safetensors.numpy import save_file
+
+        final = checkpoint_dir(self.output, step)
+        with atomic_directory(final) as tmp:
+            save_model(nnx.merge(self.graphdef, self.state), tmp)
+            for name in TOKENIZER_FILES:
+                if (self.tok_dir / name).is_file():
+                    shutil.copy(self.tok_dir / name, tmp / name)
+            save_file(_leaves_to_numpy(self.opt_state), tmp / "optimizer.safetensors")
+            if self.ema_state is not None:
+                save_file(_leaves_to_numpy(self.ema_state), tmp / "ema.safetensors")
+            (tmp / "trainer_state.json").write_text(json.dumps({
+                "step": step, "elapsed": self.elapsed, "generated_tokens": self.generated_tokens,
+                "algorithm": self.algo.name, "position": step * self.spec.training.batch_size,
+            }))  # fmt: skip
+        prune_checkpoints(self.output, self.spec.output.keep_last)
+        self.last_checkpoint = final
+        return final
+
+    def run(self) -> dict[str, Any]:
+        spec = self.spec
+        self.output.mkdir(parents=True, exist_ok=True)
+        write_resolved_spec(self.output, spec)
+        every = spec.output.checkpoint_every
+        last: dict[str, Any] = {}
+        saved_at = self.start_step if self.last_checkpoint is not None else None
+        with MetricsWriter(self.output, truncate_after=self.start_step or None) as writer:
+            for step in range(self.start_step + 1, self.total + 1):
+                last = self.step(step)
+                if step % spec.training.log_every == 0 or step == self.total:
+                    writer.log(last)
+                if every is not None and step % every == 0:
+                    self.checkpoint(step)
+                    saved_at = step
+        if saved_at != self.total:
+            self.checkpoint(self.total)
+        timing = ("tokens_per_s", "step_seconds", "generation_seconds")
+        summary = {
+            "task": "nash", "backend": "jax", "algorithm": self.algo.name, "steps": self.total,
+            "resumed_from": self.start_step or None, "wall_seconds": self.elapsed,
+            "seconds_per_step": self.elapsed / max(self.total - self.start_step, 1),
+            "generated_tokens": self.generated_tokens,
+            "tokens_per_s": self.generated_tokens / self.elapsed if self.elapsed else None,
+            "final": {k: v for k, v in last.items() if k not in timing},
+            "checkpoint": str(self.last_checkpoint), "device": str(jax.devices()[0]),
+        }  # fmt: skip
+        write_summary(self.output, summary)
+        return summary
+
+
+def train_nash(
+    spec: Any, output: Path, *, resume: bool = False, plugins: Any = None
+) -> dict[str, Any]:
+    """Run a ``task: nash`` spec with the jax backend; write ``spec.resolved.yaml``,
+    ``metrics.jsonl``, ``summary.json`` and ``checkpoints/step-N/`` under ``output``."""
+    return NashTrainer(spec, Path(output), resume=resume, plugins=plugins).run()

@@ -1,0 +1,187 @@
+"""Preference inputs of the torch trainer, each checked against an unbatched hand
+computation or an independent closed form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nlhf
+import numpy as np
+import pytest
+import torch
+from nlhf.errors import InputError, NLHFError, UnknownNameError
+from nlhf.plugins import build_plugins
+from nlhf.spec import RunSpec
+from nlhf.tabular.games import population
+from nlhf_torch.preferences import BradleyTerryReward, LLMJudge, build_preference
+from nlhf_torch.quickstart import PopulationOracle, bradley_terry_fit
+from nlhf_torch.tiny import build_tiny_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+PROMPTS = ["Pick a fruit:", "Which is better?", "Hello"]
+YS = [" apple", " a long answer here", " 1"]
+YPS = [" banana", " 2", " short"]
+
+
+def _spec(preference: dict[str, Any]) -> RunSpec:
+    return RunSpec.model_validate(
+        {
+            "policy": {"model": "unused"},
+            "preference": preference,
+            "data": {"path": "unused.jsonl"},
+            "algorithm": {"name": "nash_md_pg"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pref")
+
+
+@pytest.fixture(scope="module")
+def reward_model(root: Path) -> Path:
+    # its own tokenizer (different corpus and size from any policy's)
+    corpus = ["Reward models read text: apple banana long answer short 1 2 Hello"]
+    return build_tiny_model(
+        root / "rm", "qwen2", head="sequence_classification", corpus=corpus, vocab_size=280
+    )
+
+
+def test_bradley_terry_matches_unbatched_rewards(reward_model: Path) -> None:
+    pref = build_preference(_spec({"name": "bradley_terry_reward", "path": str(reward_model)}))
+    assert isinstance(pref, BradleyTerryReward)
+    tok = AutoTokenizer.from_pretrained(reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
+
+    def r(text: str) -> float:
+        with torch.no_grad():
+            return float(model(**tok(text, return_tensors="pt")).logits[0, 0])
+
+    expected = [
+        1 / (1 + np.exp(-(r(x + y) - r(x + yp)))) for x, y, yp in zip(PROMPTS, YS, YPS, strict=True)
+    ]
+    got = pref.prob(PROMPTS, YS, YPS)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        pref.reward(PROMPTS, YS).numpy(),
+        [r(x + y) for x, y in zip(PROMPTS, YS, strict=True)],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    swapped = pref.prob(PROMPTS, YPS, YS)
+    np.testing.assert_allclose((got + swapped).numpy(), 1.0, atol=1e-12)
+
+
+def test_bradley_terry_rejects_multi_label(root: Path) -> None:
+    path = build_tiny_model(root / "rm3", "llama", head="sequence_classification", num_labels=3)
+    with pytest.raises(InputError, match="has 3"):
+        build_preference(_spec({"name": "bradley_terry_reward", "path": str(path)}))
+
+
+@pytest.fixture(scope="module")
+def judge_model(root: Path) -> Path:
+    corpus = ["Which response is better, 1 or 2? The better response is 1 or 2"] * 2
+    return build_tiny_model(root / "judge", "llama", corpus=corpus, vocab_size=300, seed=4)
+
+
+def test_llm_judge_both_orders(judge_model: Path) -> None:
+    spec = _spec({"name": "llm_judge", "model": str(judge_model)})
+    pref = build_preference(spec)
+    assert isinstance(pref, LLMJudge)
+    tok = AutoTokenizer.from_pretrained(judge_model)
+    model = AutoModelForCausalLM.from_pretrained(judge_model).eval()
+    one = tok.encode(" 1", add_special_tokens=False)[0]
+    two = tok.encode(" 2", add_special_tokens=False)[0]
+    template = spec.preference.template
+
+    def first(x: str, a: str, b: str) -> float:
+        text = template.format(prompt=x, response_1=a, response_2=b)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(**ids).logits[0, -1].double()
+        return float(torch.softmax(logits[[one, two]], -1)[0])
+
+    expected = [
+        0.5 * (first(x, y, yp) + 1 - first(x, yp, y))
+        for x, y, yp in zip(PROMPTS, YS, YPS, strict=True)
+    ]
+    got = pref.prob(PROMPTS, YS, YPS)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose((got + pref.prob(PROMPTS, YPS, YS)).numpy(), 1.0, atol=1e-12)
+    assert pref.prob(PROMPTS[:1], YS[:1], YS[:1]).item() == pytest.approx(0.5, abs=1e-12)
+
+
+def test_llm_judge_multi_token_answer(judge_model: Path) -> None:
+    spec = _spec(
+        {"name": "llm_judge", "model": str(judge_model), "answer_tokens": [" 1", " zzqxj"]}
+    )
+    with pytest.raises(InputError, match="answer_tokens"):
+        build_preference(spec)
+
+
+class _Plugin:
+    @nlhf.hookimpl
+    def nlhf_register_oracles(self, register: Any) -> None:
+        register("half", lambda scale=1.0: lambda x, y, yp: [0.5 * scale] * len(y))
+        register("bad", lambda: lambda x, y, yp: [2.0] * len(y))
+
+
+def test_oracle_from_plugin() -> None:
+    plugins = build_plugins(extra=[_Plugin()])
+    spec = _spec({"name": "oracle", "function": "half", "options": {"scale": 0.5}})
+    pref = build_preference(spec, plugins=plugins)
+    assert pref.prob(PROMPTS, YS, YPS).tolist() == [0.25] * 3
+    with pytest.raises(InputError, match="no `reward`"):
+        pref.reward(PROMPTS, YS)
+    with pytest.raises(NLHFError, match=r"outside \[0, 1\]"):
+        build_preference(_spec({"name": "oracle", "function": "bad"}), plugins=plugins).prob(
+            PROMPTS, YS, YPS
+        )
+    with pytest.raises(UnknownNameError, match="did you mean 'half'"):
+        build_preference(_spec({"name": "oracle", "function": "hlaf"}), plugins=plugins)
+    with pytest.raises(InputError, match=r"preference\.options"):
+        build_preference(
+            _spec({"name": "oracle", "function": "half", "options": {"nope": 1}}), plugins=plugins
+        )
+
+
+def test_population_oracle_is_the_tabular_population_game() -> None:
+    plugins = build_plugins()
+    pref = build_preference(_spec({"name": "oracle", "function": "population"}), plugins=plugins)
+    P = population().matrix
+    names = [" apple", " banana", " cherry"]
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            assert pref.prob(["x"], [a], [b]).item() == pytest.approx(P[i, j], abs=1e-12)
+    # unknown answers lose to known ones and tie with each other
+    assert pref.prob(
+        ["x"] * 3, [" kiwi", " apple", " kiwi"], [" apple", " kiwi", " fig"]
+    ).tolist() == [
+        0.0,
+        1.0,
+        0.5,
+    ]
+    oracle = PopulationOracle()
+    rewards = oracle.reward(["x"] * 4, [" apple", " banana", " cherry", " kiwi"])
+    assert rewards[0] > rewards[1] > rewards[2] > rewards[3]
+
+
+def test_bradley_terry_fit_is_the_maximum_likelihood() -> None:
+    """Stationarity of Σ_{i≠j} P_ij log σ(r_i − r_j): Σ_{j≠i} P_ij = Σ_{j≠i} σ(r_i − r_j)."""
+    P = population().matrix
+    r = bradley_terry_fit(P)
+    s = 1 / (1 + np.exp(-(r[:, None] - r[None, :])))
+    off = 1 - np.eye(3)
+    np.testing.assert_allclose((P * off).sum(1), (s * off).sum(1), atol=1e-9)
+    # and it is the best ranking: apple (most wins, 1.15 Borda) first
+    assert np.argmax(r) == 0
+
+
+def test_tabular_preference_is_rejected() -> None:
+    spec = RunSpec.model_validate(
+        {"preference": {"name": "tabular", "game": "rps"}, "algorithm": {"name": "nash_md"}}
+    )
+    with pytest.raises(InputError, match="numpy backend"):
+        build_preference(spec)
