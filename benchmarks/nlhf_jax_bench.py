@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Workload, peak_rss_mb  # noqa: E402
+from workload import Workload, peak_rss_mb
 
 ORACLE = "bench_reward"
 
@@ -60,7 +60,10 @@ class RewardOracle:
     def reward(self, prompts: list[str], ys: list[str]) -> Any:
         import numpy as np
 
-        rows = [e.ids for e in self.tokenizer.encode_batch([p + y for p, y in zip(prompts, ys)])]
+        rows = [
+            e.ids
+            for e in self.tokenizer.encode_batch([p + y for p, y in zip(prompts, ys, strict=True)])
+        ]
         width = -(-max(len(r) for r in rows) // 16) * 16
         ids = np.full((len(rows), width), self.pad, np.int32)
         mask = np.zeros((len(rows), width), np.int32)
@@ -123,13 +126,18 @@ def main() -> None:
         trainer.eos = None  # exactly max_new_tokens tokens per completion
         setup_seconds = time.perf_counter() - t_start
         rss_setup = peak_rss_mb()
-        records = [trainer.step(n) for n in range(1, w.steps + 1)]
+        records, cpu = [], []
+        for n in range(1, w.steps + 1):
+            c0 = time.process_time()
+            records.append(trainer.step(n))
+            cpu.append(time.process_time() - c0)
     result = {
         "method": "nlhf_jax",
         "backend": "jax",
         "workload": json.loads(w.to_json()),
         "threads": args.threads,
         "step_seconds": [r["step_seconds"] for r in records],
+        "step_cpu_seconds": cpu,
         "generation_seconds": [r["generation_seconds"] for r in records],
         "generated_tokens": [r["generated_tokens"] for r in records],
         "loss": [r["loss"] for r in records],

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Workload, peak_rss_mb  # noqa: E402
+from workload import Workload, peak_rss_mb
 
 
 def nash_spec(w: Workload, assets: Path, output: str | Path) -> dict[str, Any]:
@@ -78,13 +78,18 @@ def main() -> None:
         trainer.eos_id = None  # exactly max_new_tokens tokens per completion
         setup_seconds = time.perf_counter() - t_start
         rss_setup = peak_rss_mb()
-        records = [trainer.step(n) for n in range(1, w.steps + 1)]
+        records, cpu = [], []
+        for n in range(1, w.steps + 1):
+            c0 = time.process_time()
+            records.append(trainer.step(n))
+            cpu.append(time.process_time() - c0)
     result = {
         "method": "nlhf_torch",
         "backend": "torch",
         "workload": json.loads(w.to_json()),
         "threads": args.threads,
         "step_seconds": [r["step_seconds"] for r in records],
+        "step_cpu_seconds": cpu,
         "generation_seconds": [r["generation_seconds"] for r in records],
         "generated_tokens": [r["generated_tokens"] for r in records],
         "loss": [r["loss"] for r in records],

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Workload, load_prompts, peak_rss_mb  # noqa: E402
+from workload import Workload, load_prompts, peak_rss_mb
 
 
 def main() -> None:
@@ -70,14 +70,16 @@ def main() -> None:
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
-            self.t0 = 0.0
+            self.t0 = self.c0 = 0.0
             self.seconds: list[float] = []
+            self.cpu: list[float] = []
 
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.t0 = time.perf_counter()
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.t0)
+            self.cpu.append(time.process_time() - self.c0)
 
     tok = AutoTokenizer.from_pretrained(assets / "policy")
     policy = AutoModelForCausalLM.from_pretrained(assets / "policy", dtype=torch.float32)
@@ -124,7 +126,7 @@ def main() -> None:
         counted: list[int] = []
         process = trainer._process_completions
 
-        def counting(model_output, mixture_output, prompts):  # noqa: ANN001, ANN202
+        def counting(model_output, mixture_output, prompts):
             model_data, mixture_data = process(model_output, mixture_output, prompts)
             n = prompts["input_ids"].shape[1]
             counted.append(
@@ -145,6 +147,7 @@ def main() -> None:
         "workload": json.loads(w.to_json()),
         "threads": args.threads,
         "step_seconds": timer.seconds,
+        "step_cpu_seconds": timer.cpu,
         "generated_tokens": counted[:steps],
         "setup_seconds": setup_seconds,
         "peak_rss_mb_after_setup": rss_setup,

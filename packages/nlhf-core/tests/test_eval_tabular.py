@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,15 @@ def test_exact_matrix_matches_double_loop_and_is_exactly_antisymmetric() -> None
 def test_per_policy_exploitability_and_gap() -> None:
     mu = np.array([0.5, 0.3, 0.2])
     pi = np.array([0.6, 0.3, 0.1])
-    result = tabular_winrate_matrix(RPS, mu, [TabularPolicy("p", pi, tau=0.1), TabularPolicy("u", np.ones(3) / 3)])
+    result = tabular_winrate_matrix(
+        RPS, mu, [TabularPolicy("p", pi, tau=0.1), TabularPolicy("u", np.ones(3) / 3)]
+    )
     # (Pπ)_y = P(y ≻ π): exploitability = max_y (Pπ)_y − ½, gap from its DESIGN §5 formula
     u = RPS @ pi
     assert result.per_policy["p"]["exploitability"] == pytest.approx(u.max() - 0.5)
-    gap = 2 * 0.1 * np.log(np.sum(mu * np.exp(u / 0.1))) + 2 * 0.1 * np.sum(pi * np.log(pi / mu)) - 1
+    gap = (
+        2 * 0.1 * np.log(np.sum(mu * np.exp(u / 0.1))) + 2 * 0.1 * np.sum(pi * np.log(pi / mu)) - 1
+    )
     assert result.per_policy["p"]["duality_gap"] == pytest.approx(gap, abs=1e-12)
     assert result.per_policy["u"]["exploitability"] == pytest.approx(0.0, abs=1e-15)
     assert result.method[0][1] == "exact" and result.n[0, 1] == 0
@@ -135,7 +140,7 @@ def test_bad_policies_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="TAU > 0"):
         load_policy("regularized_nash:-1", RPS, mu)
     (tmp_path / "r").mkdir()
-    with pytest.raises(InputError, match="no summary.json"):
+    with pytest.raises(InputError, match=r"no summary\.json"):
         load_policy(str(tmp_path / "r"), RPS, mu)
     (tmp_path / "r" / "summary.json").write_text(json.dumps({"game": "dice", "policy": [1, 0, 0]}))
     with pytest.raises(InputError, match="game 'dice'"):
@@ -146,3 +151,45 @@ def test_bad_policies_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "r" / "summary.json").write_text(json.dumps({"task": "nash", "final": {}}))
     with pytest.raises(InputError, match="no tabular `policy`"):
         load_policy(str(tmp_path / "r"), RPS, mu)
+
+
+LAZY = """
+import sys
+from typer.testing import CliRunner
+from nlhf.cli import get_app
+result = CliRunner().invoke(get_app(plugins=False), {args!r})
+assert result.exit_code == 0, result.output
+print(sorted(m for m in {mods!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "mods"),
+    [
+        (["--help"], ("matplotlib", "torch", "jax")),
+        (["eval", "--help"], ("matplotlib", "torch", "jax")),
+        (["eval", "SPEC"], ("torch", "jax", "transformers")),
+    ],
+)
+def test_eval_commands_import_lazily(
+    args: list[str], mods: tuple[str, ...], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    spec = tmp_path / "e.yaml"
+    spec.write_text(
+        "task: evaluate\npreference: {name: tabular, game: bt3}\n"
+        f"eval: {{policies: [reference, maximal_lottery]}}\noutput: {{dir: {tmp_path / 'o'}}}\n"
+    )
+    args = [str(spec) if a == "SPEC" else a for a in args]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LAZY.format(args=args, mods=mods)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -34,7 +34,11 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def _matrix():
     rng = np.random.default_rng(0)
-    outcomes = {(0, 1): rng.random(40), (0, 2): (rng.random(30) < 0.3).astype(float), (1, 2): rng.random(10)}
+    outcomes = {
+        (0, 1): rng.random(40),
+        (0, 2): (rng.random(30) < 0.3).astype(float),
+        (1, 2): rng.random(10),
+    }
     return matrix_from_outcomes(NAMES, outcomes)
 
 
@@ -57,8 +61,16 @@ def test_heatmap_png_svg_and_axis_names(tmp_path: Path) -> None:
 
 def test_training_curves_one_panel_per_metric(tmp_path: Path) -> None:
     records = [
-        {"step": s, "loss": 10.0 ** (-s / 10), "kl": 0.01 * s, "preference": 0.5 + 0.001 * s, "lr": 1e-3,
-         "kl_estimator": "exact", "flag": True, "tokens_per_s": 100.0}
+        {
+            "step": s,
+            "loss": 10.0 ** (-s / 10),
+            "kl": 0.01 * s,
+            "preference": 0.5 + 0.001 * s,
+            "lr": 1e-3,
+            "kl_estimator": "exact",
+            "flag": True,
+            "tokens_per_s": 100.0,
+        }
         for s in range(1, 51)
     ]
     assert numeric_keys(records) == ["loss", "kl", "preference"]
@@ -76,6 +88,13 @@ def test_training_curves_one_panel_per_metric(tmp_path: Path) -> None:
 def test_training_curves_bad_input() -> None:
     with pytest.raises(InputError, match="no records"):
         training_curves([])
+    constant = [{"step": s, "tau": 0.1, "loss": float(s)} for s in range(3)]
+    assert numeric_keys(constant) == ["loss"]
+    long = [{"step": s, "loss": float(s % 7)} for s in range(200)]
+    lines = training_curves(long).axes[0].lines
+    assert len(lines) == 2 and len(lines[0].get_xdata()) == 200  # raw + moving average
+    window = 200 // 20
+    assert lines[1].get_ydata()[0] == pytest.approx(np.mean([s % 7 for s in range(window)]))
     with pytest.raises(InputError, match="no numeric"):
         training_curves([{"step": 1, "kl_estimator": "k3"}])
 
@@ -86,9 +105,13 @@ def test_simplex_geometry_and_labels(tmp_path: Path) -> None:
     assert np.allclose(VERTICES[0], [0.0, 1.0])
     assert np.allclose(to_simplex(np.ones(3) / 3), [0.0, 0.0], atol=1e-15)
     d = np.linalg.norm(VERTICES[0] - VERTICES[1])
-    assert d == pytest.approx(np.sqrt(3)) and np.linalg.norm(VERTICES[1] - VERTICES[2]) == pytest.approx(d)
+    assert d == pytest.approx(np.sqrt(3)) and np.linalg.norm(
+        VERTICES[1] - VERTICES[2]
+    ) == pytest.approx(d)
     traj = np.array([[0.5, 0.3, 0.2], [0.4, 0.3, 0.3], [1 / 3, 1 / 3, 1 / 3]])
-    fig = simplex_figure({"nash_md": traj}, ["rock", "paper", "scissors"], reference=traj[0], solution=traj[-1])
+    fig = simplex_figure(
+        {"nash_md": traj}, ["rock", "paper", "scissors"], reference=traj[0], solution=traj[-1]
+    )
     ax = fig.axes[0]
     assert {"rock", "paper", "scissors"} <= {t.get_text() for t in ax.texts}
     line = next(ln for ln in ax.lines if ln.get_label() == "nash_md")

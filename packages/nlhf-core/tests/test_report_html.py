@@ -47,7 +47,7 @@ output: {{dir: {tmp_path}}}
     assert "<td>algorithm</td><td>nash_md</td>" in page
     assert (tmp_path / "plots" / "simplex.svg").is_file()
     assert (tmp_path / "plots" / "training_curves.png").is_file()
-    assert "src=\"plots/" not in page and "<link" not in page  # nothing external
+    assert 'src="plots/' not in page and "<link" not in page  # nothing external
 
 
 def test_report_of_an_evaluation_via_cli(tmp_path: Path) -> None:
@@ -57,7 +57,9 @@ def test_report_of_an_evaluation_via_cli(tmp_path: Path) -> None:
     m = matrix_from_outcomes(["alpha", "beta"], {(0, 1): np.array([1.0, 1.0, 1.0, 0.0])})
     m.per_policy = {"alpha": {"mean_length": 3.25}, "beta": {"mean_length": 7.5}}
     m.write(tmp_path)
-    (tmp_path / "summary.json").write_text(json.dumps({"task": "evaluate", "policies": ["alpha", "beta"]}))
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"task": "evaluate", "policies": ["alpha", "beta"]})
+    )
     out = tmp_path / "r.html"
     result = CliRunner().invoke(get_app(plugins=False), ["report", str(tmp_path), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -69,7 +71,7 @@ def test_report_of_an_evaluation_via_cli(tmp_path: Path) -> None:
 
 
 def test_report_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no summary.json"):
+    with pytest.raises(InputError, match=r"no summary\.json"):
         build_report(tmp_path)
     with pytest.raises(InputError, match="not a directory"):
         build_report(tmp_path / "missing")

@@ -357,6 +357,7 @@ def test_unknown_oracle(assets: dict[str, str], tmp_path: Path, plugins: Any) ->
         train_nash(spec, tmp_path / "o", plugins=plugins)
 
 
+@pytest.mark.slow
 def test_lora_policy_reference_is_adapter_disabled(
     assets: dict[str, str], tmp_path: Path, plugins: Any, monkeypatch: Any
 ) -> None:

@@ -29,4 +29,8 @@ class TorchBackend:
             from nlhf_torch.preference.train import train_preference_model
 
             return train_preference_model(spec, Path(output), resume=resume)
+        if spec.task == "evaluate":
+            from nlhf_torch.evaluate import evaluate_spec
+
+            return evaluate_spec(spec, Path(output))
         raise NLHFError(f"task {spec.task!r} is not supported by the torch backend yet")

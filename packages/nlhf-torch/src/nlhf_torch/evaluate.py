@@ -164,7 +164,9 @@ class Sampler:
         rows: list[dict[str, Any]] = []
         for start in range(0, len(jobs), batch):
             chunk = jobs[start : start + batch]
-            input_ids, attn = left_pad([ids[x] for x, _ in chunk], tokenizer.pad_token_id, self.device)
+            input_ids, attn = left_pad(
+                [ids[x] for x, _ in chunk], tokenizer.pad_token_id, self.device
+            )
             out = generate_pairs(
                 model,
                 model,
@@ -210,9 +212,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def evaluate_spec(
-    spec: Any, output: Path | None = None, *, plugins: Any = None
-) -> dict[str, Any]:
+def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None) -> dict[str, Any]:
     """Run a ``task: evaluate`` spec on torch (module docstring); write ``winrate.csv``,
     ``winrate.json``, ``summary.json``, ``spec.resolved.yaml``, ``responses/``,
     ``comparisons/`` and (``output.plots``) ``plots/winrate.{png,svg}``; return the
@@ -226,13 +226,15 @@ def evaluate_spec(
     start = time.perf_counter()
     if spec.eval is None or not spec.eval.policies:
         raise InputError("eval.policies: list the checkpoints or run directories to compare")
-    ref_hint = spec.reference.model or (spec.policy.model if spec.policy else None)
-    entries = [resolve_policy(e, reference=ref_hint) for e in spec.eval.policies]
-    spec = complete_spec(spec, entries)
+    is_ref = [split_name(e)[1] == "reference" for e in spec.eval.policies]
+    found = [
+        None if r else resolve_policy(e) for e, r in zip(spec.eval.policies, is_ref, strict=True)
+    ]
+    spec = complete_spec(spec, [e for e in found if e is not None])
     ref_path = spec.reference.model or spec.policy.model
     entries = [
-        resolve_policy(e, reference=ref_path) if split_name(e)[1] == "reference" else x
-        for e, x in zip(spec.eval.policies, entries, strict=True)
+        x if x is not None else resolve_policy(e, reference=ref_path)
+        for e, x in zip(spec.eval.policies, found, strict=True)
     ]
     names = unique_names([e.name for e in entries], [str(e.path) for e in entries])
     for entry, name in zip(entries, names, strict=True):
@@ -275,7 +277,8 @@ def evaluate_spec(
             rows = sampler.sample(entry)
             meta = {"policy": str(entry.path), "name": entry.name, **sampling}
             atomic_write_text(
-                path, json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r) + "\n" for r in rows)
+                path,
+                json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r) + "\n" for r in rows),
             )
         rows = [r for r in rows if "meta" not in r]
         if len(rows) != len(prompts) * n:
@@ -320,7 +323,9 @@ def evaluate_spec(
         lengths = np.array([r["length"] for r in rows], dtype=float)
         per_policy[entry.name] = {
             "kl_to_reference": float(log_ratio.mean()),
-            "kl_stderr": float(log_ratio.std(ddof=1) / math.sqrt(len(rows))) if len(rows) > 1 else 0.0,
+            "kl_stderr": float(log_ratio.std(ddof=1) / math.sqrt(len(rows)))
+            if len(rows) > 1
+            else 0.0,
             "mean_length": float(lengths.mean()),
             "samples": len(rows),
             "checkpoint": str(entry.path),

@@ -197,9 +197,12 @@ def load_models(spec: Any, *, policy_path: str | Path | None = None) -> Models:
         if policy_path is not None:
             from peft import PeftModel
 
-            policy = PeftModel.from_pretrained(initial, str(policy_path), is_trainable=True)
+            policy = own_storage(
+                PeftModel.from_pretrained(initial, str(policy_path), is_trainable=True)
+            )
         else:
-            policy = _apply_lora(initial, pol.lora)
+            torch.manual_seed(spec.seed)  # LoRA's A matrices are drawn from the seed
+            policy = own_storage(_apply_lora(initial, pol.lora))
         policy.train()
         return Models(
             policy=policy, reference=AdapterDisabled(policy), tokenizer=tokenizer, lora=True

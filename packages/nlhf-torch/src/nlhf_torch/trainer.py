@@ -496,6 +496,9 @@ class NashTrainer:
                 prompts=self.prompts,
                 spec=spec,
             )
+            for key in ("tv_policy_to_nash", "tv_reference_to_nash", "max_answer_prob"):
+                if isinstance(summary["oracle"].get(key), float):
+                    summary[key] = summary["oracle"][key]  # headline scalars for `nlhf run`
         write_summary(self.output, summary)
         return summary
 

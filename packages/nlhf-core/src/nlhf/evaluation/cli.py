@@ -38,6 +38,7 @@ def print_matrix(result: Any, console: Any) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``eval`` and ``report`` commands to ``app`` (the ``nlhf`` typer app)."""
+
     @app.command("eval")
     @report_errors
     def eval_command(

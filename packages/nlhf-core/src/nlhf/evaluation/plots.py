@@ -83,25 +83,35 @@ def winrate_heatmap(result: WinRateMatrix, *, title: str | None = None) -> Figur
             color = "white" if abs(values[i, j] - 0.5) > 0.3 else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=small, color=color)
     methods = sorted({m for row in result.method for m in row} - {"exact"})
-    subtitle = (
-        f"{round(100 * result.confidence)}% CI: {', '.join(methods)}" if methods else "exact"
-    )
+    subtitle = f"{round(100 * result.confidence)}% CI: {', '.join(methods)}" if methods else "exact"
     ax.set_title(title or f"win-rate P(column ≻ row) — {subtitle}")
     fig.tight_layout()
     return fig
 
 
+def _finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
 def numeric_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Keys with at least one finite numeric value (bools and :data:`SKIP_KEYS` excluded),
-    :data:`PREFERRED_KEYS` first, then in first-seen order."""
+    """Keys with at least one finite numeric value, not constant over several records
+    (bools and :data:`SKIP_KEYS` excluded), :data:`PREFERRED_KEYS` first, then in
+    first-seen order."""
     seen: list[str] = []
+    values: dict[str, set[float]] = {}
     for rec in records:
         for key, value in rec.items():
-            if key in SKIP_KEYS or key in seen:
+            if key in SKIP_KEYS or not _finite_number(value):
                 continue
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if math.isfinite(float(value)):
-                    seen.append(key)
+            if key not in seen:
+                seen.append(key)
+            values.setdefault(key, set()).add(float(value))
+    if len(records) > 1:  # a constant (tau, beta) is a setting, not a curve
+        seen = [k for k in seen if len(values[k]) > 1]
     return [k for k in PREFERRED_KEYS if k in seen] + [k for k in seen if k not in PREFERRED_KEYS]
 
 
@@ -113,7 +123,8 @@ def training_curves(
     max_panels: int = 12,
 ) -> Figure:
     """One panel per metric (against ``step``, or the record index when absent). Keys
-    whose values are all > 0 and span ≥ 2 decades get a log y-axis."""
+    whose values are all > 0 and span ≥ 2 decades get a log y-axis; with > 50 records
+    the raw values are drawn faintly under a moving average of window n/20."""
     if not records:
         raise InputError("training_curves: metrics.jsonl has no records")
     chosen = list(keys) if keys is not None else numeric_keys(records)[:max_panels]
@@ -127,11 +138,16 @@ def training_curves(
         xs, ys = [], []
         for idx, rec in enumerate(records):
             value = rec.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if math.isfinite(float(value)):
-                    xs.append(rec.get("step", idx))
-                    ys.append(float(value))
-        ax.plot(xs, ys, lw=1.2, marker="." if len(xs) < 30 else None)
+            if _finite_number(value):
+                xs.append(rec.get("step", idx))
+                ys.append(float(value))
+        if len(ys) > 50:  # raw values thin, plus a centred moving average
+            ax.plot(xs, ys, lw=0.6, alpha=0.35, color="C0")
+            window = max(3, len(ys) // 20)
+            smooth = np.convolve(ys, np.ones(window) / window, mode="valid")
+            ax.plot(xs[window // 2 : window // 2 + len(smooth)], smooth, lw=1.6, color="C0")
+        else:
+            ax.plot(xs, ys, lw=1.2, marker="." if len(xs) < 30 else None)
         positive = [y for y in ys if y > 0]
         if ys and len(positive) == len(ys) and max(ys) / min(ys) >= 100:
             ax.set_yscale("log")

@@ -118,14 +118,16 @@ def build_report(run_dir: Path, output: Path | None = None, *, title: str | None
         extra_keys: list[str] = []
         for info in winrate.per_policy.values():
             for key, value in info.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    if key not in extra_keys:
-                        extra_keys.append(key)
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                if numeric and key not in extra_keys:
+                    extra_keys.append(key)
         avg = winrate.column_average()
         rows_pp = []
         for n, name in enumerate(winrate.policies):
             info = winrate.per_policy.get(name, {})
-            rows_pp.append([name, _fmt(float(avg[n]))] + [_fmt(info.get(k, "")) for k in extra_keys])
+            rows_pp.append(
+                [name, _fmt(float(avg[n]))] + [_fmt(info.get(k, "")) for k in extra_keys]
+            )
         matrix_rows = [
             [name]
             + [

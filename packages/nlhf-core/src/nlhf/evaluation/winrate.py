@@ -88,9 +88,7 @@ def bootstrap_ci(
     else:
         g = np.asarray(groups)
         if g.shape[0] != x.size:
-            raise InputError(
-                f"bootstrap_ci: groups has {g.shape[0]} entries for {x.size} outcomes"
-            )
+            raise InputError(f"bootstrap_ci: groups has {g.shape[0]} entries for {x.size} outcomes")
         _, inverse = np.unique(g, return_inverse=True)
         sums = np.bincount(inverse, weights=x)
         sizes = np.bincount(inverse).astype(np.float64)

@@ -1,0 +1,347 @@
+"""Benchmark runner (issue 8): nlhf vs TRL 1.13 ``NashMDTrainer``, torch vs jax, tabular.
+
+Every measurement runs in its own child process (so peak RSS is per run, read with
+``os.wait4``), and the methods alternate A B A B … over ``--rounds`` so that load from
+other processes on a shared machine hits them alike; ratios are taken within the same
+invocation. Steps before ``warmup`` are dropped from each run; the remaining per-step
+times of all rounds are pooled into a median.
+
+    .venv/bin/python benchmarks/run.py              # tiny workload, 2 rounds, everything
+    .venv/bin/python benchmarks/run.py --large      # 8 layers, hidden 512, 128 new tokens
+    .venv/bin/python benchmarks/run.py --smoke      # 2 steps, nlhf only (tests)
+    nox -s bench -- --rounds 3
+
+The TRL baseline lives in ``benchmarks/.trl-venv`` (created on first use: torch 2.13.0
+CPU, trl 1.13.0, requests); it is never a dependency of nlhf. Results go to
+``benchmarks/results/<workload>.json`` and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from workload import LARGE, SMOKE_STEPS, TINY, Workload, build_assets  # noqa: E402
+
+TRL_VENV = HERE / ".trl-venv"
+TRL_PACKAGES = ["torch==2.13.0", "trl==1.13.0", "requests"]
+SCRIPTS = {
+    "trl_defaults": "trl_baseline.py",
+    "trl_no_gc": "trl_baseline.py",
+    "nlhf_torch": "nlhf_torch_bench.py",
+    "nlhf_jax": "nlhf_jax_bench.py",
+}
+TARGETS = {
+    # (numerator method, denominator method, target, meaning)
+    "speedup_vs_trl_defaults": ("trl_defaults", "nlhf_torch", 5.0, ">="),
+    "speedup_vs_trl_no_gc": ("trl_no_gc", "nlhf_torch", 2.0, ">="),
+    "jax_over_torch": ("nlhf_jax", "nlhf_torch", 1.25, "<="),
+}
+
+
+# ------------------------------------------------------------------------- children
+def trl_python(install: bool) -> Path | None:
+    """The TRL venv's python, creating the venv when ``install`` (None if unavailable)."""
+    py = TRL_VENV / "bin" / "python"
+    check = [str(py), "-c", "import trl, requests; assert trl.__version__ == '1.13.0'"]
+    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return py
+    if not install:
+        return None
+    print(f"creating the TRL baseline environment in {TRL_VENV} (a few minutes)", flush=True)
+    base = os.environ.get("NLHF_BENCH_PYTHON", "python3.11")
+    subprocess.run([base, "-m", "venv", str(TRL_VENV)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", *TRL_PACKAGES], check=True)
+    return py if subprocess.run(check, capture_output=True).returncode == 0 else None
+
+
+def run_child(
+    cmd: list[str], env: dict[str, str], log: Path, timeout: float
+) -> tuple[int, float, float]:
+    """Run ``cmd``; return (exit code, wall seconds, peak RSS MiB of that child)."""
+    t0 = time.perf_counter()
+    with log.open("ab") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n".encode())
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024.0
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRL_EXPERIMENTAL_SILENCE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OPENBLAS_NUM_THREADS=str(threads),
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+# ------------------------------------------------------------------------- summary
+def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Pooled per-step statistics of one method's runs (first ``warmup`` steps dropped)."""
+    steps: list[float] = []
+    cpu: list[float] = []
+    tokens: list[int] = []
+    per_round: list[float] = []
+    for r in runs:
+        s = r["step_seconds"][warmup:] or r["step_seconds"][-1:]
+        t = r["generated_tokens"][warmup:] or r["generated_tokens"][-1:]
+        c = r.get("step_cpu_seconds", [])
+        steps += s
+        tokens += t
+        cpu += c[warmup:] or c[-1:]
+        per_round.append(statistics.median(s))
+    med = statistics.median(steps)
+    tok_per_step = statistics.median(tokens)
+    return {
+        "runs": len(runs),
+        "measured_steps": len(steps),
+        "median_step_seconds": med,
+        "mean_step_seconds": statistics.fmean(steps),
+        "min_step_seconds": min(steps),
+        "max_step_seconds": max(steps),
+        "per_round_median_step_seconds": per_round,
+        "median_step_cpu_seconds": statistics.median(cpu) if cpu else None,
+        "generated_tokens_per_step": tok_per_step,
+        "generated_tokens_per_s": tok_per_step / med,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "peak_rss_mb_after_setup": max(r.get("peak_rss_mb_after_setup", 0.0) for r in runs),
+        "setup_seconds": statistics.median(r["setup_seconds"] for r in runs),
+    }
+
+
+def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Speed-ups (pooled and same-round), memory ratios and the issue's targets."""
+    out: dict[str, Any] = {}
+    for key, (num, den, target, sense) in TARGETS.items():
+        if num not in summary or den not in summary:
+            continue
+        a, b = summary[num], summary[den]
+        value = a["median_step_seconds"] / b["median_step_seconds"]
+        rounds = [
+            x / y
+            for x, y in zip(
+                a["per_round_median_step_seconds"], b["per_round_median_step_seconds"], strict=False
+            )
+        ]
+        cpu = None
+        if a["median_step_cpu_seconds"] and b["median_step_cpu_seconds"]:
+            cpu = a["median_step_cpu_seconds"] / b["median_step_cpu_seconds"]
+        out[key] = {
+            "value": value,
+            "cpu_time_value": cpu,
+            "same_round": rounds,
+            "target": target,
+            "met": value >= target if sense == ">=" else value <= target,
+            "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"]
+            if key != "jax_over_torch"
+            else a["peak_rss_mb"] / b["peak_rss_mb"],
+        }
+    return out
+
+
+def print_table(w: Workload, summary: dict[str, dict[str, Any]], rat: dict[str, Any]) -> None:
+    print(
+        f"\n# workload {w.name}: Qwen2 {w.layers}L h{w.hidden} V{w.vocab_size}, batch "
+        f"{w.batch_size}, {w.max_new_tokens} new tokens, beta={w.beta}, tau={w.tau}, "
+        f"T={w.temperature}, {w.steps} steps ({w.warmup} warm-up)"
+    )
+    head = (
+        f"{'method':<14}{'median s/step':>14}{'mean':>9}{'cpu s/step':>11}{'gen tok/s':>11}"
+        f"{'peak RSS MiB':>14}"
+    )
+    print(head + f"{'vs nlhf_torch':>15}")
+    print("-" * (len(head) + 15))
+    base = summary.get("nlhf_torch")
+    for name, s in summary.items():
+        rel = ""
+        if base is not None:
+            rel = f"{s['median_step_seconds'] / base['median_step_seconds']:.2f}x"
+        cpu = s["median_step_cpu_seconds"]
+        print(
+            f"{name:<14}{s['median_step_seconds']:>14.4f}{s['mean_step_seconds']:>9.4f}"
+            f"{cpu if cpu is not None else float('nan'):>11.4f}"
+            f"{s['generated_tokens_per_s']:>11.0f}{s['peak_rss_mb']:>14.0f}{rel:>15}"
+        )
+    for key, r in rat.items():
+        sense = ">=" if key.startswith("speedup") else "<="
+        rounds = ", ".join(f"{x:.2f}" for x in r["same_round"])
+        cpu = f"{r['cpu_time_value']:.2f}x" if r["cpu_time_value"] else "n/a"
+        print(
+            f"{key}: {r['value']:.2f}x wall (per round: {rounds}; target {sense} {r['target']}: "
+            f"{'met' if r['met'] else 'MISSED'}); {cpu} CPU time; "
+            f"peak RSS ratio {r['peak_rss_ratio']:.2f}"
+        )
+
+
+def print_tabular(t: dict[str, Any]) -> None:
+    print(f"\n# tabular: {t['size']}x{t['size']} random game, tol {t['tol']:g}")
+    print(f"{'method':<36}{'median s':>10}{'gap':>11}{'exploit.':>11}{'support':>9}")
+    for name, r in t["results"].items():
+        print(
+            f"{name:<36}{r['median_seconds']:>10.3f}{r['duality_gap']:>11.2e}"
+            f"{r['exploitability']:>11.2e}{r['support']:>9}"
+        )
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="2 steps, nlhf only, small tabular")
+    ap.add_argument("--large", action="store_true", help="8 layers, hidden 512, 128 tokens")
+    ap.add_argument("--rounds", type=int, default=2, help="A B A B repetitions")
+    ap.add_argument("--steps", type=int, help="override the workload's steps")
+    ap.add_argument("--warmup", type=int, help="override the workload's warm-up steps")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per child")
+    ap.add_argument("--methods", help="comma list of " + ",".join(SCRIPTS))
+    ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--skip-jax", action="store_true")
+    ap.add_argument("--skip-tabular", action="store_true")
+    ap.add_argument("--no-install", action="store_true", help="never create the TRL venv")
+    ap.add_argument("--tabular-size", type=int, help="default 1000 (smoke: 60)")
+    ap.add_argument("--tabular-repeats", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
+    ap.add_argument("--out-dir", default=str(HERE / "results"))
+    ap.add_argument("--assets-dir", default=str(ROOT / "runs" / "bench-assets"))
+    args = ap.parse_args(argv)
+
+    w = LARGE if args.large else TINY
+    if args.smoke:
+        w = w.replace(name=f"{w.name}-smoke", steps=SMOKE_STEPS, warmup=1)
+    if args.steps is not None:
+        w = w.replace(steps=args.steps)
+    if args.warmup is not None:
+        w = w.replace(warmup=args.warmup)
+    methods = args.methods.split(",") if args.methods else list(SCRIPTS)
+    if args.smoke or args.skip_trl:
+        methods = [m for m in methods if not m.startswith("trl")]
+    if args.skip_jax:
+        methods = [m for m in methods if m != "nlhf_jax"]
+    rounds = 1 if args.smoke else args.rounds
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = Path(args.assets_dir) / f"{w.name}.log"  # children's output (git-ignored runs/)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+
+    trl_py = None
+    if any(m.startswith("trl") for m in methods):
+        trl_py = trl_python(install=not args.no_install)
+        if trl_py is None:
+            print("TRL 1.13.0 venv unavailable: skipping the baseline", file=sys.stderr)
+            methods = [m for m in methods if not m.startswith("trl")]
+    print(f"building the workload assets under {args.assets_dir}", flush=True)
+    assets = build_assets(w, args.assets_dir)
+    env = child_env(args.threads)
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wfile = Path(tmp) / "workload.json"
+        wfile.write_text(w.to_json())
+        for rnd in range(rounds):
+            for m in methods:
+                out = Path(tmp) / f"{m}-{rnd}.json"
+                py = str(trl_py) if m.startswith("trl") else sys.executable
+                cmd = [py, str(HERE / SCRIPTS[m]), "--workload", str(wfile)]
+                cmd += ["--assets", str(assets.root), "--out", str(out)]
+                cmd += ["--threads", str(args.threads)]
+                if m.startswith("trl"):
+                    cmd += ["--variant", m.removeprefix("trl_")]
+                code, wall, rss = run_child(cmd, env, log, args.timeout)
+                if code != 0 or not out.exists():
+                    failures.append(f"{m} round {rnd}: exit {code} (see {log})")
+                    print(f"  {m} round {rnd + 1}: FAILED (exit {code}, log {log})", flush=True)
+                    continue
+                rec = json.loads(out.read_text())
+                rec.update(peak_rss_mb=rss, wall_seconds=wall, round=rnd)
+                runs[m].append(rec)
+                med = statistics.median(rec["step_seconds"][w.warmup :] or rec["step_seconds"])
+                print(
+                    f"  {m} round {rnd + 1}/{rounds}: median {med:.4f} s/step, "
+                    f"peak RSS {rss:.0f} MiB, wall {wall:.1f} s",
+                    flush=True,
+                )
+        tabular = None
+        if not args.skip_tabular:
+            size = args.tabular_size or (60 if args.smoke else 1000)
+            out = Path(tmp) / "tabular.json"
+            cmd = [sys.executable, str(HERE / "tabular_bench.py"), "--size", str(size)]
+            cmd += ["--repeats", str(1 if args.smoke else args.tabular_repeats), "--out", str(out)]
+            code, wall, rss = run_child(cmd, env, log, args.timeout)
+            if code == 0 and out.exists():
+                tabular = json.loads(out.read_text())
+                tabular["peak_rss_mb"] = rss
+            else:
+                failures.append(f"tabular: exit {code} (see {log})")
+
+    summary = {m: summarize(r, w.warmup) for m, r in runs.items() if r}
+    rat = ratios(summary)
+    result = {
+        "workload": json.loads(w.to_json()),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "host": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "threads": args.threads,
+        "rounds": rounds,
+        "order": methods,
+        "summary": summary,
+        "ratios": rat,
+        "tabular": tabular,
+        "runs": {
+            m: [
+                {k: v for k, v in r.items() if k not in ("workload",)}
+                for r in rs  # per-step raw times kept
+            ]
+            for m, rs in runs.items()
+        },
+        "failures": failures,
+    }
+    path = out_dir / f"{w.name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    if summary:
+        print_table(w, summary, rat)
+    if tabular:
+        print_tabular(tabular)
+    print(f"\nresults: {path}")
+    if failures:
+        print("failures:\n  " + "\n  ".join(failures), file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    res = main()
+    sys.exit(1 if res["failures"] else 0)
