@@ -47,9 +47,7 @@ class Plugins:
 
     manager: pluggy.PluginManager
     backends: Registry[Any] = field(default_factory=lambda: Registry("backend"))
-    preference_models: Registry[Any] = field(
-        default_factory=lambda: Registry("preference model")
-    )
+    preference_models: Registry[Any] = field(default_factory=lambda: Registry("preference model"))
     data_formats: Registry[Any] = field(default_factory=lambda: Registry("data format"))
     oracles: Registry[Any] = field(default_factory=lambda: Registry("oracle"))
     failures: list[PluginFailure] = field(default_factory=list)

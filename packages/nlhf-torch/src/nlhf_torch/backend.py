@@ -19,9 +19,7 @@ class TorchBackend:
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         if spec.task == "nash":
             if spec.is_tabular:
-                raise NLHFError(
-                    "tabular preferences run on the numpy backend: use --backend numpy"
-                )
+                raise NLHFError("tabular preferences run on the numpy backend: use --backend numpy")
             from nlhf_torch.trainer import train_nash
 
             return train_nash(spec, Path(output), resume=resume)

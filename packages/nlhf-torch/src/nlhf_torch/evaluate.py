@@ -4,7 +4,10 @@ For policies π_1..π_k (checkpoint directories, or run directories meaning thei
 checkpoint), prompts x_1..x_N from ``data`` and ``n = eval.samples_per_prompt``:
 
 1. each policy samples responses y_i^{x,s} ~ π_i(·|x) (s = 1..n) at the spec's generation
-   temperature T, ONCE; the same responses serve every cell of its row and column;
+   temperature T, ONCE; the same responses serve every cell of its row and column. Each
+   policy has its own random stream (seeded by its cache hash): with one shared seed,
+   inverse-CDF sampling would feed the same uniforms to y_i and y_j, coupling them, and
+   the paired mean would no longer estimate P(π_j ≻ π_i) = E_{y~π_i, y'~π_j indep.}P(y'≻y);
 2. cell (i, j) averages the N·n outcomes o = P(y_j^{x,s} ≻ y_i^{x,s} | x) of the
    preference (oracle / llm_judge / pairwise_model / bradley_terry_reward); the cell (j, i)
    is 1 − it (the preferences are antisymmetric), so the matrix holds
@@ -138,7 +141,9 @@ class Sampler:
         self.device = device
 
     @torch.no_grad()
-    def sample(self, entry: PolicyEntry) -> list[dict[str, Any]]:
+    def sample(self, entry: PolicyEntry, seed: int) -> list[dict[str, Any]]:
+        """``samples_per_prompt`` responses per prompt from ``entry``, drawn from a
+        generator seeded by ``seed`` (distinct per policy: see :func:`evaluate_spec`)."""
         from nlhf_torch.generation import generate_pairs, sequence_logits
         from nlhf_torch.kernels import sequence_logprobs
         from nlhf_torch.models import load_causal_lm, load_tokenizer
@@ -157,7 +162,7 @@ class Sampler:
         _, ids = tokenize_prompts(self.prompts, tokenizer, spec.data, spec.policy.chat_template)
         if len(ids) != len(self.prompts):
             raise InputError("data.truncation: drop is not supported by evaluation; use left")
-        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
         pairs_per_prompt = math.ceil(n / 2)
         jobs = [(x, r) for r in range(pairs_per_prompt) for x in range(len(ids))]
         batch = spec.training.batch_size
@@ -257,6 +262,7 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
         "seed": spec.seed,
         "chat_template": spec.policy.chat_template,
         "reference": ref_fp,
+        "seeding": "per-policy",
     }
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sampler: Sampler | None = None
@@ -274,7 +280,9 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
                 reference = load_causal_lm(ref_path, spec.policy.dtype, "reference.model")
                 reference.to(device).eval().requires_grad_(False)
                 sampler = Sampler(spec, reference, prompts, device)
-            rows = sampler.sample(entry)
+            # independent streams per policy: a shared seed would couple y_i and y_j
+            # (same uniforms) and bias P(π_j ≻ π_i), which needs y_i ⊥ y_j
+            rows = sampler.sample(entry, int(h, 16) % 2**63)
             meta = {"policy": str(entry.path), "name": entry.name, **sampling}
             atomic_write_text(
                 path,

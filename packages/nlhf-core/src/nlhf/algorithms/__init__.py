@@ -3,9 +3,9 @@ kernel Protocols (:mod:`.protocols`) and the float64 NumPy oracle (:mod:`.refere
 
 from nlhf.algorithms.params import (
     LLM_ALGORITHMS,
+    OMD,
     RLHFPG,
     TABULAR_ALGORITHMS,
-    OMD,
     AlgorithmSpec,
     BestResponse,
     KLEstimator,
