@@ -44,11 +44,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
+export DS_BUILD_OPS=0  # DeepSpeed: no op pre-compilation (CPU CI; ops JIT-build when used)
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" "$TORCH_PIN"
 
-PACKAGES=(-e packages/nlhf-core -e packages/nlhf-torch -e packages/nlhf-jax)
+PACKAGES=(-e packages/nlhf-core -e "packages/nlhf-torch[peft,deepspeed]" -e packages/nlhf-jax)
 if [[ -d examples/nlhf-example-backend ]]; then
   PACKAGES+=(-e examples/nlhf-example-backend)
 fi

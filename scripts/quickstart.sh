@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SPEC="${NLHF_QUICKSTART_SPEC:-specs/tabular-dice.yaml}"  # the job the quickstart runs
-BACKEND="${NLHF_QUICKSTART_BACKEND:-numpy}"
+SPEC="${NLHF_QUICKSTART_SPEC:-specs/quickstart.yaml}"  # the job the quickstart runs
+BACKEND="${NLHF_QUICKSTART_BACKEND:-torch}"
 
 bash scripts/install.sh --if-needed
 echo "quickstart: nlhf run $SPEC --backend $BACKEND" >&2

@@ -30,7 +30,9 @@ def test_cli_quickstart_spec_exists_and_validates() -> None:
     assert spec.is_file(), spec
     from nlhf.spec import load_spec
 
-    assert load_spec(spec).is_tabular
+    loaded = load_spec(spec)
+    assert loaded.task == "nash" and loaded.algorithm is not None
+    assert loaded.algorithm.name == "nash_md_pg"  # the main job is the tiny-LLM Nash run
     assert "scripts/install.sh" in text and '.venv/bin/nlhf run "$SPEC"' in text
 
 

@@ -5,7 +5,8 @@ checkpoint), prompts x_1..x_N from ``data`` and ``n = eval.samples_per_prompt``:
 
 1. each policy samples responses y_i^{x,s} ~ π_i(·|x) (s = 1..n) at the spec's generation
    temperature T, ONCE; the same responses serve every cell of its row and column. Each
-   policy has its own random stream (seeded by its cache hash): with one shared seed,
+   policy has its own random stream (seeded by the spec's seed and the policy's name):
+   with one shared seed,
    inverse-CDF sampling would feed the same uniforms to y_i and y_j, coupling them, and
    the paired mean would no longer estimate P(π_j ≻ π_i) = E_{y~π_i, y'~π_j indep.}P(y'≻y);
 2. cell (i, j) averages the N·n outcomes o = P(y_j^{x,s} ≻ y_i^{x,s} | x) of the
@@ -270,7 +271,10 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
     responses: list[list[dict[str, Any]]] = []
     cached = 0
     for entry in entries:
-        h = _hash({"policy": [str(entry.path.resolve()), _fingerprint(entry.path)], **sampling})
+        # the random stream depends on (seed, name) only, so results are reproducible
+        stream = int(_hash({"seed": spec.seed, "name": entry.name}), 16) % 2**63
+        policy_id = [str(entry.path.resolve()), _fingerprint(entry.path), stream]
+        h = _hash({"policy": policy_id, **sampling})
         path = out / "responses" / f"{h}.jsonl"
         if path.is_file():
             rows = _read_jsonl(path)
@@ -282,7 +286,7 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
                 sampler = Sampler(spec, reference, prompts, device)
             # independent streams per policy: a shared seed would couple y_i and y_j
             # (same uniforms) and bias P(π_j ≻ π_i), which needs y_i ⊥ y_j
-            rows = sampler.sample(entry, int(h, 16) % 2**63)
+            rows = sampler.sample(entry, stream)
             meta = {"policy": str(entry.path), "name": entry.name, **sampling}
             atomic_write_text(
                 path,

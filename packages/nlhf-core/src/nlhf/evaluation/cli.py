@@ -18,21 +18,19 @@ EVAL_BACKENDS = "numpy (tabular, exact), torch (LLM policies, sampled), or a plu
 
 
 def print_matrix(result: Any, console: Any) -> None:
-    """Print a :class:`~nlhf.evaluation.winrate.WinRateMatrix` as a rich table."""
+    """Print a :class:`~nlhf.evaluation.winrate.WinRateMatrix` as a rich table: rows
+    ``i name``, columns by index ``i`` (so wide matrices fit), then the column averages.
+    The confidence intervals are in ``winrate.csv`` / ``winrate.json``."""
     from rich.table import Table
 
     table = Table(title="win-rate P(column ≻ row)")
-    table.add_column("row \\ column", style="bold")
-    for name in result.policies:
-        table.add_column(name, justify="right")
+    table.add_column("row \\ column", style="bold", no_wrap=True)
+    for j in range(result.size):
+        table.add_column(str(j + 1), justify="right", no_wrap=True)
     for i, name in enumerate(result.policies):
-        cells = []
-        for j in range(result.size):
-            cell = f"{result.mean[i, j]:.3f}"
-            if result.method[i][j] not in ("exact",):
-                cell += f" [{result.low[i, j]:.2f},{result.high[i, j]:.2f}]"
-            cells.append(cell)
-        table.add_row(name, *cells)
+        table.add_row(f"{i + 1} {name}", *(f"{result.mean[i, j]:.3f}" for j in range(result.size)))
+    avg = result.column_average()
+    table.add_row("mean vs others", *(f"{a:.3f}" for a in avg), style="italic")
     console.print(table)
 
 

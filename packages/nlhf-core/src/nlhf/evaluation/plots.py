@@ -58,13 +58,15 @@ def save_figure(fig: Figure, stem: Path, *, dpi: int = 120) -> list[str]:
 
 def winrate_heatmap(result: WinRateMatrix, *, title: str | None = None) -> Figure:
     """Heatmap of ``result.mean[i, j] = P(π_j ≻ π_i)``: columns = the policy that wins,
-    rows = its opponent; each cell shows the mean and (if sampled) its CI."""
+    rows = its opponent; each cell shows the mean and (if sampled) its CI. Colours are
+    centred at ½ and span ½ ± max(0.05, max |mean − ½|)."""
     k = result.size
     size = max(4.0, 1.1 * k + 2.0)
     fig = Figure(figsize=(size + 1.2, size))
     ax = fig.add_subplot()
     values = np.where(np.isnan(result.mean), 0.5, result.mean)
-    image = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=1.0)
+    spread = max(0.05, float(np.max(np.abs(values - 0.5))))  # colours centred at ½
+    image = ax.imshow(values, cmap="RdBu", vmin=0.5 - spread, vmax=0.5 + spread)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="P(column ≻ row)")
     ax.set_xticks(range(k), labels=result.policies, rotation=35, ha="right")
     ax.set_yticks(range(k), labels=result.policies)
@@ -80,7 +82,7 @@ def winrate_heatmap(result: WinRateMatrix, *, title: str | None = None) -> Figur
                 text = f"{m:.3f}"
             else:
                 text = f"{m:.3f}\n[{result.low[i, j]:.2f}, {result.high[i, j]:.2f}]"
-            color = "white" if abs(values[i, j] - 0.5) > 0.3 else "black"
+            color = "white" if abs(values[i, j] - 0.5) > 0.6 * spread else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=small, color=color)
     methods = sorted({m for row in result.method for m in row} - {"exact"})
     subtitle = f"{round(100 * result.confidence)}% CI: {', '.join(methods)}" if methods else "exact"
