@@ -90,7 +90,6 @@ def _responses(out: Path, summary: dict[str, Any], name: str) -> list[dict[str, 
     raise AssertionError(f"no responses for {name}")
 
 
-@pytest.mark.slow
 def test_matrix_cells_kl_lengths_and_cache(assets, tmp_path: Path, plugins, monkeypatch) -> None:
     out = tmp_path / "ev"
     policies = ["reference", f"twin={assets['copy']}", str(assets["other"]), str(assets["run"])]
