@@ -10,6 +10,7 @@ CPU recipe (CI, laptops; DESIGN §10)::
 
     DS_BUILD_OPS=0 pip install 'nlhf-torch[deepspeed]'
     DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf.cli run spec.yaml --backend torch
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf_torch.launch spec.yaml  # tested
 
 Processes join with ``deepspeed.init_distributed(dist_backend="gloo")`` (see
 :func:`dist_backend`), the optimizer is a torch optimizer passed to

@@ -35,7 +35,7 @@ exactly like :func:`nlhf_torch.kernels.sample`. Sampling runs under ``torch.no_g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -181,6 +181,7 @@ def generate_pairs(
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
     return_reference_logits: bool = False,
+    all_finished: Callable[[bool], bool] | None = None,
 ) -> PairGeneration:
     """Sample y ~ π_θ and y' ~ opponent for each left-padded prompt (see the module doc).
 
@@ -190,6 +191,9 @@ def generate_pairs(
     runs the reference on the y rows too (2B rows instead of B while decoding) and returns
     its logits for y, which the exact/sampled/k3 KL term can use directly.
     Models are put in eval mode while sampling (no dropout) and restored afterwards.
+    ``all_finished`` (distributed runs): maps this process's "all rows finished" to the
+    verdict over every process; finished rows are then kept (decoding pads) so each process
+    makes the same forward calls (ZeRO-3 gathers parameters collectively) and steps.
     """
     if opponent not in ("mixture", "reference", "policy", "model"):
         raise ValueError(
@@ -306,11 +310,15 @@ def generate_pairs(
             tokens.append(tok)
             masks.append(alive.long())
             finished = finished | (alive & torch.isin(tok, eos_ids))
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            done = bool(finished.all())
+            if all_finished is not None:
+                done = all_finished(done)
+            if done or step == max_new_tokens - 1:
                 break
             full_mask = torch.cat([full_mask, ones], dim=1)
             for s in streams:
-                s.drop_finished(finished)
+                if all_finished is None:
+                    s.drop_finished(finished)
                 forward_calls += s.step(tok, full_mask)
     finally:
         for model, mode in was_training:

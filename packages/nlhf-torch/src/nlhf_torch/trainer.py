@@ -191,7 +191,7 @@ def _check_spec(spec: Any) -> None:
         raise InputError(
             f"algorithm.name: {name!r} is not an LLM algorithm; use one of {', '.join(OPPONENT)}"
         )
-    if spec.distributed.engine != "none":
+    if spec.distributed.engine not in ("none", "deepspeed"):
         raise NLHFError(
             f"distributed.engine: {spec.distributed.engine!r} is not supported by the "
             f"single-process trainer yet; remove the distributed section"
@@ -268,9 +268,78 @@ class NashTrainer:
             self.elapsed = float(state.get("elapsed", 0.0))
             self.generated_tokens = int(state.get("generated_tokens", 0))
         self.last_checkpoint: Path | None = ckpt_path
+        self.rank, self.world_size = 0, 1
+        self.train_model: Any = self.policy  # the module whose forward is trained
+        self.engine: Any = None
+        if spec.distributed.engine == "deepspeed":
+            if resume:
+                raise NLHFError(
+                    "--resume: resuming a DeepSpeed run is not supported yet; start a new run"
+                )
+            self._init_deepspeed()
+
+    def _init_deepspeed(self) -> None:
+        """Join the process group and wrap the policy, optimizer and schedule in a DeepSpeed
+        engine (ZeRO stage from ``distributed.zero_stage``); see :mod:`nlhf_torch.distributed`."""
+        from nlhf_torch.distributed import (
+            build_deepspeed_config,
+            dist_backend,
+            require_deepspeed,
+            world_size_from_env,
+        )
+
+        require_deepspeed()
+        import deepspeed
+
+        spec = self.spec
+        world = world_size_from_env()
+        if spec.algorithm.name == "nash_ema_pg" and spec.distributed.zero_stage == 3:
+            raise InputError(
+                "algorithm.name: nash_ema_pg keeps a full EMA copy of the policy, which ZeRO-3 "
+                "partitions; use distributed.zero_stage 1 or 2"
+            )
+        if spec.distributed.micro_batch_size is not None:
+            raise InputError(
+                "distributed.micro_batch_size: the torch trainer derives it as batch_size / "
+                "(world size × grad_accum); remove it"
+            )
+        config = build_deepspeed_config(
+            spec, world, hidden_size=getattr(self.policy.config, "hidden_size", None)
+        )
+        # torch SGD/Adam/AdamW update element-wise, so ZeRO may shard any of them
+        config.setdefault("zero_allow_untested_optimizer", True)
+        deepspeed.init_distributed(dist_backend=dist_backend())
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        if self.world_size != world:
+            raise NLHFError(f"WORLD_SIZE={world} but the process group has {self.world_size}")
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=self.policy,
+            model_parameters=self.params,
+            optimizer=self.optimizer,
+            lr_scheduler=self.scheduler,
+            config=config,
+        )
+        self.engine, self.optimizer = engine, optimizer
+        self.scheduler = scheduler if scheduler is not None else self.scheduler
+        self.policy = engine.module
+        self.train_model = engine
+
+    def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        reduce_op = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+        torch.distributed.all_reduce(t, op=reduce_op[op])
+        return t.tolist()
+
+    def _all_finished(self, local: bool) -> bool:
+        return self._all_reduce([0.0 if local else 1.0])[0] == 0.0
 
     # ----------------------------------------------------------------- one step
-    def _micro_batch(self, idx: list[int], step0: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_batch(
+        self, idx: list[int], step0: int, shard: slice | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss and metrics of the prompts ``idx``; ``shard`` (DeepSpeed) keeps this rank's
+        rows of the global micro-batch, padded and sampled as the single-process run would."""
         spec, algo = self.spec, self.algo
         gen = spec.training.generation
         temp = gen.temperature
@@ -280,6 +349,11 @@ class NashTrainer:
         )
         input_ids, attn = left_pad([self.prompt_ids[i] for i in idx], self.pad_id, self.device)
         prompts = [self.prompts[i] for i in idx]
+        sampling: dict[str, Any] = {"generator": self.generator}
+        if shard is not None:
+            input_ids, attn, prompts = input_ids[shard], attn[shard], prompts[shard]
+            sampling = self._shard_uniforms(len(idx), shard, gen.max_new_tokens)
+            gen_state = sampling.pop("state")
         t0 = time.perf_counter()
         pairs = generate_pairs(
             self.policy,
@@ -293,17 +367,23 @@ class NashTrainer:
             pad_token_id=self.pad_id,
             opponent=OPPONENT[algo.name],
             opponent_model=self.ema,
-            generator=self.generator,
             return_reference_logits=True,
+            **sampling,
         )
+        if shard is not None:
+            self._advance_generator(gen_state, len(idx), pairs.y.shape[1])
         gen_seconds = time.perf_counter() - t0
         ys = decode(self.tokenizer, pairs.y, pairs.y_mask)
-        logits = sequence_logits(self.policy, input_ids, attn, pairs.y, pairs.y_mask)
+        logits = sequence_logits(self.train_model, input_ids, attn, pairs.y, pairs.y_mask)
         ref_logits = pairs.reference_logits
         metrics: dict[str, float] = {}
         if algo.name == "rlhf_pg":
             reward = self.preference.reward(prompts, ys).to(self.device)
-            advantage = reward - reward.mean()
+            mean_reward = reward.mean()
+            if shard is not None:  # the global batch mean, as in the single-process run
+                total, count = self._all_reduce([float(reward.sum()), float(reward.numel())])
+                mean_reward = torch.as_tensor(total / count, dtype=reward.dtype)
+            advantage = reward - mean_reward
             # −(r − r̄)·log π(y) + τ·KL  ==  nash_md_pg_loss with P := r − r̄ + ½
             loss, km = kernels.nash_md_pg_loss(
                 logits,
@@ -361,7 +441,9 @@ class NashTrainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Online IPO (Calandriello et al. 2024): with s = sign(P − ½) ordering the pair,
         loss = mean (s·h(y, y') − 1/(2τ))², h = log π/μ(y) − log π/μ(y')."""
-        logits_p = sequence_logits(self.policy, input_ids, attn, pairs.y_prime, pairs.y_prime_mask)
+        logits_p = sequence_logits(
+            self.train_model, input_ids, attn, pairs.y_prime, pairs.y_prime_mask
+        )
         with torch.no_grad():
             ref_p = sequence_logits(
                 self.reference, input_ids, attn, pairs.y_prime, pairs.y_prime_mask
@@ -379,8 +461,80 @@ class NashTrainer:
             "kl": (lp_y - lq_y).mean().detach(),
         }
 
+    def _shard_uniforms(self, rows: int, shard: slice, max_new_tokens: int) -> dict[str, Any]:
+        """This rank's uniforms: the (T, 2·rows) draws the single-process run would make for
+        the global micro-batch, columns y[shard] and y'[shard]."""
+        state = self.generator.get_state()
+        u = torch.rand(max_new_tokens, 2 * rows, dtype=torch.float64, generator=self.generator)
+        cols = list(range(rows))[shard]
+        cols = cols + [rows + c for c in cols]
+        return {
+            "uniforms": u[:, cols].T.contiguous().to(self.device),
+            "all_finished": self._all_finished,
+            "state": state,
+        }
+
+    def _advance_generator(self, state: torch.Tensor, rows: int, steps: int) -> None:
+        """Leave the generator where the single-process run would: ``steps`` draws of 2·rows
+        (every rank decodes the same number of steps, see ``all_finished``)."""
+        self.generator.set_state(state)
+        torch.rand(steps, 2 * rows, dtype=torch.float64, generator=self.generator)
+
+    def _deepspeed_step(self, step: int) -> dict[str, Any]:
+        """One optimiser step on this rank's contiguous share of the global batch; DeepSpeed
+        averages the gradients of the per-rank means (equal shares: the global mean), divides
+        by ``grad_accum`` and steps the optimizer and schedule on the last micro-batch."""
+        tr = self.spec.training
+        t0 = time.perf_counter()
+        idx = batch_indices(
+            (step - 1) * tr.batch_size,
+            tr.batch_size,
+            len(self.prompts),
+            self.spec.seed,
+            self.spec.data.shuffle,
+        )
+        micro = tr.batch_size // tr.grad_accum
+        per_rank = micro // self.world_size
+        shard = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        lr = self.scheduler.get_last_lr()[0]
+        sums: dict[str, float] = {}
+        total_loss = 0.0
+        for k in range(tr.grad_accum):
+            loss, m = self._micro_batch(idx[k * micro : (k + 1) * micro], step - 1, shard)
+            self.engine.backward(loss)
+            self.engine.step()
+            total_loss += float(loss.detach()) / tr.grad_accum
+            for key, value in m.items():
+                sums[key] = sums.get(key, 0.0) + value
+        if self.ema is not None:
+            ema_update(self.ema, self.policy, self.algo.ema_decay)
+        gen_seconds = self._all_reduce([sums.pop("generation_seconds")], "max")[0]
+        keys = sorted(sums)
+        reduced = self._all_reduce([total_loss, *(sums[k] for k in keys)])
+        total_loss = reduced[0] / self.world_size
+        sums = dict(zip(keys, reduced[1:], strict=True))
+        gen_tokens = int(sums.pop("generated_tokens"))
+        seconds = self._all_reduce([time.perf_counter() - t0], "max")[0]
+        self.elapsed += seconds
+        self.generated_tokens += gen_tokens
+        record: dict[str, Any] = {"step": step, "loss": total_loss}
+        for key, value in sums.items():
+            record[key] = value / (tr.grad_accum * self.world_size)
+        record["kl_estimator"] = getattr(self.algo, "kl_estimator", None)
+        norm = self.engine.get_global_grad_norm() if tr.max_grad_norm is not None else None
+        record["grad_norm"] = None if norm is None else float(norm)
+        record["lr"] = lr
+        record["generated_tokens"] = gen_tokens
+        record["tokens_per_s"] = gen_tokens / gen_seconds if gen_seconds > 0 else None
+        record["generation_seconds"] = gen_seconds
+        record["step_seconds"] = seconds
+        record["world_size"] = self.world_size
+        return record
+
     def step(self, step: int) -> dict[str, Any]:
         """One optimiser step (1-based ``step``); returns its metrics record."""
+        if self.engine is not None:
+            return self._deepspeed_step(step)
         tr = self.spec.training
         t0 = time.perf_counter()
         idx = batch_indices(
@@ -428,7 +582,48 @@ class NashTrainer:
         return record
 
     # ----------------------------------------------------------------- the run
+    def _deepspeed_checkpoint(self, step: int) -> Path:
+        """Consolidated safetensors (parameters gathered under ZeRO-3) written by rank 0, then
+        DeepSpeed's own sharded state under ``deepspeed/`` (every rank)."""
+        import deepspeed
+
+        state = {
+            "optimizer": None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.generator),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "position": step * self.spec.training.batch_size,
+            "elapsed": self.elapsed,
+            "generated_tokens": self.generated_tokens,
+            "algorithm": self.algo.name,
+            "distributed": {
+                "engine": "deepspeed",
+                "zero_stage": self.spec.distributed.zero_stage,
+                "world_size": self.world_size,
+            },
+        }
+        params = list(self.policy.parameters())
+        with deepspeed.zero.GatheredParameters(
+            params, modifier_rank=None, enabled=self.spec.distributed.zero_stage == 3
+        ):
+            if self.rank == 0:
+                path = save_checkpoint(
+                    self.output,
+                    step,
+                    policy=self.policy,
+                    tokenizer=self.tokenizer,
+                    trainer_state=state,
+                    keep_last=self.spec.output.keep_last,
+                )
+        torch.distributed.barrier()
+        path = self.output / "checkpoints" / f"step-{step}"
+        self.engine.save_checkpoint(str(path / "deepspeed"), tag=f"step-{step}")
+        self.last_checkpoint = path
+        return path
+
     def checkpoint(self, step: int) -> Path:
+        if self.engine is not None:
+            return self._deepspeed_checkpoint(step)
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -451,6 +646,8 @@ class NashTrainer:
 
     def run(self) -> dict[str, Any]:
         spec = self.spec
+        if self.rank != 0:
+            return self._run_worker()
         self.output.mkdir(parents=True, exist_ok=True)
         write_resolved_spec(self.output, spec)
         every = spec.output.checkpoint_every
@@ -487,6 +684,12 @@ class NashTrainer:
             "checkpoint": str(self.last_checkpoint),
             "device": str(self.device),
         }
+        if self.engine is not None:
+            summary["distributed"] = {
+                "engine": "deepspeed",
+                "zero_stage": spec.distributed.zero_stage,
+                "world_size": self.world_size,
+            }
         extra = getattr(getattr(self.preference, "fn", None), "summary", None)
         if callable(extra):
             summary["oracle"] = extra(
@@ -501,6 +704,29 @@ class NashTrainer:
                     summary[key] = summary["oracle"][key]  # headline scalars for `nlhf run`
         write_summary(self.output, summary)
         return summary
+
+    def _run_worker(self) -> dict[str, Any]:
+        """Ranks > 0 of a DeepSpeed run: the same collective steps and checkpoints, no
+        files, metrics or progress bar of their own."""
+        every = self.spec.output.checkpoint_every
+        saved_at = None
+        for step in range(self.start_step + 1, self.total + 1):
+            self.step(step)
+            if every is not None and step % every == 0:
+                self.checkpoint(step)
+                saved_at = step
+        if saved_at != self.total:
+            self.checkpoint(self.total)
+        extra = getattr(getattr(self.preference, "fn", None), "summary", None)
+        if callable(extra):  # may run the policy: keep ZeRO-3's collectives in step
+            extra(
+                policy=self.policy,
+                reference=self.reference,
+                tokenizer=self.tokenizer,
+                prompts=self.prompts,
+                spec=self.spec,
+            )
+        return {}
 
 
 class _progress:
