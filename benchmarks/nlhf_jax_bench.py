@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Workload, peak_rss_mb
+from workload import Workload, time_trainer_steps
 
 ORACLE = "bench_reward"
 
@@ -124,30 +124,15 @@ def main() -> None:
         if not hasattr(trainer, "eos"):
             raise RuntimeError("the jax NashTrainer has no `eos`; update the benchmark")
         trainer.eos = None  # exactly max_new_tokens tokens per completion
-        setup_seconds = time.perf_counter() - t_start
-        rss_setup = peak_rss_mb()
-        records, cpu = [], []
-        for n in range(1, w.steps + 1):
-            c0 = time.process_time()
-            records.append(trainer.step(n))
-            cpu.append(time.process_time() - c0)
-    result = {
-        "method": "nlhf_jax",
-        "backend": "jax",
-        "workload": json.loads(w.to_json()),
-        "threads": args.threads,
-        "step_seconds": [r["step_seconds"] for r in records],
-        "step_cpu_seconds": cpu,
-        "generation_seconds": [r["generation_seconds"] for r in records],
-        "generated_tokens": [r["generated_tokens"] for r in records],
-        "loss": [r["loss"] for r in records],
-        "setup_seconds": setup_seconds,
-        "peak_rss_mb_after_setup": rss_setup,
-        "peak_rss_mb_self": peak_rss_mb(),
-        "settings": {"kl_estimator": "exact", "dtype": "float32", "eos": None},
-        "versions": {"jax": jax.__version__},
-        "pid": os.getpid(),
-    }
+        result = time_trainer_steps(
+            trainer,
+            w,
+            method="nlhf_jax",
+            backend="jax",
+            threads=args.threads,
+            t_start=t_start,
+            versions={"jax": jax.__version__},
+        )
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

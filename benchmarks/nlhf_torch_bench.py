@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workload import Workload, peak_rss_mb
+from workload import Workload, time_trainer_steps
 
 
 def nash_spec(w: Workload, assets: Path, output: str | Path) -> dict[str, Any]:
@@ -76,30 +75,15 @@ def main() -> None:
         if not hasattr(trainer, "eos_id"):
             raise RuntimeError("NashTrainer has no `eos_id`; update the benchmark")
         trainer.eos_id = None  # exactly max_new_tokens tokens per completion
-        setup_seconds = time.perf_counter() - t_start
-        rss_setup = peak_rss_mb()
-        records, cpu = [], []
-        for n in range(1, w.steps + 1):
-            c0 = time.process_time()
-            records.append(trainer.step(n))
-            cpu.append(time.process_time() - c0)
-    result = {
-        "method": "nlhf_torch",
-        "backend": "torch",
-        "workload": json.loads(w.to_json()),
-        "threads": args.threads,
-        "step_seconds": [r["step_seconds"] for r in records],
-        "step_cpu_seconds": cpu,
-        "generation_seconds": [r["generation_seconds"] for r in records],
-        "generated_tokens": [r["generated_tokens"] for r in records],
-        "loss": [r["loss"] for r in records],
-        "setup_seconds": setup_seconds,
-        "peak_rss_mb_after_setup": rss_setup,
-        "peak_rss_mb_self": peak_rss_mb(),
-        "settings": {"kl_estimator": "exact", "dtype": "float32", "eos": None},
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
-        "pid": os.getpid(),
-    }
+        result = time_trainer_steps(
+            trainer,
+            w,
+            method="nlhf_torch",
+            backend="torch",
+            threads=args.threads,
+            t_start=t_start,
+            versions={"transformers": transformers.__version__, "torch": torch.__version__},
+        )
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

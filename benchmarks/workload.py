@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,3 +204,42 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_trainer_steps(
+    trainer: Any,
+    w: Workload,
+    *,
+    method: str,
+    backend: str,
+    threads: int,
+    t_start: float,
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """Run ``w.steps`` optimiser steps of an nlhf trainer (``trainer.step(n)`` returns the
+    step's metrics record) and return the benchmark result both nlhf benches write:
+    wall ``step_seconds`` from the records, CPU seconds per step, setup time and peak RSS."""
+    setup_seconds = time.perf_counter() - t_start
+    rss_setup = peak_rss_mb()
+    records, cpu = [], []
+    for n in range(1, w.steps + 1):
+        c0 = time.process_time()
+        records.append(trainer.step(n))
+        cpu.append(time.process_time() - c0)
+    return {
+        "method": method,
+        "backend": backend,
+        "workload": json.loads(w.to_json()),
+        "threads": threads,
+        "step_seconds": [r["step_seconds"] for r in records],
+        "step_cpu_seconds": cpu,
+        "generation_seconds": [r["generation_seconds"] for r in records],
+        "generated_tokens": [r["generated_tokens"] for r in records],
+        "loss": [r["loss"] for r in records],
+        "setup_seconds": setup_seconds,
+        "peak_rss_mb_after_setup": rss_setup,
+        "peak_rss_mb_self": peak_rss_mb(),
+        "settings": {"kl_estimator": "exact", "dtype": "float32", "eos": None},
+        "versions": versions,
+        "pid": os.getpid(),
+    }

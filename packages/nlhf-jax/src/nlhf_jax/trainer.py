@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 from nlhf.algorithms.schedules import schedule_value
+from nlhf.data.prompts import batch_indices
 from nlhf.errors import InputError, NLHFError
 from nlhf.runio import (
     MetricsWriter,
@@ -63,18 +64,6 @@ OPPONENT = {
     "rlhf_pg": "policy",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def prompt_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
-    """The order of the n prompts in ``epoch``: a permutation seeded by (seed, epoch)
-    (identical to the torch trainer's)."""
-    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-
-
-def batch_indices(position: int, size: int, n: int, seed: int, shuffle: bool) -> list[int]:
-    return [
-        int(prompt_order(n, p // n, seed, shuffle)[p % n]) for p in range(position, position + size)
-    ]
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

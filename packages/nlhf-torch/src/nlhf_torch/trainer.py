@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 from nlhf.algorithms.schedules import schedule_value
-from nlhf.data.prompts import load_prompts
+from nlhf.data.prompts import batch_indices, load_prompts
 from nlhf.errors import InputError, NLHFError
-from nlhf.runio import MetricsWriter, write_resolved_spec, write_summary
+from nlhf.runio import MetricsWriter, checkpoint_dir, write_resolved_spec, write_summary
 
 from nlhf_torch import kernels
 from nlhf_torch.checkpoint import (
@@ -65,21 +65,6 @@ TIMING_KEYS = ("tokens_per_s", "step_seconds", "generation_seconds")
 
 
 # ------------------------------------------------------------------------- helpers
-def prompt_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
-    """The order of the n prompts in ``epoch``: a permutation seeded by (seed, epoch)."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_indices(position: int, size: int, n: int, seed: int, shuffle: bool) -> list[int]:
-    """Prompt indices at global positions ``position .. position+size−1`` (crossing epochs)."""
-    out = []
-    for p in range(position, position + size):
-        out.append(int(prompt_order(n, p // n, seed, shuffle)[p % n]))
-    return out
-
-
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     """LR multiplier after ``s`` optimiser steps: linear warmup min(1, (s+1)/warmup), then
     ``constant`` 1, ``linear`` 1 − u or ``cosine`` ½(1 + cos πu), u = (s − warmup)/(total − warmup)."""
@@ -486,14 +471,7 @@ class NashTrainer:
         by ``grad_accum`` and steps the optimizer and schedule on the last micro-batch."""
         tr = self.spec.training
         t0 = time.perf_counter()
-        idx = batch_indices(
-            (step - 1) * tr.batch_size,
-            tr.batch_size,
-            len(self.prompts),
-            self.spec.seed,
-            self.spec.data.shuffle,
-        )
-        micro = tr.batch_size // tr.grad_accum
+        idx, micro = self._step_prompts(step)
         per_rank = micro // self.world_size
         shard = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         lr = self.scheduler.get_last_lr()[0]
@@ -515,19 +493,17 @@ class NashTrainer:
         sums = dict(zip(keys, reduced[1:], strict=True))
         gen_tokens = int(sums.pop("generated_tokens"))
         seconds = self._all_reduce([time.perf_counter() - t0], "max")[0]
-        self.elapsed += seconds
-        self.generated_tokens += gen_tokens
-        record: dict[str, Any] = {"step": step, "loss": total_loss}
-        for key, value in sums.items():
-            record[key] = value / (tr.grad_accum * self.world_size)
-        record["kl_estimator"] = getattr(self.algo, "kl_estimator", None)
         norm = self.engine.get_global_grad_norm() if tr.max_grad_norm is not None else None
-        record["grad_norm"] = None if norm is None else float(norm)
-        record["lr"] = lr
-        record["generated_tokens"] = gen_tokens
-        record["tokens_per_s"] = gen_tokens / gen_seconds if gen_seconds > 0 else None
-        record["generation_seconds"] = gen_seconds
-        record["step_seconds"] = seconds
+        record = self._record(
+            step,
+            loss=total_loss,
+            means={k: v / (tr.grad_accum * self.world_size) for k, v in sums.items()},
+            grad_norm=None if norm is None else float(norm),
+            lr=lr,
+            gen_tokens=gen_tokens,
+            gen_seconds=gen_seconds,
+            seconds=seconds,
+        )
         record["world_size"] = self.world_size
         return record
 
@@ -537,14 +513,7 @@ class NashTrainer:
             return self._deepspeed_step(step)
         tr = self.spec.training
         t0 = time.perf_counter()
-        idx = batch_indices(
-            (step - 1) * tr.batch_size,
-            tr.batch_size,
-            len(self.prompts),
-            self.spec.seed,
-            self.spec.data.shuffle,
-        )
-        micro = tr.batch_size // tr.grad_accum
+        idx, micro = self._step_prompts(step)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
@@ -565,13 +534,45 @@ class NashTrainer:
         seconds = time.perf_counter() - t0
         gen_tokens = int(sums.pop("generated_tokens"))
         gen_seconds = sums.pop("generation_seconds")
+        return self._record(
+            step,
+            loss=total_loss,
+            means={k: v / tr.grad_accum for k, v in sums.items()},
+            grad_norm=grad_norm,
+            lr=lr,
+            gen_tokens=gen_tokens,
+            gen_seconds=gen_seconds,
+            seconds=seconds,
+        )
+
+    def _step_prompts(self, step: int) -> tuple[list[int], int]:
+        """Prompt indices of optimiser step ``step`` (1-based) and the micro-batch size."""
+        tr = self.spec.training
+        idx = batch_indices(
+            (step - 1) * tr.batch_size,
+            tr.batch_size,
+            len(self.prompts),
+            self.spec.seed,
+            self.spec.data.shuffle,
+        )
+        return idx, tr.batch_size // tr.grad_accum
+
+    def _record(
+        self,
+        step: int,
+        *,
+        loss: float,
+        means: dict[str, float],
+        grad_norm: float | None,
+        lr: float,
+        gen_tokens: int,
+        gen_seconds: float,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """The metrics record of one step; also advances the run's time and token totals."""
         self.elapsed += seconds
         self.generated_tokens += gen_tokens
-        record: dict[str, Any] = {"step": step, "loss": total_loss}
-        averaged = ("generation_seconds", "generated_tokens")
-        for key, value in sums.items():
-            if key not in averaged:
-                record[key] = value / tr.grad_accum
+        record: dict[str, Any] = {"step": step, "loss": loss, **means}
         record["kl_estimator"] = getattr(self.algo, "kl_estimator", None)
         record["grad_norm"] = grad_norm
         record["lr"] = lr
@@ -582,13 +583,10 @@ class NashTrainer:
         return record
 
     # ----------------------------------------------------------------- the run
-    def _deepspeed_checkpoint(self, step: int) -> Path:
-        """Consolidated safetensors (parameters gathered under ZeRO-3) written by rank 0, then
-        DeepSpeed's own sharded state under ``deepspeed/`` (every rank)."""
-        import deepspeed
-
-        state = {
-            "optimizer": None,
+    def _trainer_state(self, step: int, *, optimizer: dict[str, Any] | None) -> dict[str, Any]:
+        """Everything besides the weights that resume needs after optimiser step ``step``."""
+        return {
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.generator),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -596,18 +594,25 @@ class NashTrainer:
             "elapsed": self.elapsed,
             "generated_tokens": self.generated_tokens,
             "algorithm": self.algo.name,
-            "distributed": {
-                "engine": "deepspeed",
-                "zero_stage": self.spec.distributed.zero_stage,
-                "world_size": self.world_size,
-            },
+        }
+
+    def _deepspeed_checkpoint(self, step: int) -> Path:
+        """Consolidated safetensors (parameters gathered under ZeRO-3) written by rank 0, then
+        DeepSpeed's own sharded state under ``deepspeed/`` (every rank)."""
+        import deepspeed
+
+        state = self._trainer_state(step, optimizer=None)
+        state["distributed"] = {
+            "engine": "deepspeed",
+            "zero_stage": self.spec.distributed.zero_stage,
+            "world_size": self.world_size,
         }
         params = list(self.policy.parameters())
         with deepspeed.zero.GatheredParameters(
             params, modifier_rank=None, enabled=self.spec.distributed.zero_stage == 3
         ):
             if self.rank == 0:
-                path = save_checkpoint(
+                save_checkpoint(
                     self.output,
                     step,
                     policy=self.policy,
@@ -616,7 +621,7 @@ class NashTrainer:
                     keep_last=self.spec.output.keep_last,
                 )
         torch.distributed.barrier()
-        path = self.output / "checkpoints" / f"step-{step}"
+        path = checkpoint_dir(self.output, step)
         self.engine.save_checkpoint(str(path / "deepspeed"), tag=f"step-{step}")
         self.last_checkpoint = path
         return path
@@ -624,16 +629,7 @@ class NashTrainer:
     def checkpoint(self, step: int) -> Path:
         if self.engine is not None:
             return self._deepspeed_checkpoint(step)
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.generator),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "position": step * self.spec.training.batch_size,
-            "elapsed": self.elapsed,
-            "generated_tokens": self.generated_tokens,
-            "algorithm": self.algo.name,
-        }
+        state = self._trainer_state(step, optimizer=self.optimizer.state_dict())
         self.last_checkpoint = save_checkpoint(
             self.output,
             step,

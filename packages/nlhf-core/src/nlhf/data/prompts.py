@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nlhf.data.source import load_rows, require_columns
 from nlhf.errors import InputError
 
@@ -106,3 +108,18 @@ def load_prompts(data_spec: Any) -> list[str]:
     if not prompts:
         raise InputError(f"data.path: {data_spec.path} has no prompts")
     return prompts
+
+
+def prompt_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The order of the n prompts in ``epoch``: a permutation seeded by (seed, epoch), so
+    every backend and a resumed run visit prompts in the same order."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(position: int, size: int, n: int, seed: int, shuffle: bool) -> list[int]:
+    """Prompt indices at global positions ``position .. position+size−1`` (crossing epochs)."""
+    return [
+        int(prompt_order(n, p // n, seed, shuffle)[p % n]) for p in range(position, position + size)
+    ]
