@@ -55,6 +55,7 @@ from nlhf_jax import kernels
 from nlhf_jax.generation import generate_pairs, sequence_logits
 from nlhf_jax.models import load_model, save_model
 from nlhf_jax.optim import build_optimizer, lr_multiplier
+from nlhf_jax.preferences import build_preference, check_preference
 
 OPPONENT = {
     "nash_md_pg": "mixture",
@@ -85,11 +86,7 @@ def _check_spec(spec: Any) -> None:
             f"algorithm.name: {name!r} is not supported by the jax backend yet "
             f"(supported: {', '.join(OPPONENT)})"
         )
-    if spec.preference.name != "oracle":
-        raise NLHFError(
-            f"preference.name: {spec.preference.name!r} is not supported by the jax backend "
-            f"yet; use an `oracle` preference or --backend torch"
-        )
+    check_preference(spec.preference)
     if spec.distributed.engine not in ("none", "jax"):
         raise NLHFError(f"distributed.engine: {spec.distributed.engine!r} is torch-only")
     if spec.training.grad_accum != 1:
@@ -100,36 +97,6 @@ def _check_spec(spec: Any) -> None:
         raise NLHFError("policy.chat_template: chat templates are not supported on jax yet")
     if spec.training.generation.top_k:
         raise InputError("training.generation.top_k: the jax trainer samples the full vocabulary")
-
-
-class _Oracle:
-    """A plugin-registered preference function (``preference: {name: oracle}``)."""
-
-    def __init__(self, spec: Any, plugins: Any = None) -> None:
-        from nlhf.plugins import get_plugins
-
-        registry = (plugins or get_plugins()).oracles
-        registry.get(spec.function)  # UnknownNameError with did-you-mean
-        try:
-            self.fn = registry.create(spec.function, **spec.options)
-        except TypeError as exc:
-            raise InputError(f"preference.options: oracle {spec.function!r}: {exc}") from exc
-        self.name = spec.function
-
-    def _check(self, values: Any, n: int) -> np.ndarray:
-        p = np.asarray(values, np.float64).reshape(-1)
-        if p.size != n or not np.all(np.isfinite(p)) or (p < 0).any() or (p > 1).any():
-            raise NLHFError(f"oracle {self.name!r}: expected {n} probabilities in [0, 1]")
-        return p
-
-    def prob(self, prompts: list[str], ys: list[str], yps: list[str]) -> np.ndarray:
-        return self._check(self.fn(prompts, ys, yps), len(ys))
-
-    def reward(self, prompts: list[str], ys: list[str]) -> np.ndarray:
-        if not callable(getattr(self.fn, "reward", None)):
-            raise InputError(f"algorithm.name: rlhf_pg needs an oracle with `reward`; "
-                             f"{self.name!r} has none")  # fmt: skip
-        return np.asarray(self.fn.reward(prompts, ys), np.float64).reshape(-1)
 
 
 def _leaves_to_numpy(tree: Any) -> dict[str, np.ndarray]:
@@ -179,7 +146,7 @@ class NashTrainer:
             if cfg.pad_token_id is not None
             else (eos if isinstance(eos, int) else eos[0])
         )
-        self.preference = _Oracle(spec.preference, plugins)
+        self.preference = build_preference(spec.preference, plugins)
         raw = load_prompts(spec.data)
         limit = spec.data.max_prompt_length
         self.prompts, self.prompt_ids = [], []
