@@ -3,8 +3,8 @@ clear errors and launch helpers. None of these tests needs DeepSpeed installed."
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -257,15 +257,30 @@ def test_user_json_path_errors(tmp_path: Path) -> None:
 
 
 def test_missing_deepspeed(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        D.importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name)
-    )
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` fails
     with pytest.raises(NLHFError) as info:
         require_deepspeed()
     assert str(info.value) == DEEPSPEED_MISSING
-    assert "pip install 'nlhf-torch[deepspeed]'" in DEEPSPEED_MISSING
+    assert "pip install nlhf-torch[deepspeed]" in DEEPSPEED_MISSING
     assert "DS_BUILD_OPS=0" in DEEPSPEED_MISSING and "DS_ACCELERATOR=cpu" in DEEPSPEED_MISSING
+
+
+def test_broken_deepspeed_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found but not importable (e.g. a failed op build): the hint plus the import error."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "deepspeed":
+            raise ImportError("libcuda.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.delitem(sys.modules, "deepspeed", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(NLHFError, match=r"pip install nlhf-torch\[deepspeed\].*libcuda\.so"):
+        require_deepspeed()
 
 
 # --------------------------------------------------------------------------- launch
@@ -299,9 +314,15 @@ def test_launch_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert launch_env() == {"DS_ACCELERATOR": "cpu"} and launch_env(cpu=False) == {}
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     assert D.dist_backend() == "gloo"
-    cmd = launch_command("spec.yaml", 2)
-    assert cmd[:2] == ["torchrun", "--nproc_per_node=2"]
-    assert cmd[2:] == ["-m", "nlhf.cli", "run", "spec.yaml", "--backend", "torch"]
+    cmd = launch_command("spec.yaml", 2, ["--resume"])
+    assert cmd[:5] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+    ]
+    assert cmd[5:] == ["-m", "nlhf_torch.launch", "spec.yaml", "--resume"]
     with pytest.raises(InputError, match="--nproc must be >= 1"):
         launch_command("spec.yaml", 0)
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -14,6 +14,7 @@ from nlhf.errors import InputError, NLHFError, UnknownNameError
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
 from nlhf.tabular.games import population
+from nlhf_torch.preference.model import BradleyTerryModel, PairwiseModel, load_preference_model
 from nlhf_torch.preferences import BradleyTerryReward, LLMJudge, build_preference
 from nlhf_torch.quickstart import PopulationOracle, bradley_terry_fit
 from nlhf_torch.tiny import build_tiny_model
@@ -72,6 +73,14 @@ def test_bradley_terry_matches_unbatched_rewards(reward_model: Path) -> None:
     )
     swapped = pref.prob(PROMPTS, YPS, YS)
     np.testing.assert_allclose((got + swapped).numpy(), 1.0, atol=1e-12)
+    # one implementation: the trained/served Bradley–Terry model's scoring
+    assert isinstance(pref.scorer, BradleyTerryModel)
+    torch.testing.assert_close(
+        pref.reward(PROMPTS, YS),
+        load_preference_model(reward_model)
+        .scores([x + y for x, y in zip(PROMPTS, YS, strict=True)])
+        .double(),
+    )
 
 
 def test_bradley_terry_rejects_multi_label(root: Path) -> None:
@@ -111,6 +120,7 @@ def test_llm_judge_both_orders(judge_model: Path) -> None:
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose((got + pref.prob(PROMPTS, YPS, YS)).numpy(), 1.0, atol=1e-12)
     assert pref.prob(PROMPTS[:1], YS[:1], YS[:1]).item() == pytest.approx(0.5, abs=1e-12)
+    assert isinstance(pref.judge, PairwiseModel)  # one implementation of the judge's v
 
 
 def test_llm_judge_multi_token_answer(judge_model: Path) -> None:

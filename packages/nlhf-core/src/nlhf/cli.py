@@ -123,14 +123,30 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Resume from the latest checkpoint in the output dir.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            help="Processes on this machine (> 1: the backend's distributed launch, e.g. "
+            "torch + `distributed: {engine: deepspeed}`; see docs/distributed.md).",
+        ),
+    ] = 1,
 ) -> None:
     """Run a spec: train, or solve a tabular game, and write outputs."""
     run_spec = _load(spec, overrides)
     if output is not None:
         run_spec.output.dir = str(output)
     name = backend or default_backend(run_spec)
+    if nproc < 1:
+        from nlhf.errors import InputError
+
+        raise InputError(f"--nproc must be >= 1, got {nproc}")
     engine = _backend(name)
     out_dir = Path(run_spec.output.dir)
+    if nproc > 1:
+        raise typer.Exit(
+            _launch(engine, name, run_spec, spec, nproc, overrides, output, resume, out_dir)
+        )
     _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
     summary = engine.train(run_spec, out_dir, resume=resume) or {}
     console = _out()
@@ -143,6 +159,44 @@ def run(
             table.add_row(key, _fmt(value))
         console.print(table)
     console.print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
+
+
+def _launch(
+    engine: Any,
+    name: str,
+    run_spec: Any,
+    spec: Path,
+    nproc: int,
+    overrides: Sequence[str] | None,
+    output: Path | None,
+    resume: bool,
+    out_dir: Path,
+) -> int:
+    """Re-run ``spec`` on ``nproc`` processes with the backend's launch command (a
+    ``launch_command(spec, path, nproc, overrides=, output=, resume=)`` method returning
+    ``(argv, extra env)``); returns the launcher's exit status."""
+    import os
+    import subprocess
+
+    launch = getattr(engine, "launch_command", None)
+    if not callable(launch):
+        raise NLHFError(
+            f"--nproc {nproc}: backend {name!r} has no distributed launch; run with --nproc 1 "
+            "(the torch backend launches DeepSpeed runs)"
+        )
+    argv, env = launch(
+        run_spec, spec, nproc, overrides=list(overrides or ()), output=output, resume=resume
+    )
+    _err().print(
+        f"nlhf: {spec}: {_describe(run_spec)} on backend {name}, {nproc} processes -> {out_dir}"
+    )
+    _err().print(f"nlhf: {' '.join(argv)}", markup=False)
+    code = subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
+    if code == 0:
+        _out().print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
+    else:
+        _err().print(f"error: {nproc}-process run failed (exit {code}); see the log above")
+    return code
 
 
 @report_errors

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nlhf.errors import NLHFError
+from nlhf.errors import InputError, NLHFError
 
 
 class TorchBackend:
@@ -32,3 +33,56 @@ class TorchBackend:
 
             return evaluate_spec(spec, Path(output))
         raise NLHFError(f"task {spec.task!r} is not supported by the torch backend yet")
+
+    def launch_command(
+        self,
+        spec: Any,
+        spec_path: str | Path,
+        nproc: int,
+        *,
+        overrides: Sequence[str] = (),
+        output: str | Path | None = None,
+        resume: bool = False,
+    ) -> tuple[list[str], dict[str, str]]:
+        """``(argv, extra environment)`` that runs ``spec_path`` on ``nproc`` local
+        processes under torch's elastic launcher (``nlhf run --nproc N``); needs
+        ``distributed.engine: deepspeed``. ``DS_ACCELERATOR=cpu`` when there is no CUDA.
+        The DeepSpeed config is built here first, so a batch that ``nproc`` does not
+        divide or a conflicting JSON is one clear error instead of N failing processes."""
+        from nlhf_torch.distributed import launch_command, launch_env
+
+        engine = getattr(spec.distributed, "engine", "none")
+        if engine != "deepspeed":
+            raise InputError(
+                f"--nproc {nproc}: the torch backend runs several processes with DeepSpeed, "
+                f"but distributed.engine is {engine!r}; add `distributed: {{engine: "
+                "deepspeed, zero_stage: 2}` to the spec (or --set distributed.engine=deepspeed)"
+                ", or run with --nproc 1"
+            )
+        if spec.task not in ("nash", "preference_model"):
+            raise InputError(
+                f"--nproc {nproc}: task {spec.task!r} has no distributed launch; use --nproc 1"
+            )
+        import importlib.util
+
+        from nlhf_torch.distributed import DEEPSPEED_MISSING, build_deepspeed_config
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise NLHFError(DEEPSPEED_MISSING)
+        build_deepspeed_config(spec, nproc)  # batch layout, JSON conflicts: before any launch
+        if spec.task == "nash":  # build quickstart assets once, not in every process
+            from nlhf_torch.quickstart import maybe_prepare
+
+            maybe_prepare(spec)
+        extra: list[str] = []
+        for item in overrides:
+            extra += ["--set", item]
+        if output is not None:
+            extra += ["--output", str(output)]
+        if resume:
+            extra.append("--resume")
+        import torch
+
+        return launch_command(str(spec_path), nproc, extra), launch_env(
+            cpu=not torch.cuda.is_available()
+        )

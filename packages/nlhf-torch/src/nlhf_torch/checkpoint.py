@@ -6,6 +6,11 @@ continue bit-exactly: optimizer, LR scheduler, torch CPU (and CUDA) RNG, the sam
 generator's state, Python and NumPy RNG states, the EMA opponent's parameters, the step
 and the position in the prompt order. The directory is written to a temp dir and renamed
 (:func:`nlhf.runio.atomic_directory`), so a crash never leaves a half-written checkpoint.
+
+Under DeepSpeed (:mod:`nlhf_torch.distributed`) the weights are gathered into the same
+consolidated ``model.safetensors`` and the engine's own sharded state (optimizer
+partitions, fp32 master weights, LR schedule, step counters) goes to ``deepspeed/`` in the
+same directory, written by every rank into the temp dir before the rename.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from nlhf.errors import NLHFError
 from nlhf.runio import atomic_directory, checkpoint_dir, latest_checkpoint, prune_checkpoints
 
 STATE_FILE = "trainer_state.pt"
+DEEPSPEED_DIR = "deepspeed"
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -57,11 +63,18 @@ def save_checkpoint(
     """Write ``output/checkpoints/step-{step}/`` atomically, then prune to ``keep_last``."""
     final = checkpoint_dir(output, step)
     with atomic_directory(final) as tmp:
-        policy.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, **trainer_state}, tmp / STATE_FILE)
+        write_checkpoint_files(tmp, step, policy=policy, tokenizer=tokenizer, state=trainer_state)
     prune_checkpoints(output, keep_last)
     return final
+
+
+def write_checkpoint_files(
+    directory: Path, step: int, *, policy: Any, tokenizer: Any, state: dict[str, Any]
+) -> None:
+    """The weights (safetensors), tokenizer and ``trainer_state.pt`` into ``directory``."""
+    policy.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    torch.save({"step": step, **state}, Path(directory) / STATE_FILE)
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

@@ -9,45 +9,56 @@ the spec are all reported in one error, never silently merged.
 CPU recipe (CI, laptops; DESIGN §10)::
 
     DS_BUILD_OPS=0 pip install 'nlhf-torch[deepspeed]'
-    DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf.cli run spec.yaml --backend torch
-    DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf_torch.launch spec.yaml  # tested
+    nlhf run spec.yaml --backend torch --nproc 2      # sets DS_ACCELERATOR=cpu without CUDA
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf_torch.launch spec.yaml
 
 Processes join with ``deepspeed.init_distributed(dist_backend="gloo")`` (see
 :func:`dist_backend`), the optimizer is a torch optimizer passed to
 ``deepspeed.initialize`` (DeepSpeed's own compiles ops for ~75 s), sampling runs under
 ``torch.no_grad()`` (not ``inference_mode``), and scripts accept the launcher's
-``--local_rank=N`` (:func:`parse_local_rank`). Nothing here imports DeepSpeed.
+``--local_rank=N`` (:func:`parse_local_rank`). :func:`init_engine` and :class:`Engine`
+(shared by the Nash and preference-model trainers) import DeepSpeed when called.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nlhf.errors import InputError, NLHFError
+from nlhf.runio import atomic_directory
 from nlhf.spec import RunSpec
 from nlhf.spec.models import DeepSpeedSpec
 
 __all__ = [
     "DEEPSPEED_MISSING",
+    "Engine",
     "build_deepspeed_config",
+    "describe_run",
     "dist_backend",
+    "env_rank",
+    "init_engine",
     "launch_command",
     "launch_env",
     "load_user_config",
     "parse_local_rank",
     "require_deepspeed",
+    "single_process_env",
     "world_size_from_env",
 ]
 
 DEEPSPEED_MISSING = (
-    "DeepSpeed is not installed: pip install 'nlhf-torch[deepspeed]' "
-    "(on CPU: DS_BUILD_OPS=0, DS_ACCELERATOR=cpu)"
+    "DeepSpeed is not installed; install it with: pip install nlhf-torch[deepspeed] "
+    "(quote the brackets in zsh; on CPU set DS_BUILD_OPS=0 for the install and "
+    "DS_ACCELERATOR=cpu to run)"
 )
 
 # Sections nlhf builds itself from `training`; DeepSpeed refuses a JSON optimizer when a
@@ -59,10 +70,16 @@ _OWNED_SECTIONS = {
 _OFFLOAD_NONE = "none"
 
 
-def require_deepspeed() -> None:
-    """Raise :class:`NLHFError` with the install hint when DeepSpeed cannot be imported."""
+def require_deepspeed() -> Any:
+    """Import and return :mod:`deepspeed`; :class:`NLHFError` with the install hint when
+    it is missing or cannot be imported."""
     if importlib.util.find_spec("deepspeed") is None:
         raise NLHFError(DEEPSPEED_MISSING)
+    try:
+        import deepspeed
+    except ImportError as err:
+        raise NLHFError(f"{DEEPSPEED_MISSING}; importing it failed: {err}") from None
+    return deepspeed
 
 
 # ------------------------------------------------------------------------- user JSON
@@ -382,17 +399,184 @@ def dist_backend() -> str:
 
 
 def launch_command(spec_path: str, nproc: int, extra: Sequence[str] = ()) -> list[str]:
-    """The ``torchrun`` command line that runs ``spec_path`` on ``nproc`` processes."""
+    """The command line that runs ``spec_path`` on ``nproc`` local processes: torch's
+    elastic launcher (``torchrun``) starting :mod:`nlhf_torch.launch` in each;
+    ``extra`` (``--set``, ``--output``, ``--resume``) is passed on to every process."""
     if nproc < 1:
         raise InputError(f"--nproc must be >= 1, got {nproc}")
     return [
-        "torchrun",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
-        "nlhf.cli",
-        "run",
+        "nlhf_torch.launch",
         spec_path,
-        "--backend",
-        "torch",
         *extra,
     ]
+
+
+def single_process_env() -> None:
+    """Rendezvous variables for a lone DeepSpeed process started without a launcher
+    (``nlhf run`` with ``--nproc 1``), so ``init_distributed`` needs no MPI discovery."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+# ---------------------------------------------------------------------------- engine
+@dataclass
+class Engine:
+    """A DeepSpeed engine with what the trainers need of it (:func:`init_engine`)."""
+
+    engine: Any
+    optimizer: Any
+    scheduler: Any
+    rank: int
+    world_size: int
+    zero_stage: int
+
+    @property
+    def module(self) -> Any:
+        return self.engine.module
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "deepspeed", "zero_stage": self.zero_stage, "world_size": self.world_size}
+
+    def gathered(self, params: Sequence[Any] | None = None) -> Any:
+        """Context in which ``params`` (default: all of the module's) are whole on every rank
+        (ZeRO-3; a no-op otherwise). Collective: every rank must enter it."""
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(
+            list(self.module.parameters()) if params is None else list(params),
+            modifier_rank=None,
+            enabled=self.zero_stage == 3,
+        )
+
+    def all_reduce(self, values: Sequence[float], op: str = "sum") -> list[float]:
+        """Sum (or max) of ``values`` over the ranks, in float64."""
+        import torch
+
+        t = torch.tensor(list(values), dtype=torch.float64)
+        reduce_op = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
+        torch.distributed.all_reduce(t, op=reduce_op[op])
+        return t.tolist()
+
+    def save(self, final: Path, write: Callable[[Path], None], tag: str) -> None:
+        """Write the checkpoint directory ``final`` atomically: rank 0 makes the temp dir,
+        every rank writes its DeepSpeed shards to ``deepspeed/<tag>`` in it, rank 0 calls
+        ``write(tmp)`` with the parameters gathered (consolidated weights, trainer state),
+        then renames it into place once every rank is done."""
+        import torch
+
+        from nlhf_torch.checkpoint import DEEPSPEED_DIR
+
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_directory(final)) if self.rank == 0 else None
+            shared: list[Any] = [None if tmp is None else str(tmp)]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.engine.save_checkpoint(str(Path(shared[0]) / DEEPSPEED_DIR), tag=tag)
+            with self.gathered():
+                if tmp is not None:
+                    write(tmp)
+            torch.distributed.barrier()  # every rank's shards are on disk before the rename
+        torch.distributed.barrier()
+
+    def load(self, saved: Mapping[str, Any] | None, path: Path) -> None:
+        """``engine.load_checkpoint`` of checkpoint ``path`` (``saved``: the ``distributed``
+        entry of its trainer state) after checking the ZeRO stage and world size match."""
+        from nlhf_torch.checkpoint import DEEPSPEED_DIR
+
+        if saved is None:
+            raise NLHFError(
+                f"--resume: checkpoint {path} was written by a single-process run and holds "
+                "no DeepSpeed state; resume it without the `distributed` section (or start a "
+                "new DeepSpeed run from its weights)"
+            )
+        now = self.describe()
+        if any(saved.get(k) != now[k] for k in ("zero_stage", "world_size")):
+            raise NLHFError(
+                f"--resume: checkpoint {path} was written by {describe_run(saved)} but this "
+                f"run is {describe_run(now)}; resume with distributed.zero_stage = "
+                f"{saved.get('zero_stage')} on {saved.get('world_size')} processes (--nproc)"
+            )
+        tag = str(saved.get("tag"))
+        ds_dir = Path(path) / DEEPSPEED_DIR
+        if not (ds_dir / tag).is_dir():
+            raise NLHFError(
+                f"--resume: checkpoint {path} has no DeepSpeed state {ds_dir / tag}; it is "
+                "incomplete: delete it to resume from an earlier checkpoint"
+            )
+        loaded, _ = self.engine.load_checkpoint(
+            str(ds_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if loaded is None:
+            raise NLHFError(f"--resume: DeepSpeed could not load {ds_dir / tag}")
+
+
+def describe_run(saved: Mapping[str, Any] | None) -> str:
+    """``"DeepSpeed ZeRO-2 on 2 processes"`` (or ``"a single process"``)."""
+    if not saved:
+        return "a single process"
+    return f"DeepSpeed ZeRO-{saved.get('zero_stage')} on {saved.get('world_size')} processes"
+
+
+def env_rank() -> int:
+    """This process's global rank from the launcher's ``RANK`` (0 when unset)."""
+    raw = os.environ.get("RANK", "0")
+    return int(raw) if raw.isdigit() else 0
+
+
+def init_engine(
+    spec: RunSpec, model: Any, params: Sequence[Any], optimizer: Any, scheduler: Any
+) -> Engine:
+    """Join the process group (gloo on CPU) and wrap ``model``, the torch ``optimizer``
+    and the LR ``scheduler`` in a DeepSpeed engine configured by
+    :func:`build_deepspeed_config` (ZeRO stage from ``distributed.zero_stage``; a given
+    ``distributed.micro_batch_size`` must equal batch_size / (world size × grad_accum))."""
+    deepspeed = require_deepspeed()
+    single_process_env()
+    import torch
+
+    ds = spec.distributed
+    if not isinstance(ds, DeepSpeedSpec):
+        raise InputError(f"distributed.engine: {ds.engine!r} is not DeepSpeed")
+    world = world_size_from_env()
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    config = build_deepspeed_config(spec, world, hidden_size=hidden)
+    # torch SGD/Adam/AdamW update element-wise, so ZeRO may shard any of them
+    config.setdefault("zero_allow_untested_optimizer", True)
+    deepspeed.init_distributed(dist_backend=dist_backend())
+    rank, size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if size != world:
+        raise NLHFError(f"WORLD_SIZE={world} but the process group has {size}")
+    engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=list(params),
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=config,
+    )
+    return Engine(
+        engine=engine,
+        optimizer=ds_optimizer,
+        scheduler=ds_scheduler if ds_scheduler is not None else scheduler,
+        rank=rank,
+        world_size=size,
+        zero_stage=ds.zero_stage,
+    )

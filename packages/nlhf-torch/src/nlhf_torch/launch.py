@@ -1,9 +1,11 @@
 """Per-process entry point of a distributed torch run (issue 6)::
 
     DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf_torch.launch spec.yaml \\
-        [--set key=value ...] [--output DIR] [--plugin MODULE:ATTR ...]
+        [--set key=value ...] [--output DIR] [--resume] [--plugin MODULE:ATTR ...]
 
-Every process runs :func:`nlhf_torch.trainer.train_nash` on the spec; with
+``nlhf run spec.yaml --nproc N`` starts this module under torch's elastic launcher. Every
+process runs the spec's task (``nash``: :func:`nlhf_torch.trainer.train_nash`,
+``preference_model``: :func:`nlhf_torch.preference.train.train_preference_model`); with
 ``distributed: {engine: deepspeed}`` they join one DeepSpeed engine and rank 0 writes the
 run directory. The ``deepspeed`` launcher's ``--local_rank=N`` is accepted (and ignored:
 the rank comes from the environment). ``--plugin`` adds a pluggy plugin object (e.g. one
@@ -45,20 +47,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("spec", help="the YAML run spec")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--output", help="run directory (default: the spec's output.dir)")
+    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint")
     parser.add_argument("--plugin", dest="plugins", action="append", default=[])
     args = parser.parse_args(rest)
     try:
         from nlhf.plugins import build_plugins
         from nlhf.spec import load_spec
 
-        from nlhf_torch.trainer import train_nash
-
         spec = load_spec(args.spec, args.overrides)
-        plugins = (
-            build_plugins(extra=[load_plugin(p) for p in args.plugins]) if args.plugins else None
-        )
-        output = Path(args.output or spec.output.dir)
-        train_nash(spec, output, plugins=plugins)
+        if args.output:
+            spec.output.dir = str(args.output)
+        output = Path(spec.output.dir)
+        if spec.task == "preference_model":
+            if args.plugins:
+                raise InputError("--plugin: task preference_model takes no plugins")
+            from nlhf_torch.preference.train import train_preference_model
+
+            train_preference_model(spec, output, resume=args.resume)
+        elif spec.task == "nash":
+            from nlhf_torch.trainer import train_nash
+
+            plugins = (
+                build_plugins(extra=[load_plugin(p) for p in args.plugins])
+                if args.plugins
+                else None
+            )
+            train_nash(spec, output, resume=args.resume, plugins=plugins)
+        else:
+            raise InputError(
+                f"task: {spec.task!r} has no distributed launch; run it with `nlhf run` "
+                "on one process"
+            )
     except NLHFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

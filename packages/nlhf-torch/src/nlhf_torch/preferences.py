@@ -45,20 +45,27 @@ class BradleyTerryReward:
     """P(y≻y'|x) = σ(r(x,y) − r(x,y')) with r a sequence-classification head (num_labels=1).
 
     The reward model sees ``prompt + completion`` re-tokenized by its own tokenizer,
-    truncated from the left to ``max_length`` tokens (the completion's end is kept).
+    truncated from the left to ``max_length`` tokens (the completion's end is kept). The
+    scoring is :class:`nlhf_torch.preference.model.BradleyTerryModel`'s (one implementation
+    for trained and served reward models).
     """
 
     def __init__(self, spec: Any, device: torch.device | str = "cpu") -> None:
         from transformers import AutoModelForSequenceClassification
 
+        from nlhf_torch.preference.model import (
+            BradleyTerryModel,
+            PreferenceConfig,
+            prepare_tokenizer,
+        )
+
         check_model_path(spec.path, "preference.path")
-        self.tokenizer = load_tokenizer(
+        tokenizer = load_tokenizer(
             spec.tokenizer or spec.path,
             "preference.tokenizer" if spec.tokenizer else "preference.path",
         )
-        self.tokenizer.truncation_side = "left"
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 spec.path, dtype=torch_dtype(spec.dtype)
             )
         except Exception as exc:
@@ -66,14 +73,17 @@ class BradleyTerryReward:
                 f"preference.path: could not load a sequence-classification model from "
                 f"{spec.path} ({type(exc).__name__}: {exc})"
             ) from exc
-        if self.model.config.num_labels != 1:
+        if model.config.num_labels != 1:
             raise InputError(
                 f"preference.path: a Bradley–Terry reward model has 1 label; {spec.path} has "
-                f"{self.model.config.num_labels}"
+                f"{model.config.num_labels}"
             )
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(device).eval().requires_grad_(False)
+        config = PreferenceConfig(
+            kind="bradley_terry", head="classification", max_length=spec.max_length
+        )
+        self.scorer = BradleyTerryModel(model.to(device), prepare_tokenizer(tokenizer), config)
+        self.scorer.eval().requires_grad_(False)
+        self.model, self.tokenizer = model, self.scorer.tokenizer
         self.device = torch.device(device)
         self.batch_size = spec.batch_size
         self.max_length = spec.max_length
@@ -82,16 +92,10 @@ class BradleyTerryReward:
     def reward(self, prompts: Sequence[str], ys: Sequence[str]) -> torch.Tensor:
         """r(x, y) for each row, float64 (B,)."""
         texts = [p + y for p, y in zip(prompts, ys, strict=True)]
-        out = []
-        for sl in _batches(len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[sl],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(self.device)
-            out.append(self.model(**enc).logits[:, 0].double().cpu())
+        out = [
+            self.scorer.scores(texts[sl]).double().cpu()
+            for sl in _batches(len(texts), self.batch_size)
+        ]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     def prob(self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]) -> Any:
@@ -103,24 +107,25 @@ class BradleyTerryReward:
 class LLMJudge:
     """A causal LM judge: P from the logits of the two answer tokens, both orders averaged.
 
-    p(1|a,b) = exp ℓ1 / (exp ℓ1 + exp ℓ2) at the last position of ``template`` filled with
-    (x, a, b); P(y≻y'|x) = ½·(p(1|y,y') + 1 − p(1|y',y)), so P(y≻y') + P(y'≻y) = 1.
+    p(1|a,b) = exp ℓ1 / (exp ℓ1 + exp ℓ2) = σ(v(x,a,b)) at the last position of
+    ``template`` filled with (x, a, b), v = ℓ1 − ℓ2; P(y≻y'|x) = ½·(p(1|y,y') + 1 −
+    p(1|y',y)), so P(y≻y') + P(y'≻y) = 1. The texts and v are
+    :class:`nlhf_torch.preference.model.PairwiseModel`'s (head ``lm``), without special
+    tokens (the template is the whole input) and with one-token answers.
     """
 
     def __init__(self, spec: Any, device: torch.device | str = "cpu") -> None:
         from nlhf_torch.models import load_causal_lm
+        from nlhf_torch.preference.model import PairwiseModel, PreferenceConfig, prepare_tokenizer
 
-        self.tokenizer = load_tokenizer(
+        tokenizer = load_tokenizer(
             spec.tokenizer or spec.model,
             "preference.tokenizer" if spec.tokenizer else "preference.model",
         )
-        self.tokenizer.padding_side = "left"
-        self.tokenizer.truncation_side = "left"
-        self.model = load_causal_lm(spec.model, spec.dtype, "preference.model")
-        self.model.to(device).eval().requires_grad_(False)
+        model = load_causal_lm(spec.model, spec.dtype, "preference.model")
         ids = []
         for answer in spec.answer_tokens:
-            tok = self.tokenizer.encode(answer, add_special_tokens=False)
+            tok = tokenizer.encode(answer, add_special_tokens=False)
             if len(tok) != 1:
                 raise InputError(
                     f"preference.answer_tokens: {answer!r} is {len(tok)} tokens for the "
@@ -132,6 +137,17 @@ class LLMJudge:
         for key in ("prompt", "response_1", "response_2"):
             if "{" + key + "}" not in spec.template:
                 raise InputError(f"preference.template: missing the placeholder {{{key}}}")
+        config = PreferenceConfig(
+            kind="pairwise",
+            head="lm",
+            template=spec.template,
+            answer_tokens=tuple(spec.answer_tokens),
+            max_length=spec.max_length,
+        )
+        self.judge = PairwiseModel(model.to(device), prepare_tokenizer(tokenizer), config)
+        self.judge.add_special_tokens = False
+        self.judge.eval().requires_grad_(False)
+        self.model, self.tokenizer = model, self.judge.tokenizer
         self.answer_ids = ids
         self.template = spec.template
         self.device = torch.device(device)
@@ -139,31 +155,15 @@ class LLMJudge:
         self.max_length = spec.max_length
 
     @torch.no_grad()
-    def first_wins(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> Any:
-        """p(1|a,b): the judge's probability that response 1 (= a) is better, (B,)."""
-        texts = [
-            self.template.format(prompt=x, response_1=r1, response_2=r2)
-            for x, r1, r2 in zip(prompts, a, b, strict=True)
-        ]
-        out = []
-        for sl in _batches(len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[sl],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
-            ).to(self.device)
-            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].double()
-            pair = logits[:, self.answer_ids]
-            out.append(torch.softmax(pair, dim=-1)[:, 0].cpu())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
-
     def prob(self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]) -> Any:
-        n = len(ys)
-        p = self.first_wins(list(prompts) * 2, list(ys) + list(y_primes), list(y_primes) + list(ys))
-        return 0.5 * (p[:n] + 1.0 - p[n:])
+        prompts, ys, y_primes = list(prompts), list(ys), list(y_primes)
+        out = []
+        for sl in _batches(len(ys), max(1, self.batch_size // 2)):  # both orders per batch
+            v_fwd, v_bwd = self.judge.pair_scores(prompts[sl], ys[sl], y_primes[sl])
+            p_fwd = torch.sigmoid(v_fwd.double().cpu())  # p(1 | y, y')
+            p_bwd = torch.sigmoid(v_bwd.double().cpu())  # p(1 | y', y)
+            out.append(0.5 * (p_fwd + 1.0 - p_bwd))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 class Oracle:

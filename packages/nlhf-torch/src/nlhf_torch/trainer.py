@@ -39,7 +39,13 @@ import torch
 from nlhf.algorithms.schedules import schedule_value
 from nlhf.data.prompts import batch_indices, load_prompts
 from nlhf.errors import InputError, NLHFError
-from nlhf.runio import MetricsWriter, checkpoint_dir, write_resolved_spec, write_summary
+from nlhf.runio import (
+    MetricsWriter,
+    checkpoint_dir,
+    prune_checkpoints,
+    write_resolved_spec,
+    write_summary,
+)
 
 from nlhf_torch import kernels
 from nlhf_torch.checkpoint import (
@@ -48,7 +54,9 @@ from nlhf_torch.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_checkpoint_files,
 )
+from nlhf_torch.distributed import describe_run
 from nlhf_torch.generation import generate_pairs, sequence_logits
 from nlhf_torch.models import Models, load_models
 from nlhf_torch.preferences import build_preference, has_reward
@@ -244,77 +252,63 @@ class NashTrainer:
         self.generator = torch.Generator(device="cpu").manual_seed(spec.seed)
         self.elapsed = 0.0
         self.generated_tokens = 0
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
-            set_rng_state(state["rng"], self.generator)
-            self.elapsed = float(state.get("elapsed", 0.0))
-            self.generated_tokens = int(state.get("generated_tokens", 0))
         self.last_checkpoint: Path | None = ckpt_path
         self.rank, self.world_size = 0, 1
         self.train_model: Any = self.policy  # the module whose forward is trained
         self.engine: Any = None
+        self.ds: Any = None  # nlhf_torch.distributed.Engine under DeepSpeed
         if spec.distributed.engine == "deepspeed":
-            if resume:
-                raise NLHFError(
-                    "--resume: resuming a DeepSpeed run is not supported yet; start a new run"
-                )
             self._init_deepspeed()
+        if state is not None:
+            self._restore(state, ckpt_path)
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from checkpoint ``path``: optimizer and schedule (DeepSpeed: the
+        engine's sharded state under ``deepspeed/``), EMA, RNG streams and run totals."""
+        saved = state.get("distributed")
+        if self.engine is None:
+            if saved is not None or state.get("optimizer") is None:
+                raise NLHFError(
+                    f"--resume: checkpoint {path} was written by a DeepSpeed run "
+                    f"({describe_run(saved)}); resume it with the same `distributed` section "
+                    "and number of processes"
+                )
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self.ds.load(saved, path)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"], self.generator)
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.generated_tokens = int(state.get("generated_tokens", 0))
 
     def _init_deepspeed(self) -> None:
-        """Join the process group and wrap the policy, optimizer and schedule in a DeepSpeed
-        engine (ZeRO stage from ``distributed.zero_stage``); see :mod:`nlhf_torch.distributed`."""
-        from nlhf_torch.distributed import (
-            build_deepspeed_config,
-            dist_backend,
-            require_deepspeed,
-            world_size_from_env,
-        )
+        """Wrap the policy, optimizer and schedule in a DeepSpeed engine
+        (:func:`nlhf_torch.distributed.init_engine`)."""
+        from nlhf_torch.distributed import init_engine
 
-        require_deepspeed()
-        import deepspeed
+        self.ds = init_engine(self.spec, self.policy, self.params, self.optimizer, self.scheduler)
+        self.engine, self.optimizer, self.scheduler = (
+            self.ds.engine,
+            self.ds.optimizer,
+            self.ds.scheduler,
+        )
+        self.rank, self.world_size = self.ds.rank, self.ds.world_size
+        self.policy = self.ds.module
+        self.train_model = self.engine
 
-        spec = self.spec
-        world = world_size_from_env()
-        if spec.algorithm.name == "nash_ema_pg" and spec.distributed.zero_stage == 3:
-            raise InputError(
-                "algorithm.name: nash_ema_pg keeps a full EMA copy of the policy, which ZeRO-3 "
-                "partitions; use distributed.zero_stage 1 or 2"
-            )
-        if spec.distributed.micro_batch_size is not None:
-            raise InputError(
-                "distributed.micro_batch_size: the torch trainer derives it as batch_size / "
-                "(world size × grad_accum); remove it"
-            )
-        config = build_deepspeed_config(
-            spec, world, hidden_size=getattr(self.policy.config, "hidden_size", None)
-        )
-        # torch SGD/Adam/AdamW update element-wise, so ZeRO may shard any of them
-        config.setdefault("zero_allow_untested_optimizer", True)
-        deepspeed.init_distributed(dist_backend=dist_backend())
-        self.rank = torch.distributed.get_rank()
-        self.world_size = torch.distributed.get_world_size()
-        if self.world_size != world:
-            raise NLHFError(f"WORLD_SIZE={world} but the process group has {self.world_size}")
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=self.policy,
-            model_parameters=self.params,
-            optimizer=self.optimizer,
-            lr_scheduler=self.scheduler,
-            config=config,
-        )
-        self.engine, self.optimizer = engine, optimizer
-        self.scheduler = scheduler if scheduler is not None else self.scheduler
-        self.policy = engine.module
-        self.train_model = engine
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        """EMA step under DeepSpeed: the EMA copy is full on every rank; under ZeRO-3 each
+        policy parameter is gathered (one at a time) for its update, so all ranks agree."""
+        decay = self.algo.ema_decay
+        for p_ema, p in zip(self.ema.parameters(), self.policy.parameters(), strict=True):
+            with self.ds.gathered([p]):
+                p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
     def _all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
-        reduce_op = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}
-        torch.distributed.all_reduce(t, op=reduce_op[op])
-        return t.tolist()
+        return self.ds.all_reduce(values, op)
 
     def _all_finished(self, local: bool) -> bool:
         return self._all_reduce([0.0 if local else 1.0])[0] == 0.0
@@ -485,7 +479,7 @@ class NashTrainer:
             for key, value in m.items():
                 sums[key] = sums.get(key, 0.0) + value
         if self.ema is not None:
-            ema_update(self.ema, self.policy, self.algo.ema_decay)
+            self._ema_update()
         gen_seconds = self._all_reduce([sums.pop("generation_seconds")], "max")[0]
         keys = sorted(sums)
         reduced = self._all_reduce([total_loss, *(sums[k] for k in keys)])
@@ -597,34 +591,24 @@ class NashTrainer:
         }
 
     def _deepspeed_checkpoint(self, step: int) -> Path:
-        """Consolidated safetensors (parameters gathered under ZeRO-3) written by rank 0, then
-        DeepSpeed's own sharded state under ``deepspeed/`` (every rank)."""
-        import deepspeed
-
+        """``checkpoints/step-N/`` of a DeepSpeed run (:meth:`Engine.save`): DeepSpeed's
+        shards under ``deepspeed/`` plus consolidated safetensors, tokenizer and trainer
+        state, renamed into place atomically; rank 0 then prunes old checkpoints."""
+        tag = f"step-{step}"
         state = self._trainer_state(step, optimizer=None)
-        state["distributed"] = {
-            "engine": "deepspeed",
-            "zero_stage": self.spec.distributed.zero_stage,
-            "world_size": self.world_size,
-        }
-        params = list(self.policy.parameters())
-        with deepspeed.zero.GatheredParameters(
-            params, modifier_rank=None, enabled=self.spec.distributed.zero_stage == 3
-        ):
-            if self.rank == 0:
-                save_checkpoint(
-                    self.output,
-                    step,
-                    policy=self.policy,
-                    tokenizer=self.tokenizer,
-                    trainer_state=state,
-                    keep_last=self.spec.output.keep_last,
-                )
-        torch.distributed.barrier()
-        path = checkpoint_dir(self.output, step)
-        self.engine.save_checkpoint(str(path / "deepspeed"), tag=f"step-{step}")
-        self.last_checkpoint = path
-        return path
+        state["distributed"] = {**self.ds.describe(), "tag": tag}
+        final = checkpoint_dir(self.output, step)
+
+        def write(tmp: Path) -> None:
+            write_checkpoint_files(
+                tmp, step, policy=self.policy, tokenizer=self.tokenizer, state=state
+            )
+
+        self.ds.save(final, write, tag)
+        if self.rank == 0:
+            prune_checkpoints(self.output, self.spec.output.keep_last)
+        self.last_checkpoint = final
+        return final
 
     def checkpoint(self, step: int) -> Path:
         if self.engine is not None:
@@ -681,11 +665,7 @@ class NashTrainer:
             "device": str(self.device),
         }
         if self.engine is not None:
-            summary["distributed"] = {
-                "engine": "deepspeed",
-                "zero_stage": spec.distributed.zero_stage,
-                "world_size": self.world_size,
-            }
+            summary["distributed"] = self.ds.describe()
         extra = getattr(getattr(self.preference, "fn", None), "summary", None)
         if callable(extra):
             summary["oracle"] = extra(
@@ -705,7 +685,7 @@ class NashTrainer:
         """Ranks > 0 of a DeepSpeed run: the same collective steps and checkpoints, no
         files, metrics or progress bar of their own."""
         every = self.spec.output.checkpoint_every
-        saved_at = None
+        saved_at = self.start_step if self.last_checkpoint is not None else None  # as rank 0
         for step in range(self.start_step + 1, self.total + 1):
             self.step(step)
             if every is not None and step % every == 0:

@@ -133,6 +133,9 @@ class PreferenceModel(torch.nn.Module):
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.config = config
         self.batch_size = 16
+        self.add_special_tokens = True
+        """Whether texts get the tokenizer's special tokens (BOS...); a prompted judge whose
+        template is the whole input may turn it off."""
         self._suffix: list[int] = []
         if config.head == "lm":
             self._suffix, self._id_1, self._id_2 = answer_ids(tokenizer, config.answer_tokens)
@@ -149,7 +152,12 @@ class PreferenceModel(torch.nn.Module):
 
     def _batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         limit = self.config.max_length - len(self._suffix)
-        rows = self.tokenizer(list(texts), truncation=True, max_length=limit).input_ids
+        rows = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=limit,
+            add_special_tokens=self.add_special_tokens,
+        ).input_ids
         rows = [list(r) + self._suffix for r in rows]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
@@ -194,6 +202,12 @@ class PreferenceModel(torch.nn.Module):
         fwd, bwd = self.texts(prompts, ys, y_primes)
         v = self.scores(fwd + bwd)
         return v[: len(fwd)], v[len(fwd) :]
+
+    def forward(
+        self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`pair_scores`, so a wrapper such as a DeepSpeed engine can call the model."""
+        return self.pair_scores(prompts, ys, y_primes)
 
     def pair_logits(
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]

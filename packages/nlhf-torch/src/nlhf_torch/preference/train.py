@@ -8,6 +8,8 @@ clipping. Held-out metrics: accuracy, log-loss, ECE and the antisymmetry error
 max |P(y≻y') + P(y'≻y) − 1| (scored in separate calls). Writes
 ``spec.resolved.yaml``, ``metrics.jsonl``, ``checkpoints/step-N/`` (model, tokenizer,
 ``nlhf_preference.json``, ``trainer_state.pt``), ``model/`` and ``summary.json``.
+Under ``distributed: {engine: deepspeed}`` (issue 6) the ranks share each micro-batch and
+rank 0 writes the outputs; checkpoints add the engine's state under ``deepspeed/``.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def _batch_indices(n: int, batch: int, step: int, seed: int, shuffle: bool) -> l
     return order[k * batch : (k + 1) * batch].tolist()
 
 
-def _progress(total: int, start: int, label: str) -> Any:
+def _progress(total: int, start: int, label: str, enabled: bool = True) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -162,26 +164,67 @@ def _progress(total: int, start: int, label: str) -> Any:
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
         TimeRemainingColumn(),
-        disable=not sys.stderr.isatty(),
+        disable=not (enabled and sys.stderr.isatty()),
     )
     task = bar.add_task(label, total=total, completed=start, loss="-")
     return bar, task
 
 
 def _save_checkpoint(
-    output: Path, step: int, model: PreferenceModel, opt: Any, sched: Any, keep: int | None
+    output: Path,
+    step: int,
+    model: PreferenceModel,
+    opt: Any,
+    sched: Any,
+    keep: int | None,
+    ds: Any = None,
 ) -> None:
-    with atomic_directory(checkpoint_dir(output, step)) as tmp:
+    """``checkpoints/step-N/`` (model, tokenizer, config, trainer state), atomically; under
+    DeepSpeed (``ds``, a :class:`nlhf_torch.distributed.Engine`) the optimizer lives in the
+    engine's shards under ``deepspeed/`` and the weights are gathered for rank 0."""
+    state: dict[str, Any] = {
+        "step": step,
+        "optimizer": None if ds is not None else opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+    }
+
+    def write(tmp: Path) -> None:
         model.save(tmp)
-        state = {
-            "step": step,
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-        }
         torch.save(state, tmp / STATE_NAME)
-    prune_checkpoints(output, keep)
+
+    final = checkpoint_dir(output, step)
+    if ds is None:
+        with atomic_directory(final) as tmp:
+            write(tmp)
+    else:
+        state["distributed"] = {**ds.describe(), "tag": f"step-{step}"}
+        ds.save(final, write, f"step-{step}")
+    if ds is None or ds.rank == 0:
+        prune_checkpoints(output, keep)
+
+
+def _shares(idx: list[int], parts: int, world: int, rank: int) -> list[tuple[list[int], float]]:
+    """This rank's pairs of each of the ``parts`` micro-batches of one optimiser step, with
+    the weight w such that DeepSpeed's rank average of Σ_k w·mean(loss over the share)
+    equals the single-process mean over ``idx``: w = world·|share|/|idx|. An empty share
+    scores the step's first pair with w = 0 (every rank runs the same forwards/backwards)."""
+    out = []
+    for chunk in torch.tensor(idx).tensor_split(parts):
+        share = chunk.tensor_split(world)[rank].tolist()
+        out.append((share, world * len(share) / len(idx)) if share else (idx[:1], 0.0))
+    return out
+
+
+def _pair_loss(model: Any, pairs: Sequence[Pair]) -> torch.Tensor:
+    """Mean preference loss of ``pairs``; ``model`` is the :class:`PreferenceModel` or the
+    DeepSpeed engine wrapping it (its forward is ``pair_scores``; ZeRO-3 needs the engine's)."""
+    v_fwd, v_bwd = model(
+        [q.prompt for q in pairs], [q.chosen for q in pairs], [q.rejected for q in pairs]
+    )
+    target = torch.tensor([q.label for q in pairs], dtype=v_fwd.dtype)
+    return preference_loss(v_fwd, v_bwd, target)
 
 
 def fit(
@@ -193,9 +236,14 @@ def fit(
     resume: bool,
     label: str,
 ) -> dict[str, Any]:
-    """Train one preference model on ``data`` under ``output``; return its summary."""
+    """Train one preference model on ``data`` under ``output``; return its summary.
+
+    With ``distributed: {engine: deepspeed}`` every rank scores its contiguous share of
+    each micro-batch (:func:`_shares`), DeepSpeed averages the gradients, and rank 0 alone
+    writes metrics, checkpoints and ``model/``: the same global batch, the same losses."""
     t0 = time.perf_counter()
     tr = spec.training
+    distributed = spec.distributed.engine == "deepspeed"
     found = latest_checkpoint(output)
     if found is not None and not resume:
         raise InputError(
@@ -221,40 +269,47 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _optimizer(spec, params)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, total))
+    ds: Any = None
+    rank = 0
+    if distributed:
+        from nlhf_torch.distributed import init_engine
+
+        ds = init_engine(spec, model, params, opt, sched)
+        opt, sched, rank = ds.optimizer, ds.scheduler, ds.rank
     if start:
         state = torch.load(found[1] / STATE_NAME, weights_only=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        if ds is not None:
+            ds.load(state.get("distributed"), found[1])
+        elif state.get("optimizer") is None:
+            raise InputError(
+                f"--resume: checkpoint {found[1]} was written by a DeepSpeed run; resume it "
+                "with the same `distributed` section and number of processes"
+            )
+        else:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
-    metrics = MetricsWriter(output, truncate_after=start if start else None)
+    metrics = MetricsWriter(output, truncate_after=start if start else None) if rank == 0 else None
+
+    def log(record: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.log(record)
+
     zero_shot = None
     if start == 0 and data.eval:
-        zero_shot = evaluate_pairs(model, data.eval)
-        metrics.log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
+        zero_shot = evaluate_pairs(model, data.eval)  # every rank: ZeRO-3 forwards are collective
+        log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
     model.train()
-    bar, task = _progress(total, start, label)
+    bar, task = _progress(total, start, label, enabled=rank == 0)
     last_loss = float("nan")
     with bar:
         for step in range(start, total):
             idx = _batch_indices(n, tr.batch_size, step, spec.seed, spec.data.shuffle)
-            chunks = [c for c in torch.tensor(idx).tensor_split(tr.grad_accum) if len(c)]
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for chunk in chunks:
-                pairs = [data.train[i] for i in chunk.tolist()]
-                v_fwd, v_bwd = model.pair_scores(
-                    [q.prompt for q in pairs],
-                    [q.chosen for q in pairs],
-                    [q.rejected for q in pairs],
-                )
-                target = torch.tensor([q.label for q in pairs], dtype=v_fwd.dtype)
-                loss = preference_loss(v_fwd, v_bwd, target) * (len(pairs) / len(idx))
-                loss.backward()
-                loss_sum += float(loss.detach())
-            norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm or float("inf"))
-            opt.step()
-            sched.step()
+            if ds is None:
+                loss_sum, norm = _local_step(model, data, idx, tr, params, opt, sched)
+            else:
+                loss_sum, norm = _deepspeed_step(ds, data, idx, tr)
             done = step + 1
             last_loss = loss_sum
             record: dict[str, Any] = {}
@@ -263,24 +318,34 @@ def fit(
                     "step": done,
                     "epoch": step // per_epoch,
                     "loss": loss_sum,
-                    "grad_norm": float(norm),
+                    "grad_norm": norm,
                     "lr": sched.get_last_lr()[0],
                 }
+                if ds is not None:
+                    record["world_size"] = ds.world_size
             if data.eval and tr.eval_every and done % tr.eval_every == 0 and done != total:
                 ev = evaluate_pairs(model, data.eval)
                 record.update({"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
             if record:
-                metrics.log(record)
+                log(record)
             every = spec.output.checkpoint_every
             if (every and done % every == 0) or done == total:
-                _save_checkpoint(output, done, model, opt, sched, spec.output.keep_last)
+                _save_checkpoint(output, done, model, opt, sched, spec.output.keep_last, ds)
             bar.update(task, completed=done, loss=f"{loss_sum:.4f}")
     final = evaluate_pairs(model, data.eval) if data.eval else {}
     if final:
-        metrics.log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})
-    metrics.close()
-    with atomic_directory(output / "model") as tmp:
-        model.save(tmp)
+        log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})
+    if metrics is not None:
+        metrics.close()
+    if ds is None:
+        with atomic_directory(output / "model") as tmp:
+            model.save(tmp)
+    else:
+        with ds.gathered():
+            if rank == 0:
+                with atomic_directory(output / "model") as tmp:
+                    model.save(tmp)
+        torch.distributed.barrier()
     summary: dict[str, Any] = {
         "kind": model.config.kind,
         "head": model.config.head,
@@ -292,17 +357,63 @@ def fit(
         "eval": final,
         "wall_time_s": time.perf_counter() - t0,
     }
+    if ds is not None:
+        summary["distributed"] = ds.describe()
     if zero_shot is not None:
         summary["eval_zero_shot"] = zero_shot
     return summary
+
+
+def _local_step(
+    model: PreferenceModel,
+    data: PairData,
+    idx: list[int],
+    tr: Any,
+    params: list[torch.nn.Parameter],
+    opt: Any,
+    sched: Any,
+) -> tuple[float, float]:
+    """One single-process optimiser step; returns (loss, pre-clipping gradient norm)."""
+    chunks = [c for c in torch.tensor(idx).tensor_split(tr.grad_accum) if len(c)]
+    opt.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for chunk in chunks:
+        pairs = [data.train[i] for i in chunk.tolist()]
+        loss = _pair_loss(model, pairs) * (len(pairs) / len(idx))
+        loss.backward()
+        loss_sum += float(loss.detach())
+    norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm or float("inf"))
+    opt.step()
+    sched.step()
+    return loss_sum, float(norm)
+
+
+def _deepspeed_step(ds: Any, data: PairData, idx: list[int], tr: Any) -> tuple[float, float | None]:
+    """One optimiser step of ``grad_accum`` DeepSpeed micro-steps on this rank's shares;
+    returns (global loss, gradient norm)."""
+    local = 0.0
+    for share, weight in _shares(idx, tr.grad_accum, ds.world_size, ds.rank):
+        loss = _pair_loss(ds.engine, [data.train[i] for i in share]) * weight
+        ds.engine.backward(loss, scale_wrt_gas=False)
+        ds.engine.step()
+        local += float(loss.detach()) / ds.world_size
+    total = ds.all_reduce([local])[0]
+    norm = ds.engine.get_global_grad_norm()
+    return total, None if norm is None else float(norm)
 
 
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run ``task: preference_model`` (see the module docstring); returns the summary."""
     t0 = time.perf_counter()
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_resolved_spec(output, spec)
+    rank = 0
+    if spec.distributed.engine == "deepspeed":
+        from nlhf_torch.distributed import env_rank
+
+        rank = env_rank()
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        write_resolved_spec(output, spec)
     pt = spec.preference_training or PreferenceTrainingSpec()
     config = PreferenceConfig(
         kind=pt.kind,
@@ -330,5 +441,6 @@ def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> 
             spec, output / "baseline", bt, data, resume=resume, label="bradley_terry"
         )
     summary["wall_time_s"] = time.perf_counter() - t0
-    write_summary(output, summary)
+    if rank == 0:
+        write_summary(output, summary)
     return summary
