@@ -9,6 +9,7 @@ The float64 NumPy oracle of every kernel is :mod:`nlhf.algorithms.reference`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,4 +121,25 @@ class Backend(Protocol):
         """Run ``spec`` (a :class:`nlhf.spec.RunSpec`), writing ``spec.resolved.yaml``,
         ``metrics.jsonl``, ``summary.json`` and checkpoints under ``output``; return the
         summary."""
+        ...
+
+
+@runtime_checkable
+class DistributedLaunch(Protocol):
+    """Optional extra of a :class:`Backend`: how ``nlhf run --nproc N`` (N > 1) starts
+    the run on N local processes (the torch backend: torch's elastic launcher running
+    ``nlhf_torch.launch`` under DeepSpeed). Backends without it refuse ``--nproc > 1``."""
+
+    def launch_command(
+        self,
+        spec: Any,
+        spec_path: str | Path,
+        nproc: int,
+        *,
+        overrides: Sequence[str] = (),
+        output: str | Path | None = None,
+        resume: bool = False,
+    ) -> tuple[list[str], dict[str, str]]:
+        """``(argv, extra environment)`` of the launcher; raise a located error when
+        ``spec`` cannot run distributed (e.g. no ``distributed`` engine)."""
         ...
