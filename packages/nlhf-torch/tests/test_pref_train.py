@@ -160,7 +160,7 @@ def test_pref_learns_known_preference_pairwise_and_bt(
 ) -> None:
     spec = make_spec(
         setup,
-        training={"steps": 30, "batch_size": 16},
+        training={"steps": 40, "batch_size": 16},
         preference_training={"compare_baseline": True},
     )
     summary = train_preference_model(spec, tmp_path / "run")

@@ -10,7 +10,8 @@ from nlhf.errors import NLHFError
 
 class JaxBackend:
     """Backend ``jax``: :class:`nlhf_jax.kernels.JaxKernels` plus ``train`` (task ``nash``
-    on LLM specs; see :mod:`nlhf_jax.trainer`)."""
+    on LLM specs, :mod:`nlhf_jax.trainer`; task ``preference_model``,
+    :mod:`nlhf_jax.preference.train`)."""
 
     name = "jax"
 
@@ -26,4 +27,11 @@ class JaxBackend:
             from nlhf_jax.trainer import train_nash
 
             return train_nash(spec, Path(output), resume=resume)
-        raise NLHFError(f"task {spec.task!r} is not supported by the jax backend yet")
+        if spec.task == "preference_model":
+            from nlhf_jax.preference.train import train_preference_model
+
+            return train_preference_model(spec, Path(output), resume=resume)
+        raise NLHFError(
+            f"task {spec.task!r} is not supported by the jax backend yet (supported: nash, "
+            "preference_model); use --backend torch"
+        )

@@ -203,13 +203,13 @@ class PairwiseModel:
 
     def __init__(self, spec: Any) -> None:
         try:
-            from nlhf_torch.preference.serve import load_pairwise_model
+            from nlhf_torch.preference.serve import from_spec
         except ImportError as exc:  # pragma: no cover - the module ships with nlhf-torch
             raise NLHFError(
                 f"preference: pairwise_model needs nlhf_torch.preference.serve ({exc})"
             ) from exc
         check_model_path(spec.path, "preference.path")
-        self.model = load_pairwise_model(spec.path)
+        self.model = from_spec(spec)  # the spec's batch_size, max_length and dtype
 
     def prob(self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]) -> Any:
         values = self.model.prob(list(prompts), list(ys), list(y_primes))

@@ -297,3 +297,18 @@ def load_pairs(
     report.update(counts)
     report["length_unit"] = "characters" if tokenizer is None else "tokens"
     return PairData(train, held, report)
+
+
+def pair_batch_indices(n: int, batch: int, step: int, seed: int, shuffle: bool) -> list[int]:
+    """Indices of the training pairs of optimiser step ``step`` (0-based), the same on
+    every backend: epoch e = step // ⌈n/batch⌉ visits the pairs in a permutation seeded by
+    (seed, e) (:func:`nlhf.data.prompts.prompt_order`, the prompts' order too) and step
+    k of that epoch takes its k-th slice of ``batch`` (the last one may be shorter). A
+    resumed run therefore sees exactly the batches of the uninterrupted run."""
+    from nlhf.data.prompts import prompt_order  # imports numpy: only when needed
+
+    if n <= 0 or batch <= 0:
+        raise ValueError(f"pair_batch_indices: need n > 0 and batch > 0 (got {n}, {batch})")
+    epoch, k = divmod(step, math.ceil(n / batch))
+    order = prompt_order(n, epoch, seed, shuffle)
+    return [int(i) for i in order[k * batch : (k + 1) * batch]]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nlhf.data.pairs import Pair, PairData, load_pairs
+from nlhf.data.pairs import Pair, PairData, load_pairs, pair_batch_indices
 from nlhf.errors import InputError
 from nlhf.runio import (
     MetricsWriter,
@@ -135,18 +135,6 @@ def _lr_lambda(spec: Any, total: int) -> Any:
         return max(0.0, 1 - frac) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
 
     return factor
-
-
-def _batch_indices(n: int, batch: int, step: int, seed: int, shuffle: bool) -> list[int]:
-    """Pairs of optimiser step ``step`` (0-based): a seeded permutation per epoch, so a
-    resumed run sees exactly the batches the uninterrupted run would have."""
-    per_epoch = math.ceil(n / batch)
-    epoch, k = divmod(step, per_epoch)
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-    else:
-        order = torch.arange(n)
-    return order[k * batch : (k + 1) * batch].tolist()
 
 
 def _progress(total: int, start: int, label: str, enabled: bool = True) -> Any:
@@ -305,7 +293,7 @@ def fit(
     last_loss = float("nan")
     with bar:
         for step in range(start, total):
-            idx = _batch_indices(n, tr.batch_size, step, spec.seed, spec.data.shuffle)
+            idx = pair_batch_indices(n, tr.batch_size, step, spec.seed, spec.data.shuffle)
             if ds is None:
                 loss_sum, norm = _local_step(model, data, idx, tr, params, opt, sched)
             else:

@@ -1,0 +1,373 @@
+"""``task: preference_model`` on the jax backend (issue 5; DESIGN §5, paper §3): the
+twin of :mod:`nlhf_torch.preference.train` — same spec fields, data split and truncation
+(:func:`nlhf.data.pairs.load_pairs`), batches (:func:`nlhf.data.pairs.pair_batch_indices`),
+loss, optimiser, metrics keys and run outputs.
+
+Loss (both presentation orders, soft labels allowed), z = v(x,y_w,y_l) − v(x,y_l,y_w):
+loss = mean_b −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)]
+(:func:`nlhf_jax.kernels.preference_loss`); ``grad_accum`` splits a batch into chunks
+whose gradients are summed with weights |chunk|/|batch|; the optax chain of
+:func:`nlhf_jax.optim.build_optimizer` (torch's clipping, AdamW and LR schedule). Held-out
+metrics: accuracy, log-loss, ECE (Naeini et al. 2015) and the antisymmetry error.
+
+Outputs: ``spec.resolved.yaml``, ``metrics.jsonl``, ``checkpoints/step-N/`` (the model
+as a Hugging Face directory — ``config.json``, ``model.safetensors``, tokenizer,
+``nlhf_preference.json`` — plus ``optimizer.safetensors`` and ``trainer_state.json``),
+``model/`` and ``summary.json``. Model directories load in transformers and in the torch
+backend's preference classes. Not supported (clear errors): ``policy.lora``,
+``distributed`` engines (single-device only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from nlhf.data.pairs import Pair, PairData, load_pairs, pair_batch_indices
+from nlhf.errors import InputError, NLHFError
+from nlhf.runio import (
+    MetricsWriter,
+    atomic_directory,
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    write_resolved_spec,
+    write_summary,
+)
+from nlhf.spec.models import PreferenceTrainingSpec
+
+from nlhf_jax.kernels import preference_loss
+from nlhf_jax.optim import build_optimizer, lr_multiplier
+from nlhf_jax.preference.model import (
+    PreferenceConfig,
+    PreferenceModel,
+    _bucket,
+    build_preference_model,
+    load_preference_model,
+    load_tokenizer,
+    text_overhead,
+)
+
+OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "trainer_state.json"
+ECE_BINS = 10
+EVAL_BATCH = 16
+LENGTH_SLACK = 4
+"""Tokens kept free beyond the template (BPE merges across the pieces of a rendered text
+may differ slightly from the pieces' separate counts) — as the torch trainer."""
+
+
+# ------------------------------------------------------------------------- metrics
+def calibration_error(
+    probs: Sequence[float], targets: Sequence[float], bins: int = ECE_BINS
+) -> float:
+    """Expected calibration error (Naeini et al. 2015; Guo et al. 2017):
+    ECE = Σ_b (n_b/N)·|mean_{i∈b} p_i − mean_{i∈b} t_i| over ``bins`` equal-width bins of
+    p ∈ [0, 1] (soft targets allowed)."""
+    p = np.asarray(probs, np.float64)
+    t = np.asarray(targets, np.float64)
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.mean() * abs(p[sel].mean() - t[sel].mean())
+    return float(ece)
+
+
+def evaluate_pairs(
+    model: PreferenceModel, pairs: Sequence[Pair], batch_size: int = EVAL_BATCH
+) -> dict[str, float]:
+    """Held-out metrics of P = P(chosen ≻ rejected) against the labels p:
+    accuracy = mean[(P > ½) = (p > ½)] over pairs with p ≠ ½;
+    log_loss = mean −[p log P + (1−p) log(1−P)];
+    ece over both orders ((P, p) and (P', 1−p), P' = P(rejected ≻ chosen));
+    antisymmetry_max_error = max |P + P' − 1| (P' scored in a separate call)."""
+    if not pairs:
+        return {}
+    prompts = [q.prompt for q in pairs]
+    chosen = [q.chosen for q in pairs]
+    rejected = [q.rejected for q in pairs]
+    p_fwd = model.prob(prompts, chosen, rejected, batch_size)
+    p_bwd = model.prob(prompts, rejected, chosen, batch_size)
+    labels = np.asarray([q.label for q in pairs], np.float64)
+    clipped = np.clip(p_fwd, 1e-12, 1 - 1e-12)
+    log_loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()
+    decided = labels != 0.5
+    hits = (p_fwd > 0.5) == (labels > 0.5)
+    accuracy = hits[decided].mean() if decided.any() else 0.0
+    ece = calibration_error(np.concatenate([p_fwd, p_bwd]), np.concatenate([labels, 1 - labels]))
+    return {
+        "accuracy": float(accuracy),
+        "log_loss": float(log_loss),
+        "ece": ece,
+        "antisymmetry_max_error": float(np.abs(p_fwd + p_bwd - 1).max()),
+        "mean_prob_chosen": float(p_fwd.mean()),
+        "pairs": len(pairs),
+    }
+
+
+# ------------------------------------------------------------------------ training
+def check_spec(spec: Any) -> None:
+    """Options the jax preference trainer does not support, reported before any loading."""
+    if spec.policy is None:
+        raise InputError("policy: `task: preference_model` needs policy.model (the LM to train)")
+    if spec.data is None:
+        raise InputError("data: `task: preference_model` needs pairwise data (a data section)")
+    if spec.policy.lora is not None:
+        raise NLHFError("policy.lora: LoRA is not supported by the jax backend yet; "
+                        "remove it or use --backend torch")  # fmt: skip
+    if spec.distributed.engine != "none":
+        raise NLHFError(
+            f"distributed.engine: {spec.distributed.engine!r} is not supported for "
+            "`task: preference_model` on the jax backend (single device only); remove the "
+            "distributed section or use --backend torch"
+        )
+
+
+class PairBatch:
+    """Arrays of one gradient chunk: the 2m texts [fwd..., bwd...] padded (R rows) and,
+    padded to M = 2^⌈log₂ m⌉ pairs, the rows of v_fwd / v_bwd, targets and weights
+    (w = 1/|batch| for real pairs, 0 for filler), so that
+    Σ_b w_b·CE(z_b, p_b) = (|chunk|/|batch|)·mean_chunk CE (torch's scaling)."""
+
+    def __init__(self, model: PreferenceModel, pairs: Sequence[Pair], batch_total: int) -> None:
+        m = len(pairs)
+        self.ids, self.mask, self.index = model.encode_pairs(
+            [q.prompt for q in pairs], [q.chosen for q in pairs], [q.rejected for q in pairs]
+        )
+        size = _bucket(m, 1)
+        self.fwd = np.zeros(size, np.int32)
+        self.bwd = np.zeros(size, np.int32)
+        self.fwd[:m] = np.arange(m)
+        self.bwd[:m] = np.arange(m, 2 * m)
+        self.target = np.zeros(size, np.float32)
+        self.target[:m] = [q.label for q in pairs]
+        self.weight = np.zeros(size, np.float32)
+        self.weight[:m] = 1.0 / batch_total
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.ids, self.mask, self.index, self.fwd, self.bwd, self.target, self.weight)
+
+
+def chunk_loss(
+    model: PreferenceModel, state: Any, ids, mask, index, fwd, bwd, target, weight
+) -> jax.Array:
+    """Σ_b w_b·CE_b with CE_b = −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)]: equal to
+    (|chunk|/|batch|)·preference_loss over the chunk."""
+    v = model.values(state, ids, mask, index)
+    ce = jax.vmap(preference_loss)(v[fwd], v[bwd], target)
+    return jnp.sum(weight * ce)
+
+
+class Stepper:
+    """Jitted gradient of :func:`chunk_loss` and the optax update."""
+
+    def __init__(self, model: PreferenceModel, tx: optax.GradientTransformation) -> None:
+        self.model, self.tx = model, tx
+        self._grad = jax.jit(jax.value_and_grad(lambda s, *a: chunk_loss(model, s, *a)))
+        self._apply = jax.jit(self._update)
+
+    def _update(self, state: Any, opt_state: Any, grads: Any) -> tuple[Any, Any, jax.Array]:
+        norm = optax.tree.norm(grads)
+        updates, opt_state = self.tx.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state, norm
+
+    def step(
+        self, opt_state: Any, chunks: Sequence[Sequence[Pair]], batch_total: int
+    ) -> tuple[Any, float, float]:
+        """One optimiser step over ``chunks`` (gradient accumulation); updates
+        ``model.state``; returns (opt_state, loss, pre-clip gradient norm)."""
+        grads, loss = None, 0.0
+        for pairs in chunks:
+            value, g = self._grad(
+                self.model.state, *PairBatch(self.model, pairs, batch_total).arrays()
+            )
+            loss += float(value)
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        state, opt_state, norm = self._apply(self.model.state, opt_state, grads)
+        self.model.state = state
+        return opt_state, loss, float(norm)
+
+
+def _leaves_to_numpy(tree: Any) -> dict[str, np.ndarray]:
+    return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
+
+
+def _leaves_from_numpy(like: Any, tensors: dict[str, np.ndarray], where: Path) -> Any:
+    leaves, treedef = jax.tree.flatten(like)
+    if len(tensors) != len(leaves):
+        raise InputError(f"--resume: {where} holds {len(tensors)} optimizer arrays, this run "
+                         f"expects {len(leaves)}; was the optimizer changed?")  # fmt: skip
+    new = [
+        jnp.asarray(tensors[f"{i:05d}"], dtype=jnp.asarray(x).dtype) for i, x in enumerate(leaves)
+    ]
+    return jax.tree.unflatten(treedef, new)
+
+
+def _save_checkpoint(
+    output: Path, step: int, model: PreferenceModel, opt_state: Any, keep: int | None
+) -> Path:
+    from safetensors.numpy import save_file
+
+    final = checkpoint_dir(output, step)
+    with atomic_directory(final) as tmp:
+        model.save(tmp)
+        save_file(_leaves_to_numpy(opt_state), tmp / OPTIMIZER_NAME)
+        (tmp / STATE_NAME).write_text(json.dumps({"step": step}) + "\n")
+    prune_checkpoints(output, keep)
+    return final
+
+
+def _progress(total: int, start: int, label: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        disable=not sys.stderr.isatty(),
+    )
+    return bar, bar.add_task(label, total=total, completed=start, loss="-")
+
+
+def fit(
+    spec: Any,
+    output: Path,
+    config: PreferenceConfig,
+    data: PairData,
+    *,
+    resume: bool,
+    label: str,
+) -> dict[str, Any]:
+    """Train one preference model on ``data`` under ``output``; return its summary."""
+    t0 = time.perf_counter()
+    tr = spec.training
+    found = latest_checkpoint(output)
+    if found is not None and not resume:
+        raise InputError(
+            f"output.dir: {output} already holds checkpoints (latest {found[1].name}); "
+            "resume with --resume or choose a new output.dir"
+        )
+    start = 0
+    if resume and found is not None:
+        start, path = found
+        model = load_preference_model(path, dtype=spec.policy.dtype, field="--resume")
+    else:
+        model = build_preference_model(spec.policy.model, config,
+                                       tokenizer_path=spec.policy.tokenizer,
+                                       dtype=spec.policy.dtype, seed=spec.seed)  # fmt: skip
+    n = len(data.train)
+    per_epoch = math.ceil(n / tr.batch_size)
+    total = min(tr.steps, tr.epochs * per_epoch)
+    tx = build_optimizer(tr, total)
+    opt_state = tx.init(model.state)
+    if start:
+        from safetensors.numpy import load_file
+
+        opt_state = _leaves_from_numpy(opt_state, load_file(found[1] / OPTIMIZER_NAME), found[1])
+    lr_mult = lr_multiplier(tr.lr_schedule, tr.warmup_steps, total)
+    stepper = Stepper(model, tx)
+    metrics = MetricsWriter(output, truncate_after=start if start else None)
+    zero_shot = None
+    if start == 0 and data.eval:
+        zero_shot = evaluate_pairs(model, data.eval)
+        metrics.log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
+    bar, task = _progress(total, start, label)
+    last_loss = float("nan")
+    with bar:
+        for step in range(start, total):
+            idx = pair_batch_indices(n, tr.batch_size, step, spec.seed, spec.data.shuffle)
+            chunks = [
+                [data.train[i] for i in c] for c in np.array_split(idx, tr.grad_accum) if len(c)
+            ]
+            opt_state, loss, norm = stepper.step(opt_state, chunks, len(idx))
+            done = step + 1
+            last_loss = loss
+            record: dict[str, Any] = {}
+            if done % tr.log_every == 0 or done == total:
+                record = {"step": done, "epoch": step // per_epoch, "loss": loss,
+                          "grad_norm": norm, "lr": tr.lr * float(lr_mult(done))}  # fmt: skip
+            if data.eval and tr.eval_every and done % tr.eval_every == 0 and done != total:
+                ev = evaluate_pairs(model, data.eval)
+                record.update({"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
+            if record:
+                metrics.log(record)
+            every = spec.output.checkpoint_every
+            if (every and done % every == 0) or done == total:
+                _save_checkpoint(output, done, model, opt_state, spec.output.keep_last)
+            bar.update(task, completed=done, loss=f"{loss:.4f}")
+    final = evaluate_pairs(model, data.eval) if data.eval else {}
+    if final:
+        metrics.log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})
+    metrics.close()
+    with atomic_directory(output / "model") as tmp:
+        model.save(tmp)
+    summary: dict[str, Any] = {
+        "kind": model.config.kind,
+        "head": model.config.head,
+        "model_path": str(output / "model"),
+        "initial_model": spec.policy.model,
+        "steps": total,
+        "resumed_from": start or None,
+        "train_loss_last": last_loss if total > start else None,
+        "eval": final,
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    if zero_shot is not None:
+        summary["eval_zero_shot"] = zero_shot
+    return summary
+
+
+def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run ``task: preference_model`` (see the module docstring); returns the summary."""
+    t0 = time.perf_counter()
+    check_spec(spec)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_resolved_spec(output, spec)
+    pt = spec.preference_training or PreferenceTrainingSpec()
+    config = PreferenceConfig(
+        kind=pt.kind,
+        head=pt.head or "lm",
+        template=pt.template,
+        answer_tokens=tuple(pt.answer_tokens),
+        max_length=spec.data.max_length,
+    )
+    tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
+    data = load_pairs(
+        spec.data,
+        seed=spec.seed,
+        tokenizer=tokenizer,
+        reserve=text_overhead(tokenizer, config) + LENGTH_SLACK,
+        joint=config.kind == "pairwise",
+    )
+    summary: dict[str, Any] = {"task": "preference_model", "backend": "jax", "data": data.report}
+    summary.update(fit(spec, output, config, data, resume=resume, label=config.kind))
+    if pt.compare_baseline:
+        bt = PreferenceConfig(
+            kind="bradley_terry", head="classification", max_length=config.max_length
+        )
+        summary["baseline"] = fit(
+            spec, output / "baseline", bt, data, resume=resume, label="bradley_terry"
+        )
+    summary["wall_time_s"] = time.perf_counter() - t0
+    write_summary(output, summary)
+    return summary

@@ -1,0 +1,312 @@
+"""torch vs jax preferences and preference-model training from the same tiny checkpoints
+(issue 5, DESIGN §7): each side runs its production code path — the torch preferences
+(:mod:`nlhf_torch.preferences`, :mod:`nlhf_torch.preference`) are the oracle for the jax
+ones (:mod:`nlhf_jax.preferences`, :mod:`nlhf_jax.preference`), within 1e-5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+pytest.importorskip("flax")
+pytestmark = [pytest.mark.jax, pytest.mark.torch]
+
+from nlhf.spec.models import RunSpec  # noqa: E402
+
+TOL = 1e-5
+PROMPTS = ["Pick a fruit:", "Which is better?", "Hello", "The quick brown fox", "Why not?"]
+YS = [" apple", " a long answer here that goes on and on", " 1", " jumps", " It is unsafe."]
+YPS = [" banana", " 2", " short", " over the lazy dog and more words", " Mix flour."]
+TEMPLATE = "Q: {prompt} A1: {response_1} A2: {response_2} Better:"
+
+
+def _randomize(model: Any, seed: int, std: float = 0.3) -> Any:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if "norm" in name else 0.0))
+    return model
+
+
+def _nash_spec(preference: dict[str, Any]) -> RunSpec:
+    return RunSpec.model_validate({
+        "policy": {"model": "unused"}, "preference": preference,
+        "data": {"path": "unused.jsonl"}, "algorithm": {"name": "nash_md_pg"},
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A judge LM (Llama), a BT reward model (Qwen2 classifier), a tokenizer that adds
+    BOS (so truncation must count special tokens), and two saved torch pairwise models
+    (``lm`` and ``classification`` heads)."""
+    from nlhf_torch.preference.model import PreferenceConfig, build_preference_model
+    from nlhf_torch.tiny import build_tiny_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    root = tmp_path_factory.mktemp("xpref")
+    lm = build_tiny_model(root / "lm-raw", "llama")
+    _randomize(AutoModelForCausalLM.from_pretrained(lm), 1).save_pretrained(root / "lm")
+    rm = build_tiny_model(
+        root / "rm-raw", "qwen2", tokenizer_dir=lm, head="sequence_classification"
+    )
+    _randomize(AutoModelForSequenceClassification.from_pretrained(rm), 2).save_pretrained(
+        root / "rm"
+    )
+    bos = root / "bos_tok"
+    bos.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bos / name).write_text((lm / name).read_text())
+    tj = json.loads((bos / "tokenizer.json").read_text())
+    tj["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [1], "tokens": ["<|bos|>"]}},
+    }  # fmt: skip
+    (bos / "tokenizer.json").write_text(json.dumps(tj))
+    # as every real checkpoint, the tokenizer is saved by the class transformers loads it
+    # with (for a qwen2 directory, Qwen2Tokenizer rebuilds the pre-tokenizer); the jax
+    # backend reads that tokenizer.json as is
+    for name in ("lm", "rm"):
+        AutoTokenizer.from_pretrained(lm if name == "lm" else rm).save_pretrained(root / name)
+    out = {"lm": root / "lm", "rm": root / "rm", "bos_tok": bos}
+    for head in ("lm", "classification"):
+        cfg = PreferenceConfig(kind="pairwise", head=head, template=TEMPLATE, max_length=40)
+        model = build_preference_model(root / "lm", cfg)
+        if head == "classification":
+            _randomize(model.model, 3)
+        model.save(root / f"pw-{head}")
+        out[f"pw-{head}"] = root / f"pw-{head}"
+    bt = PreferenceConfig(kind="bradley_terry", head="classification", max_length=12)
+    build_preference_model(root / "rm", bt).save(root / "pw-bt")
+    out["pw-bt"] = root / "pw-bt"
+    return out
+
+
+def _both(preference: dict[str, Any]) -> tuple[Any, Any]:
+    import nlhf_jax.preferences as jp
+    import nlhf_torch.preferences as tp
+
+    spec = _nash_spec(preference)
+    return tp.build_preference(spec), jp.build_preference(spec.preference)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"max_length": 6, "batch_size": 2}, {"tokenizer": "bos_tok", "max_length": 5}],
+    ids=["plain", "truncated-batched", "bos-truncated"],
+)
+def test_bradley_terry_reward_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
+    options = dict(options)
+    if "tokenizer" in options:
+        options["tokenizer"] = str(ckpts[options["tokenizer"]])
+    t, j = _both({"name": "bradley_terry_reward", "path": str(ckpts["rm"]), **options})
+    np.testing.assert_allclose(j.reward(PROMPTS, YS), t.reward(PROMPTS, YS).numpy(), atol=TOL)
+    p = j.prob(PROMPTS, YS, YPS)
+    assert p.dtype == np.float64
+    np.testing.assert_allclose(p, t.prob(PROMPTS, YS, YPS).numpy(), atol=TOL)
+    np.testing.assert_allclose(p + j.prob(PROMPTS, YPS, YS), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"max_length": 20, "batch_size": 3}, {"tokenizer": "bos_tok", "max_length": 17}],
+    ids=["plain", "truncated-batched", "bos-truncated"],
+)
+def test_llm_judge_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
+    options = dict(options)
+    if "tokenizer" in options:
+        options["tokenizer"] = str(ckpts[options["tokenizer"]])
+    t, j = _both({"name": "llm_judge", "model": str(ckpts["lm"]), "template": TEMPLATE, **options})
+    p = j.prob(PROMPTS, YS, YPS)
+    np.testing.assert_allclose(p, t.prob(PROMPTS, YS, YPS).numpy(), atol=TOL)
+    # swapped inputs land in other batches / length buckets: equal up to float32 noise
+    np.testing.assert_allclose(p + j.prob(PROMPTS, YPS, YS), 1.0, atol=1e-6)
+    assert np.ptp(p) > 1e-3  # the tiny judge is not constant
+
+
+@pytest.mark.parametrize("which", ["pw-lm", "pw-classification", "pw-bt", "lm", "rm"])
+def test_pairwise_model_matches_torch(ckpts: dict[str, Path], which: str) -> None:
+    """Saved torch preference models (both heads, BT kind, max_length 40/12 so texts are
+    truncated) and bare checkpoints (zero-shot judge, BT reward) give torch's P."""
+    t, j = _both({"name": "pairwise_model", "path": str(ckpts[which]), "batch_size": 2})
+    p = j.prob(PROMPTS, YS, YPS)
+    np.testing.assert_allclose(p, np.asarray(t.prob(PROMPTS, YS, YPS)), atol=TOL)
+    np.testing.assert_allclose(p + j.prob(PROMPTS, YPS, YS), 1.0, atol=1e-6)
+    assert np.ptp(p) > 1e-4
+
+
+# ------------------------------------------------------------------ training (task 2)
+PAIRS = [  # (prompt, chosen, rejected, label); soft labels included
+    ("Pick a fruit:", " apple", " banana", 1.0),
+    ("Which is better?", " a long answer here", " 2", 0.8),
+    ("Hello", " 1", " short", 1.0),
+    ("The quick brown fox", " jumps", " over the lazy dog", 0.3),
+    ("Why not?", " It is unsafe.", " Mix flour.", 1.0),
+]
+
+
+def _train_spec(model: Path, head: str, **training: Any) -> RunSpec:
+    return RunSpec.model_validate({
+        "task": "preference_model", "policy": {"model": str(model)},
+        "data": {"path": "unused.jsonl", "max_length": 40},
+        "preference_training": {"kind": "pairwise", "head": head, "template": TEMPLATE},
+        "training": {"lr": 1e-3, "max_grad_norm": 5.0, "grad_accum": 2, "lr_schedule": "linear",
+                     "warmup_steps": 1, "steps": 3,
+                     "optimizer": {"name": "adamw", "weight_decay": 0.1}, **training},
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("head", ["lm", "classification"])
+def test_one_training_step_matches_torch(ckpts: dict[str, Path], head: str) -> None:
+    """Same checkpoint, same batch (two grad-accumulation chunks, soft labels, texts cut
+    at max_length 40): the loss, the gradient norm and every parameter after two AdamW
+    steps (clipping, decay, warm-up then linear decay) agree with torch's trainer.
+
+    (lr 1e-3 and a clip at 5: Adam's update g/(|g|+ε) turns float32 noise in a gradient
+    entry near ε into a parameter difference up to lr, so lr bounds what 1e-5 can see.)"""
+    from nlhf.data.pairs import Pair
+    from nlhf_jax.models import to_hf_state_dict
+    from nlhf_jax.optim import build_optimizer
+    from nlhf_jax.preference import model as jm
+    from nlhf_jax.preference.train import Stepper
+    from nlhf_torch.kernels import preference_loss
+    from nlhf_torch.preference import model as tm
+    from nlhf_torch.preference.train import _lr_lambda, _optimizer
+
+    src = ckpts["lm"] if head == "lm" else ckpts["pw-classification"]
+    spec = _train_spec(src, head)
+    pairs = [Pair(*row) for row in PAIRS]
+    chunks = [pairs[:3], pairs[3:]]  # torch.tensor_split(5 pairs, 2) sizes
+    t_cfg = tm.PreferenceConfig(kind="pairwise", head=head, template=TEMPLATE, max_length=40)
+    j_cfg = jm.PreferenceConfig(kind="pairwise", head=head, template=TEMPLATE, max_length=40)
+    t_model = tm.build_preference_model(src, t_cfg)
+    t_model.train()
+    j_model = jm.build_preference_model(src, j_cfg)
+    params = [p for p in t_model.parameters() if p.requires_grad]
+    opt = _optimizer(spec, params)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, spec.training.steps))
+    tx = build_optimizer(spec.training, spec.training.steps)
+    stepper, opt_state = Stepper(j_model, tx), tx.init(j_model.state)
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        t_loss = 0.0
+        for chunk in chunks:
+            v_fwd, v_bwd = t_model.pair_scores(
+                [q.prompt for q in chunk], [q.chosen for q in chunk], [q.rejected for q in chunk]
+            )
+            target = torch.tensor([q.label for q in chunk], dtype=v_fwd.dtype)
+            loss = preference_loss(v_fwd, v_bwd, target) * (len(chunk) / len(pairs))
+            loss.backward()
+            t_loss += float(loss.detach())
+        t_norm = float(torch.nn.utils.clip_grad_norm_(params, spec.training.max_grad_norm))
+        opt.step()
+        sched.step()
+        opt_state, j_loss, j_norm = stepper.step(opt_state, chunks, len(pairs))
+        assert j_loss == pytest.approx(t_loss, abs=TOL)
+        assert j_norm == pytest.approx(t_norm, rel=TOL)
+    assert t_norm > spec.training.max_grad_norm  # clipping was active
+    theirs = {k: v.detach().numpy() for k, v in t_model.model.state_dict().items()}
+    ours = to_hf_state_dict(j_model.model)
+    assert set(ours) <= set(theirs)
+    for name, value in ours.items():
+        np.testing.assert_allclose(value, theirs[name], atol=TOL, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("kind", "head"),
+    [("pairwise", "classification"), ("bradley_terry", "classification"), ("pairwise", "lm")],
+)
+def test_jax_saved_model_loads_in_torch(
+    ckpts: dict[str, Path], tmp_path: Path, kind: str, head: str
+) -> None:
+    """A jax preference model started from a causal LM (a fresh score head for
+    ``classification``) and saved: transformers / torch's preference classes load it and
+    give the same P."""
+    from nlhf_jax.preference import model as jm
+    from nlhf_torch.preference.serve import load_pairwise_model
+
+    cfg = jm.PreferenceConfig(kind=kind, head=head, template=TEMPLATE, max_length=30)
+    j_model = jm.build_preference_model(ckpts["lm"], cfg, seed=1)
+    j_model.save(tmp_path / "m")
+    t_model = load_pairwise_model(tmp_path / "m")
+    p = j_model.prob(PROMPTS, YS, YPS)
+    np.testing.assert_allclose(p, t_model.prob(PROMPTS, YS, YPS), atol=TOL)
+    assert np.ptp(p) > 1e-4
+    if kind == "bradley_terry":  # the nash preference reads it as a BT reward model
+        t, j = _both({"name": "bradley_terry_reward", "path": str(tmp_path / "m")})
+        np.testing.assert_allclose(j.prob(PROMPTS, YS, YPS), t.prob(PROMPTS, YS, YPS).numpy(),
+                                   atol=TOL)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_jax_run_checkpoints_load_in_torch(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """A short ``task: preference_model`` run on jax (pairwise judge + BT baseline): its
+    checkpoint and final models give torch's preference classes the same P, and
+    ``nlhf_preference.json`` says what was trained."""
+    from nlhf_jax.backend import JaxBackend
+    from nlhf_jax.preference.model import load_preference_model
+    from nlhf_torch.preference.serve import load_pairwise_model
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": x, "chosen": a, "rejected": b} for x, a, b, _ in PAIRS] * 3
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = RunSpec.model_validate({
+        "task": "preference_model", "policy": {"model": str(ckpts["lm"])},
+        "data": {"path": str(data), "max_length": 48, "eval_fraction": 0.2},
+        "preference_training": {"template": TEMPLATE, "compare_baseline": True},
+        "training": {"steps": 2, "batch_size": 4, "lr": 1e-3},
+        "output": {"checkpoint_every": 1},
+    })  # fmt: skip
+    summary = JaxBackend().train(spec, tmp_path / "run")
+    assert summary["baseline"]["kind"] == "bradley_terry"
+    for d in ("run/checkpoints/step-1", "run/model", "run/baseline/model"):
+        path = tmp_path / d
+        p_jax = load_preference_model(path).prob(PROMPTS, YS, YPS)
+        np.testing.assert_allclose(p_jax, load_pairwise_model(path).prob(PROMPTS, YS, YPS),
+                                   atol=TOL, err_msg=d)  # fmt: skip
+    saved = json.loads((tmp_path / "run/baseline/model/nlhf_preference.json").read_text())
+    assert saved["kind"] == "bradley_terry" and saved["max_length"] == 48
+
+
+@pytest.mark.slow
+def test_whole_run_matches_torch_with_the_shared_batch_order(
+    ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both backends' ``task: preference_model`` runs from the same judge LM: the same
+    data report and every logged metric (losses, gradient norms, learning rates, held-out
+    metrics) within 1e-5; both draw batches with ``nlhf.data.pairs.pair_batch_indices``."""
+    import nlhf_torch.preference.train as torch_train
+    from nlhf.runio import read_metrics
+    from nlhf_jax.preference.train import train_preference_model as jax_train
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": x, "chosen": a, "rejected": b, "label": p} for x, a, b, p in PAIRS] * 2
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = RunSpec.model_validate({
+        "task": "preference_model", "seed": 3, "policy": {"model": str(ckpts["lm"])},
+        "data": {"path": str(data), "max_length": 40, "eval_fraction": 0.2},
+        "preference_training": {"template": TEMPLATE},
+        "training": {"steps": 3, "batch_size": 3, "grad_accum": 2, "lr": 1e-3,
+                     "max_grad_norm": 5.0, "lr_schedule": "cosine", "warmup_steps": 1},
+    })  # fmt: skip
+    s_torch = torch_train.train_preference_model(spec, tmp_path / "torch")
+    s_jax = jax_train(spec, tmp_path / "jax")
+    assert s_jax["data"] == s_torch["data"]
+    m_torch, m_jax = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "jax")
+    assert [sorted(r) for r in m_jax] == [sorted(r) for r in m_torch]
+    for a, b in zip(m_jax, m_torch, strict=True):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=TOL, rel=TOL), (a["step"], key)
