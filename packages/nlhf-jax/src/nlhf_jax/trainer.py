@@ -18,8 +18,13 @@ feed the KL term; the loss and optax update are one jitted step. With
 ``distributed: {engine: jax}`` the parameters are placed by the mesh rules and each
 batch is sharded over the data axes (:mod:`nlhf_jax.sharding`).
 
-Limits (each raises a clear error): preferences ``oracle`` only (plugin functions on
-text), ``grad_accum: 1``, no chat templates, no ``online_ipo``, no LoRA.
+Prompts are left-padded to a multiple of ``PROMPT_BUCKET`` (8) tokens, capped at
+``data.max_prompt_length``, so the decode loop and the update compile once per bucket, not
+once per batch width (positions come from the mask: results are unchanged).
+
+Limits (each raises a clear error): ``grad_accum: 1``, no chat templates, no ``top_k``, no
+``online_ipo``, no LoRA; the ``distributed: {engine: jax}`` branch of the trainer is not
+tested end to end (:mod:`nlhf_jax.sharding` is).
 Checkpoints: ``checkpoints/step-N/`` holds ``config.json`` + ``model.safetensors``
 (transformers loads it), the tokenizer files, ``optimizer.safetensors`` (optax state
 leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
@@ -67,8 +72,22 @@ OPPONENT = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
+PROMPT_BUCKET = 8  # prompts are left-padded to a multiple of this many tokens
+
+
+def bucket_width(width: int, multiple: int = PROMPT_BUCKET, limit: int | None = None) -> int:
+    """The padded prompt width: ``width`` rounded up to a multiple of ``multiple``, capped at
+    ``max(limit, width)`` — so the jitted decode loop and update compile once per bucket
+    (≤ ⌈max_prompt_length / multiple⌉ shapes) instead of once per prompt width. Left
+    padding does not change results: positions come from the attention mask."""
+    padded = -(-width // multiple) * multiple
+    return padded if limit is None else min(padded, max(limit, width))
+
+
+def left_pad(
+    rows: list[list[int]], pad_id: int, *, multiple: int = 1, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    width = bucket_width(max(len(r) for r in rows), multiple, limit)
     ids = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
@@ -191,6 +210,7 @@ class NashTrainer:
             st = json.loads((ckpt / "trainer_state.json").read_text())
             self.elapsed, self.generated_tokens = st["elapsed"], st["generated_tokens"]
         self.last_checkpoint = ckpt
+        self.prompt_bucket = PROMPT_BUCKET
         self._step_fn = jax.jit(self._update, static_argnames=("estimator",))
 
     # ------------------------------------------------------------------ jitted update
@@ -220,7 +240,8 @@ class NashTrainer:
         beta = {"self_play": 0.0, "best_response": 1.0}.get(
             algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
         )
-        ids, mask = left_pad([self.prompt_ids[i] for i in idx], self.pad)
+        ids, mask = left_pad([self.prompt_ids[i] for i in idx], self.pad,
+                             multiple=self.prompt_bucket, limit=spec.data.max_prompt_length)  # fmt: skip
         if self.mesh is not None:
             from nlhf_jax.sharding import shard_batch
 

@@ -27,6 +27,12 @@ reference over the whole prefix for every mixture token, ≈ 3T+5 forward calls)
    on one CPU thread, neutral (±2%) with 4 threads or on an H100. The values equal
    :func:`sequence_logits` of the reference to rounding (1e-10 in float64, tested).
 
+7. plain float32/float64 Llama/Qwen2 models decode through :mod:`nlhf_torch.fastdecode` (a fused
+   sampling-only forward on the models' own weights, static KV cache, policy and reference
+   stacked into one batched call); anything else takes the HF path
+   above; ``NLHF_FAST_DECODE=0`` forces the HF path. The fast path keeps finished rows
+   (feeding pads) instead of dropping them.
+
 Randomness: an injectable ``torch.Generator`` (one float64 ``torch.rand(2B)`` per step), or
 explicit ``uniforms[row, step]`` (rows 0..B−1 = y, B..2B−1 = y') consumed by inverse CDF
 exactly like :func:`nlhf_torch.kernels.sample`. Sampling runs under ``torch.no_grad()``, not
@@ -41,6 +47,7 @@ from typing import Any, Literal
 
 import torch
 
+from nlhf_torch import fastdecode
 from nlhf_torch.kernels import mixture_logprobs, sample
 
 __all__ = ["PairGeneration", "generate_pairs", "position_ids_from_mask", "sequence_logits"]
@@ -159,6 +166,79 @@ class _Stream:
             buffer[self.rows] = self.logits.to(buffer.dtype)
 
 
+def _gather(
+    streams: Sequence[_Stream | None], n_rows: int, vocab: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """(2B, V) logits of the given streams' rows: a stream that serves all rows in order is
+    used as is, otherwise the rows are scattered into a zero buffer."""
+    live = [s for s in streams if s is not None]
+    if len(live) == 1 and live[0].logits is not None and live[0].rows.numel() == n_rows:
+        rows = live[0].rows
+        if bool((rows == torch.arange(n_rows, device=rows.device)).all()):
+            return live[0].logits.to(dtype)
+    out = torch.zeros(n_rows, vocab, dtype=dtype, device=live[0].rows.device)
+    for s in live:
+        s.scatter(out)
+    return out
+
+
+def _signature(model: Any) -> tuple[Any, ...]:
+    """What must agree for two models to be stacked in one :class:`FastGroup`."""
+    cfg = model.config
+    layer = model.model.layers[0]
+    linears = (
+        layer.self_attn.q_proj,
+        layer.self_attn.k_proj,
+        layer.self_attn.o_proj,
+        layer.mlp.gate_proj,
+        layer.mlp.down_proj,
+    )
+    shapes = tuple((tuple(m.weight.shape), m.bias is not None) for m in linears)
+    norms = [
+        n for lyr in model.model.layers for n in (lyr.input_layernorm, lyr.post_attention_layernorm)
+    ]
+    eps = tuple(float(n.variance_epsilon) for n in [*norms, model.model.norm])
+    return (
+        type(model).__name__,
+        len(model.model.layers),
+        int(cfg.num_attention_heads),
+        int(cfg.num_key_value_heads),
+        int(layer.self_attn.head_dim),
+        float(layer.self_attn.scaling),
+        shapes,
+        model.lm_head.bias is not None,
+        tuple(model.lm_head.weight.shape),
+        eps,
+        model.lm_head.weight.dtype,
+        model.lm_head.weight.device,
+    )
+
+
+def _fast_groups(
+    streams: list[_Stream], max_new_tokens: int
+) -> list[tuple[fastdecode.FastGroup, list[_Stream]]] | None:
+    """Streams grouped for the fused decoder (same rows, same architecture → one stacked
+    group), or None when any model needs the HF path."""
+    models = {id(s.model): s.model for s in streams}
+    if not all(fastdecode.supported(m) for m in models.values()):
+        return None
+    if sum(p.numel() for m in models.values() for p in m.parameters()) > fastdecode.MAX_PARAMS:
+        return None
+    buckets: list[list[_Stream]] = []
+    for s in streams:
+        for bucket in buckets:
+            first = bucket[0]
+            if torch.equal(first.rows, s.rows) and _signature(first.model) == _signature(s.model):
+                bucket.append(s)
+                break
+        else:
+            buckets.append([s])
+    return [
+        (fastdecode.FastGroup([s.model for s in bucket], bucket[0].rows, max_new_tokens), bucket)
+        for bucket in buckets
+    ]
+
+
 def _float_dtype(model: Any) -> torch.dtype:
     dtype = next(model.parameters()).dtype
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -182,6 +262,7 @@ def generate_pairs(
     uniforms: torch.Tensor | None = None,
     return_reference_logits: bool = False,
     all_finished: Callable[[bool], bool] | None = None,
+    fast_decode: bool | None = None,
 ) -> PairGeneration:
     """Sample y ~ π_θ and y' ~ opponent for each left-padded prompt (see the module doc).
 
@@ -194,6 +275,8 @@ def generate_pairs(
     ``all_finished`` (distributed runs): maps this process's "all rows finished" to the
     verdict over every process; finished rows are then kept (decoding pads) so each process
     makes the same forward calls (ZeRO-3 gathers parameters collectively) and steps.
+    ``fast_decode``: use :mod:`nlhf_torch.fastdecode` when every model supports it
+    (``None``: unless ``NLHF_FAST_DECODE=0``; ``False``: always the HF path).
     """
     if opponent not in ("mixture", "reference", "policy", "model"):
         raise ValueError(
@@ -212,6 +295,8 @@ def generate_pairs(
             f"input_ids and attention_mask must both be (B, P); got {tuple(input_ids.shape)} "
             f"and {tuple(attention_mask.shape)}"
         )
+    if fast_decode is None:
+        fast_decode = fastdecode.enabled()
     b = input_ids.shape[0]
     n_rows = 2 * b
     device = input_ids.device
@@ -261,7 +346,16 @@ def generate_pairs(
     for s in streams:
         s.model.eval()
     try:
-        forward_calls = sum(s.prefill(input_ids, attention_mask) for s in streams)
+        groups = _fast_groups(streams, max_new_tokens) if fast_decode else None
+        if groups is not None:
+            forward_calls = 0
+            for g, members in groups:
+                g.prefill(input_ids, attention_mask)
+                for j, s in enumerate(members):
+                    s.logits = g.logits[j]
+                forward_calls += len(members)
+        else:
+            forward_calls = sum(s.prefill(input_ids, attention_mask) for s in streams)
         vocab = base.logits.shape[-1]
         for s in streams:
             if s.logits.shape[-1] != vocab:
@@ -277,16 +371,15 @@ def generate_pairs(
         ref_y_logits: list[torch.Tensor] = []
         ones = torch.ones(n_rows, 1, dtype=full_mask.dtype, device=device)
         for step in range(max_new_tokens):
-            base_logits = torch.zeros(n_rows, vocab, dtype=dtype, device=device)
-            base.scatter(base_logits)
-            if base_prime_stream is not None:
-                base_prime_stream.scatter(base_logits)
+            base_logits = _gather([base, base_prime_stream], n_rows, vocab, dtype)
             ref_logits = None
             if ref_stream is not None:
-                ref_logits = torch.zeros(n_rows, vocab, dtype=dtype, device=device)
-                ref_stream.scatter(ref_logits)
+                ref_logits = _gather([ref_stream], n_rows, vocab, dtype)
                 if return_reference_logits:
-                    ref_y_logits.append(ref_logits[:b].clone())
+                    ref_y = ref_logits[:b].clone()
+                    if groups is not None:  # zeros after EOS, as when the HF path drops rows
+                        ref_y.masked_fill_(finished[:b, None], 0.0)
+                    ref_y_logits.append(ref_y)
             logp = torch.empty_like(base_logits)
             logp[:b] = torch.log_softmax(base_logits[:b] / temperature, dim=-1)
             logp[b:] = mixture_logprobs(
@@ -315,6 +408,13 @@ def generate_pairs(
                 done = all_finished(done)
             if done or step == max_new_tokens - 1:
                 break
+            if groups is not None:  # static caches: finished rows keep decoding pads
+                for g, members in groups:
+                    g.step(tok[g.rows], step)
+                    for j, s in enumerate(members):
+                        s.logits = g.logits[j]
+                    forward_calls += len(members)
+                continue
             full_mask = torch.cat([full_mask, ones], dim=1)
             for s in streams:
                 if all_finished is None:
@@ -335,5 +435,9 @@ def generate_pairs(
         y_prime=toks[b:],
         y_prime_mask=msk[b:],
         reference_logits=ref_y,
-        stats={"steps": toks.shape[1], "forward_calls": forward_calls},
+        stats={
+            "steps": toks.shape[1],
+            "forward_calls": forward_calls,
+            "fast_decode": int(groups is not None),
+        },
     )
