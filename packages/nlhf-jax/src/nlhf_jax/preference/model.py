@@ -27,16 +27,15 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from nlhf.errors import InputError
-from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE
+from nlhf.preference_format import CONFIG_NAME, Head, PreferenceConfig, render_judge
 
 from nlhf_jax.models import (
     DecoderConfig,
@@ -47,52 +46,17 @@ from nlhf_jax.models import (
 )
 from nlhf_jax.models.io import _DTYPES, _head_of, from_hf_state_dict, read_safetensors
 
-CONFIG_NAME = "nlhf_preference.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
 )
-Kind = Literal["pairwise", "bradley_terry"]
-Head = Literal["lm", "classification"]
 MIN_WIDTH = 16
 """Smallest padded length bucket (widths are padded to powers of two ≥ this)."""
 
 
 # ------------------------------------------------------------------------- config
-@dataclass
-class PreferenceConfig:
-    """What ``nlhf_preference.json`` records (same file as the torch backend's)."""
-
-    kind: Kind = "pairwise"
-    head: Head = "lm"
-    template: str = DEFAULT_JUDGE_TEMPLATE
-    answer_tokens: tuple[str, str] = (" 1", " 2")
-    max_length: int = 1024
-    format_version: int = 1
-
-    def save(self, directory: Path) -> None:
-        data = asdict(self)
-        data["answer_tokens"] = list(self.answer_tokens)
-        (Path(directory) / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, directory: Path) -> PreferenceConfig:
-        data = json.loads((Path(directory) / CONFIG_NAME).read_text())
-        data["answer_tokens"] = tuple(data["answer_tokens"])
-        return cls(**data)
-
-
-def render_judge(template: str, prompt: str, response_1: str, response_2: str) -> str:
-    """Fill ``{prompt}``, ``{response_1}``, ``{response_2}`` by plain replacement."""
-    return (
-        template.replace("{prompt}", prompt)
-        .replace("{response_1}", response_1)
-        .replace("{response_2}", response_2)
-    )
-
-
 # ---------------------------------------------------------------------- tokenizer
 class HFTokenizer:
     """A Hugging Face tokenizer directory read with ``tokenizers`` (no transformers):

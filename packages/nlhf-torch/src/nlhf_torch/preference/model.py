@@ -17,59 +17,21 @@ tokens, max length).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from nlhf.errors import InputError
-from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE
+from nlhf.preference_format import CONFIG_NAME, Head, PreferenceConfig, render_judge
 
-CONFIG_NAME = "nlhf_preference.json"
-Kind = Literal["pairwise", "bradley_terry"]
-Head = Literal["lm", "classification"]
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-@dataclass
-class PreferenceConfig:
-    """What ``nlhf_preference.json`` records about a saved preference model."""
-
-    kind: Kind = "pairwise"
-    head: Head = "lm"
-    template: str = DEFAULT_JUDGE_TEMPLATE
-    answer_tokens: tuple[str, str] = (" 1", " 2")
-    max_length: int = 1024
-    format_version: int = 1
-
-    def save(self, directory: Path) -> None:
-        data = asdict(self)
-        data["answer_tokens"] = list(self.answer_tokens)
-        (Path(directory) / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, directory: Path) -> PreferenceConfig:
-        data = json.loads((Path(directory) / CONFIG_NAME).read_text())
-        data["answer_tokens"] = tuple(data["answer_tokens"])
-        return cls(**data)
-
-
-def render_judge(template: str, prompt: str, response_1: str, response_2: str) -> str:
-    """Fill ``{prompt}``, ``{response_1}``, ``{response_2}`` (plain replacement, so braces
-    elsewhere in the template or the texts are left alone)."""
-    return (
-        template.replace("{prompt}", prompt)
-        .replace("{response_1}", response_1)
-        .replace("{response_2}", response_2)
-    )
 
 
 def answer_ids(tokenizer: Any, answers: tuple[str, str]) -> tuple[list[int], int, int]:
