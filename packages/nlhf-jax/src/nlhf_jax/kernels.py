@@ -29,6 +29,7 @@ __all__ = [
     "kl",
     "mixture_logprobs",
     "nash_md_pg_loss",
+    "online_ipo_loss",
     "preference_loss",
     "sample",
     "sequence_logprobs",
@@ -155,6 +156,36 @@ def nash_md_pg_loss(
         "logprob": sg(jnp.mean(seq_lp)),
     }
     return loss, metrics
+
+
+def online_ipo_loss(
+    logits_y: jax.Array,
+    reference_logits_y: jax.Array,
+    y: jax.Array,
+    y_mask: jax.Array,
+    logits_y_prime: jax.Array,
+    reference_logits_y_prime: jax.Array,
+    y_prime: jax.Array,
+    y_prime_mask: jax.Array,
+    preference: jax.Array,
+    tau: Any,
+    temperature: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Online IPO (Calandriello et al. 2024): h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
+    (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
+    carry no gradient. Metrics (no gradient): ``preference`` (mean P), ``margin`` (mean s·h),
+    ``kl`` (mean log π/μ(y))."""
+    sg = jax.lax.stop_gradient
+    lp_y = sequence_logprobs(logits_y, y, y_mask, temperature)
+    lq_y = sequence_logprobs(sg(reference_logits_y), y, y_mask, temperature)
+    lp_p = sequence_logprobs(logits_y_prime, y_prime, y_prime_mask, temperature)
+    lq_p = sequence_logprobs(sg(reference_logits_y_prime), y_prime, y_prime_mask, temperature)
+    p = sg(jnp.asarray(preference).astype(lp_y.dtype))
+    sign = jnp.where(p >= 0.5, 1.0, -1.0).astype(lp_y.dtype)
+    margin = sign * ((lp_y - lq_y) - (lp_p - lq_p))
+    loss = jnp.mean((margin - 1.0 / (2.0 * tau)) ** 2)
+    return loss, {"preference": jnp.mean(p), "margin": sg(jnp.mean(margin)),
+                  "kl": sg(jnp.mean(lp_y - lq_y))}  # fmt: skip
 
 
 # ----------------------------------------------------------------------- Kernels object

@@ -10,11 +10,20 @@ self_play      π_θ (β = 0)                   same
 best_response  μ (β = 1)                     same
 nash_ema_pg    EMA θ̄ ← d·θ̄ + (1−d)·θ        same
 rlhf_pg        — (no y')                     −(r − mean_batch r)·log π_θ(y|x) + τ·KL
+online_ipo     π̃_β                          (s·h − 1/(2τ))², h = log π/μ(y) − log π/μ(y'),
+                                            s = sign(P − ½)
 ============== ============================ ==========================================
 
-Pairs come from :func:`nlhf_jax.generation.generate_pairs` (one jitted decode loop) with
-uniforms from ``jax.random.fold_in(key(seed), step)``; the reference logits it returns
-feed the KL term; the loss and optax update are one jitted step. With
+Prompts are tokenized like torch's (:func:`nlhf.data.tokenizer.tokenize_prompts`:
+``transformers.AutoTokenizer``, chat template when the tokenizer has one or
+``policy.chat_template: true``). Pairs come from :func:`nlhf_jax.generation.generate_pairs`
+(one jitted decode loop); the reference logits it returns feed the KL term. Randomness:
+each step draws uniforms U of shape (2, batch_size, max_new_tokens) from
+``jax.random.fold_in(key(seed), step)``; row i of the batch samples y from U[0, i] and y'
+from U[1, i] whatever micro-batch it falls in, so ``grad_accum: k`` samples the same
+tokens as ``grad_accum: 1`` and (equal micro-batches, per-row mean losses) takes the same
+optimizer step. Gradients of the ``grad_accum`` micro-batches are summed and divided by
+``grad_accum`` before one optax update (both jitted). With
 ``distributed: {engine: jax}`` the parameters are placed by the mesh rules and each
 batch is sharded over the data axes (:mod:`nlhf_jax.sharding`).
 
@@ -22,9 +31,8 @@ Prompts are left-padded to a multiple of ``PROMPT_BUCKET`` (8) tokens, capped at
 ``data.max_prompt_length``, so the decode loop and the update compile once per bucket, not
 once per batch width (positions come from the mask: results are unchanged).
 
-Limits (each raises a clear error): ``grad_accum: 1``, no chat templates, no ``top_k``, no
-``online_ipo``, no LoRA; the ``distributed: {engine: jax}`` branch of the trainer is not
-tested end to end (:mod:`nlhf_jax.sharding` is).
+Limits (each raises a clear error, as on torch where marked): no ``top_k`` (torch: same),
+no LoRA.
 Checkpoints: ``checkpoints/step-N/`` holds ``config.json`` + ``model.safetensors``
 (transformers loads it), the tokenizer files, ``optimizer.safetensors`` (optax state
 leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
@@ -33,7 +41,7 @@ leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
 from __future__ import annotations
 
 import json
-import shutil
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ import optax
 from flax import nnx
 from nlhf.algorithms.schedules import schedule_value
 from nlhf.data.prompts import batch_indices
+from nlhf.data.tokenizer import load_tokenizer, tokenize_prompts
 from nlhf.errors import InputError, NLHFError
 from nlhf.runio import (
     MetricsWriter,
@@ -68,8 +77,8 @@ OPPONENT = {
     "best_response": "reference",
     "nash_ema_pg": "model",
     "rlhf_pg": "policy",
+    "online_ipo": "mixture",
 }
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 PROMPT_BUCKET = 8  # prompts are left-padded to a multiple of this many tokens
@@ -106,15 +115,29 @@ def _check_spec(spec: Any) -> None:
             f"(supported: {', '.join(OPPONENT)})"
         )
     check_preference(spec.preference)
+    tr = spec.training
     if spec.distributed.engine not in ("none", "jax"):
         raise NLHFError(f"distributed.engine: {spec.distributed.engine!r} is torch-only")
-    if spec.training.grad_accum != 1:
-        raise InputError("training.grad_accum: the jax trainer supports grad_accum: 1 only")
+    if tr.batch_size % tr.grad_accum:
+        raise InputError(
+            f"training.grad_accum: batch_size {tr.batch_size} is not divisible by grad_accum "
+            f"{tr.grad_accum}; each optimiser step takes batch_size prompts in grad_accum "
+            f"equal micro-batches"
+        )
+    if spec.distributed.engine == "jax":
+        from nlhf_jax.sharding import BATCH_AXES
+
+        ways = math.prod(spec.distributed.mesh.get(a, 1) for a in BATCH_AXES)
+        micro = tr.batch_size // tr.grad_accum
+        if micro % ways:
+            raise InputError(
+                f"training.batch_size: micro-batches of {micro} prompts (batch_size / "
+                f"grad_accum) cannot be split over the {ways} data-parallel devices of "
+                f"distributed.mesh {spec.distributed.mesh}; use a multiple of {ways}"
+            )
     if spec.policy.lora is not None:
         raise NLHFError("policy.lora: LoRA is not supported by the jax backend yet")
-    if spec.policy.chat_template:
-        raise NLHFError("policy.chat_template: chat templates are not supported on jax yet")
-    if spec.training.generation.top_k:
+    if tr.generation.top_k:
         raise InputError("training.generation.top_k: the jax trainer samples the full vocabulary")
 
 
@@ -135,7 +158,6 @@ class NashTrainer:
 
     def __init__(self, spec: Any, output: Path, *, resume: bool, plugins: Any = None) -> None:
         from nlhf.data.prompts import load_prompts
-        from tokenizers import Tokenizer
 
         _check_spec(spec)
         self.spec, self.output, self.algo = spec, Path(output), spec.algorithm
@@ -150,37 +172,19 @@ class NashTrainer:
         self.policy = load_model(ckpt or spec.policy.model, dtype=dtype, head="causal_lm")
         self.reference = load_model(spec.reference.model or spec.policy.model,
                                     dtype=spec.reference.dtype or dtype, head="causal_lm")  # fmt: skip
-        tok_dir = Path(spec.policy.tokenizer or spec.policy.model)
-        if not (tok_dir / "tokenizer.json").is_file():
-            raise InputError(f"policy.tokenizer: no tokenizer.json in {tok_dir}")
-        self.tok_dir = tok_dir
-        self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        cfg = self.policy.config
-        eos = cfg.eos_token_id
-        if eos is None:
-            raise InputError("policy.model: config.json has no eos_token_id")
-        self.eos = eos
-        self.pad = (
-            cfg.pad_token_id
-            if cfg.pad_token_id is not None
-            else (eos if isinstance(eos, int) else eos[0])
+        pol = spec.policy
+        self.tokenizer = load_tokenizer(
+            pol.tokenizer or pol.model,
+            "policy.tokenizer" if pol.tokenizer else "policy.model",
+            trust_remote_code=pol.trust_remote_code,
         )
+        if self.tokenizer.eos_token_id is None:
+            raise InputError("policy.tokenizer: the tokenizer has no EOS token")
+        self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self.preference = build_preference(spec.preference, plugins)
-        raw = load_prompts(spec.data)
-        limit = spec.data.max_prompt_length
-        self.prompts, self.prompt_ids = [], []
-        for text in raw:
-            ids = self.tokenizer.encode(text, add_special_tokens=True).ids
-            if len(ids) > limit:
-                if spec.data.truncation == "drop":
-                    continue
-                if spec.data.truncation == "error":
-                    raise InputError(f"data.max_prompt_length: a prompt has {len(ids)} tokens")
-                ids = ids[-limit:]
-            self.prompts.append(text)
-            self.prompt_ids.append(ids)
-        if not self.prompts:
-            raise InputError("data: no prompts left after tokenization")
+        self.prompts, self.prompt_ids = tokenize_prompts(
+            load_prompts(spec.data), self.tokenizer, spec.data, pol.chat_template
+        )
         self.graphdef, self.state = nnx.split(self.policy)
         self.ref_graphdef, self.ref_state = nnx.split(self.reference)
         self.mesh = None
@@ -211,35 +215,51 @@ class NashTrainer:
             self.elapsed, self.generated_tokens = st["elapsed"], st["generated_tokens"]
         self.last_checkpoint = ckpt
         self.prompt_bucket = PROMPT_BUCKET
-        self._step_fn = jax.jit(self._update, static_argnames=("estimator",))
+        self._grad_fn = jax.jit(self._grads, static_argnames=("estimator", "ipo"))
+        self._apply_fn = jax.jit(self._apply)
 
-    # ------------------------------------------------------------------ jitted update
-    def _update(self, state, opt_state, ids, mask, y, ym, ref_logits, pref, tau, *, estimator):
+    # ------------------------------------------------------------------ jitted pieces
+    def _grads(self, state, ref_state, batch, pref, tau, *, estimator, ipo):
+        """Loss, metrics and ∇θ of one micro-batch: the Nash-MD-PG loss (rlhf_pg: P := r − r̄
+        + ½), or with ``ipo`` the online-IPO loss on (y, y')."""
         temp = self.spec.training.generation.temperature
+        ids, mask, y, ym, ref_logits = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
+        if ipo:
+            reference = nnx.merge(self.ref_graphdef, ref_state)
+            ref_p = sequence_logits(reference, ids, mask, batch["yp"], batch["ypm"])
 
         def loss_fn(s):
-            logits = sequence_logits(nnx.merge(self.graphdef, s), ids, mask, y, ym)
+            model = nnx.merge(self.graphdef, s)
+            logits = sequence_logits(model, ids, mask, y, ym)
+            if ipo:
+                logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
+                return kernels.online_ipo_loss(logits, ref_logits, y, ym, logits_p, ref_p,
+                                               batch["yp"], batch["ypm"], pref, tau, temp)  # fmt: skip
             return kernels.nash_md_pg_loss(logits, ref_logits, y, ym, pref, tau, temp, estimator)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
+        return loss, metrics, grads
+
+    def _apply(self, state, opt_state, grads, scale):
+        """One optax update with the accumulated gradients × ``scale`` (1 / grad_accum)."""
+        grads = jax.tree.map(lambda g: g * scale, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = self.tx.update(grads, opt_state, state)
-        return optax.apply_updates(state, updates), opt_state, loss, metrics, grad_norm
+        return optax.apply_updates(state, updates), opt_state, grad_norm
 
     def _decode(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+        """Completion texts: only the sampled tokens (mask 1), special tokens skipped."""
         rows = [t[m.astype(bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
-        return self.tokenizer.decode_batch(rows, skip_special_tokens=True)
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
-    def step(self, step: int) -> dict[str, Any]:
-        spec, algo, tr = self.spec, self.algo, self.spec.training
-        gen = tr.generation
+    # ------------------------------------------------------------------ one step
+    def _micro_batch(
+        self, idx: list[int], uniforms: jax.Array, tau: float, beta: float
+    ) -> tuple[Any, dict[str, float], Any]:
+        """(loss, metrics, grads) of the prompts ``idx`` sampled with ``uniforms`` (2m, T)."""
+        spec, algo = self.spec, self.algo
+        gen = spec.training.generation
         t0 = time.perf_counter()
-        idx = batch_indices((step - 1) * tr.batch_size, tr.batch_size, len(self.prompts),
-                            spec.seed, spec.data.shuffle)  # fmt: skip
-        tau = schedule_value(algo.tau, step - 1, self.total)
-        beta = {"self_play": 0.0, "best_response": 1.0}.get(
-            algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
-        )
         ids, mask = left_pad([self.prompt_ids[i] for i in idx], self.pad,
                              multiple=self.prompt_bucket, limit=spec.data.max_prompt_length)  # fmt: skip
         if self.mesh is not None:
@@ -253,48 +273,85 @@ class NashTrainer:
         pairs = generate_pairs(
             policy, reference, ids, mask, beta=beta, max_new_tokens=gen.max_new_tokens,
             temperature=gen.temperature, eos_token_id=self.eos, pad_token_id=self.pad,
-            opponent=OPPONENT[algo.name], opponent_model=ema,
-            key=jax.random.fold_in(self.key, step), return_reference_logits=True,
+            opponent=OPPONENT[algo.name], opponent_model=ema, uniforms=uniforms,
+            return_reference_logits=True,
         )  # fmt: skip
         y, ym = np.asarray(pairs.y), np.asarray(pairs.y_mask)
         gen_seconds = time.perf_counter() - t0
         ys = self._decode(y, ym)
-        record: dict[str, Any] = {"step": step}
+        extra: dict[str, float] = {}
+        batch = {"ids": ids, "mask": mask, "y": pairs.y, "ym": pairs.y_mask,
+                 "ref": pairs.reference_logits}  # fmt: skip
         if algo.name == "rlhf_pg":
-            reward = self.preference.reward(prompts, ys)
+            reward = np.asarray(self.preference.reward(prompts, ys), np.float64)
             pref = reward - reward.mean() + 0.5  # −(r − r̄)·log π ≡ −(P − ½)·log π
-            record["reward"] = float(reward.mean())
+            extra["reward"] = float(reward.mean())
             gen_tokens = int(ym.sum())
         else:
             yp, ypm = np.asarray(pairs.y_prime), np.asarray(pairs.y_prime_mask)
             pref = self.preference.prob(prompts, ys, self._decode(yp, ypm))
-            record["len_y_prime"] = float(ypm.sum(-1).mean())
+            extra["len_y_prime"] = float(ypm.sum(-1).mean())
             gen_tokens = int(ym.sum() + ypm.sum())
-        lr = float(tr.lr * self.lr_mult(self.opt_step_count(step)))
-        self.state, self.opt_state, loss, metrics, grad_norm = self._step_fn(
-            self.state, self.opt_state, ids, mask, pairs.y, pairs.y_mask,
-            pairs.reference_logits, jnp.asarray(pref, jnp.float32), jnp.float32(tau),
-            estimator=algo.kl_estimator,
+            if algo.name == "online_ipo":
+                batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
+        loss, metrics, grads = self._grad_fn(
+            self.state, self.ref_state, batch, jnp.asarray(pref, jnp.float32),
+            jnp.float32(tau), estimator=getattr(algo, "kl_estimator", "sampled"),
+            ipo=algo.name == "online_ipo",
         )  # fmt: skip
+        out = {k: float(v) for k, v in metrics.items()}
+        if algo.name == "rlhf_pg":
+            out.pop("preference")
+        out.update(extra)
+        out["len_y"] = float(ym.sum(-1).mean())
+        out["generated_tokens"] = gen_tokens
+        out["generation_seconds"] = gen_seconds
+        return loss, out, grads
+
+    def step(self, step: int) -> dict[str, Any]:
+        """One optimiser step (1-based ``step``): ``grad_accum`` micro-batches, one update."""
+        spec, algo, tr = self.spec, self.algo, self.spec.training
+        t0 = time.perf_counter()
+        idx = batch_indices((step - 1) * tr.batch_size, tr.batch_size, len(self.prompts),
+                            spec.seed, spec.data.shuffle)  # fmt: skip
+        tau = schedule_value(algo.tau, step - 1, self.total)
+        beta = {"self_play": 0.0, "best_response": 1.0}.get(
+            algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
+        )
+        u = jax.random.uniform(jax.random.fold_in(self.key, step),
+                               (2, tr.batch_size, tr.generation.max_new_tokens))  # fmt: skip
+        micro = tr.batch_size // tr.grad_accum
+        grads, total_loss, sums = None, 0.0, {}
+        for k in range(tr.grad_accum):
+            rows = slice(k * micro, (k + 1) * micro)
+            uniforms = jnp.concatenate([u[0, rows], u[1, rows]])
+            loss, metrics, g = self._micro_batch(idx[rows], uniforms, tau, beta)
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            total_loss += float(loss) / tr.grad_accum
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+        lr = float(tr.lr * self.lr_mult(self.opt_step_count(step)))
+        self.state, self.opt_state, grad_norm = self._apply_fn(
+            self.state, self.opt_state, grads, jnp.float32(1.0 / tr.grad_accum)
+        )
         if self.ema_state is not None:
             d = algo.ema_decay
             self.ema_state = jax.tree.map(
                 lambda e, p: d * e + (1 - d) * p, self.ema_state, self.state
             )
-        loss = float(loss)  # waits for the step
+        grad_norm = float(grad_norm)  # waits for the step
         seconds = time.perf_counter() - t0
+        gen_tokens = int(sums.pop("generated_tokens"))
+        gen_seconds = sums.pop("generation_seconds")
         self.elapsed += seconds
         self.generated_tokens += gen_tokens
-        metrics = {k: float(v) for k, v in metrics.items()}
-        if algo.name == "rlhf_pg":
-            metrics.pop("preference")
-        record.update(loss=loss, **metrics)
-        record["len_y"] = float(ym.sum(-1).mean())
+        record: dict[str, Any] = {"step": step, "loss": total_loss}
+        record.update({k: v / tr.grad_accum for k, v in sums.items()})
         record["tau"] = tau
         if algo.name != "rlhf_pg":
             record["beta"] = beta
         record.update(
-            kl_estimator=algo.kl_estimator, grad_norm=float(grad_norm), lr=lr,
+            kl_estimator=getattr(algo, "kl_estimator", None), grad_norm=grad_norm, lr=lr,
             generated_tokens=gen_tokens, tokens_per_s=gen_tokens / gen_seconds,
             generation_seconds=gen_seconds, step_seconds=seconds,
         )  # fmt: skip
@@ -311,9 +368,7 @@ class NashTrainer:
         final = checkpoint_dir(self.output, step)
         with atomic_directory(final) as tmp:
             save_model(nnx.merge(self.graphdef, self.state), tmp)
-            for name in TOKENIZER_FILES:
-                if (self.tok_dir / name).is_file():
-                    shutil.copy(self.tok_dir / name, tmp / name)
+            self.tokenizer.save_pretrained(tmp)
             save_file(_leaves_to_numpy(self.opt_state), tmp / "optimizer.safetensors")
             if self.ema_state is not None:
                 save_file(_leaves_to_numpy(self.ema_state), tmp / "ema.safetensors")

@@ -145,10 +145,12 @@ class Sampler:
     def sample(self, entry: PolicyEntry, seed: int) -> list[dict[str, Any]]:
         """``samples_per_prompt`` responses per prompt from ``entry``, drawn from a
         generator seeded by ``seed`` (distinct per policy: see :func:`evaluate_spec`)."""
+        from nlhf.data.tokenizer import tokenize_prompts
+
         from nlhf_torch.generation import generate_pairs, sequence_logits
         from nlhf_torch.kernels import sequence_logprobs
         from nlhf_torch.models import load_causal_lm, load_tokenizer
-        from nlhf_torch.trainer import decode, left_pad, tokenize_prompts
+        from nlhf_torch.trainer import decode, left_pad
 
         spec = self.spec
         gen = spec.training.generation

@@ -161,6 +161,38 @@ def nash_md_pg_loss(
     return loss, metrics
 
 
+def online_ipo_loss(
+    logits_y: torch.Tensor,
+    reference_logits_y: torch.Tensor,
+    y: torch.Tensor,
+    y_mask: torch.Tensor,
+    logits_y_prime: torch.Tensor,
+    reference_logits_y_prime: torch.Tensor,
+    y_prime: torch.Tensor,
+    y_prime_mask: torch.Tensor,
+    preference: torch.Tensor,
+    tau: float,
+    temperature: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Online IPO (Calandriello et al. 2024): h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
+    (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
+    carry no gradient. Metrics (detached): ``preference`` (mean P), ``margin`` (mean s·h),
+    ``kl`` (mean log π/μ(y))."""
+    lp_y = sequence_logprobs(logits_y, y, y_mask, temperature)
+    lq_y = sequence_logprobs(reference_logits_y.detach(), y, y_mask, temperature)
+    lp_p = sequence_logprobs(logits_y_prime, y_prime, y_prime_mask, temperature)
+    lq_p = sequence_logprobs(reference_logits_y_prime.detach(), y_prime, y_prime_mask, temperature)
+    p = torch.as_tensor(preference, device=lp_y.device).to(lp_y.dtype).detach()
+    sign = torch.where(p >= 0.5, 1.0, -1.0).to(lp_y.dtype)
+    margin = sign * ((lp_y - lq_y) - (lp_p - lq_p))
+    loss = ((margin - 1.0 / (2.0 * tau)) ** 2).mean()
+    return loss, {
+        "preference": p.mean(),
+        "margin": margin.mean().detach(),
+        "kl": (lp_y - lq_y).mean().detach(),
+    }
+
+
 _DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,

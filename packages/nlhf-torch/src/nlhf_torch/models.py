@@ -15,12 +15,12 @@ vocabulary mismatch.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from nlhf.data.tokenizer import check_model_path, load_tokenizer
 from nlhf.errors import InputError
 
 DTYPES = {
@@ -36,43 +36,6 @@ def torch_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise InputError(f"dtype: unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
-
-
-def _looks_local(name: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else is a filesystem path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def check_model_path(name: str, field: str, *, marker: str = "config.json") -> None:
-    """A path that should be local but is absent gets a clear error (before transformers
-    tries the hub, which is offline in tests and CI)."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if path.is_dir() and not (path / marker).exists():
-            raise InputError(
-                f"{field}: {name} has no {marker}; point it at a directory written by "
-                f"save_pretrained (or a hub id)"
-            )
-        return
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if _looks_local(name) or offline:
-        hint = " (HF_HUB_OFFLINE is set, so hub ids cannot be downloaded)" if offline else ""
-        raise InputError(f"{field}: model path not found: {name}{hint}")
-
-
-def load_tokenizer(name: str, field: str = "policy.tokenizer", **kwargs: Any) -> Any:
-    from transformers import AutoTokenizer
-
-    check_model_path(name, field, marker="tokenizer_config.json")
-    try:
-        tok = AutoTokenizer.from_pretrained(name, **kwargs)
-    except Exception as exc:
-        raise InputError(f"{field}: could not load a tokenizer from {name}: {exc}") from exc
-    if tok.pad_token_id is None:
-        if tok.eos_token_id is None:
-            raise InputError(f"{field}: the tokenizer of {name} has neither a pad nor an EOS token")
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_causal_lm(name: str, dtype: str, field: str, *, trust_remote_code: bool = False) -> Any:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from nlhf.algorithms.schedules import schedule_value
 from nlhf.data.prompts import batch_indices, load_prompts
+from nlhf.data.tokenizer import tokenize_prompts
 from nlhf.errors import InputError, NLHFError
 from nlhf.runio import (
     MetricsWriter,
@@ -101,54 +102,6 @@ def build_optimizer(params: list[torch.nn.Parameter], training: Any) -> torch.op
             params, lr=training.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
         )
     return torch.optim.SGD(params, lr=training.lr, weight_decay=opt.weight_decay)
-
-
-def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
-    """``policy.chat_template``, defaulting to whether the tokenizer has a template."""
-    return chat_template if chat_template is not None else bool(tokenizer.chat_template)
-
-
-def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> str:
-    """Wrap ``prompt`` in the tokenizer's chat template when asked (default: when it has one)."""
-    if not uses_chat_template(tokenizer, chat_template):
-        return prompt
-    if not tokenizer.chat_template:
-        raise InputError(
-            "policy.chat_template: the tokenizer has no chat template; set chat_template: false"
-        )
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-
-
-def tokenize_prompts(
-    prompts: list[str], tokenizer: Any, data: Any, chat_template: bool | None
-) -> tuple[list[str], list[list[int]]]:
-    """Token ids of each prompt; over-long prompts follow ``data.truncation`` (``left`` and
-    ``right`` both keep the prompt's last ``max_prompt_length`` tokens, since responses are
-    generated; ``drop`` skips it; ``error`` stops)."""
-    texts, ids = [], []
-    limit = data.max_prompt_length
-    templated = uses_chat_template(tokenizer, chat_template)
-    for i, prompt in enumerate(prompts):
-        text = format_prompt(tokenizer, prompt, chat_template)
-        tok = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-        if not tok:
-            raise InputError(f"data: prompt {i} is empty after tokenization")
-        if len(tok) > limit:
-            if data.truncation == "drop":
-                continue
-            if data.truncation == "error":
-                raise InputError(
-                    f"data.max_prompt_length: prompt {i} has {len(tok)} tokens > {limit}; "
-                    f"raise the limit or set data.truncation: left"
-                )
-            tok = tok[-limit:]
-        texts.append(prompt)
-        ids.append(tok)
-    if not ids:
-        raise InputError(f"data: every prompt is longer than max_prompt_length={limit}")
-    return texts, ids
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Any, Any]:
@@ -418,8 +371,8 @@ class NashTrainer:
         tau: float,
         temp: float,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Online IPO (Calandriello et al. 2024): with s = sign(P − ½) ordering the pair,
-        loss = mean (s·h(y, y') − 1/(2τ))², h = log π/μ(y) − log π/μ(y')."""
+        """Online IPO (:func:`nlhf_torch.kernels.online_ipo_loss`) after the forward passes
+        over y' (policy, with gradient; reference, without)."""
         logits_p = sequence_logits(
             self.train_model, input_ids, attn, pairs.y_prime, pairs.y_prime_mask
         )
@@ -427,18 +380,10 @@ class NashTrainer:
             ref_p = sequence_logits(
                 self.reference, input_ids, attn, pairs.y_prime, pairs.y_prime_mask
             )
-        lp_y = kernels.sequence_logprobs(logits, pairs.y, pairs.y_mask, temp)
-        lq_y = kernels.sequence_logprobs(ref_logits, pairs.y, pairs.y_mask, temp)
-        lp_p = kernels.sequence_logprobs(logits_p, pairs.y_prime, pairs.y_prime_mask, temp)
-        lq_p = kernels.sequence_logprobs(ref_p, pairs.y_prime, pairs.y_prime_mask, temp)
-        h = (lp_y - lq_y) - (lp_p - lq_p)
-        sign = torch.where(pref >= 0.5, 1.0, -1.0).to(h.dtype)
-        loss = ((sign * h - 1.0 / (2.0 * tau)) ** 2).mean()
-        return loss, {
-            "preference": pref.mean(),
-            "margin": (sign * h).mean().detach(),
-            "kl": (lp_y - lq_y).mean().detach(),
-        }
+        return kernels.online_ipo_loss(
+            logits, ref_logits, pairs.y, pairs.y_mask, logits_p, ref_p, pairs.y_prime,
+            pairs.y_prime_mask, pref, tau, temp,
+        )  # fmt: skip
 
     def _shard_uniforms(self, rows: int, shard: slice, max_new_tokens: int) -> dict[str, Any]:
         """This rank's uniforms: the (T, 2·rows) draws the single-process run would make for

@@ -1,0 +1,103 @@
+"""Hugging Face tokenizers for every backend: loading (``transformers.AutoTokenizer``,
+imported lazily so core stays framework-free) and prompt tokenization, so torch and jax
+turn the same prompt into the same token ids (chat template included).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from nlhf.errors import InputError
+
+
+def _looks_local(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is a filesystem path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_path(name: str, field: str, *, marker: str = "config.json") -> None:
+    """A path that should be local but is absent gets a clear error (before transformers
+    tries the hub, which is offline in tests and CI)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / marker).exists():
+            raise InputError(
+                f"{field}: {name} has no {marker}; point it at a directory written by "
+                f"save_pretrained (or a hub id)"
+            )
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if _looks_local(name) or offline:
+        hint = " (HF_HUB_OFFLINE is set, so hub ids cannot be downloaded)" if offline else ""
+        raise InputError(f"{field}: model path not found: {name}{hint}")
+
+
+def load_tokenizer(name: str, field: str = "policy.tokenizer", **kwargs: Any) -> Any:
+    """``AutoTokenizer.from_pretrained(name)``; pad falls back to EOS; errors name ``field``."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:  # both backends depend on transformers
+        raise InputError(
+            f"{field}: tokenizers need transformers: pip install transformers"
+        ) from exc
+
+    check_model_path(name, field, marker="tokenizer_config.json")
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as exc:
+        raise InputError(f"{field}: could not load a tokenizer from {name}: {exc}") from exc
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise InputError(f"{field}: the tokenizer of {name} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
+    """``policy.chat_template``, defaulting to whether the tokenizer has a template."""
+    return chat_template if chat_template is not None else bool(tokenizer.chat_template)
+
+
+def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> str:
+    """Wrap ``prompt`` in the tokenizer's chat template when asked (default: when it has one)."""
+    if not uses_chat_template(tokenizer, chat_template):
+        return prompt
+    if not tokenizer.chat_template:
+        raise InputError(
+            "policy.chat_template: the tokenizer has no chat template; set chat_template: false"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def tokenize_prompts(
+    prompts: list[str], tokenizer: Any, data: Any, chat_template: bool | None
+) -> tuple[list[str], list[list[int]]]:
+    """Token ids of each prompt; over-long prompts follow ``data.truncation`` (``left`` and
+    ``right`` both keep the prompt's last ``max_prompt_length`` tokens, since responses are
+    generated; ``drop`` skips it; ``error`` stops)."""
+    texts, ids = [], []
+    limit = data.max_prompt_length
+    templated = uses_chat_template(tokenizer, chat_template)
+    for i, prompt in enumerate(prompts):
+        text = format_prompt(tokenizer, prompt, chat_template)
+        tok = tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        if not tok:
+            raise InputError(f"data: prompt {i} is empty after tokenization")
+        if len(tok) > limit:
+            if data.truncation == "drop":
+                continue
+            if data.truncation == "error":
+                raise InputError(
+                    f"data.max_prompt_length: prompt {i} has {len(tok)} tokens > {limit}; "
+                    f"raise the limit or set data.truncation: left"
+                )
+            tok = tok[-limit:]
+        texts.append(prompt)
+        ids.append(tok)
+    if not ids:
+        raise InputError(f"data: every prompt is longer than max_prompt_length={limit}")
+    return texts, ids

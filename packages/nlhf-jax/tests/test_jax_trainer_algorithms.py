@@ -1,0 +1,172 @@
+"""The jax trainer's gradient accumulation, online IPO and prompt tokenization.
+
+Oracles: ``grad_accum: 2`` is checked against the same run with ``grad_accum: 1`` (the
+same rows draw the same uniforms, so the same tokens; with SGD and per-row mean losses
+the update is the same); prompt token ids against ``transformers`` itself
+(``apply_chat_template``) and the torch trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from nlhf.runio import read_metrics
+from nlhf.spec.models import RunSpec
+
+pytestmark = [pytest.mark.jax]
+
+PROMPTS = ["Fruit?", "Pick one:", "A", "Tell me a story about a cat", "B", "Why?"]
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _spec(ckpt, prompts, out, reward=None, **over):
+    pref = ({"name": "bradley_terry_reward", "path": str(reward)} if reward is not None
+            else {"name": "oracle", "function": "population"})  # fmt: skip
+    doc = {
+        "task": "nash", "seed": 5, "policy": {"model": str(ckpt)},
+        "preference": pref,
+        "data": {"path": str(prompts), "format": "prompt", "shuffle": False},
+        "algorithm": {"name": "nash_md_pg", "tau": 0.05, "beta": 0.3},
+        "training": {"steps": 2, "batch_size": 4, "lr": 0.05, "optimizer": {"name": "sgd"},
+                     "generation": {"max_new_tokens": 4}},
+        "output": {"dir": str(out)},
+    }  # fmt: skip
+    for key, value in over.items():
+        section, _, field = key.partition(".")
+        if field:
+            doc[section][field] = value
+        else:
+            doc[section] = value
+    return RunSpec.model_validate(doc)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("jax_algo_prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def _params(out):
+    from safetensors.numpy import load_file
+
+    return load_file(out / "checkpoints/step-2/model.safetensors")
+
+
+@pytest.mark.slow
+def test_grad_accum_takes_the_same_step_as_one_batch(tiny_ckpts, prompts, tmp_path, monkeypatch):
+    from nlhf_jax.trainer import NashTrainer, train_nash
+    from safetensors.numpy import load_file
+
+    sizes: list[int] = []
+    micro_batch = NashTrainer._micro_batch
+
+    def spy(self, idx, *args):
+        sizes.append(len(idx))
+        return micro_batch(self, idx, *args)
+
+    monkeypatch.setattr(NashTrainer, "_micro_batch", spy)
+    ckpt = tiny_ckpts["llama"]
+    runs = {}
+    for accum in (1, 2):
+        out = tmp_path / f"accum{accum}"
+        spec = _spec(ckpt, prompts, out, tiny_ckpts["llama_rm"], **{"training.grad_accum": accum})
+        train_nash(spec, out)
+        runs[accum] = (read_metrics(out), _params(out))
+    assert sizes == [4, 4, 2, 2, 2, 2]  # 2 steps of one batch, then of two micro-batches
+    (m1, p1), (m2, p2) = runs[1], runs[2]
+    start = load_file(ckpt / "model.safetensors")
+    assert max(np.abs(p1[k] - start[k]).max() for k in p1) > 1e-3  # the step did move θ
+    for a, b in zip(m1, m2, strict=True):
+        assert a["len_y"] == b["len_y"] and a["len_y_prime"] == b["len_y_prime"]
+        assert 0.0 < a["preference"] < 1.0 and a["preference"] != 0.5
+        for key in ("loss", "kl", "preference", "score"):
+            assert abs(a[key] - b[key]) < 1e-5, (key, a[key], b[key])
+    for k in p1:
+        np.testing.assert_allclose(p2[k], p1[k], atol=1e-5, err_msg=k)
+
+
+@pytest.mark.slow
+def test_online_ipo_trains(tiny_ckpts, prompts, tmp_path):
+    from nlhf_jax.trainer import train_nash
+
+    out = tmp_path / "ipo"
+    algo = {"name": "online_ipo", "tau": 0.5, "beta": 0.25}
+    spec = _spec(tiny_ckpts["qwen2"], prompts, out, tiny_ckpts["llama_rm"], algorithm=algo)
+    summary = train_nash(spec, out)
+    records = read_metrics(out)
+    assert summary["algorithm"] == "online_ipo" and len(records) == 2
+    first = records[0]
+    assert {"margin", "preference", "kl", "len_y_prime", "beta"} <= set(first)
+    # Jensen: mean (s·h − c)² ≥ (mean s·h − c)², c = 1/(2τ) = 1; both sides from the run
+    assert first["loss"] >= (first["margin"] - 1.0) ** 2 - 1e-6
+    # step 1 starts at π = μ, so every log-ratio (and the margin) is 0 and the loss is c²
+    assert abs(first["margin"]) < 1e-5 and abs(first["loss"] - 1.0) < 1e-5
+    assert records[1]["margin"] != 0.0  # the policy moved
+
+
+def _with_template(src, dst):
+    from transformers import AutoTokenizer
+
+    shutil.copytree(src, dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(dst)
+    return dst
+
+
+@pytest.mark.parametrize("template", [None, False])
+def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, template):
+    """Default: a tokenizer with a chat template wraps every prompt in it (no extra
+    special tokens); ``chat_template: false`` tokenizes the raw text. jax == torch ==
+    transformers on a Qwen2 directory (whose tokenizer class adds its own pre-tokenizer)."""
+    from nlhf_jax.trainer import NashTrainer as JaxTrainer
+    from nlhf_torch.trainer import NashTrainer as TorchTrainer
+    from transformers import AutoTokenizer
+
+    ckpt = _with_template(tiny_ckpts["qwen2"], tmp_path / "qwen2_chat")
+    spec = _spec(ckpt, prompts, tmp_path / "out", **{"policy.chat_template": template})
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    if template is None:
+        expected = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}],
+                tokenize=True,
+                add_generation_prompt=True,
+                return_dict=False,
+            )
+            for p in PROMPTS
+        ]
+    else:
+        expected = [tok(p)["input_ids"] for p in PROMPTS]
+    expected = [list(e) for e in expected]
+    jax_ids = JaxTrainer(spec, tmp_path / "j", resume=False).prompt_ids
+    torch_ids = TorchTrainer(spec, tmp_path / "t", resume=False).prompt_ids
+    assert jax_ids == expected
+    assert torch_ids == expected
+    if template is None:
+        assert tok.decode(jax_ids[0]).startswith("<|user|>")
+
+
+def test_chat_template_without_template_is_a_clear_error(tiny_ckpts, prompts, tmp_path):
+    from nlhf.errors import InputError
+    from nlhf_jax.trainer import NashTrainer
+
+    spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **{"policy.chat_template": True})
+    with pytest.raises(InputError, match=r"policy\.chat_template: the tokenizer has no chat"):
+        NashTrainer(spec, tmp_path, resume=False)
+
+
+def test_grad_accum_must_divide_batch(tiny_ckpts, prompts, tmp_path):
+    from nlhf.errors import InputError
+    from nlhf_jax.trainer import NashTrainer
+
+    spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **{"training.grad_accum": 3})
+    with pytest.raises(InputError, match=r"training\.grad_accum: batch_size 4 is not divisible"):
+        NashTrainer(spec, tmp_path, resume=False)
