@@ -178,6 +178,6 @@ def test_clear_errors(setup: dict[str, Path], tmp_path: Path, over, error, match
 
 
 def test_unsupported_task_names_the_supported_ones() -> None:
-    spec = RunSpec.model_construct(task="evaluate")
-    with pytest.raises(NLHFError, match="nash, preference_model"):
+    spec = RunSpec.model_construct(task="bogus")
+    with pytest.raises(NLHFError, match="nash, preference_model, evaluate"):
         JaxBackend().train(spec, Path("unused"))

@@ -11,7 +11,7 @@ from nlhf.errors import NLHFError
 class JaxBackend:
     """Backend ``jax``: :class:`nlhf_jax.kernels.JaxKernels` plus ``train`` (task ``nash``
     on LLM specs, :mod:`nlhf_jax.trainer`; task ``preference_model``,
-    :mod:`nlhf_jax.preference.train`)."""
+    :mod:`nlhf_jax.preference.train`; task ``evaluate``, :mod:`nlhf_jax.evaluate`)."""
 
     name = "jax"
 
@@ -31,7 +31,11 @@ class JaxBackend:
             from nlhf_jax.preference.train import train_preference_model
 
             return train_preference_model(spec, Path(output), resume=resume)
+        if spec.task == "evaluate":
+            from nlhf_jax.evaluate import evaluate_spec
+
+            return evaluate_spec(spec, Path(output))
         raise NLHFError(
             f"task {spec.task!r} is not supported by the jax backend yet (supported: nash, "
-            "preference_model); use --backend torch"
+            "preference_model, evaluate); use --backend torch"
         )

@@ -94,9 +94,17 @@ def bucket_width(width: int, multiple: int = PROMPT_BUCKET, limit: int | None = 
 
 
 def left_pad(
-    rows: list[list[int]], pad_id: int, *, multiple: int = 1, limit: int | None = None
+    rows: list[list[int]],
+    pad_id: int,
+    *,
+    multiple: int = 1,
+    limit: int | None = None,
+    width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    width = bucket_width(max(len(r) for r in rows), multiple, limit)
+    """(ids, mask) int32 of the rows left-padded to ``width`` (default: the bucketed
+    longest row, :func:`bucket_width`)."""
+    if width is None:
+        width = bucket_width(max(len(r) for r in rows), multiple, limit)
     ids = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):

@@ -14,7 +14,7 @@ import typer
 
 from nlhf.cli import SetOpt, SpecArg, _backend, _err, _load, _out, report_errors
 
-EVAL_BACKENDS = "numpy (tabular, exact), torch (LLM policies, sampled), or a plugin's"
+EVAL_BACKENDS = "numpy (tabular, exact), torch or jax (LLM policies, sampled), or a plugin's"
 
 
 def print_matrix(result: Any, console: Any) -> None:
