@@ -14,8 +14,10 @@ pytestmark = pytest.mark.jax
 class TestJaxConformanceFloat64(BackendConformance):
     backend = "jax"
     dtype = "float64"
+    capabilities = frozenset({"tabular"})  # train runs tabular specs (nlhf_jax.tabular)
 
 
 class TestJaxConformanceFloat32(BackendConformance):
     backend = "jax"
     dtype = "float32"
+    capabilities = frozenset({"tabular"})  # train runs tabular specs (nlhf_jax.tabular)

@@ -11,8 +11,10 @@ pytest.importorskip("torch")
 class TestTorchConformanceFloat64(BackendConformance):
     backend = "torch"
     dtype = "float64"
+    capabilities = frozenset({"tabular"})  # train runs tabular specs (nlhf_torch.tabular)
 
 
 class TestTorchConformanceFloat32(BackendConformance):
     backend = "torch"
     dtype = "float32"
+    capabilities = frozenset({"tabular"})  # train runs tabular specs (nlhf_torch.tabular)

@@ -23,7 +23,9 @@ class JaxBackend:
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         if spec.task == "nash":
             if spec.is_tabular:
-                raise NLHFError("tabular preferences run on the numpy backend: use --backend numpy")
+                from nlhf_jax.tabular import train_tabular
+
+                return train_tabular(spec, Path(output), resume=resume)
             from nlhf_jax.trainer import train_nash
 
             return train_nash(spec, Path(output), resume=resume)

@@ -20,7 +20,9 @@ class TorchBackend:
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         if spec.task == "nash":
             if spec.is_tabular:
-                raise NLHFError("tabular preferences run on the numpy backend: use --backend numpy")
+                from nlhf_torch.tabular import train_tabular
+
+                return train_tabular(spec, Path(output), resume=resume)
             from nlhf_torch.trainer import train_nash
 
             return train_nash(spec, Path(output), resume=resume)

@@ -17,6 +17,11 @@
   A τ schedule is evaluated at its last step.
 
 Every update needs η_t τ ≤ 1 (the exponent 1 − η_t τ of π_t must stay ≥ 0).
+
+Backends: the schedules and checks live here (:func:`schedules` gives the checked arrays
+η_t, τ_t for t < T); a backend supplies only the numeric steps, a :class:`TrajectoryFn`
+on its own arrays (:func:`trajectory` is NumPy's), which
+:func:`nlhf.tabular.runner.train_spec` drives.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from scipy.special import logsumexp
@@ -126,6 +131,92 @@ def _checked(P: np.ndarray, mu: np.ndarray, algorithm: str, steps: int | None) -
     return steps
 
 
+def schedules(
+    P: np.ndarray,
+    mu: np.ndarray,
+    *,
+    algorithm: str,
+    tau: float | Schedule,
+    eta: float | str = "auto",
+    steps: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checked float64 arrays ``(etas, taus)`` = (η_t, τ_t) for t = 0 … T−1.
+
+    :class:`InputError` for an unknown algorithm, mismatched shapes, T < 1, η ≤ 0 or
+    η_t τ_t > 1 at some t. ``best_response`` is one step: T = 1, τ_0 = τ at the last
+    step (a schedule's end) and η_0 = NaN (unused).
+    """
+    P = np.asarray(P, dtype=np.float64)
+    mu = np.asarray(mu, dtype=np.float64)
+    steps = _checked(P, mu, algorithm, steps)
+    if algorithm == "best_response":
+        return np.full(1, np.nan), np.array([tau_at(tau, steps, steps)])
+    eta_t = eta_schedule(algorithm, tau, eta, steps, P.shape[0])
+    etas, taus = np.empty(steps), np.empty(steps)
+    for t in range(steps):
+        tau_t, e = tau_at(tau, t, steps), eta_t(t)
+        _check_eta_tau(e, tau_t, t)
+        etas[t], taus[t] = e, tau_t
+    return etas, taus
+
+
+def initial_log_policy(mu: np.ndarray) -> np.ndarray:
+    """log π_0 = log μ, renormalised."""
+    return _normalize(np.log(np.asarray(mu, dtype=np.float64)))
+
+
+class TrajectoryFn(Protocol):
+    """A backend's numeric steps: from log π_s, apply the steps with
+    (η, τ) = (``etas[k]``, ``taus[k]``) and return log π_{s+1} … π_{s+K} as a float64
+    NumPy array of shape (K, n), K = ``len(etas)``. ``nash_md`` and ``omd`` /
+    ``self_play`` use :func:`nash_md_step` / :func:`omd_step`; ``best_response`` (K = 1)
+    returns log :func:`best_response` (P, μ, τ_0). The schedules are already checked.
+    """
+
+    def __call__(
+        self,
+        P: np.ndarray,
+        mu: np.ndarray,
+        log_pi: np.ndarray,
+        etas: np.ndarray,
+        taus: np.ndarray,
+        algorithm: str,
+    ) -> np.ndarray: ...
+
+
+def _steps(
+    P: np.ndarray,
+    mu: np.ndarray,
+    log_pi: np.ndarray,
+    etas: np.ndarray,
+    taus: np.ndarray,
+    algorithm: str,
+) -> Iterator[np.ndarray]:
+    """Yield log π_{s+1}, log π_{s+2}, … from log π_s (the NumPy steps)."""
+    if algorithm == "best_response":
+        with np.errstate(divide="ignore"):
+            yield np.log(best_response(P, mu, float(taus[0])))
+        return
+    log_mu = np.log(mu)
+    step_fn = nash_md_step if algorithm == "nash_md" else omd_step
+    for e, tau_t in zip(etas.tolist(), taus.tolist(), strict=True):
+        log_pi = step_fn(log_pi, log_mu, P, e, tau_t)
+        yield log_pi
+
+
+def trajectory(
+    P: np.ndarray,
+    mu: np.ndarray,
+    log_pi: np.ndarray,
+    etas: np.ndarray,
+    taus: np.ndarray,
+    algorithm: str,
+) -> np.ndarray:
+    """The NumPy :class:`TrajectoryFn`: log π_{s+1} … π_{s+K}, shape (K, n)."""
+    rows = list(_steps(P, mu, log_pi, etas, taus, algorithm))
+    return np.stack(rows) if rows else np.empty((0, np.shape(mu)[0]))
+
+
 def iterate(
     P: np.ndarray,
     mu: np.ndarray,
@@ -138,22 +229,10 @@ def iterate(
     """Yield ``(t, log π_t)`` for t = 0 … T (T = ``steps``, 1 for ``best_response``)."""
     P = np.asarray(P, dtype=np.float64)
     mu = np.asarray(mu, dtype=np.float64)
-    steps = _checked(P, mu, algorithm, steps)
-    log_mu = np.log(mu)
-    log_pi = _normalize(log_mu.copy())
+    etas, taus = schedules(P, mu, algorithm=algorithm, tau=tau, eta=eta, steps=steps)
+    log_pi = initial_log_policy(mu)
     yield 0, log_pi
-    if algorithm == "best_response":
-        pi = best_response(P, mu, tau_at(tau, steps, steps))
-        with np.errstate(divide="ignore"):
-            yield 1, np.log(pi)
-        return
-    eta_t = eta_schedule(algorithm, tau, eta, steps, P.shape[0])
-    step_fn = nash_md_step if algorithm == "nash_md" else omd_step
-    for t in range(steps):
-        tau_t, e = tau_at(tau, t, steps), eta_t(t)
-        _check_eta_tau(e, tau_t, t)
-        log_pi = step_fn(log_pi, log_mu, P, e, tau_t)
-        yield t + 1, log_pi
+    yield from enumerate(_steps(P, mu, log_pi, etas, taus, algorithm), start=1)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,11 @@
 """Run specs on the tabular engine: :func:`solve_spec` (``nlhf solve``) and
-:func:`train_spec` (the ``numpy`` backend's ``train``)."""
+:func:`train_spec` (``train`` of a tabular spec, on any backend).
+
+:func:`train_spec` is the one tabular runner: it resolves the spec, computes and checks
+the schedules η_t, τ_t (:func:`nlhf.tabular.dynamics.schedules`), writes the outputs and
+takes the metrics in NumPy; a backend only supplies the numeric steps (a
+:class:`~nlhf.tabular.dynamics.TrajectoryFn` on its own arrays, NumPy's by default).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ if TYPE_CHECKING:
 
 LOG_RECORDS = 100
 """Default number of metrics records of a run (``algorithm.log_every`` overrides it)."""
+CHUNK_STEPS = 4096
+"""Steps handed to a backend's :class:`~nlhf.tabular.dynamics.TrajectoryFn` per call
+(bounded memory, live progress; a run of ≤ this many steps is one call)."""
 
 
 @dataclass(frozen=True)
@@ -143,47 +152,65 @@ def _progress(enabled: bool, total: int):
 
 
 def train_spec(
-    spec: RunSpec, output: Path, *, resume: bool = False, progress: bool | None = None
+    spec: RunSpec,
+    output: Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    trajectory: dynamics.TrajectoryFn = dynamics.trajectory,
+    backend: str = "numpy",
 ) -> dict[str, Any]:
     """Run a tabular spec, writing ``spec.resolved.yaml``, ``metrics.jsonl`` (a record every
     ``log_every`` steps, plus steps 0 and T) and ``summary.json`` under ``output``.
 
-    Tabular runs take seconds and keep no checkpoints: ``resume`` recomputes the run
-    (deterministically) from step 0. ``progress=None`` shows a rich progress bar when
-    stderr is a terminal and the run has ≥ 1000 steps.
+    The steps π_t → π_{t+1} (paper §5) run in ``trajectory``, a backend's
+    :class:`~nlhf.tabular.dynamics.TrajectoryFn` (NumPy's by default), at most
+    :data:`CHUNK_STEPS` at a time; ``backend`` names it in the summary. The schedules are
+    checked (η_t τ_t ≤ 1) before anything is written. Tabular runs take seconds and keep
+    no checkpoints: ``resume`` recomputes the run (deterministically) from step 0.
+    ``progress=None`` shows a rich progress bar when stderr is a terminal and the run has
+    ≥ 1000 steps.
     """
     from nlhf.runio import MetricsWriter, write_resolved_spec, write_summary
 
     del resume  # deterministic and cheap: always recomputed
     start = time.perf_counter()
     problem = resolve(spec)
+    P, mu = problem.P, problem.mu
+    etas, taus = dynamics.schedules(
+        P, mu, algorithm=problem.algorithm, tau=problem.tau, eta=problem.eta, steps=problem.steps
+    )
+    total = len(etas)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_resolved_spec(output, spec)
     star = solution(problem)
     if progress is None:
         progress = sys.stderr.isatty() and problem.steps >= 1000
-    tick = max(1, problem.steps // 200)
-    last: dict[str, Any] = {}
-    log_pi = np.log(problem.mu)
-    with MetricsWriter(output) as writer, _progress(progress, problem.steps) as bar:
-        task = bar.add_task(problem.algorithm, total=problem.steps, gap="-")
-        for t, log_pi in dynamics.iterate(
-            problem.P,
-            problem.mu,
-            algorithm=problem.algorithm,
-            tau=problem.tau,
-            eta=problem.eta,
-            steps=problem.steps,
-        ):
-            if t % problem.log_every == 0 or t == problem.steps:
-                last = _record(problem, star, t, log_pi)
-                writer.log(last)
-            if t % tick == 0 or t == problem.steps:
-                bar.update(task, completed=t, gap=f"{last.get('duality_gap', float('nan')):.2e}")
+    log_pi = dynamics.initial_log_policy(mu)
+    last = _record(problem, star, 0, log_pi)
+    with MetricsWriter(output) as writer, _progress(progress, total) as bar:
+        writer.log(last)
+        task = bar.add_task(problem.algorithm, total=total, gap="-")
+        for s in range(0, total, CHUNK_STEPS):
+            k = slice(s, s + CHUNK_STEPS)
+            rows = np.asarray(
+                trajectory(P, mu, log_pi, etas[k], taus[k], problem.algorithm), dtype=np.float64
+            )
+            if rows.shape != (len(etas[k]), mu.shape[0]):
+                raise NLHFError(
+                    f"backend {backend!r}: the tabular trajectory returned shape {rows.shape}, "
+                    f"expected {(len(etas[k]), mu.shape[0])}"
+                )
+            for i, row in enumerate(rows, start=s + 1):
+                if i % problem.log_every == 0 or i == total:
+                    last = _record(problem, star, i, row)
+                    writer.log(last)
+            log_pi = rows[-1]
+            bar.update(task, completed=s + len(rows), gap=f"{last['duality_gap']:.2e}")
     policy = np.exp(log_pi)
     summary: dict[str, Any] = {
-        "backend": "numpy",
+        "backend": backend,
         "game": problem.game,
         "algorithm": problem.algorithm,
         "tau": problem.tau.model_dump() if isinstance(problem.tau, Schedule) else problem.tau,

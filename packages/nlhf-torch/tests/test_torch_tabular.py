@@ -1,0 +1,102 @@
+"""The torch tabular runner (:mod:`nlhf_torch.tabular`) against the NumPy runner, the oracle:
+same π_T, same metrics.jsonl (float64, 1e-10), same InputError for η·τ > 1."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from nlhf.errors import InputError
+from nlhf.spec.models import RunSpec
+from nlhf.tabular import runner
+from nlhf.testing.tolerances import assert_close
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+MU = [0.5, 0.3, 0.2]
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "nash_md": ("population", {"name": "nash_md", "tau": 0.3, "steps": 300, "log_every": 1}),
+    "omd": ("population", {"name": "omd", "tau": 0.2, "steps": 300}),
+    "self_play_tau_schedule": (
+        "population",
+        {
+            "name": "self_play",
+            "tau": {"kind": "linear", "start": 0.5, "end": 0.1},
+            "eta": 0.5,
+            "steps": 300,
+        },
+    ),
+    "self_play_cycling": (
+        "rps",
+        {"name": "self_play", "tau": 0.0, "eta": 1.0, "steps": 300, "log_every": 7},
+    ),
+    "best_response": ("population", {"name": "best_response", "tau": 0.2}),
+    "best_response_tau0": ("rps", {"name": "best_response", "tau": 0.0}),
+}
+CLOSE = ("policy", "duality_gap", "exploitability", "kl_to_reference", "kl_to_solution")
+
+
+def _spec(game: str, algorithm: dict[str, Any]) -> RunSpec:
+    return RunSpec.model_validate(
+        {
+            "spec_version": 1,
+            "task": "nash",
+            "preference": {"name": "tabular", "game": game},
+            "reference": {"probs": MU},
+            "algorithm": algorithm,
+            "output": {"dir": "unused"},
+        }
+    )
+
+
+def _metrics(run: Path) -> list[dict[str, float]]:
+    return [
+        {k: float(v) for k, v in json.loads(line).items()}  # "inf" is written as a string
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_torch_tabular_matches_the_numpy_runner(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nlhf_torch.tabular import train_tabular
+
+    game, algorithm = CASES[case]
+    spec = _spec(game, algorithm)
+    expected = runner.train_spec(spec, tmp_path / "numpy", progress=False)
+    default_dtype = torch.get_default_dtype()
+    monkeypatch.setattr(runner, "CHUNK_STEPS", 64)  # several chunks: log π carried across
+    summary = train_tabular(spec, tmp_path / "torch")
+    assert torch.get_default_dtype() == default_dtype  # float64 locally, not globally
+
+    assert summary["backend"] == "torch" and expected["backend"] == "numpy"
+    assert np.max(np.abs(np.asarray(expected["policy"]) - MU)) > 1e-2  # the run moved
+    assert_close(summary["policy"], expected["policy"], "float64", f"{case} π_T")
+    for key in sorted(expected.keys() - {"backend", "seconds", *CLOSE}):
+        assert summary[key] == expected[key], key
+    for key in CLOSE[1:]:
+        assert_close(summary[key], expected[key], "float64", f"{case} summary {key}")
+    got, want = _metrics(tmp_path / "torch"), _metrics(tmp_path / "numpy")
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for key in want[0]:
+        assert_close([r[key] for r in got], [r[key] for r in want], "float64", f"{case} {key}")
+    assert (tmp_path / "torch" / "spec.resolved.yaml").read_text() == (
+        tmp_path / "numpy" / "spec.resolved.yaml"
+    ).read_text()
+
+
+def test_torch_tabular_eta_tau_above_one_is_the_numpy_input_error(tmp_path: Path) -> None:
+    from nlhf_torch.tabular import train_tabular
+
+    spec = _spec("population", {"name": "nash_md", "tau": 0.5, "eta": 3.0, "steps": 20})
+    with pytest.raises(InputError, match=r"eta·tau = 3·0.5 = 1.5 > 1 at step 0") as numpy_err:
+        runner.train_spec(spec, tmp_path / "numpy", progress=False)
+    with pytest.raises(InputError, match=f"^{re.escape(str(numpy_err.value))}$"):
+        train_tabular(spec, tmp_path / "torch")
+    assert not (tmp_path / "torch").exists()  # checked before anything is written
