@@ -3,7 +3,7 @@
 instead of building one virtualenv per session, so torch is never reinstalled.
 
     nox -s lint                    # ruff check + ruff format --check
-    nox -s unit                    # core, torch and jax package tests
+    nox -s unit                    # core, torch and jax package tests + cross-backend tests
     nox -s "unit(package='core')"  # one package
     nox -s conformance             # the conformance kit, per backend
     nox -s "conformance(backend='numpy')"
@@ -23,6 +23,7 @@ PACKAGES = {
     "core": "packages/nlhf-core/tests",
     "torch": "packages/nlhf-torch/tests",
     "jax": "packages/nlhf-jax/tests",
+    "cross": "tests",  # cross-backend tests (the conformance kit has its own session)
 }
 BACKENDS = ["numpy", "torch", "jax"]
 
@@ -51,7 +52,7 @@ def lint(session: nox.Session) -> None:
 def unit(session: nox.Session, package: str) -> None:
     """Unit tests of one package (fast: -m 'not slow')."""
     _install(session)
-    _pytest(session, PACKAGES[package], "-m", "not slow", "-q")
+    _pytest(session, PACKAGES[package], "--ignore=tests/conformance", "-m", "not slow", "-q")
 
 
 @nox.session(venv_backend="none")

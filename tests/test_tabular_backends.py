@@ -1,8 +1,10 @@
-"""The jax tabular runner (:mod:`nlhf_jax.tabular`) against the NumPy runner, the oracle:
-same π_T, same metrics.jsonl (float64, 1e-10), same InputError for η·τ > 1."""
+"""The torch and jax tabular runners (``nlhf_torch.tabular``, ``nlhf_jax.tabular``) against
+the NumPy runner, the oracle: same π_T, same metrics.jsonl (float64, 1e-10), same
+InputError for η·τ > 1; float64 stays local (no global dtype / x64 switch flipped)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -15,8 +17,25 @@ from nlhf.spec.models import RunSpec
 from nlhf.tabular import runner
 from nlhf.testing.tolerances import assert_close
 
-jax = pytest.importorskip("jax")
-pytestmark = pytest.mark.jax
+BACKENDS = [pytest.param("jax", marks=pytest.mark.jax),
+            pytest.param("torch", marks=pytest.mark.torch)]  # fmt: skip
+
+
+def _train_tabular(backend: str) -> Any:
+    pytest.importorskip(backend)
+    return importlib.import_module(f"nlhf_{backend}.tabular").train_tabular
+
+
+def _default_dtype(backend: str) -> str:
+    """The framework's default float dtype (must not change: float64 is scoped)."""
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return str(jnp.zeros(1).dtype)
+    import torch
+
+    return str(torch.get_default_dtype())
+
 
 MU = [0.5, 0.3, 0.2]
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -61,42 +80,44 @@ def _metrics(run: Path) -> list[dict[str, float]]:
     ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_jax_tabular_matches_the_numpy_runner(
-    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_tabular_matches_the_numpy_runner(
+    backend: str, case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nlhf_jax.tabular import train_tabular
+    train_tabular = _train_tabular(backend)
 
     game, algorithm = CASES[case]
     spec = _spec(game, algorithm)
     expected = runner.train_spec(spec, tmp_path / "numpy", progress=False)
-    x64_before = jax.numpy.zeros(1).dtype
-    monkeypatch.setattr(runner, "CHUNK_STEPS", 64)  # several scans: log π carried across
-    summary = train_tabular(spec, tmp_path / "jax")
-    assert jax.numpy.zeros(1).dtype == x64_before  # the global x64 switch is untouched
+    dtype_before = _default_dtype(backend)
+    monkeypatch.setattr(runner, "CHUNK_STEPS", 64)  # several chunks: log π carried across
+    summary = train_tabular(spec, tmp_path / backend)
+    assert _default_dtype(backend) == dtype_before
 
-    assert summary["backend"] == "jax" and expected["backend"] == "numpy"
+    assert summary["backend"] == backend and expected["backend"] == "numpy"
     assert np.max(np.abs(np.asarray(expected["policy"]) - MU)) > 1e-2  # the run moved
     assert_close(summary["policy"], expected["policy"], "float64", f"{case} π_T")
     for key in sorted(expected.keys() - {"backend", "seconds", *CLOSE}):
         assert summary[key] == expected[key], key
     for key in CLOSE[1:]:
         assert_close(summary[key], expected[key], "float64", f"{case} summary {key}")
-    got, want = _metrics(tmp_path / "jax"), _metrics(tmp_path / "numpy")
+    got, want = _metrics(tmp_path / backend), _metrics(tmp_path / "numpy")
     assert [r["step"] for r in got] == [r["step"] for r in want]
     for key in want[0]:
         assert_close([r[key] for r in got], [r[key] for r in want], "float64", f"{case} {key}")
-    assert (tmp_path / "jax" / "spec.resolved.yaml").read_text() == (
+    assert (tmp_path / backend / "spec.resolved.yaml").read_text() == (
         tmp_path / "numpy" / "spec.resolved.yaml"
     ).read_text()
 
 
-def test_jax_tabular_eta_tau_above_one_is_the_numpy_input_error(tmp_path: Path) -> None:
-    from nlhf_jax.tabular import train_tabular
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eta_tau_above_one_is_the_numpy_input_error(backend: str, tmp_path: Path) -> None:
+    train_tabular = _train_tabular(backend)
 
     spec = _spec("population", {"name": "nash_md", "tau": 0.5, "eta": 3.0, "steps": 20})
     with pytest.raises(InputError, match=r"eta·tau = 3·0.5 = 1.5 > 1 at step 0") as numpy_err:
         runner.train_spec(spec, tmp_path / "numpy", progress=False)
     with pytest.raises(InputError, match=f"^{re.escape(str(numpy_err.value))}$"):
-        train_tabular(spec, tmp_path / "jax")
-    assert not (tmp_path / "jax").exists()  # checked before anything is written
+        train_tabular(spec, tmp_path / backend)
+    assert not (tmp_path / backend).exists()  # checked before anything is written
