@@ -419,9 +419,27 @@ class NashTrainer:
         return summary
 
 
+def _prepare_quickstart(spec: Any) -> None:
+    """The quickstart spec's tiny SFT policy (``runs/quickstart-assets/policy``) is built on
+    first use by :func:`nlhf_torch.quickstart.maybe_prepare` (a transformers checkpoint that
+    jax then loads); without nlhf-torch, say how to get it."""
+    path = Path(spec.policy.model).expanduser()
+    if path.exists() or path.parent.name != "quickstart-assets":
+        return
+    try:
+        from nlhf_torch.quickstart import maybe_prepare
+    except ImportError:
+        raise InputError(
+            f"policy.model: {path} does not exist; the quickstart assets are built by the "
+            "torch backend: pip install nlhf-torch (or run the spec once with --backend torch)"
+        ) from None
+    maybe_prepare(spec)
+
+
 def train_nash(
     spec: Any, output: Path, *, resume: bool = False, plugins: Any = None
 ) -> dict[str, Any]:
     """Run a ``task: nash`` spec with the jax backend; write ``spec.resolved.yaml``,
     ``metrics.jsonl``, ``summary.json`` and ``checkpoints/step-N/`` under ``output``."""
+    _prepare_quickstart(spec)
     return NashTrainer(spec, Path(output), resume=resume, plugins=plugins).run()
