@@ -72,7 +72,7 @@ def test_cli_nox_sessions() -> None:
     spec.loader.exec_module(module)
     names = set(nox.registry.get())
     assert {"lint", "unit", "conformance", "e2e", "bench"} <= names
-    assert set(module.PACKAGES) == {"core", "torch", "jax"}
+    assert set(module.PACKAGES) == {"core", "torch", "jax", "cross"}
     assert module.BACKENDS == ["numpy", "torch", "jax"]
     for test_dir in module.PACKAGES.values():
         assert (REPO / test_dir).is_dir(), test_dir

@@ -167,7 +167,7 @@ def test_run_outputs_and_resume(setup: dict[str, Path], tmp_path: Path) -> None:
     [
         ({"policy": {"lora": {"r": 4}}}, NLHFError, "LoRA"),
         ({"distributed": {"engine": "deepspeed"}}, NLHFError, "distributed.engine"),
-        ({"distributed": {"engine": "jax", "mesh": {"data": 2}}}, NLHFError, "single device"),
+        ({"distributed": {"engine": "jax", "mesh": {"data": 2}}}, InputError, "needs 2 devices"),
         ({"policy": {"model": "/nonexistent/model"}}, InputError, "not found"),
         ({"preference_training": {"answer_tokens": [" 1", " 12"]}}, InputError, "prefix"),
     ],

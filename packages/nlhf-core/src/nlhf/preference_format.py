@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from nlhf.errors import InputError
 from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE
 
 CONFIG_NAME = "nlhf_preference.json"
@@ -46,3 +47,25 @@ def render_judge(template: str, prompt: str, response_1: str, response_2: str) -
         .replace("{response_1}", response_1)
         .replace("{response_2}", response_2)
     )
+
+
+def judge_answer_ids(spec: Any, tokenizer: Any) -> tuple[int, int]:
+    """The token ids of an ``llm_judge`` preference's two ``answer_tokens`` under
+    ``tokenizer`` (anything with ``encode(text, add_special_tokens=False)``), after checking
+    that each answer is one token, that they differ, and that ``spec.template`` has the
+    ``{prompt}``, ``{response_1}`` and ``{response_2}`` placeholders."""
+    ids = []
+    for answer in spec.answer_tokens:
+        tok = tokenizer.encode(answer, add_special_tokens=False)
+        if len(tok) != 1:
+            raise InputError(
+                f"preference.answer_tokens: {answer!r} is {len(tok)} tokens for the "
+                f"judge's tokenizer; choose strings that are one token each"
+            )
+        ids.append(tok[0])
+    if ids[0] == ids[1]:
+        raise InputError("preference.answer_tokens: the two answers map to the same token")
+    for key in ("prompt", "response_1", "response_2"):
+        if "{" + key + "}" not in spec.template:
+            raise InputError(f"preference.template: missing the placeholder {{{key}}}")
+    return ids[0], ids[1]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from nlhf.errors import InputError, NLHFError
+from nlhf.preference_format import judge_answer_ids
 
 
 class OraclePreference:
@@ -110,23 +111,10 @@ class LLMJudge:
 
         field = "preference.tokenizer" if spec.tokenizer else "preference.model"
         tokenizer = load_tokenizer(spec.tokenizer or spec.model, field)
-        ids = []
-        for answer in spec.answer_tokens:
-            tok = tokenizer.encode(answer, add_special_tokens=False)
-            if len(tok) != 1:
-                raise InputError(
-                    f"preference.answer_tokens: {answer!r} is {len(tok)} tokens for the "
-                    f"judge's tokenizer; choose strings that are one token each"
-                )
-            ids.append(tok[0])
-        if ids[0] == ids[1]:
-            raise InputError("preference.answer_tokens: the two answers map to the same token")
-        for key in ("prompt", "response_1", "response_2"):
-            if "{" + key + "}" not in spec.template:
-                raise InputError(f"preference.template: missing the placeholder {{{key}}}")
+        ids = judge_answer_ids(spec, tokenizer)
         model = load_decoder(spec.model, "lm", dtype=spec.dtype, field="preference.model")
         self.template = spec.template
-        self.scorer = DecoderScorer(model, tokenizer, head="lm", answer=(ids[0], ids[1]),
+        self.scorer = DecoderScorer(model, tokenizer, head="lm", answer=ids,
                                     max_length=spec.max_length, add_special_tokens=False,
                                     batch_size=spec.batch_size)  # fmt: skip
 

@@ -101,3 +101,22 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def shard_batch(mesh: Mesh, *arrays: Any) -> tuple[jax.Array, ...]:
     """Place arrays with their first dimension sharded over the batch axes."""
     return tuple(jax.device_put(a, batch_sharding(mesh, np.ndim(a))) for a in arrays)
+
+
+def batch_ways(mesh: Mesh) -> int:
+    """How many shards :func:`batch_sharding` cuts a batch's first dimension into (the
+    product of the sizes of the mesh's batch axes)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+
+
+def place_like(tree: Any, like: Any) -> Any:
+    """``tree`` with each leaf placed (``jax.device_put``) with the mesh sharding of the
+    matching leaf of ``like`` (same structure), e.g. an optimiser state read back from a
+    checkpoint next to the freshly initialised, sharded one. Leaves whose ``like`` is not
+    on a mesh (scalars such as step counts) are left uncommitted, so jit may move them."""
+
+    def place(x: Any, ref: Any) -> Any:
+        sharding = getattr(ref, "sharding", None)
+        return jax.device_put(x, sharding) if isinstance(sharding, NamedSharding) else x
+
+    return jax.tree.map(place, tree, like)

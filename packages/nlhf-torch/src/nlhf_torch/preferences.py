@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from nlhf.errors import InputError, NLHFError
+from nlhf.preference_format import judge_answer_ids
 
 from nlhf_torch.models import check_model_path, load_tokenizer, torch_dtype
 
@@ -123,20 +124,7 @@ class LLMJudge:
             "preference.tokenizer" if spec.tokenizer else "preference.model",
         )
         model = load_causal_lm(spec.model, spec.dtype, "preference.model")
-        ids = []
-        for answer in spec.answer_tokens:
-            tok = tokenizer.encode(answer, add_special_tokens=False)
-            if len(tok) != 1:
-                raise InputError(
-                    f"preference.answer_tokens: {answer!r} is {len(tok)} tokens for the "
-                    f"judge's tokenizer; choose strings that are one token each"
-                )
-            ids.append(tok[0])
-        if ids[0] == ids[1]:
-            raise InputError("preference.answer_tokens: the two answers map to the same token")
-        for key in ("prompt", "response_1", "response_2"):
-            if "{" + key + "}" not in spec.template:
-                raise InputError(f"preference.template: missing the placeholder {{{key}}}")
+        ids = judge_answer_ids(spec, tokenizer)
         config = PreferenceConfig(
             kind="pairwise",
             head="lm",

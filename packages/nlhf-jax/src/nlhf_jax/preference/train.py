@@ -14,8 +14,11 @@ Outputs: ``spec.resolved.yaml``, ``metrics.jsonl``, ``checkpoints/step-N/`` (the
 as a Hugging Face directory — ``config.json``, ``model.safetensors``, tokenizer,
 ``nlhf_preference.json`` — plus ``optimizer.safetensors`` and ``trainer_state.json``),
 ``model/`` and ``summary.json``. Model directories load in transformers and in the torch
-backend's preference classes. Not supported (clear errors): ``policy.lora``,
-``distributed`` engines (single-device only).
+backend's preference classes. Under ``distributed: {engine: jax, mesh, rules}`` the
+parameters (and the optimiser state) are placed by the mesh rules and each gradient chunk
+is sharded over the mesh's data axes (:mod:`nlhf_jax.sharding`, as the jax nash trainer):
+the same batches and, up to float rounding, the same losses and parameters as one device.
+Not supported (clear errors): ``policy.lora``, ``distributed: {engine: deepspeed}``.
 """
 
 from __future__ import annotations
@@ -32,18 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from nlhf.data.pairs import Pair, PairData, load_pairs, pair_batch_indices
+from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError, NLHFError
+from nlhf.preference_run import check_preference_task, run_preference_training
 from nlhf.runio import (
     MetricsWriter,
     atomic_directory,
     checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
-    write_resolved_spec,
-    write_summary,
 )
-from nlhf.spec.models import PreferenceTrainingSpec
 
 from nlhf_jax.kernels import preference_loss
 from nlhf_jax.optim import build_optimizer, lr_multiplier
@@ -61,9 +62,6 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
 ECE_BINS = 10
 EVAL_BATCH = 16
-LENGTH_SLACK = 4
-"""Tokens kept free beyond the template (BPE merges across the pieces of a rendered text
-may differ slightly from the pieces' separate counts) — as the torch trainer."""
 
 
 # ------------------------------------------------------------------------- metrics
@@ -119,33 +117,46 @@ def evaluate_pairs(
 # ------------------------------------------------------------------------ training
 def check_spec(spec: Any) -> None:
     """Options the jax preference trainer does not support, reported before any loading."""
-    if spec.policy is None:
-        raise InputError("policy: `task: preference_model` needs policy.model (the LM to train)")
-    if spec.data is None:
-        raise InputError("data: `task: preference_model` needs pairwise data (a data section)")
+    check_preference_task(spec)
     if spec.policy.lora is not None:
         raise NLHFError("policy.lora: LoRA is not supported by the jax backend yet; "
                         "remove it or use --backend torch")  # fmt: skip
-    if spec.distributed.engine != "none":
+    if spec.distributed.engine not in ("none", "jax"):
         raise NLHFError(
-            f"distributed.engine: {spec.distributed.engine!r} is not supported for "
-            "`task: preference_model` on the jax backend (single device only); remove the "
-            "distributed section or use --backend torch"
+            f"distributed.engine: {spec.distributed.engine!r} is torch-only; on the jax "
+            "backend use `distributed: {engine: jax, mesh: ...}` or use --backend torch"
         )
+    if spec.distributed.engine == "jax":
+        from nlhf_jax.sharding import make_mesh
+
+        make_mesh(spec.distributed.mesh)  # enough devices, before any loading
 
 
 class PairBatch:
     """Arrays of one gradient chunk: the 2m texts [fwd..., bwd...] padded (R rows) and,
     padded to M = 2^⌈log₂ m⌉ pairs, the rows of v_fwd / v_bwd, targets and weights
     (w = 1/|batch| for real pairs, 0 for filler), so that
-    Σ_b w_b·CE(z_b, p_b) = (|chunk|/|batch|)·mean_chunk CE (torch's scaling)."""
+    Σ_b w_b·CE(z_b, p_b) = (|chunk|/|batch|)·mean_chunk CE (torch's scaling).
+    ``multiple`` (the data-parallel ways of a mesh) rounds R and M up to multiples of it
+    with filler rows (one attended pad token, read at 0) and filler pairs (w = 0)."""
 
-    def __init__(self, model: PreferenceModel, pairs: Sequence[Pair], batch_total: int) -> None:
+    def __init__(
+        self, model: PreferenceModel, pairs: Sequence[Pair], batch_total: int, multiple: int = 1
+    ) -> None:
         m = len(pairs)
         self.ids, self.mask, self.index = model.encode_pairs(
             [q.prompt for q in pairs], [q.chosen for q in pairs], [q.rejected for q in pairs]
         )
+        extra = -len(self.ids) % multiple
+        if extra:
+            width = self.ids.shape[1]
+            filler = np.zeros((extra, width), np.int32)
+            self.ids = np.concatenate([self.ids, filler + model.tokenizer.pad_token_id])
+            self.mask = np.concatenate([self.mask, filler])
+            self.mask[-extra:, 0] = 1
+            self.index = np.concatenate([self.index, np.zeros(extra, np.int32)])
         size = _bucket(m, 1)
+        size += -size % multiple
         self.fwd = np.zeros(size, np.int32)
         self.bwd = np.zeros(size, np.int32)
         self.fwd[:m] = np.arange(m)
@@ -170,10 +181,13 @@ def chunk_loss(
 
 
 class Stepper:
-    """Jitted gradient of :func:`chunk_loss` and the optax update."""
+    """Jitted gradient of :func:`chunk_loss` and the optax update; with a ``mesh`` each
+    chunk's arrays are sharded on their first dimension over its data axes."""
 
-    def __init__(self, model: PreferenceModel, tx: optax.GradientTransformation) -> None:
-        self.model, self.tx = model, tx
+    def __init__(
+        self, model: PreferenceModel, tx: optax.GradientTransformation, mesh: Any = None
+    ) -> None:
+        self.model, self.tx, self.mesh = model, tx, mesh
         self._grad = jax.jit(jax.value_and_grad(lambda s, *a: chunk_loss(model, s, *a)))
         self._apply = jax.jit(self._update)
 
@@ -189,14 +203,21 @@ class Stepper:
         ``model.state``; returns (opt_state, loss, pre-clip gradient norm)."""
         grads, loss = None, 0.0
         for pairs in chunks:
-            value, g = self._grad(
-                self.model.state, *PairBatch(self.model, pairs, batch_total).arrays()
-            )
+            arrays = self._arrays(pairs, batch_total)
+            value, g = self._grad(self.model.state, *arrays)
             loss += float(value)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
         state, opt_state, norm = self._apply(self.model.state, opt_state, grads)
         self.model.state = state
         return opt_state, loss, float(norm)
+
+    def _arrays(self, pairs: Sequence[Pair], batch_total: int) -> tuple[Any, ...]:
+        if self.mesh is None:
+            return PairBatch(self.model, pairs, batch_total).arrays()
+        from nlhf_jax.sharding import batch_ways, shard_batch
+
+        batch = PairBatch(self.model, pairs, batch_total, batch_ways(self.mesh))
+        return shard_batch(self.mesh, *batch.arrays())
 
 
 def _leaves_to_numpy(tree: Any) -> dict[str, np.ndarray]:
@@ -274,6 +295,12 @@ def fit(
         model = build_preference_model(spec.policy.model, config,
                                        tokenizer_path=spec.policy.tokenizer,
                                        dtype=spec.policy.dtype, seed=spec.seed)  # fmt: skip
+    mesh = None
+    if spec.distributed.engine == "jax":
+        from nlhf_jax.sharding import make_mesh, shard_state
+
+        mesh = make_mesh(spec.distributed.mesh)
+        model.state = shard_state(model.state, mesh, spec.distributed.rules)
     n = len(data.train)
     per_epoch = math.ceil(n / tr.batch_size)
     total = min(tr.steps, tr.epochs * per_epoch)
@@ -282,9 +309,14 @@ def fit(
     if start:
         from safetensors.numpy import load_file
 
-        opt_state = _leaves_from_numpy(opt_state, load_file(found[1] / OPTIMIZER_NAME), found[1])
+        loaded = _leaves_from_numpy(opt_state, load_file(found[1] / OPTIMIZER_NAME), found[1])
+        if mesh is not None:
+            from nlhf_jax.sharding import place_like
+
+            loaded = place_like(loaded, opt_state)
+        opt_state = loaded
     lr_mult = lr_multiplier(tr.lr_schedule, tr.warmup_steps, total)
-    stepper = Stepper(model, tx)
+    stepper = Stepper(model, tx, mesh)
     metrics = MetricsWriter(output, truncate_after=start if start else None)
     zero_shot = None
     if start == 0 and data.eval:
@@ -331,6 +363,9 @@ def fit(
         "eval": final,
         "wall_time_s": time.perf_counter() - t0,
     }
+    if mesh is not None:
+        summary["distributed"] = {"engine": "jax", "mesh": dict(mesh.shape),
+                                  "devices": mesh.devices.size}  # fmt: skip
     if zero_shot is not None:
         summary["eval_zero_shot"] = zero_shot
     return summary
@@ -338,36 +373,7 @@ def fit(
 
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run ``task: preference_model`` (see the module docstring); returns the summary."""
-    t0 = time.perf_counter()
     check_spec(spec)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_resolved_spec(output, spec)
-    pt = spec.preference_training or PreferenceTrainingSpec()
-    config = PreferenceConfig(
-        kind=pt.kind,
-        head=pt.head or "lm",
-        template=pt.template,
-        answer_tokens=tuple(pt.answer_tokens),
-        max_length=spec.data.max_length,
-    )
-    tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
-    data = load_pairs(
-        spec.data,
-        seed=spec.seed,
-        tokenizer=tokenizer,
-        reserve=text_overhead(tokenizer, config) + LENGTH_SLACK,
-        joint=config.kind == "pairwise",
-    )
-    summary: dict[str, Any] = {"task": "preference_model", "backend": "jax", "data": data.report}
-    summary.update(fit(spec, output, config, data, resume=resume, label=config.kind))
-    if pt.compare_baseline:
-        bt = PreferenceConfig(
-            kind="bradley_terry", head="classification", max_length=config.max_length
-        )
-        summary["baseline"] = fit(
-            spec, output / "baseline", bt, data, resume=resume, label="bradley_terry"
-        )
-    summary["wall_time_s"] = time.perf_counter() - t0
-    write_summary(output, summary)
-    return summary
+    return run_preference_training(spec, output, fit=fit, load_tokenizer=load_tokenizer,
+                                   text_overhead=text_overhead, resume=resume,
+                                   backend="jax")  # fmt: skip

@@ -23,18 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nlhf.data.pairs import Pair, PairData, load_pairs, pair_batch_indices
+from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError
+from nlhf.preference_run import run_preference_training
 from nlhf.runio import (
     MetricsWriter,
     atomic_directory,
     checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
-    write_resolved_spec,
-    write_summary,
 )
-from nlhf.spec.models import PreferenceTrainingSpec
 
 from nlhf_torch.preference.model import (
     PreferenceConfig,
@@ -48,9 +46,6 @@ from nlhf_torch.preference.model import (
 STATE_NAME = "trainer_state.pt"
 ECE_BINS = 10
 EVAL_BATCH = 16
-LENGTH_SLACK = 4
-"""Tokens kept free beyond the template: BPE merges across the pieces of a rendered text
-may differ slightly from the pieces' separate token counts."""
 
 try:
     from nlhf_torch.kernels import preference_loss
@@ -391,44 +386,13 @@ def _deepspeed_step(ds: Any, data: PairData, idx: list[int], tr: Any) -> tuple[f
 
 
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Run ``task: preference_model`` (see the module docstring); returns the summary."""
-    t0 = time.perf_counter()
-    output = Path(output)
+    """Run ``task: preference_model`` (see the module docstring); returns the summary. Under
+    DeepSpeed only rank 0 writes ``spec.resolved.yaml`` and ``summary.json``."""
     rank = 0
     if spec.distributed.engine == "deepspeed":
         from nlhf_torch.distributed import env_rank
 
         rank = env_rank()
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-        write_resolved_spec(output, spec)
-    pt = spec.preference_training or PreferenceTrainingSpec()
-    config = PreferenceConfig(
-        kind=pt.kind,
-        head=pt.head or "lm",
-        template=pt.template,
-        answer_tokens=tuple(pt.answer_tokens),
-        max_length=spec.data.max_length,
-    )
-    # the data budget comes from the tokenizer and template of the model being trained
-    tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
-    data = load_pairs(
-        spec.data,
-        seed=spec.seed,
-        tokenizer=tokenizer,
-        reserve=text_overhead(tokenizer, config) + LENGTH_SLACK,
-        joint=config.kind == "pairwise",
-    )
-    summary: dict[str, Any] = {"task": "preference_model", "data": data.report}
-    summary.update(fit(spec, output, config, data, resume=resume, label=config.kind))
-    if pt.compare_baseline:
-        bt = PreferenceConfig(
-            kind="bradley_terry", head="classification", max_length=config.max_length
-        )
-        summary["baseline"] = fit(
-            spec, output / "baseline", bt, data, resume=resume, label="bradley_terry"
-        )
-    summary["wall_time_s"] = time.perf_counter() - t0
-    if rank == 0:
-        write_summary(output, summary)
-    return summary
+    return run_preference_training(spec, output, fit=fit, load_tokenizer=load_tokenizer,
+                                   text_overhead=text_overhead, resume=resume,
+                                   write_outputs=rank == 0)  # fmt: skip

@@ -1,0 +1,123 @@
+"""The backend-agnostic part of a ``task: preference_model`` run (DESIGN §5): the
+:class:`~nlhf.preference_format.PreferenceConfig` from the spec's
+``preference_training``, the pairwise data truncated to the budget the model's template
+leaves (:func:`nlhf.data.pairs.load_pairs`), the run outputs around the backend's
+``fit`` (``spec.resolved.yaml``, ``summary.json``) and the optional Bradley–Terry
+baseline under ``baseline/``. Each backend supplies its tokenizer loader, its
+``text_overhead`` and its ``fit``; nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from nlhf.data.pairs import PairData, load_pairs
+from nlhf.errors import InputError
+from nlhf.preference_format import PreferenceConfig
+from nlhf.runio import write_resolved_spec, write_summary
+from nlhf.spec.models import PreferenceTrainingSpec
+
+LENGTH_SLACK = 4
+"""Tokens kept free beyond the template: BPE merges across the pieces of a rendered text
+may differ slightly from the pieces' separate token counts."""
+
+
+class FitFn(Protocol):
+    """A backend's trainer of one preference model on ``data`` under ``output``."""
+
+    def __call__(self, spec: Any, output: Path, config: PreferenceConfig, data: PairData, *,
+                 resume: bool, label: str) -> dict[str, Any]: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PreferenceRun:
+    """What a backend's preference trainer starts from."""
+
+    training: PreferenceTrainingSpec
+    config: PreferenceConfig
+    data: PairData
+
+
+def check_preference_task(spec: Any) -> None:
+    """The sections every ``task: preference_model`` run needs (the spec model checks them
+    too; this guards specs built without validation)."""
+    if spec.policy is None:
+        raise InputError("policy: `task: preference_model` needs policy.model (the LM to train)")
+    if spec.data is None:
+        raise InputError("data: `task: preference_model` needs pairwise data (a data section)")
+
+
+def prepare_preference_run(
+    spec: Any,
+    *,
+    load_tokenizer: Callable[[str], Any],
+    text_overhead: Callable[[Any, PreferenceConfig], int],
+) -> PreferenceRun:
+    """The model config from ``preference_training`` and the pairs of ``spec.data``,
+    truncated so that prompt + responses fit ``max_length`` minus the tokens the model adds
+    (``text_overhead`` of the tokenizer of the model being trained, + :data:`LENGTH_SLACK`);
+    pairwise models truncate the two responses jointly (one judge text)."""
+    check_preference_task(spec)
+    pt = spec.preference_training or PreferenceTrainingSpec()
+    config = PreferenceConfig(
+        kind=pt.kind,
+        head=pt.head or "lm",
+        template=pt.template,
+        answer_tokens=tuple(pt.answer_tokens),
+        max_length=spec.data.max_length,
+    )
+    tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
+    data = load_pairs(
+        spec.data,
+        seed=spec.seed,
+        tokenizer=tokenizer,
+        reserve=text_overhead(tokenizer, config) + LENGTH_SLACK,
+        joint=config.kind == "pairwise",
+    )
+    return PreferenceRun(training=pt, config=config, data=data)
+
+
+def run_preference_training(
+    spec: Any,
+    output: Path,
+    *,
+    fit: FitFn,
+    load_tokenizer: Callable[[str], Any],
+    text_overhead: Callable[[Any, PreferenceConfig], int],
+    resume: bool = False,
+    backend: str | None = None,
+    write_outputs: bool = True,
+) -> dict[str, Any]:
+    """Run ``task: preference_model``: prepare (:func:`prepare_preference_run`), ``fit`` the
+    model under ``output`` and, with ``preference_training.compare_baseline``, a
+    Bradley–Terry classification baseline under ``output/baseline``; returns the summary
+    (``task``, ``backend`` when given, ``data``, the fit's keys, ``baseline``,
+    ``wall_time_s``). ``write_outputs=False`` (a non-zero rank) leaves
+    ``spec.resolved.yaml`` and ``summary.json`` unwritten."""
+    t0 = time.perf_counter()
+    check_preference_task(spec)
+    output = Path(output)
+    if write_outputs:
+        output.mkdir(parents=True, exist_ok=True)
+        write_resolved_spec(output, spec)
+    run = prepare_preference_run(spec, load_tokenizer=load_tokenizer, text_overhead=text_overhead)
+    summary: dict[str, Any] = {"task": "preference_model"}
+    if backend is not None:
+        summary["backend"] = backend
+    summary["data"] = run.data.report
+    summary.update(fit(spec, output, run.config, run.data, resume=resume, label=run.config.kind))
+    if run.training.compare_baseline:
+        bt = PreferenceConfig(
+            kind="bradley_terry", head="classification", max_length=run.config.max_length
+        )
+        summary["baseline"] = fit(
+            spec, output / "baseline", bt, run.data, resume=resume, label="bradley_terry"
+        )
+    summary["wall_time_s"] = time.perf_counter() - t0
+    if write_outputs:
+        write_summary(output, summary)
+    return summary
