@@ -170,3 +170,56 @@ def test_grad_accum_must_divide_batch(tiny_ckpts, prompts, tmp_path):
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **{"training.grad_accum": 3})
     with pytest.raises(InputError, match=r"training\.grad_accum: batch_size 4 is not divisible"):
         NashTrainer(spec, tmp_path, resume=False)
+
+
+@pytest.mark.slow
+def test_lora_run_saves_a_peft_adapter_and_resumes(tiny_ckpts, prompts, tmp_path):
+    """policy.lora: only A/B train; μ = the policy with its adapter off (its KL to the policy
+    grows after step 1, which it could not if μ were the adapted model); the checkpoint is
+    a peft adapter that peft loads onto the base model; resume == uninterrupted."""
+    import torch
+    from nlhf_jax.trainer import train_nash
+    from peft import PeftModel
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    ckpt = tiny_ckpts["llama"]
+    lora_spec = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+    def spec(out, steps):
+        over = {"policy": {"model": str(ckpt), "lora": lora_spec}, "training.steps": steps,
+                "training.optimizer": {"name": "adamw"}, "training.lr": 0.02}  # fmt: skip
+        return _spec(ckpt, prompts, out, tiny_ckpts["llama_rm"], **over)
+
+    train_nash(spec(tmp_path / "full", 3), tmp_path / "full")
+    records = read_metrics(tmp_path / "full")
+    assert abs(records[0]["kl"]) < 1e-6 and records[2]["kl"] > 1e-6
+    step3 = tmp_path / "full/checkpoints/step-3"
+    assert (step3 / "adapter_config.json").is_file() and not (step3 / "model.safetensors").exists()
+    adapter = load_file(step3 / "adapter_model.safetensors")
+    b_keys = [k for k in adapter if "lora_B" in k]
+    assert len(b_keys) == 4 and max(np.abs(adapter[k]).max() for k in b_keys) > 1e-4
+
+    train_nash(spec(tmp_path / "part", 1), tmp_path / "part")
+    train_nash(spec(tmp_path / "part", 3), tmp_path / "part", resume=True)
+    resumed = load_file(tmp_path / "part/checkpoints/step-3/adapter_model.safetensors")
+    for k in adapter:
+        np.testing.assert_array_equal(resumed[k], adapter[k], err_msg=k)
+
+    base = AutoModelForCausalLM.from_pretrained(ckpt)
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        peft_logits = PeftModel.from_pretrained(base, str(step3))(ids).logits
+    assert (peft_logits - base_logits).abs().max() > 1e-4  # the adapter changes the model
+
+
+def test_lora_with_a_reference_model_is_a_clear_error(tiny_ckpts, prompts, tmp_path):
+    from nlhf.errors import InputError
+    from nlhf_jax.trainer import NashTrainer
+
+    over = {"policy": {"model": str(tiny_ckpts["llama"]), "lora": {"r": 2}},
+            "reference": {"model": str(tiny_ckpts["llama_tied"])}}  # fmt: skip
+    spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **over)
+    with pytest.raises(InputError, match=r"reference\.model: with policy\.lora"):
+        NashTrainer(spec, tmp_path, resume=False)

@@ -31,10 +31,11 @@ Prompts are left-padded to a multiple of ``PROMPT_BUCKET`` (8) tokens, capped at
 ``data.max_prompt_length``, so the decode loop and the update compile once per bucket, not
 once per batch width (positions come from the mask: results are unchanged).
 
-Limits (each raises a clear error, as on torch where marked): no ``top_k`` (torch: same),
-no LoRA.
+LoRA (``policy.lora``, :mod:`nlhf_jax.lora`): the optimizer trains the adapters only
+(``nnx.split(policy, LORA_FILTER, ...)``); μ is the policy with its adapter off.
+Limits (a clear error): no ``top_k`` (as on torch).
 Checkpoints: ``checkpoints/step-N/`` holds ``config.json`` + ``model.safetensors``
-(transformers loads it), the tokenizer files, ``optimizer.safetensors`` (optax state
+(transformers loads it; with LoRA the peft adapter files instead), the tokenizer files, ``optimizer.safetensors`` (optax state
 leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
 """
 
@@ -65,7 +66,7 @@ from nlhf.runio import (
     write_summary,
 )
 
-from nlhf_jax import kernels
+from nlhf_jax import kernels, lora
 from nlhf_jax.generation import generate_pairs, sequence_logits
 from nlhf_jax.models import load_model, save_model
 from nlhf_jax.optim import build_optimizer, lr_multiplier
@@ -143,8 +144,11 @@ def _check_spec(spec: Any) -> None:
                 f"grad_accum) cannot be split over the {ways} data-parallel devices of "
                 f"distributed.mesh {spec.distributed.mesh}; use a multiple of {ways}"
             )
-    if spec.policy.lora is not None:
-        raise NLHFError("policy.lora: LoRA is not supported by the jax backend yet")
+    if spec.policy.lora is not None and spec.reference.model is not None:
+        raise InputError(
+            "reference.model: with policy.lora the reference is the policy with its adapter "
+            "disabled; remove reference.model"
+        )
     if tr.generation.top_k:
         raise InputError("training.generation.top_k: the jax trainer samples the full vocabulary")
 
@@ -177,9 +181,16 @@ class NashTrainer:
                 raise InputError(f"--resume: no checkpoint under {self.output / 'checkpoints'}")
             self.start_step, ckpt = found
         dtype = spec.policy.dtype
-        self.policy = load_model(ckpt or spec.policy.model, dtype=dtype, head="causal_lm")
-        self.reference = load_model(spec.reference.model or spec.policy.model,
-                                    dtype=spec.reference.dtype or dtype, head="causal_lm")  # fmt: skip
+        self.lora = spec.policy.lora
+        if self.lora is not None:  # μ = the policy with its adapter off: no second model
+            base = load_model(spec.policy.model, dtype=dtype, head="causal_lm")
+            self.policy = (lora.load_adapter(base, ckpt) if ckpt is not None
+                           else lora.apply_lora(base, self.lora, seed=spec.seed))  # fmt: skip
+            self.reference = None
+        else:
+            self.policy = load_model(ckpt or spec.policy.model, dtype=dtype, head="causal_lm")
+            self.reference = load_model(spec.reference.model or spec.policy.model,
+                                        dtype=spec.reference.dtype or dtype, head="causal_lm")  # fmt: skip
         pol = spec.policy
         self.tokenizer = load_tokenizer(
             pol.tokenizer or pol.model,
@@ -193,15 +204,22 @@ class NashTrainer:
         self.prompts, self.prompt_ids = tokenize_prompts(
             load_prompts(spec.data), self.tokenizer, spec.data, pol.chat_template
         )
-        self.graphdef, self.state = nnx.split(self.policy)
-        self.ref_graphdef, self.ref_state = nnx.split(self.reference)
+        # state: what the optimizer trains (all parameters, or the LoRA A/B); frozen: the rest
+        trainable = lora.LORA_FILTER if self.lora is not None else nnx.Param
+        self.graphdef, self.state, self.frozen = nnx.split(self.policy, trainable, ...)
+        self.ref_graphdef, self.ref_state = (None, None)
+        if self.reference is not None:
+            self.ref_graphdef, self.ref_state = nnx.split(self.reference)
         self.mesh = None
         if spec.distributed.engine == "jax":
             from nlhf_jax.sharding import make_mesh, shard_state
 
             self.mesh = make_mesh(spec.distributed.mesh)
-            self.state = shard_state(self.state, self.mesh, spec.distributed.rules)
-            self.ref_state = shard_state(self.ref_state, self.mesh, spec.distributed.rules)
+            rules = spec.distributed.rules
+            self.state = shard_state(self.state, self.mesh, rules)
+            self.frozen = shard_state(self.frozen, self.mesh, rules)
+            if self.ref_state is not None:
+                self.ref_state = shard_state(self.ref_state, self.mesh, rules)
         self.tx = build_optimizer(spec.training, self.total)
         self.opt_state = self.tx.init(self.state)
         self.lr_mult = lr_multiplier(spec.training.lr_schedule, spec.training.warmup_steps,
@@ -226,18 +244,32 @@ class NashTrainer:
         self._grad_fn = jax.jit(self._grads, static_argnames=("estimator", "ipo"))
         self._apply_fn = jax.jit(self._apply)
 
+    # ------------------------------------------------------------------ models
+    def _model(self, state: Any, frozen: Any) -> Any:
+        """The policy module with trainable ``state`` (θ, an EMA θ̄, or LoRA A/B)."""
+        return nnx.merge(self.graphdef, state, frozen)
+
+    def _reference(self, state: Any, frozen: Any, ref_state: Any) -> Any:
+        """μ: the reference model, or with LoRA the policy with its adapter off (the same
+        arrays; never the adapted model, TRL #2781)."""
+        if self.lora is not None:
+            return lora.without_adapter(self._model(state, frozen))
+        return nnx.merge(self.ref_graphdef, ref_state)
+
     # ------------------------------------------------------------------ jitted pieces
-    def _grads(self, state, ref_state, batch, pref, tau, *, estimator, ipo):
+    def _grads(self, state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, ipo):
         """Loss, metrics and ∇θ of one micro-batch: the Nash-MD-PG loss (rlhf_pg: P := r − r̄
-        + ½), or with ``ipo`` the online-IPO loss on (y, y')."""
+        + ½), or with ``ipo`` the online-IPO loss on (y, y'). ``dkey``: LoRA dropout masks."""
         temp = self.spec.training.generation.temperature
         ids, mask, y, ym, ref_logits = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
         if ipo:
-            reference = nnx.merge(self.ref_graphdef, ref_state)
+            reference = self._reference(state, frozen, ref_state)
             ref_p = sequence_logits(reference, ids, mask, batch["yp"], batch["ypm"])
 
         def loss_fn(s):
-            model = nnx.merge(self.graphdef, s)
+            model = self._model(s, frozen)
+            if dkey is not None:
+                model = lora.with_lora_dropout(model, dkey)
             logits = sequence_logits(model, ids, mask, y, ym)
             if ipo:
                 logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
@@ -262,9 +294,10 @@ class NashTrainer:
 
     # ------------------------------------------------------------------ one step
     def _micro_batch(
-        self, idx: list[int], uniforms: jax.Array, tau: float, beta: float
+        self, idx: list[int], uniforms: jax.Array, tau: float, beta: float, dkey: Any = None
     ) -> tuple[Any, dict[str, float], Any]:
-        """(loss, metrics, grads) of the prompts ``idx`` sampled with ``uniforms`` (2m, T)."""
+        """(loss, metrics, grads) of the prompts ``idx`` sampled with ``uniforms`` (2m, T);
+        ``dkey`` keys the LoRA dropout of the training forward (None: no dropout)."""
         spec, algo = self.spec, self.algo
         gen = spec.training.generation
         t0 = time.perf_counter()
@@ -275,9 +308,9 @@ class NashTrainer:
 
             ids, mask = shard_batch(self.mesh, ids, mask)
         prompts = [self.prompts[i] for i in idx]
-        policy = nnx.merge(self.graphdef, self.state)
-        reference = nnx.merge(self.ref_graphdef, self.ref_state)
-        ema = nnx.merge(self.graphdef, self.ema_state) if self.ema_state is not None else None
+        policy = self._model(self.state, self.frozen)
+        reference = self._reference(self.state, self.frozen, self.ref_state)
+        ema = self._model(self.ema_state, self.frozen) if self.ema_state is not None else None
         pairs = generate_pairs(
             policy, reference, ids, mask, beta=beta, max_new_tokens=gen.max_new_tokens,
             temperature=gen.temperature, eos_token_id=self.eos, pad_token_id=self.pad,
@@ -303,8 +336,8 @@ class NashTrainer:
             if algo.name == "online_ipo":
                 batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
         loss, metrics, grads = self._grad_fn(
-            self.state, self.ref_state, batch, jnp.asarray(pref, jnp.float32),
-            jnp.float32(tau), estimator=getattr(algo, "kl_estimator", "sampled"),
+            self.state, self.frozen, self.ref_state, batch, jnp.asarray(pref, jnp.float32),
+            jnp.float32(tau), dkey, estimator=getattr(algo, "kl_estimator", "sampled"),
             ipo=algo.name == "online_ipo",
         )  # fmt: skip
         out = {k: float(v) for k, v in metrics.items()}
@@ -326,14 +359,16 @@ class NashTrainer:
         beta = {"self_play": 0.0, "best_response": 1.0}.get(
             algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
         )
-        u = jax.random.uniform(jax.random.fold_in(self.key, step),
-                               (2, tr.batch_size, tr.generation.max_new_tokens))  # fmt: skip
+        step_key = jax.random.fold_in(self.key, step)
+        u = jax.random.uniform(step_key, (2, tr.batch_size, tr.generation.max_new_tokens))
+        dropout = self.lora is not None and self.lora.dropout > 0
         micro = tr.batch_size // tr.grad_accum
         grads, total_loss, sums = None, 0.0, {}
         for k in range(tr.grad_accum):
             rows = slice(k * micro, (k + 1) * micro)
             uniforms = jnp.concatenate([u[0, rows], u[1, rows]])
-            loss, metrics, g = self._micro_batch(idx[rows], uniforms, tau, beta)
+            dkey = jax.random.fold_in(step_key, k + 1) if dropout else None
+            loss, metrics, g = self._micro_batch(idx[rows], uniforms, tau, beta, dkey)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             total_loss += float(loss) / tr.grad_accum
             for key, value in metrics.items():
@@ -375,7 +410,11 @@ class NashTrainer:
 
         final = checkpoint_dir(self.output, step)
         with atomic_directory(final) as tmp:
-            save_model(nnx.merge(self.graphdef, self.state), tmp)
+            model = self._model(self.state, self.frozen)
+            if self.lora is not None:  # the adapter, as torch/peft save it
+                lora.save_adapter(model, tmp, self.lora, self.spec.policy.model)
+            else:
+                save_model(model, tmp)
             self.tokenizer.save_pretrained(tmp)
             save_file(_leaves_to_numpy(self.opt_state), tmp / "optimizer.safetensors")
             if self.ema_state is not None:

@@ -69,7 +69,8 @@ def _hf_name(path: tuple[Any, ...]) -> tuple[str, bool]:
 
 def to_hf_state_dict(model_or_state: DecoderLM | nnx.State) -> dict[str, np.ndarray]:
     """Parameters (or a same-shaped State, e.g. gradients) under their Hugging Face names,
-    in torch layout (linear weights (out, in))."""
+    in torch layout (linear weights (out, in)). LoRA parameters are refused (they have no
+    Hugging Face name): see :mod:`nlhf_jax.lora` (``save_adapter``, ``merge_lora``)."""
     state = (
         model_or_state
         if isinstance(model_or_state, nnx.State)
@@ -77,6 +78,11 @@ def to_hf_state_dict(model_or_state: DecoderLM | nnx.State) -> dict[str, np.ndar
     )
     out = {}
     for path, var in nnx.to_flat_state(state):
+        if isinstance(var, nnx.LoRAParam):
+            raise InputError(
+                "the model holds LoRA parameters: write the adapter with "
+                "nlhf_jax.lora.save_adapter, or fold it in with nlhf_jax.lora.merge_lora first"
+            )
         name, transpose = _hf_name(path)
         value = np.asarray(var.get_value() if hasattr(var, "get_value") else var)
         out[name] = np.ascontiguousarray(value.T if transpose else value)
