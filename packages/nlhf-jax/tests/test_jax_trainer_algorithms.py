@@ -65,13 +65,13 @@ def test_grad_accum_takes_the_same_step_as_one_batch(tiny_ckpts, prompts, tmp_pa
     from safetensors.numpy import load_file
 
     sizes: list[int] = []
-    micro_batch = NashTrainer._micro_batch
+    sample = NashTrainer._sample
 
     def spy(self, idx, *args):
         sizes.append(len(idx))
-        return micro_batch(self, idx, *args)
+        return sample(self, idx, *args)
 
-    monkeypatch.setattr(NashTrainer, "_micro_batch", spy)
+    monkeypatch.setattr(NashTrainer, "_sample", spy)
     ckpt = tiny_ckpts["llama"]
     runs = {}
     for accum in (1, 2):

@@ -56,7 +56,7 @@ def test_one_compile_per_bucket_same_losses(tiny_ckpts, tmp_path):
         trainer.prompt_bucket = bucket
         before = generation._decode._cache_size()
         trainer.run()
-        compiles = (trainer._grad_fn._cache_size(), generation._decode._cache_size() - before)
+        compiles = (trainer._fused_fn._cache_size(), generation._decode._cache_size() - before)
         if bucket == 8:
             assert compiles == (1, 1)
         else:

@@ -41,6 +41,7 @@ leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -112,6 +113,16 @@ def left_pad(
         ids[i, width - len(r) :] = r
         mask[i, width - len(r) :] = 1
     return ids, mask
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def step_uniforms(key: jax.Array, step: int, batch: int, accum: int, tokens: int) -> jax.Array:
+    """The uniforms of optimiser step ``step``, (accum, 2m, T) with m = batch / accum: U ~
+    U[0,1)^(2, batch, T) from ``fold_in(key, step)``; micro-batch k gets rows
+    [U[0, km:(k+1)m]; U[1, km:(k+1)m]] (y then y'), so row i keeps its draws for any k."""
+    u = jax.random.uniform(jax.random.fold_in(key, step), (2, batch, tokens))
+    m = batch // accum
+    return u.reshape(2, accum, m, tokens).transpose(1, 0, 2, 3).reshape(accum, 2 * m, tokens)
 
 
 def _check_spec(spec: Any) -> None:
@@ -243,6 +254,7 @@ class NashTrainer:
         self.prompt_bucket = PROMPT_BUCKET
         self._grad_fn = jax.jit(self._grads, static_argnames=("estimator", "ipo"))
         self._apply_fn = jax.jit(self._apply)
+        self._fused_fn = jax.jit(self._fused, static_argnames=("estimator", "ipo"))
 
     # ------------------------------------------------------------------ models
     def _model(self, state: Any, frozen: Any) -> Any:
@@ -292,12 +304,20 @@ class NashTrainer:
         rows = [t[m.astype(bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
+    def _fused(self, state, opt_state, frozen, ref_state, batch, pref, tau, dkey, *, estimator,
+               ipo):  # fmt: skip
+        """``grad_accum: 1``: gradients and update in one jitted call (one dispatch)."""
+        loss, metrics, grads = self._grads(state, frozen, ref_state, batch, pref, tau, dkey,
+                                           estimator=estimator, ipo=ipo)  # fmt: skip
+        state, opt_state, grad_norm = self._apply(state, opt_state, grads, 1.0)
+        return state, opt_state, loss, metrics, grad_norm
+
     # ------------------------------------------------------------------ one step
-    def _micro_batch(
-        self, idx: list[int], uniforms: jax.Array, tau: float, beta: float, dkey: Any = None
-    ) -> tuple[Any, dict[str, float], Any]:
-        """(loss, metrics, grads) of the prompts ``idx`` sampled with ``uniforms`` (2m, T);
-        ``dkey`` keys the LoRA dropout of the training forward (None: no dropout)."""
+    def _sample(
+        self, idx: list[int], uniforms: jax.Array, tau: float, beta: float
+    ) -> tuple[tuple[Any, ...], dict[str, float]]:
+        """Sample (y, y') for the prompts ``idx`` with ``uniforms`` (2m, T) and score them:
+        the loss inputs ``(batch, P, τ)`` and the host-side metrics of the micro-batch."""
         spec, algo = self.spec, self.algo
         gen = spec.training.generation
         t0 = time.perf_counter()
@@ -317,37 +337,27 @@ class NashTrainer:
             opponent=OPPONENT[algo.name], opponent_model=ema, uniforms=uniforms,
             return_reference_logits=True,
         )  # fmt: skip
-        y, ym = np.asarray(pairs.y), np.asarray(pairs.y_mask)
+        y, ym, yp, ypm = jax.device_get((pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask))
         gen_seconds = time.perf_counter() - t0
         ys = self._decode(y, ym)
-        extra: dict[str, float] = {}
+        host: dict[str, float] = {}
         batch = {"ids": ids, "mask": mask, "y": pairs.y, "ym": pairs.y_mask,
                  "ref": pairs.reference_logits}  # fmt: skip
         if algo.name == "rlhf_pg":
             reward = np.asarray(self.preference.reward(prompts, ys), np.float64)
             pref = reward - reward.mean() + 0.5  # −(r − r̄)·log π ≡ −(P − ½)·log π
-            extra["reward"] = float(reward.mean())
+            host["reward"] = float(reward.mean())
             gen_tokens = int(ym.sum())
         else:
-            yp, ypm = np.asarray(pairs.y_prime), np.asarray(pairs.y_prime_mask)
             pref = self.preference.prob(prompts, ys, self._decode(yp, ypm))
-            extra["len_y_prime"] = float(ypm.sum(-1).mean())
+            host["len_y_prime"] = float(ypm.sum(-1).mean())
             gen_tokens = int(ym.sum() + ypm.sum())
             if algo.name == "online_ipo":
                 batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
-        loss, metrics, grads = self._grad_fn(
-            self.state, self.frozen, self.ref_state, batch, jnp.asarray(pref, jnp.float32),
-            jnp.float32(tau), dkey, estimator=getattr(algo, "kl_estimator", "sampled"),
-            ipo=algo.name == "online_ipo",
-        )  # fmt: skip
-        out = {k: float(v) for k, v in metrics.items()}
-        if algo.name == "rlhf_pg":
-            out.pop("preference")
-        out.update(extra)
-        out["len_y"] = float(ym.sum(-1).mean())
-        out["generated_tokens"] = gen_tokens
-        out["generation_seconds"] = gen_seconds
-        return loss, out, grads
+        host["len_y"] = float(ym.sum(-1).mean())
+        host["generated_tokens"] = gen_tokens
+        host["generation_seconds"] = gen_seconds
+        return (batch, jnp.asarray(pref, jnp.float32), jnp.float32(tau)), host
 
     def step(self, step: int) -> dict[str, Any]:
         """One optimiser step (1-based ``step``): ``grad_accum`` micro-batches, one update."""
@@ -359,42 +369,60 @@ class NashTrainer:
         beta = {"self_play": 0.0, "best_response": 1.0}.get(
             algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
         )
-        step_key = jax.random.fold_in(self.key, step)
-        u = jax.random.uniform(step_key, (2, tr.batch_size, tr.generation.max_new_tokens))
+        uniforms = step_uniforms(self.key, step, tr.batch_size, tr.grad_accum,
+                                 tr.generation.max_new_tokens)  # fmt: skip
         dropout = self.lora is not None and self.lora.dropout > 0
+        static = {"estimator": getattr(algo, "kl_estimator", "sampled"),
+                  "ipo": algo.name == "online_ipo"}  # fmt: skip
         micro = tr.batch_size // tr.grad_accum
-        grads, total_loss, sums = None, 0.0, {}
+        grads, losses, device_metrics, sums = None, [], [], {}
         for k in range(tr.grad_accum):
             rows = slice(k * micro, (k + 1) * micro)
-            uniforms = jnp.concatenate([u[0, rows], u[1, rows]])
-            dkey = jax.random.fold_in(step_key, k + 1) if dropout else None
-            loss, metrics, g = self._micro_batch(idx[rows], uniforms, tau, beta, dkey)
-            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-            total_loss += float(loss) / tr.grad_accum
-            for key, value in metrics.items():
+            inputs, host = self._sample(idx[rows], uniforms[k], tau, beta)
+            dkey = (
+                jax.random.fold_in(jax.random.fold_in(self.key, step), k + 1) if dropout else None
+            )
+            if tr.grad_accum == 1:
+                self.state, self.opt_state, loss, metrics, grad_norm = self._fused_fn(
+                    self.state, self.opt_state, self.frozen, self.ref_state, *inputs, dkey,
+                    **static,
+                )  # fmt: skip
+            else:
+                loss, metrics, g = self._grad_fn(self.state, self.frozen, self.ref_state,
+                                                 *inputs, dkey, **static)  # fmt: skip
+                grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            losses.append(loss)
+            device_metrics.append(metrics)
+            for key, value in host.items():
                 sums[key] = sums.get(key, 0.0) + value
+        if tr.grad_accum > 1:
+            self.state, self.opt_state, grad_norm = self._apply_fn(
+                self.state, self.opt_state, grads, jnp.float32(1.0 / tr.grad_accum)
+            )
         lr = float(tr.lr * self.lr_mult(self.opt_step_count(step)))
-        self.state, self.opt_state, grad_norm = self._apply_fn(
-            self.state, self.opt_state, grads, jnp.float32(1.0 / tr.grad_accum)
-        )
         if self.ema_state is not None:
             d = algo.ema_decay
             self.ema_state = jax.tree.map(
                 lambda e, p: d * e + (1 - d) * p, self.ema_state, self.state
             )
-        grad_norm = float(grad_norm)  # waits for the step
+        losses, device_metrics, grad_norm = jax.device_get((losses, device_metrics, grad_norm))
         seconds = time.perf_counter() - t0
+        for metrics in device_metrics:
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        if algo.name == "rlhf_pg":
+            sums.pop("preference")
         gen_tokens = int(sums.pop("generated_tokens"))
         gen_seconds = sums.pop("generation_seconds")
         self.elapsed += seconds
         self.generated_tokens += gen_tokens
-        record: dict[str, Any] = {"step": step, "loss": total_loss}
+        record: dict[str, Any] = {"step": step, "loss": float(np.mean(losses))}
         record.update({k: v / tr.grad_accum for k, v in sums.items()})
         record["tau"] = tau
         if algo.name != "rlhf_pg":
             record["beta"] = beta
         record.update(
-            kl_estimator=getattr(algo, "kl_estimator", None), grad_norm=grad_norm, lr=lr,
+            kl_estimator=getattr(algo, "kl_estimator", None), grad_norm=float(grad_norm), lr=lr,
             generated_tokens=gen_tokens, tokens_per_s=gen_tokens / gen_seconds,
             generation_seconds=gen_seconds, step_seconds=seconds,
         )  # fmt: skip
