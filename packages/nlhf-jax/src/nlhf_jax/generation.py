@@ -118,9 +118,9 @@ def _decode(
     mix_beta_is: Literal["zero", "one", "mid"],
     return_reference_logits: bool,
 ):
-    policy = nnx.merge(graphdefs[0], states[0])
-    reference = nnx.merge(graphdefs[1], states[1])
-    opp = nnx.merge(graphdefs[2], states[2]) if graphdefs[2] is not None else None
+    policy = nnx.merge(graphdefs[0], *states[0])
+    reference = nnx.merge(graphdefs[1], *states[1])
+    opp = nnx.merge(graphdefs[2], *states[2]) if graphdefs[2] is not None else None
     b, p = input_ids.shape
     n_rows, t_max, length = 2 * b, max_new_tokens, p + max_new_tokens
     # which streams run, on how many rows (static)
@@ -211,6 +211,15 @@ def _decode(
     return tokens, mask, (ref_buf if return_reference_logits else None), n
 
 
+def _split(model: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``(graphdef, states)`` of a module, or a pair that is already split."""
+    if isinstance(model, tuple):
+        graphdef, states = model
+        return graphdef, tuple(states)
+    graphdef, state = nnx.split(model)
+    return graphdef, (state,)
+
+
 def generate_pairs(
     policy: Any,
     reference: Any,
@@ -230,6 +239,8 @@ def generate_pairs(
 ) -> PairGeneration:
     """Sample y ~ π_θ and y' ~ opponent for each left-padded prompt (see the module doc).
 
+    Models are NNX modules or already split ``(graphdef, (state, ...))`` pairs (a trainer
+    that keeps its parameters split saves a merge + split per call).
     ``uniforms``: (2B, ≥ max_new_tokens) in [0, 1) or ``key`` (a PRNG key) — one is
     required. No gradient flows through the samples."""
     if opponent not in ("mixture", "reference", "policy", "model"):
@@ -271,9 +282,9 @@ def generate_pairs(
     mix_beta = {"mixture": float(beta), "model": float(beta), "reference": 1.0, "policy": 0.0}
     mb = mix_beta[opponent]
     mix_beta_is = "zero" if mb == 0.0 else "one" if mb == 1.0 else "mid"
-    gd_p, st_p = nnx.split(policy)
-    gd_r, st_r = nnx.split(reference)
-    gd_o, st_o = nnx.split(opponent_model) if opponent == "model" else (None, None)
+    gd_p, st_p = _split(policy)
+    gd_r, st_r = _split(reference)
+    gd_o, st_o = _split(opponent_model) if opponent == "model" else (None, None)
     tokens, mask, ref_logits, steps = _decode(
         (gd_p, gd_r, gd_o),
         (st_p, st_r, st_o),

@@ -328,9 +328,14 @@ class NashTrainer:
 
             ids, mask = shard_batch(self.mesh, ids, mask)
         prompts = [self.prompts[i] for i in idx]
-        policy = self._model(self.state, self.frozen)
-        reference = self._reference(self.state, self.frozen, self.ref_state)
-        ema = self._model(self.ema_state, self.frozen) if self.ema_state is not None else None
+        # already-split (graphdef, states) pairs: no merge + split per step
+        policy = (self.graphdef, (self.state, self.frozen))
+        reference = (
+            self._reference(self.state, self.frozen, self.ref_state)
+            if self.lora is not None
+            else (self.ref_graphdef, (self.ref_state,))
+        )
+        ema = (self.graphdef, (self.ema_state, self.frozen)) if self.ema_state is not None else None
         pairs = generate_pairs(
             policy, reference, ids, mask, beta=beta, max_new_tokens=gen.max_new_tokens,
             temperature=gen.temperature, eos_token_id=self.eos, pad_token_id=self.pad,

@@ -14,6 +14,7 @@ Formats (``data.format``):
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,14 @@ def load_prompts(data_spec: Any) -> list[str]:
     return prompts
 
 
+@functools.lru_cache(maxsize=8)
 def prompt_order(n: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
     """The order of the n prompts in ``epoch``: a permutation seeded by (seed, epoch), so
-    every backend and a resumed run visit prompts in the same order."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    every backend and a resumed run visit prompts in the same order (cached, read-only:
+    a batch asks for it once per prompt)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order.flags.writeable = False
+    return order
 
 
 def batch_indices(position: int, size: int, n: int, seed: int, shuffle: bool) -> list[int]:
