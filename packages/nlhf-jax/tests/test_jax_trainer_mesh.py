@@ -1,6 +1,6 @@
 """The jax nash trainer end to end on a 4-device mesh equals the unsharded run (issue 5,
 part 5): same per-step losses and metrics, same parameters after the last step, same
-sampled lengths. A subprocess sets ``XLA_FLAGS`` before jax is imported (DESIGN §10)."""
+sampled lengths; also with LoRA adapters on a sharded base model. A subprocess sets ``XLA_FLAGS`` before jax is imported (DESIGN §10)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ SCRIPT = textwrap.dedent(
     for doc in json.loads(sys.argv[1]):
         trainer = NashTrainer(RunSpec.model_validate(doc), doc["output"]["dir"], resume=False)
         trainer.run()
-        q = trainer.state["model"]["layers"][0]["mlp"]["up_proj"]["kernel"]
+        params = trainer.frozen if doc["policy"].get("lora") else trainer.state  # base weights
+        q = params["model"]["layers"][0]["mlp"]["up_proj"]["kernel"]
         results.append({"q_spec": str(getattr(q.sharding, "spec", None)),
                         "q_shards": len(q.addressable_shards)})
     print(json.dumps(results))
@@ -41,9 +42,12 @@ RULES = [
 ]
 
 
-def _doc(ckpt, reward, prompts, out, mesh):
+LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+
+
+def _doc(ckpt, reward, prompts, out, mesh, lora=None):
     doc = {
-        "task": "nash", "seed": 11, "policy": {"model": str(ckpt)},
+        "task": "nash", "seed": 11, "policy": {"model": str(ckpt), "lora": lora},
         "preference": {"name": "bradley_terry_reward", "path": str(reward)},
         "data": {"path": str(prompts), "format": "prompt"},
         "algorithm": {"name": "nash_md_pg", "tau": 0.1, "beta": 0.25},
@@ -84,7 +88,9 @@ def test_mesh_runs_equal_the_unsharded_run(tiny_ckpts, tmp_path):
     ckpt, reward = tiny_ckpts["llama"], tiny_ckpts["llama_rm"]
     docs = [_doc(ckpt, reward, prompts, tmp_path / "plain", None)]
     docs += [_doc(ckpt, reward, prompts, tmp_path / name, m) for name, m in MESHES.items()]
-    plain, *sharded = _run(docs, tmp_path)
+    docs += [_doc(ckpt, reward, prompts, tmp_path / "lora_plain", None, LORA),
+             _doc(ckpt, reward, prompts, tmp_path / "lora_mesh", MESHES["data_fsdp"], LORA)]  # fmt: skip
+    plain, *sharded, lora_plain, lora_mesh = _run(docs, tmp_path)
     assert plain["q_shards"] == 1
     a = read_metrics(tmp_path / "plain")
     pa = load_file(tmp_path / "plain/checkpoints/step-2/model.safetensors")
@@ -102,3 +108,15 @@ def test_mesh_runs_equal_the_unsharded_run(tiny_ckpts, tmp_path):
         pb = load_file(tmp_path / name / "checkpoints/step-2/model.safetensors")
         for k in pa:
             np.testing.assert_allclose(pb[k], pa[k], atol=1e-5, err_msg=f"{name}: {k}")
+    # LoRA on the mesh: base weights sharded by the rules, adapters trained the same
+    assert lora_plain["q_shards"] == 1 and lora_mesh["q_shards"] == 4
+    la, lb = read_metrics(tmp_path / "lora_plain"), read_metrics(tmp_path / "lora_mesh")
+    assert la[1]["kl"] > 1e-7  # the adapters moved π away from μ (adapter off)
+    for ra, rb in zip(la, lb, strict=True):
+        for key in ("loss", "kl", "preference", "grad_norm"):
+            assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), ("lora", key)
+    aa = load_file(tmp_path / "lora_plain/checkpoints/step-2/adapter_model.safetensors")
+    ab = load_file(tmp_path / "lora_mesh/checkpoints/step-2/adapter_model.safetensors")
+    assert len(aa) == 12 and max(np.abs(v).max() for k, v in aa.items() if "lora_B" in k) > 0
+    for k in aa:
+        np.testing.assert_allclose(ab[k], aa[k], atol=1e-5, err_msg=f"lora: {k}")
