@@ -35,13 +35,12 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from nlhf.algorithms.generation import Opponent, check_generation_args
 
 from nlhf_jax.kernels import mixture_logprobs, sample
 from nlhf_jax.models.decoder import positions_from_mask
 
 __all__ = ["PairGeneration", "generate_pairs", "sequence_logits"]
-
-Opponent = Literal["mixture", "reference", "policy", "model"]
 
 
 @dataclass
@@ -243,25 +242,12 @@ def generate_pairs(
     that keeps its parameters split saves a merge + split per call).
     ``uniforms``: (2B, ≥ max_new_tokens) in [0, 1) or ``key`` (a PRNG key) — one is
     required. No gradient flows through the samples."""
-    if opponent not in ("mixture", "reference", "policy", "model"):
-        raise ValueError(
-            f"opponent must be 'mixture', 'reference', 'policy' or 'model'; got {opponent!r}"
-        )
-    if not 0.0 <= float(beta) <= 1.0:
-        raise ValueError(f"beta must lie in [0, 1]; got {beta}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    if opponent == "model" and opponent_model is None:
-        raise ValueError("opponent='model' needs opponent_model (e.g. the EMA policy)")
     input_ids = jnp.asarray(input_ids, jnp.int32)
     attention_mask = jnp.asarray(attention_mask, jnp.int32)
-    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(
-            f"input_ids and attention_mask must both be (B, P); got {input_ids.shape} "
-            f"and {attention_mask.shape}"
-        )
+    check_generation_args(
+        opponent=opponent, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens,
+        opponent_model=opponent_model, ids_shape=input_ids.shape, mask_shape=attention_mask.shape,
+    )  # fmt: skip
     n_rows = 2 * input_ids.shape[0]
     if uniforms is None:
         if key is None:

@@ -43,16 +43,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from nlhf.algorithms.generation import Opponent, check_generation_args
 
 from nlhf_torch import fastdecode
 from nlhf_torch.kernels import mixture_logprobs, sample
 
 __all__ = ["PairGeneration", "generate_pairs", "position_ids_from_mask", "sequence_logits"]
-
-Opponent = Literal["mixture", "reference", "policy", "model"]
 
 
 @dataclass
@@ -278,23 +277,11 @@ def generate_pairs(
     ``fast_decode``: use :mod:`nlhf_torch.fastdecode` when every model supports it
     (``None``: unless ``NLHF_FAST_DECODE=0``; ``False``: always the HF path).
     """
-    if opponent not in ("mixture", "reference", "policy", "model"):
-        raise ValueError(
-            f"opponent must be 'mixture', 'reference', 'policy' or 'model'; got {opponent!r}"
-        )
-    if not 0.0 <= float(beta) <= 1.0:
-        raise ValueError(f"beta must lie in [0, 1]; got {beta}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    if opponent == "model" and opponent_model is None:
-        raise ValueError("opponent='model' needs opponent_model (e.g. the EMA policy)")
-    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(
-            f"input_ids and attention_mask must both be (B, P); got {tuple(input_ids.shape)} "
-            f"and {tuple(attention_mask.shape)}"
-        )
+    check_generation_args(
+        opponent=opponent, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens,
+        opponent_model=opponent_model, ids_shape=tuple(input_ids.shape),
+        mask_shape=tuple(attention_mask.shape),
+    )  # fmt: skip
     if fast_decode is None:
         fast_decode = fastdecode.enabled()
     b = input_ids.shape[0]
