@@ -223,3 +223,14 @@ def test_lora_with_a_reference_model_is_a_clear_error(tiny_ckpts, prompts, tmp_p
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **over)
     with pytest.raises(InputError, match=r"reference\.model: with policy\.lora"):
         NashTrainer(spec, tmp_path, resume=False)
+
+
+def test_rlhf_pg_without_a_reward_fails_before_loading_models(tiny_ckpts, prompts, tmp_path):
+    from nlhf.errors import InputError
+    from nlhf_jax.trainer import NashTrainer
+
+    judge = {"name": "llm_judge", "model": str(tmp_path / "not-loaded")}
+    spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, preference=judge,
+                 algorithm={"name": "rlhf_pg", "tau": 0.1})  # fmt: skip
+    with pytest.raises(InputError, match="rlhf_pg needs a scalar reward, and a llm_judge"):
+        NashTrainer(spec, tmp_path, resume=False)

@@ -135,6 +135,12 @@ def _check_spec(spec: Any) -> None:
             f"(supported: {', '.join(OPPONENT)})"
         )
     check_preference(spec.preference)
+    if name == "rlhf_pg" and spec.preference.name in ("llm_judge", "pairwise_model"):
+        raise InputError(
+            f"algorithm.name: rlhf_pg needs a scalar reward, and a {spec.preference.name} "
+            "preference has none; use a bradley_terry_reward preference (or an oracle with "
+            "`reward`)"
+        )
     tr = spec.training
     if spec.distributed.engine not in ("none", "jax"):
         raise NLHFError(f"distributed.engine: {spec.distributed.engine!r} is torch-only")
