@@ -187,3 +187,55 @@ def test_fallbacks(monkeypatch):
     assert generate_pairs(llama, llama, ids, mask, **kw).stats["fast_decode"] == 1
     monkeypatch.setenv("NLHF_FAST_DECODE", "0")
     assert generate_pairs(llama, llama, ids, mask, **kw).stats["fast_decode"] == 0
+
+
+DS_SCRIPT = """
+import os, sys, json
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0", DS_ACCELERATOR="cpu")
+import torch, deepspeed
+from transformers import AutoModelForCausalLM
+from nlhf_torch import fastdecode
+
+deepspeed.init_distributed(dist_backend="gloo")
+out = {}
+for stage in (1, 2, 3):
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2,
+           "zero_optimization": {"stage": stage}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    out[f"zero{stage}"] = fastdecode.supported(engine.module)
+    if stage == 2:  # a hook of the user's own still sends it to the HF path
+        handle = engine.module.register_forward_hook(lambda *a: None)
+        out["zero2_user_hook"] = fastdecode.supported(engine.module)
+        handle.remove()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_deepspeed_zero_1_2_engines_use_the_fast_path(tmp_path):
+    """A ZeRO 1/2 engine's module keeps whole float32 parameters; only the engine's own
+    bookkeeping hooks sit on it, so it decodes fast. ZeRO-3 (partitioned) does not."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", V))
+    model.save_pretrained(tmp_path / "m")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    script = tmp_path / "ds.py"
+    script.write_text(DS_SCRIPT)
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "m"), port],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"zero1": True, "zero2": True, "zero2_user_hook": False, "zero3": False}

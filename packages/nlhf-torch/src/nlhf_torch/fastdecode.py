@@ -21,8 +21,10 @@ along a leading model axis and run by ``torch.bmm`` in one call. Weights are con
 stacked once per :func:`nlhf_torch.generation.generate_pairs` call (the policy changes
 every step), so the fast path is limited to models of at most :data:`MAX_PARAMS`
 parameters in total — the regime where Python overhead dominates. Everything else
-(other architectures, PEFT/LoRA layers, DeepSpeed ZeRO-3 partitioned or hooked modules,
-half precision, sliding-window layers, dynamic/longrope rope) goes through the HF path;
+(other architectures, PEFT/LoRA layers, DeepSpeed ZeRO-3 partitioned parameters, modules
+with forward hooks other than a DeepSpeed engine's own two on the root — so ZeRO 1/2
+engines decode fast —, half precision, sliding-window layers, dynamic/longrope rope) goes
+through the HF path.
 On by default; ``NLHF_FAST_DECODE=0`` turns the fast path off (the HF path runs).
 """
 
@@ -78,9 +80,24 @@ def supported(model: Any) -> bool:
             mods = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
             if any(type(x) is not linear for x in mods):
                 return False
-        return not any(mod._forward_hooks or mod._forward_pre_hooks for mod in model.modules())
+        return not any(_foreign_hooks(mod, root=mod is model) for mod in model.modules())
     except Exception:
         return False
+
+
+def _deepspeed_engine_hook(hook: Any) -> bool:
+    return getattr(hook, "__qualname__", "").startswith("DeepSpeedEngine.")
+
+
+def _foreign_hooks(module: torch.nn.Module, *, root: bool) -> bool:
+    """Whether ``module`` has forward hooks the fast path would skip. The two hooks a
+    DeepSpeed engine puts on its root module are exempt: they keep timers and the flops
+    profiler, cast fp16 inputs and flag ZeRO-3 parameter discovery, none of which concerns
+    a float32 ZeRO 1/2 sampling pass (ZeRO-3 is refused by the ``ds_id`` check)."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    if root:
+        hooks = [h for h in hooks if not _deepspeed_engine_hook(h)]
+    return bool(hooks)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
