@@ -92,6 +92,14 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     bt = PreferenceConfig(kind="bradley_terry", head="classification", max_length=12)
     build_preference_model(root / "rm", bt).save(root / "pw-bt")
     out["pw-bt"] = root / "pw-bt"
+    # Qwen2 directories whose tokenizer.json is the generic one build_tiny_model writes
+    # (not re-saved by Qwen2Tokenizer): transformers 5 still loads Qwen2Tokenizer, with
+    # Qwen's pre-tokenizer (single digits, ...), so tokenizer.json read as is differs
+    for name, head, seed in (("qwen2", "causal_lm", 4), ("qwen2-rm", "sequence_classification", 5)):
+        build_tiny_model(root / name, "qwen2", tokenizer_dir=lm, head=head, seed=seed)
+        cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+        _randomize(cls.from_pretrained(root / name), seed).save_pretrained(root / name)
+        out[name] = root / name
     return out
 
 
@@ -310,3 +318,101 @@ def test_whole_run_matches_torch_with_the_shared_batch_order(
     for a, b in zip(m_jax, m_torch, strict=True):
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=TOL, rel=TOL), (a["step"], key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "head"), [("pairwise", "lm"), ("bradley_terry", "classification")]
+)
+def test_jax_lora_run_loads_in_torch(
+    ckpts: dict[str, Path], tmp_path: Path, kind: str, head: str
+) -> None:
+    """A ``policy.lora`` preference run on jax: its checkpoint and final directories load
+    in torch's preference classes (the merged weights) and give the P of the jax model
+    with the adapters on, within 1e-5; the ``adapter/`` files are a peft adapter whose
+    logits on the base model (peft, torch) are the merged model's."""
+    from nlhf_jax.backend import JaxBackend
+    from nlhf_jax.preference.model import load_lora_checkpoint, load_preference_model
+    from nlhf_torch.preference.serve import load_pairwise_model
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": x, "chosen": a, "rejected": b} for x, a, b, _ in PAIRS] * 3
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = RunSpec.model_validate({
+        "task": "preference_model", "policy": {"model": str(ckpts["lm"]),
+                                               "lora": {"r": 4, "alpha": 8}},
+        "data": {"path": str(data), "max_length": 48},
+        "preference_training": {"kind": kind, "head": head, "template": TEMPLATE},
+        "training": {"steps": 2, "batch_size": 4, "lr": 1e-2},
+        "output": {"checkpoint_every": 1},
+    })  # fmt: skip
+    JaxBackend().train(spec, tmp_path / "run")
+    for d in ("checkpoints/step-1", "model"):
+        path = tmp_path / "run" / d
+        p_torch = np.asarray(load_pairwise_model(path).prob(PROMPTS, YS, YPS))
+        unmerged = load_lora_checkpoint(path, ckpts["lm"], spec.policy.lora)
+        np.testing.assert_allclose(unmerged.prob(PROMPTS, YS, YPS), p_torch, atol=TOL, err_msg=d)
+        merged = load_preference_model(path)
+        np.testing.assert_allclose(merged.prob(PROMPTS, YS, YPS), p_torch, atol=TOL, err_msg=d)
+        assert np.ptp(p_torch) > 1e-4
+    path = tmp_path / "run" / "model"
+    if kind == "bradley_terry":  # the nash preference reads it as a BT reward model
+        t, j = _both({"name": "bradley_terry_reward", "path": str(path)})
+        np.testing.assert_allclose(j.prob(PROMPTS, YS, YPS), t.prob(PROMPTS, YS, YPS).numpy(),
+                                   atol=TOL)  # fmt: skip
+        return
+    from nlhf_torch.preference.model import PreferenceConfig, build_preference_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    PeftModel = pytest.importorskip("peft").PeftModel
+
+    cfg = PreferenceConfig(kind=kind, head=head, template=TEMPLATE, max_length=48)
+    untrained = build_preference_model(ckpts["lm"], cfg).prob(PROMPTS, YS, YPS)
+    assert np.abs(np.asarray(untrained) - p_torch).max() > 1e-4  # the adapter matters
+    ids = AutoTokenizer.from_pretrained(path)(PROMPTS[3] + YS[3], return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(ckpts["lm"])
+        peft_logits = PeftModel.from_pretrained(base, path / "adapter")(ids).logits
+        merged_logits = AutoModelForCausalLM.from_pretrained(path)(ids).logits
+    np.testing.assert_allclose(peft_logits.numpy(), merged_logits.numpy(), atol=TOL)
+
+
+# ---------------------------------------------------- Qwen2 tokenizers (transformers')
+Q_PROMPTS = ["Count  to 123:", "Year 2024?", "Hello   world", "x=42", "Why not?"]
+Q_YS = [" 1 2 3", "  It was 1999.", " hi", " 7  8", " It is unsafe."]
+Q_YPS = [" one two", " 2024!!", "  12 34", " 99", " Mix 3 cups."]
+
+
+def test_qwen2_directories_tokenize_differently_from_their_tokenizer_json(
+    ckpts: dict[str, Path],
+) -> None:
+    """The premise of the Qwen2 cases below: transformers (what torch uses) and the raw
+    ``tokenizer.json`` disagree on these texts, so only one tokenizer path can match."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    for name in ("qwen2", "qwen2-rm"):
+        hf = AutoTokenizer.from_pretrained(ckpts[name])
+        raw = Tokenizer.from_file(str(ckpts[name] / "tokenizer.json"))
+        texts = [x + y for x, y in zip(Q_PROMPTS, Q_YS, strict=True)]
+        assert sum(hf.encode(t) != raw.encode(t).ids for t in texts) >= 3, name
+
+
+@pytest.mark.parametrize(
+    "preference",
+    [
+        {"name": "pairwise_model", "path": "qwen2", "batch_size": 2},
+        {"name": "pairwise_model", "path": "qwen2-rm"},
+        {"name": "bradley_terry_reward", "path": "qwen2-rm", "max_length": 8, "batch_size": 3},
+        {"name": "llm_judge", "model": "qwen2", "template": TEMPLATE, "answer_tokens": ["1", "2"]},
+    ],
+    ids=["pairwise-judge", "pairwise-bt", "bradley-terry", "llm-judge"],
+)
+def test_qwen2_preferences_match_torch(ckpts: dict[str, Path], preference: dict) -> None:
+    """On Qwen2 directories (digits, runs of spaces) the jax preferences tokenize as
+    transformers does and give torch's probabilities within 1e-5."""
+    preference = {k: str(ckpts[v]) if k in ("path", "model") else v for k, v in preference.items()}
+    t, j = _both(preference)
+    p = j.prob(Q_PROMPTS, Q_YS, Q_YPS)
+    np.testing.assert_allclose(p, np.asarray(t.prob(Q_PROMPTS, Q_YS, Q_YPS)), atol=TOL)
+    assert np.ptp(p) > 1e-4

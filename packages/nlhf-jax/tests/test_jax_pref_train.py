@@ -165,7 +165,6 @@ def test_run_outputs_and_resume(setup: dict[str, Path], tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("over", "error", "match"),
     [
-        ({"policy": {"lora": {"r": 4}}}, NLHFError, "LoRA"),
         ({"distributed": {"engine": "deepspeed"}}, NLHFError, "distributed.engine"),
         ({"distributed": {"engine": "jax", "mesh": {"data": 2}}}, InputError, "needs 2 devices"),
         ({"policy": {"model": "/nonexistent/model"}}, InputError, "not found"),

@@ -3,12 +3,15 @@
 ``preference_training``, the pairwise data truncated to the budget the model's template
 leaves (:func:`nlhf.data.pairs.load_pairs`), the run outputs around the backend's
 ``fit`` (``spec.resolved.yaml``, ``summary.json``) and the optional Bradley–Terry
-baseline under ``baseline/``. Each backend supplies its tokenizer loader, its
-``text_overhead`` and its ``fit``; nothing here imports a framework.
+baseline under ``baseline/``; and the framework-free pieces of a backend's ``fit`` (the
+guard against writing over checkpoints, the progress bar, the summary of one fit). Each
+backend supplies its tokenizer loader, its ``text_overhead`` and its ``fit``; nothing
+here imports a framework.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from typing import Any, Protocol
 from nlhf.data.pairs import PairData, load_pairs
 from nlhf.errors import InputError
 from nlhf.preference_format import PreferenceConfig
-from nlhf.runio import write_resolved_spec, write_summary
+from nlhf.runio import latest_checkpoint, write_resolved_spec, write_summary
 from nlhf.spec.models import PreferenceTrainingSpec
 
 LENGTH_SLACK = 4
@@ -120,4 +123,74 @@ def run_preference_training(
     summary["wall_time_s"] = time.perf_counter() - t0
     if write_outputs:
         write_summary(output, summary)
+    return summary
+
+
+# ------------------------------------------------------------- pieces of a backend's fit
+def resumable_checkpoint(output: Path, resume: bool) -> tuple[int, Path] | None:
+    """The latest checkpoint under ``output`` as ``(step, path)`` (None when there is
+    none); a run that does not resume refuses to write over checkpoints."""
+    found = latest_checkpoint(output)
+    if found is not None and not resume:
+        raise InputError(
+            f"output.dir: {output} already holds checkpoints (latest {found[1].name}); "
+            "resume with --resume or choose a new output.dir"
+        )
+    return found
+
+
+def progress_bar(total: int, start: int, label: str, *, enabled: bool = True) -> tuple[Any, Any]:
+    """A rich progress bar of optimiser steps with the last loss, as ``(bar, task)``
+    (update with ``bar.update(task, completed=.., loss=..)``); shown only when
+    ``enabled`` and stderr is a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        disable=not (enabled and sys.stderr.isatty()),
+    )
+    return bar, bar.add_task(label, total=total, completed=start, loss="-")
+
+
+def fit_summary(
+    spec: Any,
+    output: Path,
+    config: PreferenceConfig,
+    *,
+    steps: int,
+    start: int,
+    last_loss: float,
+    final: dict[str, Any],
+    started: float,
+    extra: dict[str, Any] | None = None,
+    zero_shot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The summary of one fit: what was trained (``config``, ``output/model``, the initial
+    model), ``steps``, where it resumed from, the last training loss (None when no step
+    ran), the final held-out metrics and the wall time since ``started``
+    (``time.perf_counter()``); then a backend's ``extra`` keys and the zero-shot metrics."""
+    summary: dict[str, Any] = {
+        "kind": config.kind,
+        "head": config.head,
+        "model_path": str(output / "model"),
+        "initial_model": spec.policy.model,
+        "steps": steps,
+        "resumed_from": start or None,
+        "train_loss_last": last_loss if steps > start else None,
+        "eval": final,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    summary.update(extra or {})
+    if zero_shot is not None:
+        summary["eval_zero_shot"] = zero_shot
     return summary

@@ -1,6 +1,8 @@
 """Hugging Face tokenizers for every backend: loading (``transformers.AutoTokenizer``,
 imported lazily so core stays framework-free) and prompt tokenization, so torch and jax
-turn the same prompt into the same token ids (chat template included).
+turn the same prompt into the same token ids (chat template included); and the
+framework-free tokenizer side of preference models (scoring set-up, answer tokens, the
+tokens a judge template adds), shared by both backends' preference models.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import InputError
+from nlhf.preference_format import PreferenceConfig, render_judge
 
 
 def _looks_local(name: str) -> bool:
@@ -101,3 +104,47 @@ def tokenize_prompts(
     if not ids:
         raise InputError(f"data: every prompt is longer than max_prompt_length={limit}")
     return texts, ids
+
+
+# ---------------------------------------------------------------- preference models
+def prepare_scoring_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer set up for preference scoring, in place (and returned): right padding
+    (the last real token is read per row), left truncation (keep the end, where the
+    answer is read) and a pad token (the EOS token if there is none). Saved with the
+    model, so every backend reloads the same settings."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise InputError("the tokenizer has neither a pad nor an EOS token; add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def answer_ids(tokenizer: Any, answers: tuple[str, str]) -> tuple[list[int], int, int]:
+    """Token ids of the shared prefix of the two answers and of their first differing
+    tokens: v = logit(first differing token of answer 1) − logit(... of answer 2), read
+    after the judge text followed by the shared prefix (e.g. " 1"/" 2" -> "Ġ" + "1"/"2"
+    for a tokenizer without a "Ġ1" token)."""
+    a = tokenizer.encode(answers[0], add_special_tokens=False)
+    b = tokenizer.encode(answers[1], add_special_tokens=False)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n == len(a) or n == len(b):
+        raise InputError(
+            f"preference_training.answer_tokens: {answers[0]!r} and {answers[1]!r} tokenise to "
+            f"{a} and {b}; one is a prefix of the other, so no token tells them apart. "
+            "Pick answers that differ in a token"
+        )
+    return a[:n], a[n], b[n]
+
+
+def text_overhead(tokenizer: Any, config: PreferenceConfig) -> int:
+    """Tokens a preference model of ``config`` adds around prompt and responses: special
+    tokens, the judge template (pairwise) and the shared answer prefix (``head="lm"``)."""
+    if config.kind == "bradley_terry":
+        return len(tokenizer.encode(""))
+    empty = render_judge(config.template, "", "", "")
+    suffix = answer_ids(tokenizer, config.answer_tokens)[0] if config.head == "lm" else []
+    return len(tokenizer.encode(empty)) + len(suffix)

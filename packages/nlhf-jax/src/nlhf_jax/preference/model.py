@@ -11,9 +11,10 @@ tests: ``tests/test_cross_backend_jax_torch_preferences.py``).
 - ``kind="bradley_terry"``: a reward r_θ(x,y) (1-label score head on ``prompt + response``);
   P = σ(r(x,y) − r(x,y')) (Bradley & Terry 1952).
 
-Texts are tokenized by :class:`HFTokenizer` (``tokenizer.json`` through ``tokenizers``,
-no transformers/torch): truncated from the left to ``max_length`` tokens (special tokens
-included, as transformers' ``truncation_side="left"``). Rows are right-padded to a few
+Texts are tokenized by the same ``transformers.AutoTokenizer`` as on torch, prepared by
+the same function (:func:`nlhf.data.tokenizer.prepare_scoring_tokenizer`: right padding,
+left truncation to ``max_length`` tokens with special tokens included, pad = EOS when
+missing). Rows are right-padded to a few
 length buckets (powers of two) so the jitted forward compiles once per bucket; the
 read-out is the last real token (``lm``) or, as transformers' sequence-classification
 pooling, the rightmost token that is not ``pad_token_id`` (``classification``). A saved
@@ -24,8 +25,6 @@ loads in :func:`nlhf_torch.preference.model.load_preference_model` and vice vers
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from nlhf.data.tokenizer import answer_ids, prepare_scoring_tokenizer, text_overhead
+from nlhf.data.tokenizer import load_tokenizer as core_load_tokenizer
 from nlhf.errors import InputError
 from nlhf.preference_format import CONFIG_NAME, Head, PreferenceConfig, render_judge
 
+from nlhf_jax import lora
 from nlhf_jax.models import (
     DecoderConfig,
     DecoderForCausalLM,
@@ -46,127 +48,18 @@ from nlhf_jax.models import (
 )
 from nlhf_jax.models.io import _DTYPES, _head_of, from_hf_state_dict, read_safetensors
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 MIN_WIDTH = 16
 """Smallest padded length bucket (widths are padded to powers of two ≥ this)."""
+ADAPTER_DIR = "adapter"
+"""Subdirectory of a LoRA-trained model directory holding its peft adapter (A, B)."""
 
 
-# ------------------------------------------------------------------------- config
 # ---------------------------------------------------------------------- tokenizer
-class HFTokenizer:
-    """A Hugging Face tokenizer directory read with ``tokenizers`` (no transformers):
-    ``tokenizer.json`` for the pipeline, ``tokenizer_config.json`` /
-    ``special_tokens_map.json`` for the pad and EOS tokens (pad falls back to EOS, as
-    the torch backend's ``prepare_tokenizer``)."""
-
-    def __init__(self, directory: str | Path, field: str = "policy.tokenizer") -> None:
-        from tokenizers import Tokenizer
-
-        self.directory = Path(directory).expanduser()
-        path = self.directory / "tokenizer.json"
-        if not path.is_file():
-            raise InputError(
-                f"{field}: no tokenizer.json in {directory}; the jax backend reads fast "
-                "(tokenizers) tokenizers: save one with tokenizer.save_pretrained()"
-            )
-        self._tok = Tokenizer.from_file(str(path))
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        meta: dict[str, Any] = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            if (self.directory / name).is_file():
-                meta.update(json.loads((self.directory / name).read_text(encoding="utf-8")))
-        self.eos_token_id = self._token_id(meta.get("eos_token"))
-        pad = self._token_id(meta.get("pad_token"))
-        if pad is None:
-            if self.eos_token_id is None:
-                raise InputError(f"{field}: the tokenizer of {directory} has neither a pad nor "
-                                 "an EOS token; add a pad token")  # fmt: skip
-            pad = self.eos_token_id
-        self.pad_token_id: int = pad
-        self._cleanup = bool(meta.get("clean_up_tokenization_spaces", False)) and (
-            type(self._tok.model).__name__ != "BPE"
-        )
-
-    def _token_id(self, value: Any) -> int | None:
-        if isinstance(value, dict):
-            value = value.get("content")
-        return None if value is None else self._tok.token_to_id(str(value))
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """As transformers' ``decode`` (special tokens kept; clean-up only where the
-        tokenizer config asks for it and the model is not BPE)."""
-        text = self._tok.decode(list(ids), skip_special_tokens=False)
-        if self._cleanup:
-            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                         (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
-                         (" 're", "'re")):  # fmt: skip
-                text = text.replace(a, b)
-        return text
-
-    def batch(
-        self,
-        texts: Sequence[str],
-        *,
-        max_length: int | None = None,
-        add_special_tokens: bool = True,
-    ) -> list[list[int]]:
-        """Token ids of each text, truncated from the left to ``max_length`` (special
-        tokens included) — transformers' ``tokenizer(texts, truncation=True,
-        max_length=..)`` with ``truncation_side="left"``."""
-        if max_length is not None:
-            self._tok.enable_truncation(max_length, direction="left")
-        try:
-            enc = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        finally:
-            self._tok.no_truncation()
-        return [list(e.ids) for e in enc]
-
-    def save(self, directory: str | Path) -> None:
-        """Copy the tokenizer files next to a saved model."""
-        for name in TOKENIZER_FILES:
-            if (self.directory / name).is_file():
-                shutil.copy(self.directory / name, Path(directory) / name)
-
-
-def load_tokenizer(path: str | Path, field: str = "policy.tokenizer") -> HFTokenizer:
-    check_model_dir(path, field)
-    return HFTokenizer(path, field)
-
-
-def answer_ids(tokenizer: HFTokenizer, answers: tuple[str, str]) -> tuple[list[int], int, int]:
-    """(shared token prefix of the two answers, first differing token of each): v =
-    logit(a₁) − logit(a₂) read after the judge text followed by the shared prefix."""
-    a = tokenizer.encode(answers[0], add_special_tokens=False)
-    b = tokenizer.encode(answers[1], add_special_tokens=False)
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    if n == len(a) or n == len(b):
-        raise InputError(
-            f"preference_training.answer_tokens: {answers[0]!r} and {answers[1]!r} tokenise to "
-            f"{a} and {b}; one is a prefix of the other, so no token tells them apart. "
-            "Pick answers that differ in a token"
-        )
-    return a[:n], a[n], b[n]
-
-
-def text_overhead(tokenizer: HFTokenizer, config: PreferenceConfig) -> int:
-    """Tokens a model of ``config`` adds around prompt and responses (special tokens, the
-    judge template, the shared answer prefix)."""
-    if config.kind == "bradley_terry":
-        return len(tokenizer.encode(""))
-    empty = render_judge(config.template, "", "", "")
-    suffix = answer_ids(tokenizer, config.answer_tokens)[0] if config.head == "lm" else []
-    return len(tokenizer.encode(empty)) + len(suffix)
+def load_tokenizer(path: str | Path, field: str = "policy.tokenizer") -> Any:
+    """The tokenizer of a preference model, as on torch: ``transformers.AutoTokenizer``
+    (:func:`nlhf.data.tokenizer.load_tokenizer`; no torch import when torch is absent)
+    prepared for scoring (:func:`nlhf.data.tokenizer.prepare_scoring_tokenizer`)."""
+    return prepare_scoring_tokenizer(core_load_tokenizer(str(path), field))
 
 
 # ------------------------------------------------------------------------- scoring
@@ -186,7 +79,7 @@ class DecoderScorer:
     def __init__(
         self,
         model: DecoderForCausalLM | DecoderForSequenceClassification,
-        tokenizer: HFTokenizer,
+        tokenizer: Any,
         *,
         head: Head,
         answer: tuple[int, int] | None = None,
@@ -203,7 +96,7 @@ class DecoderScorer:
             raise ValueError("head='lm' needs the two answer token ids")
         self.graphdef, self.state = nnx.split(model)
         self.model_config: DecoderConfig = model.config
-        self.tokenizer = tokenizer
+        self.tokenizer = prepare_scoring_tokenizer(tokenizer)
         self.head = head
         self.answer = answer
         self.suffix = list(suffix)
@@ -225,10 +118,11 @@ class DecoderScorer:
         if limit <= 0:
             raise InputError(f"max_length: {self.max_length} tokens leave no room for the text "
                              f"after the {len(self.suffix)} answer-prefix tokens; raise it")  # fmt: skip
-        rows = self.tokenizer.batch(
-            texts, max_length=limit, add_special_tokens=self.add_special_tokens
-        )
-        rows = [r + self.suffix for r in rows]
+        rows = self.tokenizer(
+            list(texts), truncation=True, max_length=limit,
+            add_special_tokens=self.add_special_tokens,
+        ).input_ids  # fmt: skip
+        rows = [list(r) + self.suffix for r in rows]
         width = _bucket(max(len(r) for r in rows), MIN_WIDTH)
         n = _bucket(len(rows), 1)
         ids = np.full((n, width), self.tokenizer.pad_token_id, np.int32)
@@ -246,10 +140,16 @@ class DecoderScorer:
         return ids, mask, index
 
     def outputs(
-        self, state: nnx.State, ids: jax.Array, mask: jax.Array, index: jax.Array
+        self,
+        state: nnx.State,
+        ids: jax.Array,
+        mask: jax.Array,
+        index: jax.Array,
+        key: jax.Array | None = None,
     ) -> jax.Array:
-        """(B, 2) answer logits (``lm``) or (B, 1) scores, float32 (pure: jit/grad-able)."""
-        model = nnx.merge(self.graphdef, state)
+        """(B, 2) answer logits (``lm``) or (B, 1) scores, float32 (pure: jit/grad-able);
+        ``key`` switches LoRA dropout on (training), with masks a function of it."""
+        model = lora.with_lora_dropout(nnx.merge(self.graphdef, state), key)
         hidden, _ = model.model(ids, mask)
         h = hidden[jnp.arange(ids.shape[0]), index]
         if self.head == "lm":
@@ -258,10 +158,15 @@ class DecoderScorer:
         return model.score(h).astype(jnp.float32)[:, :1]
 
     def values(
-        self, state: nnx.State, ids: jax.Array, mask: jax.Array, index: jax.Array
+        self,
+        state: nnx.State,
+        ids: jax.Array,
+        mask: jax.Array,
+        index: jax.Array,
+        key: jax.Array | None = None,
     ) -> jax.Array:
         """v (B,): ℓ(a₁) − ℓ(a₂) (``lm``) or the score (``classification``)."""
-        out = self.outputs(state, ids, mask, index)
+        out = self.outputs(state, ids, mask, index, key)
         return out[:, 0] - out[:, 1] if self.head == "lm" else out[:, 0]
 
     def run(self, texts: Sequence[str]) -> np.ndarray:
@@ -283,14 +188,25 @@ class DecoderScorer:
 
 class PreferenceModel(DecoderScorer):
     """The jax twin of :class:`nlhf_torch.preference.model.PreferenceModel`: a decoder +
-    tokenizer + :class:`PreferenceConfig` giving z = v_fwd − v_bwd and P = σ(z)."""
+    tokenizer + :class:`PreferenceConfig` giving z = v_fwd − v_bwd and P = σ(z).
+
+    With ``lora_config`` (the decoder has LoRA layers, :mod:`nlhf_jax.lora`) the trainable
+    parameters are the adapters' A, B and, for a ``classification`` head, the score head
+    (peft's sequence-classification convention); :meth:`save` writes the merged weights
+    W + s·B A (a plain directory every consumer loads) and the adapter under
+    :data:`ADAPTER_DIR` (what ``--resume`` reads, with ``base_path``'s frozen weights)."""
 
     def __init__(
         self,
         model: DecoderForCausalLM | DecoderForSequenceClassification,
-        tokenizer: HFTokenizer,
+        tokenizer: Any,
         config: PreferenceConfig,
+        *,
+        lora_config: lora.LoraConfig | None = None,
+        base_path: str | Path | None = None,
     ) -> None:
+        if (lora_config is None) != (not lora.lora_layers(model)):
+            raise ValueError("lora_config must be given exactly when the model has LoRA layers")
         suffix: list[int] = []
         answer = None
         if config.head == "lm":
@@ -301,6 +217,22 @@ class PreferenceModel(DecoderScorer):
             max_length=config.max_length, batch_size=16,
         )  # fmt: skip
         self.config = config
+        self.lora_config = lora_config
+        self.base_path = None if base_path is None else str(base_path)
+
+    @property
+    def trainable(self) -> Any:
+        """The nnx filter of the trained parameters: every ``nnx.Param``, or with LoRA the
+        adapters (+ the score head of a ``classification`` head)."""
+        if self.lora_config is None:
+            return nnx.Param
+        if self.head == "classification":
+            return nnx.Any(lora.LORA_FILTER, nnx.All(nnx.Param, nnx.PathContains("score")))
+        return lora.LORA_FILTER
+
+    def split_trainable(self) -> tuple[nnx.State, nnx.State]:
+        """(trained, frozen) parts of ``state``; ``nnx.merge_state`` joins them back."""
+        return nnx.split_state(self.state, self.trainable, ...)
 
     @property
     def max_length(self) -> int:  # kept in the config, which is what gets saved
@@ -365,10 +297,15 @@ class PreferenceModel(DecoderScorer):
 
     def save(self, directory: str | Path) -> None:
         """``config.json`` + ``model.safetensors`` + tokenizer + ``nlhf_preference.json``
-        (loadable by transformers and by the torch backend's preference classes)."""
+        (loadable by transformers and by the torch backend's preference classes); with
+        LoRA the weights are merged and the adapter goes to ``ADAPTER_DIR/``."""
         directory = Path(directory)
-        save_model(self.model, directory)
-        self.tokenizer.save(directory)
+        model = self.model  # a fresh module: merging the adapters leaves ``state`` alone
+        if self.lora_config is not None:
+            lora.save_adapter(model, directory / ADAPTER_DIR, self.lora_config, self.base_path)
+            model = lora.merge_lora(model)
+        save_model(model, directory)
+        self.tokenizer.save_pretrained(directory)
         self.config.save(directory)
 
 
@@ -440,14 +377,53 @@ def build_preference_model(
     dtype: str = "float32",
     seed: int = 0,
     field: str = "policy.model",
+    lora_spec: Any = None,
 ) -> PreferenceModel:
     """Start a preference model from a pretrained LM: ``head="lm"`` keeps its LM head
     (the zero-shot judge); ``head="classification"`` adds a fresh 1-label score head
-    (or keeps the one of a classifier checkpoint)."""
+    (or keeps the one of a classifier checkpoint). ``lora_spec`` (``policy.lora``) adds
+    fresh adapters (:func:`nlhf_jax.lora.apply_lora`, A drawn from ``seed``, B = 0)."""
     tokenizer = load_tokenizer(tokenizer_path or model_path, "policy.tokenizer")
     model = load_decoder(model_path, config.head, dtype=dtype,
                          pad_token_id=tokenizer.pad_token_id, seed=seed, field=field)  # fmt: skip
-    return PreferenceModel(model, tokenizer, config)
+    if lora_spec is None:
+        return PreferenceModel(model, tokenizer, config)
+    lora.apply_lora(model, lora_spec, seed=seed)
+    return PreferenceModel(model, tokenizer, config, lora_config=lora.LoraConfig.of(lora_spec),
+                           base_path=model_path)  # fmt: skip
+
+
+def load_lora_checkpoint(
+    path: str | Path,
+    base_path: str | Path,
+    lora_spec: Any,
+    *,
+    dtype: str = "float32",
+    field: str = "--resume",
+) -> PreferenceModel:
+    """A LoRA-trained model directory (:meth:`PreferenceModel.save`) as it was trained,
+    bit for bit: ``base_path``'s frozen weights, the adapter of ``path/ADAPTER_DIR`` and,
+    for a ``classification`` head, the score head saved in ``path`` (the merged weights
+    W + s·B A cannot be split back exactly)."""
+    path = Path(path).expanduser()
+    if not (path / ADAPTER_DIR / lora.ADAPTER_CONFIG).is_file():
+        raise InputError(f"{field}: {path} has no {ADAPTER_DIR}/{lora.ADAPTER_CONFIG}; it was "
+                         "not written by a policy.lora run (remove policy.lora to resume it)")  # fmt: skip
+    wanted, saved = lora.LoraConfig.of(lora_spec), lora.read_adapter_config(path / ADAPTER_DIR)
+    if (saved.r, saved.scaling, saved.dropout) != (wanted.r, wanted.scaling, wanted.dropout):
+        raise InputError(f"{field}: {path}'s adapter has r={saved.r}, scaling={saved.scaling}, "
+                         f"dropout={saved.dropout}; policy.lora says r={wanted.r}, scaling="
+                         f"{wanted.scaling}, dropout={wanted.dropout}")  # fmt: skip
+    config = PreferenceConfig.load(path)
+    tokenizer = load_tokenizer(path, field)
+    model = load_decoder(base_path, config.head, dtype=dtype,
+                         pad_token_id=tokenizer.pad_token_id, field="policy.model")  # fmt: skip
+    if config.head == "classification":
+        score = read_safetensors(path)["score.weight"].T
+        model.score.kernel[...] = jnp.asarray(score, model.score.kernel.dtype)
+    lora.load_adapter(model, path / ADAPTER_DIR)
+    return PreferenceModel(model, tokenizer, config, lora_config=lora.LoraConfig.of(lora_spec),
+                           base_path=base_path)  # fmt: skip
 
 
 def load_preference_model(

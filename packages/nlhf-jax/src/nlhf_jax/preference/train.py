@@ -18,14 +18,20 @@ backend's preference classes. Under ``distributed: {engine: jax, mesh, rules}`` 
 parameters (and the optimiser state) are placed by the mesh rules and each gradient chunk
 is sharded over the mesh's data axes (:mod:`nlhf_jax.sharding`, as the jax nash trainer):
 the same batches and, up to float rounding, the same losses and parameters as one device.
-Not supported (clear errors): ``policy.lora``, ``distributed: {engine: deepspeed}``.
+
+``policy.lora`` (:mod:`nlhf_jax.lora`): peft-convention adapters on the target layers;
+the optimiser sees only their A, B and, for a ``classification`` head, the score head
+(:attr:`PreferenceModel.trainable`). Model directories stay plain Hugging Face ones (the
+merged weights W + s·B A, which every consumer loads) and add the peft adapter under
+``adapter/``; ``--resume`` rebuilds the model from ``policy.model``, that adapter and the
+saved score head, bit for bit. (The torch trainer ignores ``policy.lora`` and trains every
+parameter.) Not supported (clear error): ``distributed: {engine: deepspeed}``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,24 +41,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError, NLHFError
-from nlhf.preference_run import check_preference_task, run_preference_training
+from nlhf.preference_run import (
+    check_preference_task,
+    fit_summary,
+    progress_bar,
+    resumable_checkpoint,
+    run_preference_training,
+)
 from nlhf.runio import (
     MetricsWriter,
     atomic_directory,
     checkpoint_dir,
-    latest_checkpoint,
     prune_checkpoints,
 )
 
 from nlhf_jax.kernels import preference_loss
 from nlhf_jax.optim import build_optimizer, lr_multiplier
 from nlhf_jax.preference.model import (
+    ADAPTER_DIR,
     PreferenceConfig,
     PreferenceModel,
     _bucket,
     build_preference_model,
+    load_lora_checkpoint,
     load_preference_model,
     load_tokenizer,
     text_overhead,
@@ -118,9 +132,6 @@ def evaluate_pairs(
 def check_spec(spec: Any) -> None:
     """Options the jax preference trainer does not support, reported before any loading."""
     check_preference_task(spec)
-    if spec.policy.lora is not None:
-        raise NLHFError("policy.lora: LoRA is not supported by the jax backend yet; "
-                        "remove it or use --backend torch")  # fmt: skip
     if spec.distributed.engine not in ("none", "jax"):
         raise NLHFError(
             f"distributed.engine: {spec.distributed.engine!r} is torch-only; on the jax "
@@ -171,44 +182,76 @@ class PairBatch:
 
 
 def chunk_loss(
-    model: PreferenceModel, state: Any, ids, mask, index, fwd, bwd, target, weight
+    model: PreferenceModel,
+    state: Any,
+    ids: Any,
+    mask: Any,
+    index: Any,
+    fwd: Any,
+    bwd: Any,
+    target: Any,
+    weight: Any,
+    key: jax.Array | None = None,
 ) -> jax.Array:
     """Σ_b w_b·CE_b with CE_b = −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)]: equal to
-    (|chunk|/|batch|)·preference_loss over the chunk."""
-    v = model.values(state, ids, mask, index)
+    (|chunk|/|batch|)·preference_loss over the chunk (``key``: LoRA dropout masks)."""
+    v = model.values(state, ids, mask, index, key)
     ce = jax.vmap(preference_loss)(v[fwd], v[bwd], target)
     return jnp.sum(weight * ce)
 
 
 class Stepper:
-    """Jitted gradient of :func:`chunk_loss` and the optax update; with a ``mesh`` each
-    chunk's arrays are sharded on their first dimension over its data axes."""
+    """Jitted gradient of :func:`chunk_loss` with respect to the trained parameters
+    (:attr:`PreferenceModel.trainable`: all of them, or with LoRA the adapters and a score
+    head) and the optax update of those alone; with a ``mesh`` each chunk's arrays are
+    sharded on their first dimension over its data axes. LoRA dropout (p > 0) draws the
+    masks of chunk k of optimiser step t from fold_in(fold_in(key(seed), t), k), so a
+    resumed run draws the same ones."""
 
     def __init__(
-        self, model: PreferenceModel, tx: optax.GradientTransformation, mesh: Any = None
+        self,
+        model: PreferenceModel,
+        tx: optax.GradientTransformation,
+        mesh: Any = None,
+        *,
+        seed: int = 0,
     ) -> None:
-        self.model, self.tx, self.mesh = model, tx, mesh
-        self._grad = jax.jit(jax.value_and_grad(lambda s, *a: chunk_loss(model, s, *a)))
+        self.model, self.tx, self.mesh, self.seed = model, tx, mesh, seed
+        cfg = model.lora_config
+        self.dropout = cfg is not None and cfg.dropout > 0
+
+        def loss(params: Any, frozen: Any, key: Any, *arrays: Any) -> jax.Array:
+            return chunk_loss(model, nnx.merge_state(params, frozen), *arrays, key=key)
+
+        self._grad = jax.jit(jax.value_and_grad(loss))
         self._apply = jax.jit(self._update)
 
-    def _update(self, state: Any, opt_state: Any, grads: Any) -> tuple[Any, Any, jax.Array]:
+    def params(self) -> Any:
+        """The trained parameters (what the optimiser state is built on)."""
+        return self.model.split_trainable()[0]
+
+    def _update(self, params: Any, opt_state: Any, grads: Any) -> tuple[Any, Any, jax.Array]:
         norm = optax.tree.norm(grads)
-        updates, opt_state = self.tx.update(grads, opt_state, state)
-        return optax.apply_updates(state, updates), opt_state, norm
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, norm
 
     def step(
-        self, opt_state: Any, chunks: Sequence[Sequence[Pair]], batch_total: int
+        self, opt_state: Any, chunks: Sequence[Sequence[Pair]], batch_total: int, step: int = 0
     ) -> tuple[Any, float, float]:
-        """One optimiser step over ``chunks`` (gradient accumulation); updates
+        """Optimiser step ``step`` over ``chunks`` (gradient accumulation); updates
         ``model.state``; returns (opt_state, loss, pre-clip gradient norm)."""
+        params, frozen = self.model.split_trainable()
         grads, loss = None, 0.0
-        for pairs in chunks:
+        for k, pairs in enumerate(chunks):
+            key = None
+            if self.dropout:
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), step), k)
             arrays = self._arrays(pairs, batch_total)
-            value, g = self._grad(self.model.state, *arrays)
+            value, g = self._grad(params, frozen, key, *arrays)
             loss += float(value)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-        state, opt_state, norm = self._apply(self.model.state, opt_state, grads)
-        self.model.state = state
+        params, opt_state, norm = self._apply(params, opt_state, grads)
+        self.model.state = nnx.merge_state(params, frozen)
         return opt_state, loss, float(norm)
 
     def _arrays(self, pairs: Sequence[Pair], batch_total: int) -> tuple[Any, ...]:
@@ -249,26 +292,6 @@ def _save_checkpoint(
     return final
 
 
-def _progress(total: int, start: int, label: str) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-        disable=not sys.stderr.isatty(),
-    )
-    return bar, bar.add_task(label, total=total, completed=start, loss="-")
-
-
 def fit(
     spec: Any,
     output: Path,
@@ -281,20 +304,22 @@ def fit(
     """Train one preference model on ``data`` under ``output``; return its summary."""
     t0 = time.perf_counter()
     tr = spec.training
-    found = latest_checkpoint(output)
-    if found is not None and not resume:
-        raise InputError(
-            f"output.dir: {output} already holds checkpoints (latest {found[1].name}); "
-            "resume with --resume or choose a new output.dir"
-        )
+    found = resumable_checkpoint(output, resume)
     start = 0
+    pol = spec.policy
     if resume and found is not None:
         start, path = found
-        model = load_preference_model(path, dtype=spec.policy.dtype, field="--resume")
+        if pol.lora is not None:
+            model = load_lora_checkpoint(path, pol.model, pol.lora, dtype=pol.dtype)
+        elif (path / ADAPTER_DIR).exists():
+            raise InputError(f"--resume: {path} was written by a policy.lora run; resume it "
+                             "with the same policy.lora")  # fmt: skip
+        else:
+            model = load_preference_model(path, dtype=pol.dtype, field="--resume")
     else:
-        model = build_preference_model(spec.policy.model, config,
-                                       tokenizer_path=spec.policy.tokenizer,
-                                       dtype=spec.policy.dtype, seed=spec.seed)  # fmt: skip
+        model = build_preference_model(pol.model, config, tokenizer_path=pol.tokenizer,
+                                       dtype=pol.dtype, seed=spec.seed,
+                                       lora_spec=pol.lora)  # fmt: skip
     mesh = None
     if spec.distributed.engine == "jax":
         from nlhf_jax.sharding import make_mesh, shard_state
@@ -305,7 +330,8 @@ def fit(
     per_epoch = math.ceil(n / tr.batch_size)
     total = min(tr.steps, tr.epochs * per_epoch)
     tx = build_optimizer(tr, total)
-    opt_state = tx.init(model.state)
+    stepper = Stepper(model, tx, mesh, seed=spec.seed)
+    opt_state = tx.init(stepper.params())
     if start:
         from safetensors.numpy import load_file
 
@@ -316,13 +342,12 @@ def fit(
             loaded = place_like(loaded, opt_state)
         opt_state = loaded
     lr_mult = lr_multiplier(tr.lr_schedule, tr.warmup_steps, total)
-    stepper = Stepper(model, tx, mesh)
     metrics = MetricsWriter(output, truncate_after=start if start else None)
     zero_shot = None
     if start == 0 and data.eval:
         zero_shot = evaluate_pairs(model, data.eval)
         metrics.log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
-    bar, task = _progress(total, start, label)
+    bar, task = progress_bar(total, start, label)
     last_loss = float("nan")
     with bar:
         for step in range(start, total):
@@ -330,7 +355,7 @@ def fit(
             chunks = [
                 [data.train[i] for i in c] for c in np.array_split(idx, tr.grad_accum) if len(c)
             ]
-            opt_state, loss, norm = stepper.step(opt_state, chunks, len(idx))
+            opt_state, loss, norm = stepper.step(opt_state, chunks, len(idx), step)
             done = step + 1
             last_loss = loss
             record: dict[str, Any] = {}
@@ -352,23 +377,16 @@ def fit(
     metrics.close()
     with atomic_directory(output / "model") as tmp:
         model.save(tmp)
-    summary: dict[str, Any] = {
-        "kind": model.config.kind,
-        "head": model.config.head,
-        "model_path": str(output / "model"),
-        "initial_model": spec.policy.model,
-        "steps": total,
-        "resumed_from": start or None,
-        "train_loss_last": last_loss if total > start else None,
-        "eval": final,
-        "wall_time_s": time.perf_counter() - t0,
-    }
+    extra: dict[str, Any] = {}
+    if model.lora_config is not None:
+        trained = sum(int(x.size) for x in jax.tree.leaves(stepper.params()))
+        extra["lora"] = {"r": model.lora_config.r, "alpha": model.lora_config.alpha,
+                         "trained_parameters": trained}  # fmt: skip
     if mesh is not None:
-        summary["distributed"] = {"engine": "jax", "mesh": dict(mesh.shape),
-                                  "devices": mesh.devices.size}  # fmt: skip
-    if zero_shot is not None:
-        summary["eval_zero_shot"] = zero_shot
-    return summary
+        extra["distributed"] = {"engine": "jax", "mesh": dict(mesh.shape),
+                                "devices": mesh.devices.size}  # fmt: skip
+    return fit_summary(spec, output, model.config, steps=total, start=start, last_loss=last_loss,
+                       final=final, started=t0, extra=extra, zero_shot=zero_shot)  # fmt: skip
 
 
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:

@@ -12,7 +12,8 @@
 Both expose ``pair_logits(prompts, ys, y_primes) -> z`` (differentiable, P = σ(z)) and
 ``prob(...) -> list[float]``. A model directory holds the transformers checkpoint
 (safetensors), its tokenizer and ``nlhf_preference.json`` (kind, head, template, answer
-tokens, max length).
+tokens, max length). The tokenizer side (scoring set-up, answer tokens, template
+overhead) is :mod:`nlhf.data.tokenizer`'s, shared with the jax backend.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nlhf.data.tokenizer import answer_ids, text_overhead
+from nlhf.data.tokenizer import prepare_scoring_tokenizer as prepare_tokenizer
 from nlhf.errors import InputError
 from nlhf.preference_format import CONFIG_NAME, Head, PreferenceConfig, render_judge
 
@@ -32,47 +35,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-def answer_ids(tokenizer: Any, answers: tuple[str, str]) -> tuple[list[int], int, int]:
-    """Token ids of the shared prefix of the two answers and of their first differing
-    tokens: v = logit(first differing token of answer 1) − logit(... of answer 2), read
-    after the judge text followed by the shared prefix (e.g. " 1"/" 2" -> "Ġ" + "1"/"2"
-    for a tokenizer without a "Ġ1" token)."""
-    a = tokenizer.encode(answers[0], add_special_tokens=False)
-    b = tokenizer.encode(answers[1], add_special_tokens=False)
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    if n == len(a) or n == len(b):
-        raise InputError(
-            f"preference_training.answer_tokens: {answers[0]!r} and {answers[1]!r} tokenise to "
-            f"{a} and {b}; one is a prefix of the other, so no token tells them apart. "
-            "Pick answers that differ in a token"
-        )
-    return a[:n], a[n], b[n]
-
-
-def prepare_tokenizer(tokenizer: Any) -> Any:
-    """Right padding (the last real token is gathered per row), left truncation (keep the
-    end, where the answer is read), and a pad token (the EOS token if there is none)."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise InputError("the tokenizer has neither a pad nor an EOS token; add a pad token")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    tokenizer.truncation_side = "left"
-    return tokenizer
-
-
-def text_overhead(tokenizer: Any, config: PreferenceConfig) -> int:
-    """Tokens a model of ``config`` adds around prompt and responses: special tokens, the
-    judge template (pairwise) and the shared answer prefix (``head="lm"``)."""
-    if config.kind == "bradley_terry":
-        return len(tokenizer("").input_ids)
-    empty = render_judge(config.template, "", "", "")
-    suffix = answer_ids(tokenizer, config.answer_tokens)[0] if config.head == "lm" else []
-    return len(tokenizer(empty).input_ids) + len(suffix)
 
 
 def load_tokenizer(path: str | Path, field: str = "policy.tokenizer") -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +24,16 @@ from typing import Any
 import torch
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError
-from nlhf.preference_run import run_preference_training
+from nlhf.preference_run import (
+    fit_summary,
+    progress_bar,
+    resumable_checkpoint,
+    run_preference_training,
+)
 from nlhf.runio import (
     MetricsWriter,
     atomic_directory,
     checkpoint_dir,
-    latest_checkpoint,
     prune_checkpoints,
 )
 
@@ -132,27 +135,6 @@ def _lr_lambda(spec: Any, total: int) -> Any:
     return factor
 
 
-def _progress(total: int, start: int, label: str, enabled: bool = True) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-        disable=not (enabled and sys.stderr.isatty()),
-    )
-    task = bar.add_task(label, total=total, completed=start, loss="-")
-    return bar, task
-
-
 def _save_checkpoint(
     output: Path,
     step: int,
@@ -227,12 +209,7 @@ def fit(
     t0 = time.perf_counter()
     tr = spec.training
     distributed = spec.distributed.engine == "deepspeed"
-    found = latest_checkpoint(output)
-    if found is not None and not resume:
-        raise InputError(
-            f"output.dir: {output} already holds checkpoints (latest {found[1].name}); "
-            "resume with --resume or choose a new output.dir"
-        )
+    found = resumable_checkpoint(output, resume)
     start = 0
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
@@ -284,7 +261,7 @@ def fit(
         zero_shot = evaluate_pairs(model, data.eval)  # every rank: ZeRO-3 forwards are collective
         log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
     model.train()
-    bar, task = _progress(total, start, label, enabled=rank == 0)
+    bar, task = progress_bar(total, start, label, enabled=rank == 0)
     last_loss = float("nan")
     with bar:
         for step in range(start, total):
@@ -329,22 +306,9 @@ def fit(
                 with atomic_directory(output / "model") as tmp:
                     model.save(tmp)
         torch.distributed.barrier()
-    summary: dict[str, Any] = {
-        "kind": model.config.kind,
-        "head": model.config.head,
-        "model_path": str(output / "model"),
-        "initial_model": spec.policy.model,
-        "steps": total,
-        "resumed_from": start or None,
-        "train_loss_last": last_loss if total > start else None,
-        "eval": final,
-        "wall_time_s": time.perf_counter() - t0,
-    }
-    if ds is not None:
-        summary["distributed"] = ds.describe()
-    if zero_shot is not None:
-        summary["eval_zero_shot"] = zero_shot
-    return summary
+    extra = {"distributed": ds.describe()} if ds is not None else None
+    return fit_summary(spec, output, model.config, steps=total, start=start, last_loss=last_loss,
+                       final=final, started=t0, extra=extra, zero_shot=zero_shot)  # fmt: skip
 
 
 def _local_step(
