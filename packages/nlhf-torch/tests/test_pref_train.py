@@ -180,3 +180,10 @@ def test_pref_learns_known_preference_pairwise_and_bt(
     assert max(abs(a + b - 1) for a, b in zip(p, q, strict=True)) < 1e-6
     keyword = model.prob(["pick fig"], ["fig apple lime"], ["fig plum lime"])[0]
     assert keyword > 0.9
+
+
+def test_lora_is_a_clear_error_not_silently_full_finetuning(setup, tmp_path) -> None:
+    spec = make_spec(setup, policy={"lora": {"r": 4}})
+    with pytest.raises(InputError, match=r"policy\.lora: LoRA preference models are trained by"):
+        train_preference_model(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written

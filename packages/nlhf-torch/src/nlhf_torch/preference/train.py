@@ -352,6 +352,11 @@ def _deepspeed_step(ds: Any, data: PairData, idx: list[int], tr: Any) -> tuple[f
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run ``task: preference_model`` (see the module docstring); returns the summary. Under
     DeepSpeed only rank 0 writes ``spec.resolved.yaml`` and ``summary.json``."""
+    if spec.policy is not None and spec.policy.lora is not None:
+        raise InputError(
+            "policy.lora: LoRA preference models are trained by the jax backend (--backend "
+            "jax); the torch preference trainer trains every parameter: remove policy.lora"
+        )
     rank = 0
     if spec.distributed.engine == "deepspeed":
         from nlhf_torch.distributed import env_rank
