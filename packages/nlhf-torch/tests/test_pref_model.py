@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from nlhf.errors import InputError
+from nlhf.preference_format import CONFIG_NAME
 from nlhf_torch.preference.model import (
-    CONFIG_NAME,
     BradleyTerryModel,
     PairwiseModel,
     PreferenceConfig,

@@ -38,6 +38,28 @@ class PreferenceConfig:
         data["answer_tokens"] = tuple(data["answer_tokens"])
         return cls(**data)
 
+    @classmethod
+    def for_directory(cls, directory: Path, field: str = "preference.path") -> PreferenceConfig:
+        """The config of a model directory: its ``nlhf_preference.json`` when present, else
+        from ``config.json``'s architectures — a causal LM is a zero-shot pairwise judge
+        (default template), a sequence classifier a Bradley–Terry reward model."""
+        directory = Path(directory)
+        if (directory / CONFIG_NAME).exists():
+            return cls.load(directory)
+        try:
+            raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+            archs = " ".join(raw.get("architectures") or [])
+        except (OSError, ValueError, AttributeError) as exc:
+            raise InputError(f"{field}: {directory} is not a model directory: {exc}") from exc
+        if archs.endswith("ForCausalLM"):
+            return cls(kind="pairwise", head="lm")
+        if "ForSequenceClassification" in archs:
+            return cls(kind="bradley_terry", head="classification")
+        raise InputError(
+            f"{field}: {directory} has no {CONFIG_NAME} and its architecture "
+            f"({archs or 'unknown'}) is neither a causal LM nor a sequence classifier"
+        )
+
 
 def render_judge(template: str, prompt: str, response_1: str, response_2: str) -> str:
     """Fill ``{prompt}``, ``{response_1}``, ``{response_2}`` (plain replacement, so braces

@@ -36,7 +36,7 @@ from flax import nnx
 from nlhf.data.tokenizer import answer_ids, prepare_scoring_tokenizer, text_overhead
 from nlhf.data.tokenizer import load_tokenizer as core_load_tokenizer
 from nlhf.errors import InputError
-from nlhf.preference_format import CONFIG_NAME, Head, PreferenceConfig, render_judge
+from nlhf.preference_format import Head, PreferenceConfig, render_judge
 
 from nlhf_jax import lora
 from nlhf_jax.models import (
@@ -434,22 +434,7 @@ def load_preference_model(
     template) and a 1-label classifier a Bradley–Terry reward model (as torch)."""
     check_model_dir(path, field)
     path = Path(path).expanduser()
-    if (path / CONFIG_NAME).exists():
-        config = PreferenceConfig.load(path)
-    else:
-        try:
-            archs = " ".join(load_config(path).raw.get("architectures") or [])
-        except InputError as exc:
-            raise InputError(f"{field}: {path} is not a model directory: {exc}") from exc
-        if archs.endswith("ForCausalLM"):
-            config = PreferenceConfig(kind="pairwise", head="lm")
-        elif "ForSequenceClassification" in archs:
-            config = PreferenceConfig(kind="bradley_terry", head="classification")
-        else:
-            raise InputError(
-                f"{field}: {path} has no {CONFIG_NAME} and its architecture "
-                f"({archs or 'unknown'}) is neither a causal LM nor a sequence classifier"
-            )
+    config = PreferenceConfig.for_directory(path, field)
     tokenizer = load_tokenizer(path, field)
     model = load_decoder(path, config.head, dtype=dtype, pad_token_id=tokenizer.pad_token_id,
                          field=field)  # fmt: skip

@@ -27,7 +27,7 @@ import torch
 from nlhf.data.tokenizer import answer_ids, text_overhead
 from nlhf.data.tokenizer import prepare_scoring_tokenizer as prepare_tokenizer
 from nlhf.errors import InputError
-from nlhf.preference_format import CONFIG_NAME, Head, PreferenceConfig, render_judge
+from nlhf.preference_format import Head, PreferenceConfig, render_judge
 
 DTYPES = {
     "float32": torch.float32,
@@ -254,27 +254,12 @@ def load_preference_model(
     """Load a directory saved by :meth:`PreferenceModel.save`. Without
     ``nlhf_preference.json``, a causal LM becomes a zero-shot pairwise judge
     (default template) and a 1-label classifier a Bradley–Terry reward model."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = Path(path).expanduser()
     if not path.is_dir():
         raise InputError(f"preference.path: model directory not found: {path}")
-    if (path / CONFIG_NAME).exists():
-        config = PreferenceConfig.load(path)
-    else:
-        try:
-            arch = " ".join(AutoConfig.from_pretrained(str(path)).architectures or [])
-        except (OSError, ValueError) as exc:
-            raise InputError(f"preference.path: {path} is not a model directory: {exc}") from exc
-        if arch.endswith("ForCausalLM"):
-            config = PreferenceConfig(kind="pairwise", head="lm")
-        elif "ForSequenceClassification" in arch:
-            config = PreferenceConfig(kind="bradley_terry", head="classification")
-        else:
-            raise InputError(
-                f"preference.path: {path} has no {CONFIG_NAME} and its architecture "
-                f"({arch or 'unknown'}) is neither a causal LM nor a sequence classifier"
-            )
+    config = PreferenceConfig.for_directory(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     with _quiet_loading():
         model = _model_class(config.head).from_pretrained(str(path), dtype=DTYPES[dtype])
