@@ -144,17 +144,11 @@ def _check_spec(spec: Any) -> None:
     tr = spec.training
     if spec.distributed.engine not in ("none", "jax"):
         raise NLHFError(f"distributed.engine: {spec.distributed.engine!r} is torch-only")
-    if tr.batch_size % tr.grad_accum:
-        raise InputError(
-            f"training.grad_accum: batch_size {tr.batch_size} is not divisible by grad_accum "
-            f"{tr.grad_accum}; each optimiser step takes batch_size prompts in grad_accum "
-            f"equal micro-batches"
-        )
+    micro = tr.micro_batch_size()  # batch_size / grad_accum must divide exactly
     if spec.distributed.engine == "jax":
         from nlhf_jax.sharding import BATCH_AXES
 
         ways = math.prod(spec.distributed.mesh.get(a, 1) for a in BATCH_AXES)
-        micro = tr.batch_size // tr.grad_accum
         if micro % ways:
             raise InputError(
                 f"training.batch_size: micro-batches of {micro} prompts (batch_size / "
@@ -385,7 +379,7 @@ class NashTrainer:
         dropout = self.lora is not None and self.lora.dropout > 0
         static = {"estimator": getattr(algo, "kl_estimator", "sampled"),
                   "ipo": algo.name == "online_ipo"}  # fmt: skip
-        micro = tr.batch_size // tr.grad_accum
+        micro = tr.micro_batch_size()
         grads, losses, device_metrics, sums = None, [], [], {}
         for k in range(tr.grad_accum):
             rows = slice(k * micro, (k + 1) * micro)

@@ -143,12 +143,7 @@ def _check_spec(spec: Any) -> None:
             f"single-process trainer yet; remove the distributed section"
         )
     tr = spec.training
-    if tr.batch_size % tr.grad_accum:
-        raise InputError(
-            f"training.grad_accum: batch_size {tr.batch_size} is not divisible by grad_accum "
-            f"{tr.grad_accum}; each optimiser step takes batch_size prompts in grad_accum "
-            f"equal micro-batches"
-        )
+    tr.micro_batch_size()  # batch_size / grad_accum must divide exactly
     if tr.generation.top_k:
         raise InputError("training.generation.top_k: the torch trainer samples the full vocabulary")
 
@@ -494,7 +489,7 @@ class NashTrainer:
             self.spec.seed,
             self.spec.data.shuffle,
         )
-        return idx, tr.batch_size // tr.grad_accum
+        return idx, tr.micro_batch_size()
 
     def _record(
         self,

@@ -277,6 +277,20 @@ class TrainingSpec(Section):
     log_every: Annotated[int, Field(gt=0)] = 1
     eval_every: Annotated[int, Field(gt=0)] | None = None
 
+    def micro_batch_size(self) -> int:
+        """Prompts per micro-batch of a ``task: nash`` step: ``batch_size / grad_accum``,
+        which must divide exactly (every micro-batch the same size, so the mean of the
+        micro-batch losses is the batch loss)."""
+        if self.batch_size % self.grad_accum:
+            from nlhf.errors import InputError
+
+            raise InputError(
+                f"training.grad_accum: batch_size {self.batch_size} is not divisible by "
+                f"grad_accum {self.grad_accum}; each optimiser step takes batch_size prompts in "
+                f"grad_accum equal micro-batches"
+            )
+        return self.batch_size // self.grad_accum
+
 
 # ----------------------------------------------------------------------- distributed
 class NoDistributed(Section):
