@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 from nlhf.errors import InputError
 from nlhf.spec.models import LoraSpec
+from nlhf.testing.tolerances import assert_close
 from nlhf_jax import lora as L
 from nlhf_jax.models import load_model
 from nlhf_jax.models.io import from_hf_state_dict, load_config, read_safetensors
@@ -109,9 +110,9 @@ def test_lora_logits_equal_folded_weights(tiny_ckpts, arch):
     got, want = _logits(model, ids, mask), _logits(folded, ids, mask)
     assert np.abs(got - _logits(load_model(tiny_ckpts[arch]), ids, mask)).max() > 0.1
     # folding reorders float32 sums: ~1 ulp of logits of size ~5
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert_close(got, want, scope="model")
     # merge_lora folds the same way
-    np.testing.assert_allclose(_logits(L.merge_lora(model), ids, mask), want, atol=1e-5, rtol=1e-5)
+    assert_close(_logits(L.merge_lora(model), ids, mask), want, scope="model")
     assert not L.lora_layers(model)
 
 
@@ -136,8 +137,8 @@ def test_disabled_adapter_is_exactly_the_base(tiny_ckpts):
         return m(ids, mask)[0], L.without_adapter(m)(ids, mask)[0]
 
     pol, ref = both(lora_state, rest)
-    np.testing.assert_allclose(np.asarray(pol), on, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(ref), want, atol=1e-5, rtol=0)
+    assert_close(np.asarray(pol), on, scope="model")
+    assert_close(np.asarray(ref), want, scope="model")
     assert np.abs(np.asarray(pol) - np.asarray(ref)).max() > 0.1
 
 
@@ -263,7 +264,7 @@ def test_dropout_on_lora_input_only_and_keyed(tiny_ckpts):
     # B = 0: dropout on the adapter's input cannot change anything, even in training
     targets = ["q_proj", "o_proj", "down_proj"]
     fresh, _ = _lora_model(tiny_ckpts["qwen2"], targets, dropout=0.5, randomize=False)
-    np.testing.assert_allclose(np.asarray(trainer(fresh)(key)[0]), want, atol=1e-5, rtol=0)
+    assert_close(np.asarray(trainer(fresh)(key)[0]), want, scope="model")
 
     model, _ = _lora_model(tiny_ckpts["qwen2"], targets, dropout=0.5)
     no_drop, _ = _lora_model(tiny_ckpts["qwen2"], targets)  # same A, B (same seed)
@@ -274,7 +275,7 @@ def test_dropout_on_lora_input_only_and_keyed(tiny_ckpts):
     np.testing.assert_array_equal(np.asarray(t1), np.asarray(t2))
     assert np.abs(np.asarray(t1) - evaluated).max() > 1e-2
     assert np.abs(np.asarray(t3) - np.asarray(t1)).max() > 1e-2
-    np.testing.assert_allclose(np.asarray(ref1), want, atol=1e-5, rtol=0)
+    assert_close(np.asarray(ref1), want, scope="model")
     leaves = [jax.tree.leaves(g) for g in (g1, g2, g3)]
     assert min(float(jnp.abs(x).max()) for x in leaves[0]) > 0
     assert all(np.array_equal(x, y) for x, y in zip(leaves[0], leaves[1], strict=True))
@@ -308,7 +309,7 @@ def test_layer_is_base_plus_scaled_low_rank_update():
     x = rng.randn(3, 6)
     want = x @ w.T + b + (5.0 / 2) * (x @ a.T) @ bb.T
     got = np.asarray(layer(jnp.asarray(x, jnp.float32)))
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert_close(got, want, scope="model")
     assert np.abs(want - (x @ w.T + b)).max() > 1.0
 
 
@@ -328,9 +329,7 @@ def test_generate_pairs_with_lora_policy_and_disabled_reference(tiny_ckpts):
     want = generate_pairs(folded, load_model(tiny_ckpts["qwen2"]), ids, mask, **kw)
     np.testing.assert_array_equal(np.asarray(got.y), np.asarray(want.y))
     np.testing.assert_array_equal(np.asarray(got.y_prime), np.asarray(want.y_prime))
-    np.testing.assert_allclose(
-        np.asarray(got.reference_logits), np.asarray(want.reference_logits), atol=1e-5, rtol=0
-    )
+    assert_close(np.asarray(got.reference_logits), np.asarray(want.reference_logits), scope="model")
     base = generate_pairs(load_model(tiny_ckpts["qwen2"]), load_model(tiny_ckpts["qwen2"]),
                           ids, mask, **kw)  # fmt: skip
     assert not np.array_equal(np.asarray(got.y), np.asarray(base.y))  # the adapter matters

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from nlhf.errors import InputError
+from nlhf.testing.tolerances import assert_close
 from nlhf_jax.models import load_model, save_model
 from nlhf_jax.models.decoder import DecoderConfig, rope_inv_freq
 
@@ -46,10 +47,10 @@ def test_logits_match_transformers_left_padded(tiny_ckpts, arch):
     got, _ = model(jnp.asarray(ids), jnp.asarray(mask))
     got = np.asarray(got)
     assert np.abs(ref).max() > 0.5  # non-trivial logits
-    np.testing.assert_allclose(got[mask == 1], ref[mask == 1], atol=1e-5, rtol=0)
+    assert_close(got[mask == 1], ref[mask == 1], scope="model")
     # a padded row gives the logits of its unpadded sequence
     alone, _ = model(jnp.asarray(ids[1:2, 3:]))
-    np.testing.assert_allclose(np.asarray(alone)[0], ref[1, 3:], atol=1e-5, rtol=0)
+    assert_close(np.asarray(alone)[0], ref[1, 3:], scope="model")
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2_tied"])
@@ -59,11 +60,9 @@ def test_save_then_transformers_load_gives_same_logits(tiny_ckpts, tmp_path, arc
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["tie_word_embeddings"] == (arch == "qwen2_tied")
     ids, mask = _batch(model.config.vocab_size, seed=1)
-    np.testing.assert_allclose(
+    np.testing.assert_array_equal(
         _hf_logits(tmp_path / "out", ids, mask)[mask == 1],
         _hf_logits(tiny_ckpts[arch], ids, mask)[mask == 1],
-        atol=0,
-        rtol=0,
     )
 
 
@@ -79,7 +78,7 @@ def test_sequence_classification_matches_transformers(tiny_ckpts):
         ).logits.numpy()
     got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     assert got.shape == (3, 1)
-    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    assert_close(got, ref, scope="model")
 
 
 def test_kv_cache_decode_matches_full_forward(tiny_ckpts):
@@ -102,7 +101,7 @@ def test_kv_cache_decode_matches_full_forward(tiny_ckpts):
         cache_index=0,
         last_only=True,
     )
-    np.testing.assert_allclose(np.asarray(logits), ref[:, prompt - 1], atol=1e-5, rtol=0)
+    assert_close(np.asarray(logits), ref[:, prompt - 1], scope="model")
     for t in range(prompt, ids.shape[1]):
         kv_mask[:, t] = 1
         logits, cache = model(
@@ -113,7 +112,7 @@ def test_kv_cache_decode_matches_full_forward(tiny_ckpts):
             cache_index=t,
             last_only=True,
         )
-        np.testing.assert_allclose(np.asarray(logits), ref[:, t], atol=1e-5, rtol=0)
+        assert_close(np.asarray(logits), ref[:, t], scope="model")
 
 
 @pytest.mark.parametrize(
