@@ -236,9 +236,9 @@ def test_one_adamw_step_gives_the_same_parameters(models, batch, ckpts):
 
 
 def test_online_ipo_loss_and_parameter_gradients_match(models, batch):
-    """Online IPO on the sampled (y, y'): loss equal to the NumPy reference on the same
+    """Online IPO on the sampled (y, y'): loss equal to the NumPy oracle on the same
     logits (float64), and torch vs jax parameter gradients."""
-    from nlhf.algorithms import reference
+    from nlhf.algorithms import numpy_oracle
     from nlhf_jax.generation import sequence_logits as jax_seq
     from nlhf_jax.kernels import online_ipo_loss as jax_ipo
     from nlhf_jax.models import to_hf_state_dict
@@ -265,7 +265,7 @@ def test_online_ipo_loss_and_parameter_gradients_match(models, batch):
 
     as64 = [x.detach().double().numpy() for x in (log_y, ref_y)]
     as64p = [x.detach().double().numpy() for x in (log_p, ref_p)]
-    np_loss, np_metrics = reference.online_ipo_loss(
+    np_loss, np_metrics = numpy_oracle.online_ipo_loss(
         *as64, p.y.numpy(), p.y_mask.numpy(), *as64p, p.y_prime.numpy(),
         p.y_prime_mask.numpy(), pref.numpy(), tau, TEMP,
     )  # fmt: skip
@@ -298,7 +298,7 @@ def test_online_ipo_loss_and_parameter_gradients_match(models, batch):
 def test_online_ipo_reference_closed_form():
     """One row, hand-computed: with log-ratios a = log π/μ(y), b = log π/μ(y') and P < ½,
     the pair is (y', y), so the loss is (b − a − 1/(2τ))²."""
-    from nlhf.algorithms import reference
+    from nlhf.algorithms import numpy_oracle
 
     rng = np.random.RandomState(3)
     z, zr, zp, zrp = (rng.randn(1, 2, 5) for _ in range(4))
@@ -311,7 +311,7 @@ def test_online_ipo_reference_closed_form():
 
     a, b = lp(z, y) - lp(zr, y), lp(zp, yp) - lp(zrp, yp)
     tau = 0.3
-    loss, metrics = reference.online_ipo_loss(z, zr, y, m, zp, zrp, yp, m, np.array([0.2]),
+    loss, metrics = numpy_oracle.online_ipo_loss(z, zr, y, m, zp, zrp, yp, m, np.array([0.2]),
                                               tau, TEMP)  # fmt: skip
     np.testing.assert_allclose(loss, (b - a - 1 / (2 * tau)) ** 2, rtol=1e-12)
     np.testing.assert_allclose(metrics["margin"], b - a, rtol=1e-12)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from nlhf.algorithms import reference as R
+from nlhf.algorithms import numpy_oracle as R
 from nlhf.testing import BackendConformance
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from nlhf.algorithms import reference as ref_np
+from nlhf.algorithms import numpy_oracle as ref_np
 
 pytestmark = pytest.mark.jax
 

@@ -1,6 +1,6 @@
 """A one-file third-party nlhf backend: the kernels of nlhf's Protocols in NumPy float32.
 
-Written independently of :mod:`nlhf.algorithms.reference` (it is a second
+Written independently of :mod:`nlhf.algorithms.numpy_oracle` (it is a second
 implementation the conformance kit can catch disagreeing). Registered through the
 entry point ``[project.entry-points.nlhf] example = "nlhf_example_backend"``.
 

@@ -1,5 +1,5 @@
 """Backend-agnostic algorithm specs: parameter models (:mod:`.params`), schedules,
-kernel Protocols (:mod:`.protocols`) and the float64 NumPy oracle (:mod:`.reference`)."""
+kernel Protocols (:mod:`.protocols`) and the float64 NumPy oracle (:mod:`.numpy_oracle`)."""
 
 from nlhf.algorithms.params import (
     LLM_ALGORITHMS,

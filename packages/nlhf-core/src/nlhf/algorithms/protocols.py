@@ -4,7 +4,7 @@ Shapes: B batch, T completion tokens, V vocabulary. ``mask[b, n] = 1`` for real
 completion tokens (up to and including EOS), 0 for padding after EOS. Sequence
 quantities are sums over tokens; batch quantities are means over rows. All
 log-probabilities use the sampling temperature: log π(·) = log_softmax(logits / T).
-The float64 NumPy oracle of every kernel is :mod:`nlhf.algorithms.reference`.
+The float64 NumPy oracle of every kernel is :mod:`nlhf.algorithms.numpy_oracle`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nlhf.algorithms.reference import NumpyKernels
+from nlhf.algorithms.numpy_oracle import NumpyKernels
 from nlhf.errors import NLHFError
 
 
@@ -14,7 +14,7 @@ class NumpyBackend:
     self-play and best response in float64 NumPy, measured against the exact π*_τ."""
 
     name = "numpy"
-    kernels = NumpyKernels()  # the float64 oracle kernels of nlhf.algorithms.reference
+    kernels = NumpyKernels()  # the float64 oracle kernels of nlhf.algorithms.numpy_oracle
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         """Run a tabular ``task: nash`` spec; write ``spec.resolved.yaml``, ``metrics.jsonl``

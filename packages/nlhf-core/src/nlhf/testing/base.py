@@ -11,7 +11,7 @@ A backend proves itself by subclassing it in a test file::
 
 Every case feeds the same fixed, seeded inputs (:mod:`nlhf.testing.cases`) to the
 backend's kernels (``nlhf.plugins.get_backend(backend).kernels``) and compares with the
-float64 NumPy oracle :mod:`nlhf.algorithms.reference`, within
+float64 NumPy oracle :mod:`nlhf.algorithms.numpy_oracle`, within
 :mod:`nlhf.testing.tolerances`. Arrays reach the backend through
 ``kernels.asarray(x, dtype)`` (``"int64"`` for tokens; masks are 0/1 in ``dtype``) and
 come back through ``kernels.to_numpy``; gradients through ``kernels.grad(fn, x)``.
@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from nlhf.algorithms import reference
+from nlhf.algorithms import numpy_oracle
 from nlhf.algorithms.protocols import Kernels
 from nlhf.testing import cases
 from nlhf.testing.tolerances import assert_close
@@ -54,7 +54,7 @@ EXPECTED_CASES: tuple[str, ...] = (
     "test_tabular_nash_md_trajectory",
 )
 
-ESTIMATORS = reference.ESTIMATORS
+ESTIMATORS = numpy_oracle.ESTIMATORS
 KL_TEMPERATURE = 0.7  # ≠ 1, so a backend that forgets the temperature fails
 _BACKENDS: dict[str, Any] = {}
 
@@ -134,7 +134,7 @@ class BackendConformance:
         )
         self.check(
             self.get(kernels, out),
-            reference.preference_loss(p.v_fwd, p.v_bwd, p.target),
+            numpy_oracle.preference_loss(p.v_fwd, p.v_bwd, p.target),
             "preference loss",
         )
 
@@ -144,7 +144,7 @@ class BackendConformance:
         vf, vb, tg = (self.put(kernels, a) for a in (p.v_fwd, p.v_bwd, p.target))
         g_fwd = kernels.grad(lambda v: kernels.preference_loss(v, vb, tg), vf)
         g_bwd = kernels.grad(lambda v: kernels.preference_loss(vf, v, tg), vb)
-        e_fwd, e_bwd = reference.preference_loss_grad(p.v_fwd, p.v_bwd, p.target)
+        e_fwd, e_bwd = numpy_oracle.preference_loss_grad(p.v_fwd, p.v_bwd, p.target)
         self.check(self.get(kernels, g_fwd), e_fwd, "∂ preference loss / ∂ v_fwd")
         self.check(self.get(kernels, g_bwd), e_bwd, "∂ preference loss / ∂ v_bwd")
 
@@ -159,7 +159,7 @@ class BackendConformance:
             beta,
             temperature,
         )
-        expected = reference.mixture_logprobs(
+        expected = numpy_oracle.mixture_logprobs(
             s.policy_logits, s.reference_logits, beta, temperature
         )
         self.check(self.get(kernels, out), expected, f"mixture log-probs β={beta} T={temperature}")
@@ -171,7 +171,7 @@ class BackendConformance:
         got = np.asarray(kernels.to_numpy(out))
         assert got.shape == s.uniforms.shape, f"sample shape {got.shape} != {s.uniforms.shape}"
         np.testing.assert_array_equal(
-            got.astype(np.int64), reference.sample(s.logprobs, s.uniforms)
+            got.astype(np.int64), numpy_oracle.sample(s.logprobs, s.uniforms)
         )
 
     @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -180,7 +180,7 @@ class BackendConformance:
         s = cases.sequence_inputs(self.dtype)
         a = self.put_sequences(kernels, s)
         surrogate, value = kernels.kl(*a, estimator, KL_TEMPERATURE)
-        e_sur, e_val = reference.kl(
+        e_sur, e_val = numpy_oracle.kl(
             s.policy_logits, s.reference_logits, s.tokens, s.mask, estimator, KL_TEMPERATURE
         )
         self.check(self.get(kernels, value), e_val, f"KL value ({estimator})")
@@ -199,7 +199,7 @@ class BackendConformance:
             return (sur * w).sum()
 
         g = kernels.grad(fn, z0)
-        expected = reference.kl_grad(
+        expected = numpy_oracle.kl_grad(
             s.policy_logits,
             s.reference_logits,
             s.tokens,
@@ -219,7 +219,7 @@ class BackendConformance:
         loss, metrics = kernels.nash_md_pg_loss(
             *a, self.put(kernels, s.preference), tau, KL_TEMPERATURE, estimator
         )
-        e_loss, e_metrics = reference.nash_md_pg_loss(
+        e_loss, e_metrics = numpy_oracle.nash_md_pg_loss(
             s.policy_logits,
             s.reference_logits,
             s.tokens,
@@ -247,7 +247,7 @@ class BackendConformance:
             return loss
 
         g = kernels.grad(fn, z0)
-        expected = reference.nash_md_pg_loss_grad(
+        expected = numpy_oracle.nash_md_pg_loss_grad(
             s.policy_logits,
             s.reference_logits,
             s.tokens,
@@ -277,5 +277,5 @@ class BackendConformance:
             }
         )
         summary = backend_impl.train(spec, tmp_path / "run")
-        expected = reference.tabular_nash_md(t.matrix, t.mu, t.tau, t.steps)[-1]
+        expected = numpy_oracle.tabular_nash_md(t.matrix, t.mu, t.tau, t.steps)[-1]
         self.check(np.asarray(summary["policy"], dtype=np.float64), expected, "tabular Nash-MD π_T")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nlhf.algorithms import reference
+from nlhf.algorithms import numpy_oracle
 from nlhf.testing.tolerances import SAMPLER_MARGIN
 
 SEED = 20231201  # arXiv 2312.00886
@@ -76,7 +76,7 @@ class SamplerInputs:
 def sampler_inputs(dtype: str) -> SamplerInputs:
     rng = np.random.default_rng(SEED + 2)
     logits = rng.normal(0.0, 2.0, size=(4, 6, 7))
-    logprobs = rounded(reference.log_softmax(logits), dtype)
+    logprobs = rounded(numpy_oracle.log_softmax(logits), dtype)
     uniforms = rng.uniform(size=logprobs.shape[:-1])
     cdf = np.cumsum(np.exp(logprobs), axis=-1)
     for idx in np.ndindex(uniforms.shape):  # redraw uniforms too close to a boundary
@@ -87,7 +87,7 @@ def sampler_inputs(dtype: str) -> SamplerInputs:
             uniforms[idx] = rng.uniform()
     uniforms[0, 0], uniforms[0, 1] = 0.999, 1e-3  # near both ends of [0, 1)
     uniforms = rounded(uniforms, dtype)
-    if reference.cdf_margin(logprobs, uniforms) < SAMPLER_MARGIN:  # pragma: no cover
+    if numpy_oracle.cdf_margin(logprobs, uniforms) < SAMPLER_MARGIN:  # pragma: no cover
         raise AssertionError("sampler inputs too close to a CDF boundary")
     return SamplerInputs(logprobs, uniforms)
 

@@ -4,7 +4,7 @@ Pure NumPy, written for clarity, not speed. Every backend is compared against th
 functions by the conformance kit (:mod:`nlhf.testing`); the analytic gradients
 (``*_grad``) are what backends' autograd results are checked against.
 
-Conventions (DESIGN §5, protocols.py): shapes B batch, T tokens, V vocabulary;
+Conventions (as in protocols.py): shapes B batch, T tokens, V vocabulary;
 ``mask`` is 1 for real completion tokens and 0 for padding; all log-probabilities use
 the sampling temperature, log π(·) = log_softmax(logits / T).
 
@@ -75,7 +75,7 @@ def _onehot(tokens: Any, vocab: int) -> np.ndarray:
 
 
 def preference_loss(v_fwd: Any, v_bwd: Any, target: Any) -> np.ndarray:
-    """Pairwise preference cross-entropy (DESIGN §5, paper §3):
+    """Pairwise preference cross-entropy (paper §3):
     loss = mean_b −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)], z_b = v_fwd_b − v_bwd_b."""
     z = _arr(v_fwd) - _arr(v_bwd)
     p = _arr(target)

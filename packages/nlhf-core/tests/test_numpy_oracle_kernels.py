@@ -1,4 +1,4 @@
-"""The float64 NumPy oracle (nlhf.algorithms.reference) against independent oracles:
+"""The float64 NumPy oracle (nlhf.algorithms.numpy_oracle) against independent oracles:
 scipy.special, closed forms, hand-written loops and central finite differences."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from nlhf.algorithms import reference as R
+from nlhf.algorithms import numpy_oracle as R
 from nlhf.algorithms.protocols import Kernels
 from scipy.special import expit, log_softmax, rel_entr, softmax
 
@@ -23,7 +23,7 @@ W = np.array([1.3, 0.6, 0.9])
 
 
 def fd(fn, x: np.ndarray, h: float = 1e-5) -> np.ndarray:
-    """Plain central differences (the test's own, independent of reference.py)."""
+    """Plain central differences (the test's own, independent of numpy_oracle.py)."""
     x = x.astype(float).copy()
     g = np.zeros_like(x)
     for idx in np.ndindex(x.shape):

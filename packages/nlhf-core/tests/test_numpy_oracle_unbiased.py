@@ -16,7 +16,7 @@ import itertools
 
 import numpy as np
 import pytest
-from nlhf.algorithms import reference as R
+from nlhf.algorithms import numpy_oracle as R
 from scipy.special import log_softmax
 
 V, H, EOS, TEMP = 3, 3, 0, 0.8
