@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from nlhf.errors import InputError
-from nlhf.preference_format import DEFAULT_JUDGE_TEMPLATE, PreferenceConfig
+from nlhf.preference.format import DEFAULT_JUDGE_TEMPLATE, PreferenceConfig
 
 
 def _model_dir(root: Path, architectures: list[str] | None) -> Path:

@@ -1,4 +1,4 @@
-"""The framework-free pieces of the backends' preference ``fit`` (:mod:`nlhf.preference_run`):
+"""The framework-free pieces of the backends' preference ``fit`` (:mod:`nlhf.preference.run`):
 the guard against writing over checkpoints, the progress bar, the summary of one fit."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 from nlhf.errors import InputError
-from nlhf.preference_format import PreferenceConfig
-from nlhf.preference_run import fit_summary, progress_bar, resumable_checkpoint
+from nlhf.preference.format import PreferenceConfig
+from nlhf.preference.run import fit_summary, progress_bar, resumable_checkpoint
 
 
 def test_resumable_checkpoint_guards_and_finds_the_latest(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-"""The backend-agnostic ``task: preference_model`` set-up (:mod:`nlhf.preference_run`) with a
+"""The backend-agnostic ``task: preference_model`` set-up (:mod:`nlhf.preference.run`) with a
 fake character tokenizer and a recording ``fit``: the model config from the spec, the data
 budget (joint for pairwise, the longer response for Bradley–Terry), the baseline, the run
-outputs; and the ``llm_judge`` answer-token checks of :mod:`nlhf.preference_format`."""
+outputs; and the ``llm_judge`` answer-token checks of :mod:`nlhf.preference.format`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from nlhf.errors import InputError
-from nlhf.preference_format import judge_answer_ids
-from nlhf.preference_run import run_preference_training
+from nlhf.preference.format import judge_answer_ids
+from nlhf.preference.run import run_preference_training
 from nlhf.spec.models import LLMJudgePreference, RunSpec
 
 OVERHEAD = {"pairwise": 7, "bradley_terry": 2}

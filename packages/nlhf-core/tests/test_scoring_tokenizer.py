@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from nlhf.data.tokenizer import answer_ids, prepare_scoring_tokenizer, text_overhead
 from nlhf.errors import InputError
-from nlhf.preference_format import PreferenceConfig
+from nlhf.preference.format import PreferenceConfig
 
 
 class CharTokenizer:

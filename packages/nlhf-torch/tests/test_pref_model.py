@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from nlhf.errors import InputError
-from nlhf.preference_format import CONFIG_NAME
+from nlhf.preference.format import CONFIG_NAME
 from nlhf_torch.preference.model import (
     BradleyTerryModel,
     PairwiseModel,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from nlhf.errors import InputError, NLHFError
-from nlhf.preference_format import judge_answer_ids
+from nlhf.preference.format import judge_answer_ids
 
 
 class OraclePreference:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from nlhf.errors import InputError, NLHFError
-from nlhf.preference_format import judge_answer_ids
+from nlhf.preference.format import judge_answer_ids
 
 from nlhf_torch.models import check_model_path, load_tokenizer, torch_dtype
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import InputError
-from nlhf.preference_format import PreferenceConfig, render_judge
+from nlhf.preference.format import PreferenceConfig, render_judge
 
 
 def _looks_local(name: str) -> bool:

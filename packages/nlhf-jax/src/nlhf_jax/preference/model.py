@@ -36,7 +36,7 @@ from flax import nnx
 from nlhf.data.tokenizer import answer_ids, prepare_scoring_tokenizer, text_overhead
 from nlhf.data.tokenizer import load_tokenizer as core_load_tokenizer
 from nlhf.errors import InputError
-from nlhf.preference_format import Head, PreferenceConfig, render_judge
+from nlhf.preference.format import Head, PreferenceConfig, render_judge
 
 from nlhf_jax import lora
 from nlhf_jax.models import (

@@ -44,7 +44,7 @@ import optax
 from flax import nnx
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError, NLHFError
-from nlhf.preference_run import (
+from nlhf.preference.run import (
     check_preference_task,
     fit_summary,
     progress_bar,

@@ -27,7 +27,7 @@ import torch
 from nlhf.data.tokenizer import answer_ids, text_overhead
 from nlhf.data.tokenizer import prepare_scoring_tokenizer as prepare_tokenizer
 from nlhf.errors import InputError
-from nlhf.preference_format import Head, PreferenceConfig, render_judge
+from nlhf.preference.format import Head, PreferenceConfig, render_judge
 
 DTYPES = {
     "float32": torch.float32,

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError
-from nlhf.preference_run import (
+from nlhf.preference.run import (
     fit_summary,
     progress_bar,
     resumable_checkpoint,

@@ -1,5 +1,5 @@
-"""The backend-agnostic part of a ``task: preference_model`` run (DESIGN §5): the
-:class:`~nlhf.preference_format.PreferenceConfig` from the spec's
+"""The backend-agnostic part of a ``task: preference_model`` run: the
+:class:`~nlhf.preference.format.PreferenceConfig` from the spec's
 ``preference_training``, the pairwise data truncated to the budget the model's template
 leaves (:func:`nlhf.data.pairs.load_pairs`), the run outputs around the backend's
 ``fit`` (``spec.resolved.yaml``, ``summary.json``) and the optional Bradley–Terry
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from nlhf.data.pairs import PairData, load_pairs
 from nlhf.errors import InputError
-from nlhf.preference_format import PreferenceConfig
+from nlhf.preference.format import PreferenceConfig
 from nlhf.runio import latest_checkpoint, write_resolved_spec, write_summary
 from nlhf.spec.models import PreferenceTrainingSpec
 

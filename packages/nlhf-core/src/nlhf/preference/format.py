@@ -1,5 +1,5 @@
 """The on-disk record of a saved preference model (``nlhf_preference.json``) and the judge
-text, shared by every backend so a model saved by one loads in another (DESIGN §5)."""
+text, shared by every backend so a model saved by one loads in another."""
 
 from __future__ import annotations
 
