@@ -1,19 +1,18 @@
-"""``task: preference_model`` on the jax backend: the shared batch order, metric oracles,
-run outputs, resume equal to an uninterrupted run, and clear errors for what the jax
-backend does not support. (Agreement with torch: tests/test_cross_backend_jax_torch_
-preferences.py.)"""
+"""``task: preference_model`` on the jax backend: the shared batch order, run outputs,
+resume equal to an uninterrupted run, and clear errors for what the jax backend does not
+support. The metrics are checked in core (test_preference_metrics.py), the agreement with
+torch in tests/test_cross_backend_jax_torch_preferences.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from nlhf.data.pairs import Pair, load_pairs, pair_batch_indices
+from nlhf.data.pairs import load_pairs, pair_batch_indices
 from nlhf.errors import InputError, NLHFError
 from nlhf.runio import read_metrics
 from nlhf.spec.models import RunSpec
@@ -24,11 +23,7 @@ pytestmark = pytest.mark.jax
 from nlhf_jax.backend import JaxBackend  # noqa: E402
 from nlhf_jax.models import to_hf_state_dict  # noqa: E402
 from nlhf_jax.preference.model import load_preference_model  # noqa: E402
-from nlhf_jax.preference.train import (  # noqa: E402
-    calibration_error,
-    evaluate_pairs,
-    train_preference_model,
-)
+from nlhf_jax.preference.train import train_preference_model  # noqa: E402
 
 WORDS = ["pear", "plum", "fig", "kiwi", "lime", "date", "grape", "melon", "berry", "peach"]
 TEMPLATE = "Q: {prompt} A1: {response_1} A2: {response_2} Better:"
@@ -92,34 +87,6 @@ def test_pair_batch_indices_cover_each_epoch_once_and_are_seeded() -> None:
     assert pair_batch_indices(n, batch, 4, seed=3, shuffle=True) == expected
     assert pair_batch_indices(n, batch, 4, seed=4, shuffle=True) != expected
     assert pair_batch_indices(n, batch, 4, seed=3, shuffle=False) == [4, 5, 6, 7]
-
-
-# ------------------------------------------------------------------ metric oracles
-def test_calibration_error_hand_example() -> None:
-    # bins: 0.05 -> |0.05-0|, 0.15 -> |0.15-1|, {0.95, 0.95} -> |0.95-0.5|
-    ece = calibration_error([0.05, 0.15, 0.95, 0.95], [0, 1, 1, 0])
-    assert ece == pytest.approx(0.25 * 0.05 + 0.25 * 0.85 + 0.5 * 0.45, abs=1e-12)
-    assert calibration_error([0.3, 0.3, 0.3], [0.3, 0.3, 0.3]) == pytest.approx(0)
-
-
-class FixedModel:
-    """Returns preset P(y ≻ y') per (y, y')."""
-
-    def __init__(self, table: dict[tuple[str, str], float]) -> None:
-        self.table = table
-
-    def prob(self, prompts, ys, y_primes, batch_size=None) -> np.ndarray:
-        return np.array([self.table[(a, b)] for a, b in zip(ys, y_primes, strict=True)])
-
-
-def test_evaluate_pairs_hand_example() -> None:
-    table = {("a", "b"): 0.8, ("b", "a"): 0.2, ("c", "d"): 0.4, ("d", "c"): 0.6 + 1e-3}
-    m = evaluate_pairs(FixedModel(table), [Pair("x", "a", "b"), Pair("x", "c", "d", 0.75)])
-    assert m["accuracy"] == 0.5
-    expected = -(math.log(0.8) + 0.75 * math.log(0.4) + 0.25 * math.log(0.6)) / 2
-    assert m["log_loss"] == pytest.approx(expected, abs=1e-12)
-    assert m["antisymmetry_max_error"] == pytest.approx(1e-3, abs=1e-12)
-    assert m["ece"] == pytest.approx((0.2 + 0.35 + 0.2 + 0.351) / 4, abs=1e-12)
 
 
 # ------------------------------------------------------------------------- runs

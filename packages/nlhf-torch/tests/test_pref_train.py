@@ -16,12 +16,9 @@ from nlhf.data.pairs import Pair, load_pairs
 from nlhf.errors import InputError
 from nlhf.runio import read_metrics
 from nlhf.spec.models import RunSpec
+from nlhf.testing.tolerances import assert_close
 from nlhf_torch.preference.serve import load_pairwise_model
-from nlhf_torch.preference.train import (
-    calibration_error,
-    evaluate_pairs,
-    train_preference_model,
-)
+from nlhf_torch.preference.train import _evaluate, train_preference_model
 from nlhf_torch.tiny import build_tiny_model
 
 WORDS = ["pear", "plum", "fig", "kiwi", "lime", "date", "grape", "melon", "berry", "peach"]
@@ -79,36 +76,31 @@ def make_spec(setup: dict[str, Path], **over: Any) -> RunSpec:
     return RunSpec.model_validate(raw)
 
 
-# ------------------------------------------------------------------ metric oracles
-def test_pref_calibration_error_hand_example() -> None:
-    # bins: 0.05 -> |0.05-0|, 0.15 -> |0.15-1|, {0.95, 0.95} -> |0.95-0.5|
-    ece = calibration_error([0.05, 0.15, 0.95, 0.95], [0, 1, 1, 0])
-    assert ece == pytest.approx(0.25 * 0.05 + 0.25 * 0.85 + 0.5 * 0.45, abs=1e-12)
-    assert calibration_error([0.3, 0.3, 0.3], [0.3, 0.3, 0.3]) == pytest.approx(0)
-
-
+# ------------------------------------------------------------------ metrics
 class FixedModel(torch.nn.Module):
-    """Returns preset P(y ≻ y') per (y, y'), to check evaluate_pairs by hand."""
+    """Returns preset P(y ≻ y') per (y, y') and records its mode at each call."""
 
     def __init__(self, table: dict[tuple[str, str], float]) -> None:
         super().__init__()
         self.table = table
+        self.modes: list[bool] = []
 
     def prob(self, prompts, ys, y_primes, batch_size=None) -> list[float]:
+        self.modes.append(self.training)
         return [self.table[(a, b)] for a, b in zip(ys, y_primes, strict=True)]
 
 
-def test_pref_evaluate_pairs_hand_example() -> None:
+def test_pref_evaluation_runs_in_eval_mode_and_restores_it() -> None:
+    """The metrics themselves are checked by hand in core (test_preference_metrics.py);
+    here: both orders are scored in eval mode, and the training mode comes back."""
     table = {("a", "b"): 0.8, ("b", "a"): 0.2, ("c", "d"): 0.4, ("d", "c"): 0.6 + 1e-3}
-    pairs = [Pair("x", "a", "b"), Pair("x", "c", "d", 0.75)]
-    m = evaluate_pairs(FixedModel(table), pairs)
+    model = FixedModel(table).train()
+    m = _evaluate(model, [Pair("x", "a", "b"), Pair("x", "c", "d", 0.75)])
+    assert model.modes == [False, False] and model.training
     assert m["accuracy"] == 0.5  # 0.8 right; 0.4 vs label 0.75 wrong
     expected = -(math.log(0.8) + 0.75 * math.log(0.4) + 0.25 * math.log(0.6)) / 2
-    assert m["log_loss"] == pytest.approx(expected, abs=1e-12)
-    assert m["antisymmetry_max_error"] == pytest.approx(1e-3, abs=1e-12)
-    # ECE over (0.8,1) (0.4,0.75) (0.2,0) (0.601,0.25): one point per bin
-    ece = (0.2 + 0.35 + 0.2 + 0.351) / 4
-    assert m["ece"] == pytest.approx(ece, abs=1e-12)
+    assert_close(m["log_loss"], expected, "float64", "log_loss")
+    assert _evaluate(model.eval(), [Pair("x", "a", "b")])["pairs"] == 1 and not model.training
 
 
 # ------------------------------------------------------------------------- runs

@@ -44,6 +44,7 @@ import optax
 from flax import nnx
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError, NLHFError
+from nlhf.preference.metrics import evaluate_pairs
 from nlhf.preference.run import (
     check_preference_task,
     fit_summary,
@@ -74,58 +75,6 @@ from nlhf_jax.preference.model import (
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
-ECE_BINS = 10
-EVAL_BATCH = 16
-
-
-# ------------------------------------------------------------------------- metrics
-def calibration_error(
-    probs: Sequence[float], targets: Sequence[float], bins: int = ECE_BINS
-) -> float:
-    """Expected calibration error (Naeini et al. 2015; Guo et al. 2017):
-    ECE = Σ_b (n_b/N)·|mean_{i∈b} p_i − mean_{i∈b} t_i| over ``bins`` equal-width bins of
-    p ∈ [0, 1] (soft targets allowed)."""
-    p = np.asarray(probs, np.float64)
-    t = np.asarray(targets, np.float64)
-    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            ece += sel.mean() * abs(p[sel].mean() - t[sel].mean())
-    return float(ece)
-
-
-def evaluate_pairs(
-    model: PreferenceModel, pairs: Sequence[Pair], batch_size: int = EVAL_BATCH
-) -> dict[str, float]:
-    """Held-out metrics of P = P(chosen ≻ rejected) against the labels p:
-    accuracy = mean[(P > ½) = (p > ½)] over pairs with p ≠ ½;
-    log_loss = mean −[p log P + (1−p) log(1−P)];
-    ece over both orders ((P, p) and (P', 1−p), P' = P(rejected ≻ chosen));
-    antisymmetry_max_error = max |P + P' − 1| (P' scored in a separate call)."""
-    if not pairs:
-        return {}
-    prompts = [q.prompt for q in pairs]
-    chosen = [q.chosen for q in pairs]
-    rejected = [q.rejected for q in pairs]
-    p_fwd = model.prob(prompts, chosen, rejected, batch_size)
-    p_bwd = model.prob(prompts, rejected, chosen, batch_size)
-    labels = np.asarray([q.label for q in pairs], np.float64)
-    clipped = np.clip(p_fwd, 1e-12, 1 - 1e-12)
-    log_loss = -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()
-    decided = labels != 0.5
-    hits = (p_fwd > 0.5) == (labels > 0.5)
-    accuracy = hits[decided].mean() if decided.any() else 0.0
-    ece = calibration_error(np.concatenate([p_fwd, p_bwd]), np.concatenate([labels, 1 - labels]))
-    return {
-        "accuracy": float(accuracy),
-        "log_loss": float(log_loss),
-        "ece": ece,
-        "antisymmetry_max_error": float(np.abs(p_fwd + p_bwd - 1).max()),
-        "mean_prob_chosen": float(p_fwd.mean()),
-        "pairs": len(pairs),
-    }
 
 
 # ------------------------------------------------------------------------ training

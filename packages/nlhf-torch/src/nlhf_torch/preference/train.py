@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError
+from nlhf.preference.metrics import evaluate_pairs
 from nlhf.preference.run import (
     fit_summary,
     progress_bar,
@@ -37,6 +38,7 @@ from nlhf.runio import (
     prune_checkpoints,
 )
 
+from nlhf_torch.kernels import preference_loss
 from nlhf_torch.preference.model import (
     PreferenceConfig,
     PreferenceModel,
@@ -47,68 +49,17 @@ from nlhf_torch.preference.model import (
 )
 
 STATE_NAME = "trainer_state.pt"
-ECE_BINS = 10
-EVAL_BATCH = 16
-
-try:
-    from nlhf_torch.kernels import preference_loss
-except ImportError:  # pragma: no cover - the kernels module ships with nlhf-torch
-
-    def preference_loss(v_fwd: torch.Tensor, v_bwd: torch.Tensor, target: torch.Tensor) -> Any:
-        """Fallback with the same math: BCE with logits on z = v_fwd − v_bwd."""
-        return torch.nn.functional.binary_cross_entropy_with_logits(v_fwd - v_bwd, target)
 
 
-# ------------------------------------------------------------------------- metrics
-def calibration_error(probs: Sequence[float], targets: Sequence[float], bins: int = ECE_BINS):
-    """Expected calibration error (Naeini et al. 2015; Guo et al. 2017) of binary
-    predictions: ECE = Σ_b (n_b/N)·|mean_{i∈b} p_i − mean_{i∈b} t_i| over ``bins``
-    equal-width bins of p ∈ [0, 1] (soft targets t allowed)."""
-    p = torch.tensor(probs, dtype=torch.float64)
-    t = torch.tensor(targets, dtype=torch.float64)
-    idx = torch.clamp((p * bins).long(), max=bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            ece += sel.double().mean().item() * abs(p[sel].mean().item() - t[sel].mean().item())
-    return ece
-
-
-def evaluate_pairs(
-    model: PreferenceModel, pairs: Sequence[Pair], batch_size: int = EVAL_BATCH
-) -> dict[str, float]:
-    """Held-out metrics of P(chosen ≻ rejected) against the labels p:
-    accuracy = mean[(P > ½) = (p > ½)] over pairs with p ≠ ½;
-    log_loss = mean −[p log P + (1−p) log(1−P)];
-    ece over both presentation orders ((P, p) and (P', 1−p), P' = P(rejected ≻ chosen));
-    antisymmetry_max_error = max |P + P' − 1| (P' scored in a separate call)."""
-    if not pairs:
-        return {}
+def _evaluate(model: PreferenceModel, pairs: Sequence[Pair]) -> dict[str, float]:
+    """:func:`nlhf.preference.metrics.evaluate_pairs` with ``model`` in eval mode (no
+    dropout), its training mode restored afterwards."""
     was_training = model.training
     model.eval()
-    prompts = [q.prompt for q in pairs]
-    chosen = [q.chosen for q in pairs]
-    rejected = [q.rejected for q in pairs]
-    p_fwd = torch.tensor(model.prob(prompts, chosen, rejected, batch_size), dtype=torch.float64)
-    p_bwd = torch.tensor(model.prob(prompts, rejected, chosen, batch_size), dtype=torch.float64)
-    model.train(was_training)
-    labels = torch.tensor([q.label for q in pairs], dtype=torch.float64)
-    clipped = p_fwd.clamp(1e-12, 1 - 1e-12)
-    log_loss = -(labels * clipped.log() + (1 - labels) * (1 - clipped).log()).mean()
-    decided = labels != 0.5
-    accuracy = ((p_fwd > 0.5) == (labels > 0.5))[decided].double().mean() if decided.any() else 0
-    ece = calibration_error(
-        torch.cat([p_fwd, p_bwd]).tolist(), torch.cat([labels, 1 - labels]).tolist()
-    )
-    return {
-        "accuracy": float(accuracy),
-        "log_loss": float(log_loss),
-        "ece": ece,
-        "antisymmetry_max_error": float((p_fwd + p_bwd - 1).abs().max()),
-        "mean_prob_chosen": float(p_fwd.mean()),
-        "pairs": len(pairs),
-    }
+    try:
+        return evaluate_pairs(model, pairs)
+    finally:
+        model.train(was_training)
 
 
 # ------------------------------------------------------------------------ training
@@ -258,7 +209,7 @@ def fit(
 
     zero_shot = None
     if start == 0 and data.eval:
-        zero_shot = evaluate_pairs(model, data.eval)  # every rank: ZeRO-3 forwards are collective
+        zero_shot = _evaluate(model, data.eval)  # every rank: ZeRO-3 forwards are collective
         log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
     model.train()
     bar, task = progress_bar(total, start, label, enabled=rank == 0)
@@ -284,7 +235,7 @@ def fit(
                 if ds is not None:
                     record["world_size"] = ds.world_size
             if data.eval and tr.eval_every and done % tr.eval_every == 0 and done != total:
-                ev = evaluate_pairs(model, data.eval)
+                ev = _evaluate(model, data.eval)
                 record.update({"step": done, **{f"eval/{k}": v for k, v in ev.items()}})
             if record:
                 log(record)
@@ -292,7 +243,7 @@ def fit(
             if (every and done % every == 0) or done == total:
                 _save_checkpoint(output, done, model, opt, sched, spec.output.keep_last, ds)
             bar.update(task, completed=done, loss=f"{loss_sum:.4f}")
-    final = evaluate_pairs(model, data.eval) if data.eval else {}
+    final = _evaluate(model, data.eval) if data.eval else {}
     if final:
         log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})
     if metrics is not None:
