@@ -1,13 +1,14 @@
-"""nlhf's torch trainer on the benchmark workload (issue 8), one child process of ``run.py``.
+"""nlhf's torch trainer on the benchmark workload, one child process of ``run.py``.
 
-Drives :class:`nlhf_torch.trainer.NashTrainer` — the same object ``nlhf run --backend
-torch`` uses — built from a run spec (``nash_md_pg``, β = 0.5, τ = 0.1, ``kl_estimator:
+Drives the core :class:`nlhf.training.NashLoop` on the torch stepper
+(:func:`nlhf_torch.trainer.nash_loop`) — the same objects ``nlhf run --backend torch``
+uses — built from a run spec (``nash_md_pg``, β = 0.5, τ = 0.1, ``kl_estimator:
 exact``, ``bradley_terry_reward`` on the shared reward model, batch 8, 32 new tokens at
 temperature 0.9, AdamW, ``max_grad_norm`` 1.0) and calls ``trainer.step(n)``, whose metrics
 record (the one written to ``metrics.jsonl``) carries ``step_seconds`` (generation +
 decode + preference + loss + backward + optimizer step) and ``generated_tokens``.
 
-One deviation from ``nlhf run``: the trainer's ``eos_id`` is set to ``None`` after
+One deviation from ``nlhf run``: the stepper's ``eos_id`` is set to ``None`` after
 construction so that no row stops early — every completion has exactly
 ``max_new_tokens`` tokens, like TRL's run with ``min_new_tokens = max_new_tokens``.
 No checkpoint is written (the run's end-of-training save is not part of a step).
@@ -66,15 +67,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import transformers
     from nlhf.spec import RunSpec
-    from nlhf_torch.trainer import NashTrainer
+    from nlhf_torch.trainer import nash_loop
 
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as out_dir:
         spec = RunSpec.model_validate(nash_spec(w, Path(args.assets), out_dir))
-        trainer = NashTrainer(spec, Path(out_dir), resume=False)
-        if not hasattr(trainer, "eos_id"):
-            raise RuntimeError("NashTrainer has no `eos_id`; update the benchmark")
-        trainer.eos_id = None  # exactly max_new_tokens tokens per completion
+        trainer = nash_loop(spec, Path(out_dir), resume=False)
+        if not hasattr(trainer.stepper, "eos_id"):
+            raise RuntimeError("the torch stepper has no `eos_id`; update the benchmark")
+        trainer.stepper.eos_id = None  # exactly max_new_tokens tokens per completion
         result = time_trainer_steps(
             trainer,
             w,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from nlhf.errors import InputError, NLHFError
-from nlhf.runio import checkpoint_dir
+from nlhf.runio import checkpoint_dir, write_manifest
 from nlhf.spec.models import RunSpec
 from nlhf_torch.checkpoint import STATE_FILE
 from nlhf_torch.preference.train import train_preference_model
@@ -112,9 +112,13 @@ def test_single_process_resume_of_a_deepspeed_checkpoint(
     state_file = checkpoint_dir(out, 1) / STATE_FILE
     state = torch.load(state_file, weights_only=False)
     state["optimizer"] = None
-    state["distributed"] = {"engine": "deepspeed", "zero_stage": 3, "world_size": 2}
     torch.save(state, state_file)
+    core_file = checkpoint_dir(out, 1) / "trainer_state.json"
+    core = json.loads(core_file.read_text())
+    core["distributed"] = {"engine": "deepspeed", "zero_stage": 3, "world_size": 2}
+    core_file.write_text(json.dumps(core))
+    write_manifest(checkpoint_dir(out, 1))  # the edited checkpoint counts as complete
     spec = nash_spec(assets, out, None)
     spec.training.steps = 2
-    with pytest.raises(NLHFError, match=r"written by a DeepSpeed run \(DeepSpeed ZeRO-3 on 2"):
+    with pytest.raises(NLHFError, match=r"written by DeepSpeed ZeRO-3 on 2 processes"):
         train_nash(spec, out, resume=True)

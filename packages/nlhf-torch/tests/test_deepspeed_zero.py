@@ -26,7 +26,7 @@ import yaml
 from nlhf.plugins import build_plugins
 from nlhf.runio import read_metrics
 from nlhf.spec import load_spec
-from nlhf_torch.checkpoint import load_trainer_state
+from nlhf_torch.checkpoint import load_state
 from nlhf_torch.tiny import build_tiny_model
 from nlhf_torch.trainer import train_nash
 from safetensors.torch import load_file
@@ -230,8 +230,8 @@ def test_deepspeed_resume_matches_straight_run(tmp_path: Path) -> None:
     b = load_file(tmp_path / "full3" / "checkpoints" / "step-4" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
-    ema_a = load_trainer_state(single / "checkpoints" / "step-4")["ema"]
-    ema_b = load_trainer_state(tmp_path / "full3" / "checkpoints" / "step-4")["ema"]
+    ema_a = load_state(single / "checkpoints" / "step-4")["ema"]
+    ema_b = load_state(tmp_path / "full3" / "checkpoints" / "step-4")["ema"]
     for name in ema_a:
         torch.testing.assert_close(ema_b[name], ema_a[name], atol=1e-5, rtol=1e-4)
 
@@ -267,7 +267,7 @@ def test_deepspeed_resume_matches_straight_run(tmp_path: Path) -> None:
         for name in a:
             torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
         if stage == 3:  # the EMA opponent (gathered from ZeRO-3 partitions) resumes too
-            ema_a = load_trainer_state(full / "checkpoints" / "step-4")["ema"]
-            ema_b = load_trainer_state(split / "checkpoints" / "step-4")["ema"]
+            ema_a = load_state(full / "checkpoints" / "step-4")["ema"]
+            ema_b = load_state(split / "checkpoints" / "step-4")["ema"]
             for name in ema_a:
                 torch.testing.assert_close(ema_b[name], ema_a[name], atol=1e-6, rtol=0)

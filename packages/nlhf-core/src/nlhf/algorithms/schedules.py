@@ -1,4 +1,5 @@
-"""Schedules for β (mixture weight) and τ (KL weight), evaluated at an integer step.
+"""Schedules for β (mixture weight), τ (KL weight) and the learning rate, evaluated at an
+integer step.
 
 Indexing by an integer optimiser step (never a float epoch) avoids TRL #6801.
 """
@@ -6,9 +7,12 @@ Indexing by an integer optimiser step (never a float epoch) avoids TRL #6801.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from nlhf.fields import Float, PositiveInt
 
 
 class Schedule(BaseModel):
@@ -19,12 +23,12 @@ class Schedule(BaseModel):
     start·(end/start)^u (start, end > 0).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["constant", "linear", "cosine", "exponential"] = "linear"
-    start: float
-    end: float | None = None
-    steps: Annotated[int, Field(gt=0)] | None = None
+    start: Float
+    end: Float | None = None
+    steps: PositiveInt | None = None
     """Steps over which to move from start to end; default: the run's total steps."""
 
     @model_validator(mode="after")
@@ -51,7 +55,7 @@ class Schedule(BaseModel):
         return min(values), max(values)
 
 
-ScheduleOrFloat = float | Schedule
+ScheduleOrFloat = Float | Schedule
 
 
 def schedule_value(value: ScheduleOrFloat, step: int, total_steps: int) -> float:
@@ -65,3 +69,30 @@ def schedule_bounds(value: ScheduleOrFloat) -> tuple[float, float]:
     if isinstance(value, Schedule):
         return value.bounds()
     return float(value), float(value)
+
+
+def lr_multiplier(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate factor f(s) after ``s`` optimiser steps (lr_s = lr·f(s)): a linear
+    warmup min(1, (s + 1)/warmup) for s < warmup, then ``constant`` 1, ``linear`` 1 − u or
+    ``cosine`` ½(1 + cos πu), with u = min(1, (s − warmup)/(total − warmup)).
+
+    The one formula of every trainer: torch wraps it in ``LambdaLR``, jax indexes the table
+    :func:`lr_table` (so both backends use the same float64 values)."""
+
+    def factor(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        u = min(max(s - warmup, 0) / max(total - warmup, 1), 1.0)
+        if schedule == "linear":
+            return 1.0 - u
+        return 0.5 * (1.0 + math.cos(math.pi * u))
+
+    return factor
+
+
+def lr_table(lr: float, schedule: str, warmup: int, total: int) -> list[float]:
+    """lr·f(s) for s = 0..total (:func:`lr_multiplier`); entry ``total`` serves any later s."""
+    factor = lr_multiplier(schedule, warmup, total)
+    return [lr * factor(s) for s in range(total + 1)]

@@ -1,0 +1,141 @@
+"""What a backend implements for the core Nash loop (:mod:`nlhf.training.loop`).
+
+The loop decides *what* happens at each optimiser step (prompts, β and τ, preferences,
+metrics, checkpoints); a :class:`NashStepper` decides *how* it is computed on its arrays.
+The unit of work is one optimiser step over ``grad_accum`` micro-batches:
+
+1. ``sample(step, micro, prompt_ids, beta)`` draws y ~ π_θ and y' from the opponent for
+   the prompts of micro-batch ``micro`` (the stepper owns its randomness: torch a seeded
+   ``Generator`` stream, jax ``fold_in(key(seed), step)``), and returns the completion
+   tokens the loop decodes and scores;
+2. ``accumulate(samples, preference, tau)`` adds the micro-batch's loss gradient, scaled
+   by 1/``grad_accum`` (a backend may defer the work to ``apply``: jax fuses gradient and
+   update into one jitted call when ``grad_accum`` is 1);
+3. ``apply()`` clips (``training.max_grad_norm``) and takes the optimiser step, returning
+   the per-micro-batch losses, the loss kernel's metrics and the gradient norm;
+4. ``update_ema(decay)`` (nash_ema_pg) moves the opponent θ̄ ← d·θ̄ + (1 − d)·θ.
+
+Several processes (DeepSpeed ranks) each run the same loop; ``rank``/``world_size`` and
+``all_reduce`` let the loop average metrics and gate files on rank 0, and a stepper
+samples only its rows of each micro-batch (``Samples.rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from nlhf.training.algorithms import AlgorithmRule
+
+Tokens = list[list[int]]
+"""Token ids per row (a completion: its sampled tokens up to and including EOS)."""
+
+
+@dataclass
+class Samples:
+    """The pairs of one micro-batch as the stepper sampled them."""
+
+    rows: list[int]
+    """Indices into the micro-batch's prompts of the rows this process sampled (all rows
+    in a single process; this rank's share under DeepSpeed)."""
+    y: Tokens
+    y_prime: Tokens | None
+    """None when the algorithm samples no opponent (rlhf_pg)."""
+    payload: Any = None
+    """The stepper's own arrays (prompt ids, masks, reference logits...), opaque to core."""
+
+
+@dataclass
+class Update:
+    """The outcome of one optimiser step (:meth:`NashStepper.apply`)."""
+
+    losses: list[float]
+    """The loss of each micro-batch (this process's rows), before the 1/grad_accum scale."""
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    """The loss kernel's metrics of each micro-batch (``score``, ``kl``, ``preference``…)."""
+    grad_norm: float | None = None
+    """‖g‖₂ of the averaged gradient before clipping (None only where the engine does not
+    compute it: DeepSpeed without gradient clipping)."""
+
+
+@runtime_checkable
+class PolicyProbe(Protocol):
+    """Read-only access to the trained policy and the reference, for a preference's
+    end-of-run ``summary`` hook (e.g. an oracle that compares answer probabilities with its
+    exact Nash equilibrium). Every process calls it (ZeRO-3 gathers are collective)."""
+
+    tokenizer: Any
+
+    def sequence_logprobs(
+        self,
+        prompt_ids: Tokens,
+        completion_ids: Tokens,
+        *,
+        model: Literal["policy", "reference"],
+        temperature: float,
+    ) -> np.ndarray:
+        """Σ_n log π(y_n|x, y_<n) at ``temperature`` for each (prompt, completion) row,
+        float64 of shape (rows,)."""
+        ...
+
+    def sample_completions(
+        self, prompt_ids: Tokens, *, temperature: float, max_new_tokens: int, seed: int
+    ) -> Tokens:
+        """One completion y ~ π_θ(·|x) per row (seeded), tokens up to and including EOS."""
+        ...
+
+
+@runtime_checkable
+class NashStepper(PolicyProbe, Protocol):
+    """A backend's side of the Nash loop (see the module docstring). Built by a factory
+    ``make(spec, checkpoint, plugins)`` that loads the models (from ``checkpoint`` on
+    resume, then restores the blobs it wrote there), the tokenizer and the preference."""
+
+    rank: int
+    world_size: int
+    device: str
+    preference: Any
+    """P(y≻y'|x) on texts: ``prob(prompts, ys, yps)`` and, for rlhf_pg, ``reward(prompts,
+    ys)``, each returning float64 NumPy of shape (rows,)."""
+
+    def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples: ...
+
+    def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None: ...
+
+    def apply(self) -> Update: ...
+
+    def update_ema(self, decay: float) -> None: ...
+
+    def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
+        """Sum (or max) over processes, float64; the identity in a single process."""
+        ...
+
+    def describe(self) -> dict[str, Any] | None:
+        """The distributed layout (``{"engine": "deepspeed", "zero_stage": 2,
+        "world_size": 2}``, a jax mesh), or None for one plain device."""
+        ...
+
+    def save(self, final: Path, write_core: Callable[[Path], None]) -> None:
+        """Write checkpoint directory ``final`` atomically (all processes take part): the
+        weights (transformers-loadable safetensors, or a peft adapter), the tokenizer and
+        the stepper's blobs (optimizer, RNG, EMA, engine shards), plus ``write_core(tmp)``
+        (the core trainer state) once, before the rename."""
+        ...
+
+
+StepperFactory = Callable[[Any, "Path | None", Any], NashStepper]
+"""``make(spec, checkpoint_or_None, plugins) -> NashStepper``."""
+
+__all__ = [
+    "AlgorithmRule",
+    "NashStepper",
+    "PolicyProbe",
+    "Samples",
+    "StepperFactory",
+    "Tokens",
+    "Update",
+]
