@@ -10,9 +10,10 @@ import pytest
 import yaml
 from nlhf.backends import numpy_plugin
 from nlhf.backends.numpy_backend import NumpyBackend
-from nlhf.errors import InputError, NLHFError
+from nlhf.errors import NLHFError, SpecError
 from nlhf.spec import RunSpec
 from nlhf.tabular import build_game, solve_spec
+from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = sorted((ROOT / "specs").glob("tabular-*.yaml"))
@@ -72,7 +73,8 @@ def test_tabular_backend_rejects_llm_specs(tmp_path: Path) -> None:
             "algorithm": {"name": "nash_md_pg"},
         }
     )
-    with pytest.raises(NLHFError, match="LLM specs run on --backend torch or jax"):
+    refused = r"task: 'nash' with an LLM policy is not supported by backend 'numpy' \(LLM tasks"
+    with pytest.raises(SpecError, match=refused):
         NumpyBackend().train(spec, tmp_path)
     with pytest.raises(NLHFError, match="not tabular"):
         solve_spec(spec)
@@ -126,12 +128,13 @@ def test_tabular_build_game() -> None:
         _spec(preference={"name": "tabular", "game": "random", "size": 4, "seed": 5}, reference={})
     )
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(InputError, match=r"reference.probs: has 3 entries .* 2 responses"):
-        build_game(_spec(preference={"name": "tabular", "matrix": [[0.5, 0.7], [0.3, 0.5]]}))
-    with pytest.raises(InputError, match=r"preference.matrix\[0\]\[1\] \+ matrix\[1\]\[0\] = 1.2"):
-        build_game(
-            _spec(preference={"name": "tabular", "matrix": [[0.5, 0.9], [0.3, 0.5]]}, reference={})
-        )
+    # the schema refuses what build_game would (validate catches it before a run)
+    with pytest.raises(ValidationError, match=r"reference.probs: has 3 entries .* 2 responses"):
+        _spec(preference={"name": "tabular", "matrix": [[0.5, 0.7], [0.3, 0.5]]})
+    with pytest.raises(
+        ValidationError, match=r"matrix.0.1: matrix\[0\]\[1\] \+ matrix\[1\]\[0\] = 1.2"
+    ):
+        _spec(preference={"name": "tabular", "matrix": [[0.5, 0.9], [0.3, 0.5]]}, reference={})
 
 
 def test_tabular_example_specs_exist() -> None:

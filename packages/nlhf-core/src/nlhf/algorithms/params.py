@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlhf.algorithms.schedules import ScheduleOrFloat, schedule_bounds
+from nlhf.fields import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 
 KLEstimator = Literal["sampled", "k3", "exact"]
 TABULAR_ALGORITHMS = ("nash_md", "omd", "self_play", "best_response")
@@ -29,7 +30,7 @@ LLM_ALGORITHMS = (
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_range(value: ScheduleOrFloat, low: float, high: float | None, what: str):
@@ -41,11 +42,11 @@ def _check_range(value: ScheduleOrFloat, low: float, high: float | None, what: s
 
 
 class _TabularFields(_Params):
-    steps: Annotated[int, Field(gt=0)] | None = None
+    steps: PositiveInt | None = None
     """*tabular*: number of iterations (LLM runs use ``training.steps``)."""
-    eta: Literal["auto"] | Annotated[float, Field(gt=0)] = "auto"
+    eta: Literal["auto"] | PositiveFloat = "auto"
     """*tabular*: step size; ``auto`` = the paper's η_t = 2/(τ(t+2)) (Nash-MD, §5)."""
-    log_every: Annotated[int, Field(gt=0)] | None = None
+    log_every: PositiveInt | None = None
     """*tabular*: log metrics every N iterations (default: about 100 records)."""
 
 
@@ -60,7 +61,7 @@ class NashMD(_TabularFields):
     π_{t+1}(y) ∝ π_t^μ(y)·exp(η P(y ≻ π_t^μ))."""
 
     name: Literal["nash_md"] = "nash_md"
-    tau: Annotated[float, Field(gt=0)] = 0.1
+    tau: PositiveFloat = 0.1
 
 
 class OMD(_TabularFields):
@@ -68,7 +69,7 @@ class OMD(_TabularFields):
     π_{t+1}(y) ∝ π_t(y)^(1−ητ) μ(y)^(ητ) exp(η P(y ≻ π_t)); its last iterate may cycle."""
 
     name: Literal["omd"] = "omd"
-    tau: Annotated[float, Field(ge=0)] = 0.1
+    tau: NonNegativeFloat = 0.1
 
 
 class SelfPlay(_TabularFields, _LLMFields):
@@ -122,7 +123,7 @@ class NashEMAPG(_LLMFields):
     parameters, θ̄ ← decay·θ̄ + (1 − decay)·θ after every optimiser step."""
 
     name: Literal["nash_ema_pg"] = "nash_ema_pg"
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    ema_decay: Fraction = 0.9
     tau: ScheduleOrFloat = 0.1
 
     @field_validator("tau")
@@ -151,7 +152,7 @@ class OnlineIPO(_LLMFields):
 
     name: Literal["online_ipo"] = "online_ipo"
     beta: ScheduleOrFloat = 0.0
-    tau: Annotated[float, Field(gt=0)] = 0.1
+    tau: PositiveFloat = 0.1
 
     @field_validator("beta")
     @classmethod

@@ -9,6 +9,7 @@ lazy entries).
 
 from __future__ import annotations
 
+import inspect
 import re
 import types
 import typing
@@ -26,12 +27,46 @@ from nlhf.spec.models import BUILTIN_PREFERENCES, RunSpec
 
 Loc = tuple[str | int, ...]
 
-__all__ = ["LocatedData", "apply_overrides", "load_spec", "load_spec_text", "parse_yaml"]
+__all__ = [
+    "LocatedData",
+    "apply_overrides",
+    "format_problems",
+    "load_spec",
+    "load_spec_text",
+    "oracle_problems",
+    "parse_yaml",
+]
 
 
 # ------------------------------------------------------------------------------ YAML
+MAX_YAML_DEPTH = 100
+"""Deepest nesting of mappings/lists a spec may have (real specs nest 4 levels)."""
+MAX_YAML_NODES = 100_000
+"""Most values (scalars, mappings, lists) a spec may expand to, counting every use of an
+alias ``*name`` as a copy of its anchor: bounds "billion laughs" files (a few lines of
+nested aliases that expand to 10⁹ values). Real specs have a few hundred; a tabular
+matrix of 300 × 300 entries fits."""
+
+
 class _SpecLoader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as ``1e-5`` as numbers."""
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-5`` as numbers, and refuses
+    nesting deeper than :data:`MAX_YAML_DEPTH` while composing (PyYAML's composer recurses
+    once per level, so 5000 nested ``[`` would otherwise raise RecursionError)."""
+
+    def __init__(self, stream: str, source: str = "<spec>") -> None:
+        super().__init__(stream)
+        self.source = source
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SpecError([_located(self.source, mark, _too_deep())])
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _SpecLoader.yaml_implicit_resolvers = {
@@ -69,9 +104,24 @@ def _located(source: str, mark: yaml.Mark | None, message: str) -> str:
     return f"{source}:{line}:{col}: {message}"
 
 
+def _too_deep() -> str:
+    return (
+        f"YAML nested deeper than {MAX_YAML_DEPTH} levels (or an alias that contains itself); "
+        "a run spec nests a few levels: check the brackets"
+    )
+
+
+@dataclass
+class _Budget:
+    """Values built so far by :func:`_build` (bounded by :data:`MAX_YAML_NODES`)."""
+
+    nodes: int = 0
+
+
 def parse_yaml(text: str, source: str = "<spec>") -> LocatedData:
-    """Parse ``text`` keeping positions; YAML errors become a located :class:`SpecError`."""
-    loader = _SpecLoader(text)
+    """Parse ``text`` keeping positions; YAML errors become a located :class:`SpecError`.
+    Nesting and alias expansion are bounded (:data:`MAX_YAML_DEPTH`, :data:`MAX_YAML_NODES`)."""
+    loader = _SpecLoader(text, source)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -82,7 +132,7 @@ def parse_yaml(text: str, source: str = "<spec>") -> LocatedData:
                 ]
             )
         located = LocatedData(data=None, source=source)
-        located.data = _build(loader, node, (), located.positions, source, depth=0)
+        located.data = _build(loader, node, (), located.positions, source, 0, _Budget())
         located.positions[()] = Pos(value=_mark(node.start_mark))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -116,14 +166,30 @@ def _build(
     positions: dict[Loc, Pos],
     source: str,
     depth: int,
+    budget: _Budget,
 ) -> Any:
-    if depth > 100:
-        raise SpecError([_located(source, node.start_mark, "nesting too deep (recursive alias?)")])
+    if depth > MAX_YAML_DEPTH:
+        raise SpecError([_located(source, node.start_mark, _too_deep())])
+    budget.nodes += 1
+    if budget.nodes > MAX_YAML_NODES:
+        raise SpecError(
+            [
+                _located(
+                    source,
+                    node.start_mark,
+                    f"YAML expands to more than {MAX_YAML_NODES} values (each alias `*name` "
+                    "repeats its anchor's content); a run spec has a few hundred: remove "
+                    "the nested aliases",
+                )
+            ]
+        )
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # YAML merge keys (<<)
         result: dict[Any, Any] = {}
         first_seen: dict[Any, yaml.Mark] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError([_located(source, key_node.start_mark, "keys must be scalars")])
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 raise SpecError([_located(source, key_node.start_mark, "keys must be scalars")])
@@ -143,16 +209,28 @@ def _build(
             positions[child] = Pos(
                 value=_mark(value_node.start_mark), key=_mark(key_node.start_mark)
             )
-            result[key] = _build(loader, value_node, child, positions, source, depth + 1)
+            result[key] = _build(loader, value_node, child, positions, source, depth + 1, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
             child = (*path, index)
             positions[child] = Pos(value=_mark(item.start_mark))
-            items.append(_build(loader, item, child, positions, source, depth + 1))
+            items.append(_build(loader, item, child, positions, source, depth + 1, budget))
         return items
     return loader.construct_object(node, deep=True)
+
+
+def _parse_value(text: str, source: str) -> Any:
+    """One YAML value (a ``--set`` right-hand side), bounded like a spec file."""
+    loader = _SpecLoader(text, source)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        return _build(loader, node, (), {}, source, 0, _Budget())
+    finally:
+        loader.dispose()
 
 
 # ------------------------------------------------------------------------- overrides
@@ -181,9 +259,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> list[Over
             )
             continue
         try:
-            value = _SpecLoader(raw).get_single_data() if raw.strip() else None
+            value = _parse_value(raw, where) if raw.strip() else None
         except yaml.YAMLError as exc:
             issues.append(f"{where}: the value is not valid YAML ({exc}); quote strings if needed")
+            continue
+        except SpecError as exc:
+            issues.extend(exc.issues)
             continue
         path = _split_key(key)
         problem = _set_path(data, path, value)
@@ -324,7 +405,7 @@ def _resolve(loc: Loc, root: type[BaseModel]) -> _Resolved:
         else:
             ann = Any
     out.path = tuple(path)
-    out.annotation = ann
+    out.annotation = _strip(ann)[0]
     return out
 
 
@@ -371,6 +452,10 @@ def _message(err: dict[str, Any], resolved: _Resolved, data: Any) -> str:
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"expected a mapping of fields; got {_short(err.get('input'))}"
     value = err.get("input")
+    if kind in ("int_type", "float_type") and isinstance(value, bool):
+        return f"{msg}; got {str(value).lower()} (a boolean, not a number)"
+    if kind == "int_type" and isinstance(value, float):
+        return f"{msg}; got {value!r} (write a whole number without a decimal point or exponent)"
     if kind != "value_error" and "input" in err and not isinstance(value, dict | list):
         msg = f"{msg}; got {_short(value)}"
     return msg
@@ -544,6 +629,54 @@ def _plugin_preference_issues(data: dict[str, Any]) -> list[_Issue]:
     return []
 
 
+def oracle_problems(function: str, options: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """``(field path, message)`` problems of ``preference: {name: oracle, function,
+    options}`` against the installed plugins (the CLI's pre-flight check,
+    :mod:`nlhf.spec.preflight`): ``function`` must be a registered oracle, and ``options``
+    must fit it: its ``params_model`` when it registered one (a pydantic model), else the
+    keyword parameters of its factory (unless it takes ``**options``)."""
+    return [(issue.path, issue.message) for issue in _oracle_issues(function, options)]
+
+
+def _oracle_issues(function: str, options: dict[str, Any]) -> list[_Issue]:
+    from nlhf.plugins import get_plugins
+
+    registry = get_plugins().oracles
+    if function not in registry:
+        return [
+            _Issue(
+                ("preference", "function"),
+                f"unknown oracle {function!r}{did_you_mean(function, registry.names())}; "
+                f"registered by plugins: {', '.join(registry.names()) or 'none installed'}",
+            )
+        ]
+    entry = registry.get(function)
+    params_model = entry.options.get("params_model")
+    if isinstance(params_model, type) and issubclass(params_model, BaseModel):
+        try:
+            params_model.model_validate(options)
+        except ValidationError as exc:
+            return _issues_from(exc, params_model, options, prefix=("preference", "options"))
+        return []
+    try:
+        parameters = inspect.signature(entry.factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    names = [p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY]
+    return [
+        _Issue(
+            ("preference", "options", key),
+            f"unknown option of oracle {function!r}{did_you_mean(str(key), names)}; "
+            f"it takes: {', '.join(names) or 'no options'}",
+            key_position=True,
+        )
+        for key in options
+        if key not in names
+    ]
+
+
 # ---------------------------------------------------------------------------- entry
 def _order(line: str, overrides: list[Override]) -> tuple[int, int, int]:
     """File positions first (by line, column), then ``--set`` issues in command-line order."""
@@ -554,6 +687,21 @@ def _order(line: str, overrides: list[Override]) -> tuple[int, int, int]:
     if match:
         return 0, int(match.group(1)), int(match.group(2))
     return 2, 0, 0
+
+
+def format_problems(
+    problems: Sequence[tuple[Loc, str]], located: LocatedData, overrides: Sequence[Override]
+) -> list[str]:
+    """``(field path, message)`` problems found after loading (e.g. by
+    :mod:`nlhf.spec.capabilities`), located and ordered like the loader's own:
+    ``SPEC:LINE:COL: field.path: message`` or ``--set a.b=c: field.path: message``."""
+    applied = list(overrides)
+    lines = (_format(_Issue(tuple(path), message), located, applied) for path, message in problems)
+    formatted: list[str] = []
+    for line in sorted(lines, key=lambda t: _order(t, applied)):
+        if line not in formatted:
+            formatted.append(line)
+    return formatted
 
 
 def load_spec_text(text: str, source: str = "<spec>", overrides: Sequence[str] = ()) -> RunSpec:

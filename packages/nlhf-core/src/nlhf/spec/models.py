@@ -15,6 +15,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -23,12 +24,22 @@ from nlhf.algorithms.params import (
     TABULAR_ALGORITHMS,
     AlgorithmSpec,
 )
+from nlhf.fields import (
+    Float,
+    Fraction,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+)
 
 Dtype = Literal["float32", "float64", "bfloat16", "float16"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- models
@@ -36,9 +47,9 @@ class LoraSpec(Section):
     """PEFT LoRA adapter on the policy; the reference is the same model with the adapter
     disabled (never ``get_base_model()``, see TRL #2781)."""
 
-    r: Annotated[int, Field(gt=0)] = 8
-    alpha: Annotated[float, Field(gt=0)] = 16.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    r: PositiveInt = 8
+    alpha: PositiveFloat = 16.0
+    dropout: Fraction = 0.0
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
@@ -61,7 +72,7 @@ class ReferenceSpec(Section):
 
     model: str | None = None
     dtype: Dtype | None = None
-    probs: list[Annotated[float, Field(ge=0)]] | None = None
+    probs: list[NonNegativeFloat] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ReferenceSpec:
@@ -81,11 +92,11 @@ class TabularPreference(Section):
     """A preference matrix: ``matrix[i][j] = P(y_i ≻ y_j)`` or a built-in ``game``."""
 
     name: Literal["tabular"] = "tabular"
-    matrix: list[list[float]] | None = None
+    matrix: list[list[Float]] | None = None
     game: Literal["bt3", "dice", "rps", "population", "random"] | None = None
-    size: Annotated[int, Field(gt=1)] | None = None
+    size: Annotated[Int, Field(gt=1)] | None = None
     """Number of responses for ``game: random``."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Seed for ``game: random`` (default: the run's seed)."""
 
     @model_validator(mode="after")
@@ -94,7 +105,30 @@ class TabularPreference(Section):
             raise ValueError("give exactly one of `matrix` or `game`")
         if self.size is not None and self.game != "random":
             raise ValueError("`size` applies only to `game: random`")
+        if self.seed is not None and self.game != "random":
+            raise ValueError(f"seed: applies only to `game: random` (game is {self.game})")
+        if self.matrix is not None:
+            from nlhf.tabular.matrix import matrix_problem
+
+            problem = matrix_problem(self.matrix)
+            if problem is not None:
+                entry, detail = problem
+                if entry:
+                    where = ".".join(map(str, entry))
+                    index = "".join(f"[{k}]" for k in entry)
+                    raise ValueError(f"matrix.{where}: matrix{index}{detail}")
+                raise ValueError(f"matrix: {detail.removeprefix(': ')}")
         return self
+
+    def num_responses(self) -> int:
+        """Number of responses of the (valid) matrix or built-in game."""
+        if self.matrix is not None:
+            return len(self.matrix)
+        from nlhf.tabular.games import DEFAULT_RANDOM_SIZE, GAMES
+
+        if self.game == "random":
+            return self.size or DEFAULT_RANDOM_SIZE
+        return GAMES[str(self.game)]().size
 
 
 class PairwiseModelPreference(Section):
@@ -102,8 +136,8 @@ class PairwiseModelPreference(Section):
 
     name: Literal["pairwise_model"] = "pairwise_model"
     path: str
-    batch_size: Annotated[int, Field(gt=0)] = 16
-    max_length: Annotated[int, Field(gt=0)] = 1024
+    batch_size: PositiveInt = 16
+    max_length: PositiveInt = 1024
     dtype: Dtype = "float32"
 
 
@@ -113,8 +147,8 @@ class BradleyTerryPreference(Section):
     name: Literal["bradley_terry_reward"] = "bradley_terry_reward"
     path: str
     tokenizer: str | None = None
-    batch_size: Annotated[int, Field(gt=0)] = 16
-    max_length: Annotated[int, Field(gt=0)] = 1024
+    batch_size: PositiveInt = 16
+    max_length: PositiveInt = 1024
     dtype: Dtype = "float32"
 
 
@@ -134,8 +168,8 @@ class LLMJudgePreference(Section):
     tokenizer: str | None = None
     template: str = DEFAULT_JUDGE_TEMPLATE
     answer_tokens: tuple[str, str] = (" 1", " 2")
-    batch_size: Annotated[int, Field(gt=0)] = 8
-    max_length: Annotated[int, Field(gt=0)] = 2048
+    batch_size: PositiveInt = 8
+    max_length: PositiveInt = 2048
     dtype: Dtype = "float32"
 
 
@@ -235,10 +269,10 @@ class DataSpec(Section):
     columns: dict[str, str] = Field(default_factory=dict)
     """Map nlhf's names (prompt, chosen, rejected, label) to the dataset's column names."""
     eval_split: str | None = None
-    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    limit: Annotated[int, Field(gt=0)] | None = None
-    max_prompt_length: Annotated[int, Field(gt=0)] = 256
-    max_length: Annotated[int, Field(gt=0)] = 512
+    eval_fraction: Fraction = 0.0
+    limit: PositiveInt | None = None
+    max_prompt_length: PositiveInt = 256
+    max_length: PositiveInt = 512
     truncation: Literal["left", "right", "drop", "error"] = "left"
     """Over-long examples: cut the prompt's left (``left``) or the response's right
     (``right``), drop the example (``drop``) or stop with an error (``error``)."""
@@ -248,47 +282,55 @@ class DataSpec(Section):
 # -------------------------------------------------------------------------- training
 class OptimizerSpec(Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: Annotated[float, Field(gt=0)] = 1e-8
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam's (β₁, β₂), each in [0, 1)."""
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.0
 
 
 class GenerationSpec(Section):
-    max_new_tokens: Annotated[int, Field(gt=0)] = 64
-    temperature: Annotated[float, Field(gt=0)] = 1.0
+    max_new_tokens: PositiveInt = 64
+    temperature: PositiveFloat = 1.0
     """Applied to the (mixed) logits when sampling *and* to the log-probs in the loss."""
-    top_k: Annotated[int, Field(ge=0)] = 0
+    top_k: NonNegativeInt = 0
     """0 = full vocabulary (required for exact Nash-MD-PG gradients)."""
 
 
 class TrainingSpec(Section):
-    steps: Annotated[int, Field(gt=0)] = 100
-    batch_size: Annotated[int, Field(gt=0)] = 8
+    steps: PositiveInt = 100
+    batch_size: PositiveInt = 8
     """Prompts per optimiser step (global, across processes)."""
-    grad_accum: Annotated[int, Field(gt=0)] = 1
-    lr: Annotated[float, Field(gt=0)] = 1e-5
+    grad_accum: PositiveInt = 1
+    lr: PositiveFloat = 1e-5
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: NonNegativeInt = 0
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
-    epochs: Annotated[int, Field(gt=0)] = 1
+    max_grad_norm: PositiveFloat | None = 1.0
+    epochs: PositiveInt = 1
     """Preference-model training: passes over the data (``steps`` caps the total)."""
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
-    log_every: Annotated[int, Field(gt=0)] = 1
-    eval_every: Annotated[int, Field(gt=0)] | None = None
+    log_every: PositiveInt = 1
+    eval_every: PositiveInt | None = None
 
-    def micro_batch_size(self) -> int:
-        """Prompts per micro-batch of a ``task: nash`` step: ``batch_size / grad_accum``,
-        which must divide exactly (every micro-batch the same size, so the mean of the
-        micro-batch losses is the batch loss)."""
+    def grad_accum_problem(self) -> str | None:
+        """Why ``batch_size / grad_accum`` is not a whole micro-batch size, or None."""
         if self.batch_size % self.grad_accum:
-            from nlhf.errors import InputError
-
-            raise InputError(
+            return (
                 f"training.grad_accum: batch_size {self.batch_size} is not divisible by "
                 f"grad_accum {self.grad_accum}; each optimiser step takes batch_size prompts in "
                 f"grad_accum equal micro-batches"
             )
+        return None
+
+    def micro_batch_size(self) -> int:
+        """Prompts per micro-batch of a ``task: nash`` step: ``batch_size / grad_accum``,
+        which must divide exactly (every micro-batch the same size, so the mean of the
+        micro-batch losses is the batch loss). ``nlhf validate`` checks the same rule."""
+        problem = self.grad_accum_problem()
+        if problem is not None:
+            from nlhf.errors import InputError
+
+            raise InputError(problem)
         return self.batch_size // self.grad_accum
 
 
@@ -305,7 +347,7 @@ class DeepSpeedSpec(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    micro_batch_size: Annotated[int, Field(gt=0)] | None = None
+    micro_batch_size: PositiveInt | None = None
     config: str | dict[str, Any] | None = None
 
 
@@ -314,7 +356,7 @@ class JaxMeshSpec(Section):
     sharded by ``rules`` (parameter-path regex -> partition spec axes)."""
 
     engine: Literal["jax"] = "jax"
-    mesh: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: {"data": 1})
+    mesh: dict[str, PositiveInt] = Field(default_factory=lambda: {"data": 1})
     rules: list[tuple[str, list[str | None]]] = Field(default_factory=list)
 
 
@@ -326,18 +368,27 @@ DistributedSpec = Annotated[
 # ---------------------------------------------------------------------------- output
 class OutputSpec(Section):
     dir: str = "runs/nlhf"
-    checkpoint_every: Annotated[int, Field(gt=0)] | None = None
-    keep_last: Annotated[int, Field(gt=0)] | None = None
+    """Output directory (created; checked before any model loads: not a file, writable,
+    with free space)."""
+    checkpoint_every: PositiveInt | None = None
+    keep_last: PositiveInt | None = None
     plots: bool = True
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a directory, e.g. runs/my-run; got an empty path")
+        return value
 
 
 class EvalSpec(Section):
     """``task: evaluate`` (and end-of-run evaluation): win-rates between policies."""
 
     policies: list[str] = Field(default_factory=list)
-    samples_per_prompt: Annotated[int, Field(gt=0)] = 1
-    num_prompts: Annotated[int, Field(gt=0)] | None = None
-    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    samples_per_prompt: PositiveInt = 1
+    num_prompts: PositiveInt | None = None
+    confidence: Annotated[Float, Field(gt=0, lt=1)] = 0.95
 
 
 # ------------------------------------------------------------------------------ root
@@ -346,7 +397,7 @@ class RunSpec(Section):
 
     spec_version: Literal[1] = 1
     task: Literal["nash", "preference_model", "evaluate"] = "nash"
-    seed: int = 0
+    seed: Seed = 0
     policy: PolicySpec | None = None
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     preference: PreferenceSpec | None = None
@@ -372,6 +423,13 @@ class RunSpec(Section):
                 problems.append("preference: a `task: nash` spec needs a `preference` section")
             if self.algorithm is None:
                 problems.append("algorithm: a `task: nash` spec needs an `algorithm` section")
+        if self.is_tabular and self.reference.probs is not None:
+            n = self.preference.num_responses()  # type: ignore[union-attr]
+            if len(self.reference.probs) != n:
+                problems.append(
+                    f"reference.probs: has {len(self.reference.probs)} entries but the "
+                    f"preference has {n} responses; give one probability per response"
+                )
         if self.is_tabular and self.algorithm is not None:
             if self.algorithm.name not in TABULAR_ALGORITHMS:
                 problems.append(
@@ -396,6 +454,9 @@ class RunSpec(Section):
                 problems.append("data: an LLM `task: nash` run needs a prompt dataset in `data`")
             if self.reference.probs is not None:
                 problems.append("reference.probs: only tabular runs take `probs`")
+            grad_accum = self.training.grad_accum_problem()
+            if grad_accum is not None:
+                problems.append(grad_accum)
         if self.task == "preference_model":
             if self.policy is None:
                 problems.append(

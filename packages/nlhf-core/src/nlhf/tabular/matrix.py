@@ -17,49 +17,58 @@ ANTISYMMETRY_TOL = 1e-9
 """Largest accepted |P_ij + P_ji − 1|."""
 
 
-def validate_matrix(matrix: object, *, where: str = "preference.matrix") -> np.ndarray:
-    """Return ``matrix`` as a float64 array after checking the preference contract.
+def matrix_problem(matrix: object) -> tuple[tuple[int, ...], str] | None:
+    """The first violation of the preference contract in ``matrix``, or None.
 
-    Raises :class:`nlhf.errors.InputError` naming ``where[i][j]`` for the first bad entry.
+    Returns ``(entry, detail)``: ``entry`` is ``(i, j)`` for a bad entry (``()`` for the
+    shape) and ``detail`` the message that follows ``matrix[i][j]`` (or ``matrix``).
     """
     try:
         P = np.array(matrix, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(
-            f"{where}: must be a square list of lists of numbers (rows of equal length); "
+        return (), (
+            ": must be a square list of lists of numbers (rows of equal length); "
             f"could not read it as a matrix ({exc})"
-        ) from None
+        )
     if P.ndim != 2 or P.shape[0] != P.shape[1]:
-        raise InputError(
-            f"{where}: must be square (matrix[i][j] = P(y_i ≻ y_j) for n responses); "
-            f"got shape {P.shape}"
+        return (), (
+            f": must be square (matrix[i][j] = P(y_i ≻ y_j) for n responses); got shape {P.shape}"
         )
     n = P.shape[0]
     if n < 2:
-        raise InputError(f"{where}: needs at least 2 responses; got {n}")
+        return (), f": needs at least 2 responses; got {n}"
     bad = np.argwhere(~np.isfinite(P))
     if bad.size:
-        i, j = bad[0]
-        raise InputError(f"{where}[{i}][{j}] = {P[i, j]}, must be a finite probability in [0, 1]")
+        i, j = (int(k) for k in bad[0])
+        return (i, j), f" = {P[i, j]}, must be a finite probability in [0, 1]"
     bad = np.argwhere((P < 0) | (P > 1))
     if bad.size:
-        i, j = bad[0]
-        raise InputError(
-            f"{where}[{i}][{j}] = {P[i, j]:.6g}, must lie in [0, 1] (it is P(y_{i} ≻ y_{j}))"
-        )
+        i, j = (int(k) for k in bad[0])
+        return (i, j), f" = {P[i, j]:.6g}, must lie in [0, 1] (it is P(y_{i} ≻ y_{j}))"
     dev = np.abs(P + P.T - 1.0)
     bad = np.argwhere(dev > ANTISYMMETRY_TOL)
     if bad.size:
-        i, j = bad[0]
+        i, j = (int(k) for k in bad[0])
         if i == j:
-            raise InputError(
-                f"{where}[{i}][{i}] = {P[i, i]:.6g}, must be 0.5 (a response ties with itself)"
-            )
-        raise InputError(
-            f"{where}[{i}][{j}] + matrix[{j}][{i}] = {P[i, j] + P[j, i]:.6g}, must be 1 "
+            return (i, i), f" = {P[i, i]:.6g}, must be 0.5 (a response ties with itself)"
+        return (i, j), (
+            f" + matrix[{j}][{i}] = {P[i, j] + P[j, i]:.6g}, must be 1 "
             f"(P(y_i≻y_j) = 1 − P(y_j≻y_i)); set matrix[{j}][{i}] = {1 - P[i, j]:.6g}"
         )
-    return P
+    return None
+
+
+def validate_matrix(matrix: object, *, where: str = "preference.matrix") -> np.ndarray:
+    """Return ``matrix`` as a float64 array after checking the preference contract.
+
+    Raises :class:`nlhf.errors.InputError` naming ``where[i][j]`` for the first bad entry
+    (:func:`matrix_problem`).
+    """
+    problem = matrix_problem(matrix)
+    if problem is not None:
+        entry, detail = problem
+        raise InputError(f"{where}{''.join(f'[{k}]' for k in entry)}{detail}")
+    return np.array(matrix, dtype=np.float64)
 
 
 def validate_reference(

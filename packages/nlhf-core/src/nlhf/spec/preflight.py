@@ -1,0 +1,383 @@
+"""Checks of a valid spec against this installation and machine, run by ``nlhf validate``
+and ``nlhf run`` before any model loads: an ``oracle`` preference names a registered oracle
+with options it takes, the output directory can be written, and the sizes fit in memory.
+
+These depend on what is installed and on the machine, not on the spec alone, so they are
+not part of the schema
+(:mod:`nlhf.spec.models`); problems are located like the loader's
+(``SPEC:LINE:COL: field.path: message``, exit 2).
+
+**Memory estimate** (a lower bound: a run that needs more than this certainly fails; weights,
+activations and optimiser state come on top). With B prompts per micro-batch
+(``batch_size / grad_accum``), T = ``data.max_prompt_length + generation.max_new_tokens``
+tokens per sequence, and, from the model's ``config.json`` when ``policy.model`` is a local
+directory, V = ``vocab_size``, L = ``num_hidden_layers``, H_kv = ``num_key_value_heads`` ×
+head size (``head_dim``, else ``hidden_size / num_attention_heads``):
+
+- token ids of the two responses y, y' (int64): 2·B·T·8 bytes;
+- the logits of one forward pass (float32): B·T·V·4 bytes;
+- the KV cache of one sampled batch: 2·L·B·T·H_kv·s bytes (K and V; s = bytes of ``dtype``);
+- the model's weight files, which are loaded at least once.
+
+Preference scorers (``preference.batch_size`` × ``max_length``) and ``task: preference_model``
+(``training.batch_size`` × ``data.max_length``, both presentation orders) count the same
+terms. A tabular game of n responses needs 4·n²·8 bytes: P, A = P − ½, and the Newton
+matrices J and A·D of :func:`nlhf.tabular.solvers.regularized_nash`.
+
+Available memory is ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup v2 limit
+(``memory.max − memory.current``) when there is one; ``psutil`` where ``/proc`` is missing;
+no memory check when neither is readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nlhf.errors import SpecError
+from nlhf.spec.models import (
+    BradleyTerryPreference,
+    LLMJudgePreference,
+    OraclePreference,
+    PairwiseModelPreference,
+    RunSpec,
+    TabularPreference,
+)
+
+Loc = tuple[str | int, ...]
+
+MIN_FREE_BYTES = 64 * 2**20
+"""Free space an output directory's filesystem must have: metrics, plots and the resolved
+spec (checkpoints need more; they are written atomically, so a full disk never leaves a
+half checkpoint, but the run stops)."""
+TABULAR_MATRICES = 4
+"""n×n float64 matrices a tabular solve holds at once (see the module docstring)."""
+DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".msgpack")
+
+__all__ = [
+    "MemoryEstimate",
+    "available_memory",
+    "check_output_dir",
+    "check_preflight",
+    "estimate_memory",
+    "preflight_problems",
+]
+
+
+# ------------------------------------------------------------------------- output dir
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_output_dir(path: str | Path) -> str | None:
+    """Why no run can write its outputs to directory ``path``, or None.
+
+    ``path`` (created by the run if missing) must not be a file nor lie under one, its
+    nearest existing directory must be writable, and that filesystem must have at least
+    :data:`MIN_FREE_BYTES` free."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == path:
+            return f"{path} is a file, not a directory; remove it or choose another output.dir"
+        return f"{path} lies under {probe}, which is not a directory; choose another output.dir"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is" if probe == path else f"lies under {probe}, which is"
+        return (
+            f"{path} {what} not writable (a read-only filesystem or no permission); "
+            "choose another output.dir"
+        )
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        return f"{path}: cannot read the free space of {probe} ({exc})"
+    if free < MIN_FREE_BYTES:
+        return (
+            f"no space left on the filesystem of {probe}: {_size(free)} free, a run needs at "
+            f"least {_size(MIN_FREE_BYTES)}; free some space or choose another output.dir"
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------- memory
+def available_memory() -> int | None:
+    """Bytes this process can still allocate (see the module docstring), or None."""
+    available: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        return int(psutil.virtual_memory().available)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            available = min(available, max(int(limit) - int(used), 0))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory estimate reads from a model directory (None: unknown)."""
+
+    vocab: int | None = None
+    layers: int | None = None
+    kv_width: int | None = None
+    weight_bytes: int = 0
+
+
+def model_shape(model: str | None) -> ModelShape:
+    """The vocabulary, depth and KV width from ``model/config.json`` (a local directory;
+    text sub-configs of multimodal models are read too) and the size of its weight files."""
+    if not model:
+        return ModelShape()
+    directory = Path(model)
+    try:
+        if not directory.is_dir():
+            return ModelShape()
+        weights = sum(
+            f.stat().st_size
+            for f in directory.iterdir()
+            if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)
+        )
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ModelShape()
+    if not isinstance(config, dict):
+        return ModelShape(weight_bytes=weights)
+    text = config.get("text_config")
+    merged: dict[str, Any] = {**config, **(text if isinstance(text, dict) else {})}
+
+    def number(*keys: str) -> int | None:
+        for key in keys:
+            value = merged.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    hidden, heads = number("hidden_size", "n_embd", "d_model"), number("num_attention_heads")
+    head_dim = number("head_dim") or (hidden // heads if hidden and heads else None)
+    kv_heads = number("num_key_value_heads") or heads
+    return ModelShape(
+        vocab=number("vocab_size"),
+        layers=number("num_hidden_layers", "n_layer", "num_layers"),
+        kv_width=kv_heads * head_dim if kv_heads and head_dim else None,
+        weight_bytes=weights,
+    )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A lower bound of the memory a run needs: ``terms`` (name -> bytes) and the field
+    to change (``field``, with ``hint`` saying how)."""
+
+    field: Loc
+    terms: dict[str, int] = field(default_factory=dict)
+    inputs: str = ""
+    """The sizes the terms were computed from, e.g. ``B=8, T=320``."""
+    hint: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(self.terms.values())
+
+    def describe(self) -> str:
+        return " + ".join(f"{name} {_size(b)}" for name, b in self.terms.items() if b)
+
+
+def _sequence_terms(
+    rows: int, length: int, shape: ModelShape, dtype: str, *, sequences: int, logits: bool
+) -> dict[str, int]:
+    terms = {f"token ids ({sequences}·B·T·8)": sequences * rows * length * 8}
+    if logits and shape.vocab:
+        terms[f"logits (B·T·V·4, V={shape.vocab})"] = rows * length * shape.vocab * 4
+    if logits and shape.layers and shape.kv_width:
+        terms["KV cache (2·L·B·T·H_kv·s)"] = (
+            2 * shape.layers * rows * length * shape.kv_width * DTYPE_BYTES.get(dtype, 4)
+        )
+    if shape.weight_bytes:
+        terms["weights"] = shape.weight_bytes
+    return terms
+
+
+def _largest_ratio(candidates: Sequence[tuple[Loc, int, int]]) -> Loc:
+    """The field whose value is furthest above its default (``(field, value, default)``)."""
+    return max(candidates, key=lambda c: c[1] / c[2])[0]
+
+
+def estimate_memory(spec: RunSpec) -> list[MemoryEstimate]:
+    """Lower bounds of the memory ``spec`` needs, one per part that allocates by the
+    spec's sizes (module docstring); empty when nothing is known."""
+    estimates: list[MemoryEstimate] = []
+    pref = spec.preference
+    if isinstance(pref, TabularPreference):
+        n = pref.num_responses()
+        where: Loc = ("preference", "size") if pref.game == "random" else ("preference",)
+        if pref.matrix is not None:
+            where = ("preference", "matrix")
+        estimates.append(
+            MemoryEstimate(
+                where,
+                {f"{TABULAR_MATRICES} n×n float64 matrices": TABULAR_MATRICES * n * n * 8},
+                f"n={n}",
+                "use fewer responses",
+            )
+        )
+        return estimates
+    tr = spec.training
+    rows = max(1, -(-tr.batch_size // tr.grad_accum))
+    data = spec.data
+    prompt_len = data.max_prompt_length if data is not None else 256
+    if spec.task == "nash" and spec.policy is not None:
+        new = tr.generation.max_new_tokens
+        shape = model_shape(spec.policy.model)
+        blame = _largest_ratio(
+            [
+                (("training", "batch_size"), rows, 8),
+                (("training", "generation", "max_new_tokens"), new, 64),
+                (("data", "max_prompt_length"), prompt_len, 256),
+            ]
+        )
+        estimates.append(
+            MemoryEstimate(
+                blame,
+                _sequence_terms(
+                    rows, prompt_len + new, shape, spec.policy.dtype, sequences=2, logits=True
+                ),
+                f"B={rows}, T={prompt_len}+{new}",
+                "lower training.batch_size (or raise training.grad_accum), "
+                "training.generation.max_new_tokens or data.max_prompt_length",
+            )
+        )
+    if spec.task == "preference_model" and spec.policy is not None and data is not None:
+        lm_head = spec.preference_training is None or spec.preference_training.head == "lm"
+        blame = _largest_ratio(
+            [(("training", "batch_size"), rows, 8), (("data", "max_length"), data.max_length, 512)]
+        )
+        estimates.append(
+            MemoryEstimate(
+                blame,
+                _sequence_terms(
+                    rows,
+                    data.max_length,
+                    model_shape(spec.policy.model),
+                    spec.policy.dtype,
+                    sequences=2,
+                    logits=lm_head,
+                ),
+                f"B={rows}, T={data.max_length}",
+                "lower training.batch_size (or raise training.grad_accum) or data.max_length",
+            )
+        )
+    if isinstance(pref, LLMJudgePreference | PairwiseModelPreference | BradleyTerryPreference):
+        model = pref.model if isinstance(pref, LLMJudgePreference) else pref.path
+        blame = _largest_ratio(
+            [
+                (("preference", "batch_size"), pref.batch_size, 16),
+                (("preference", "max_length"), pref.max_length, 1024),
+            ]
+        )
+        estimates.append(
+            MemoryEstimate(
+                blame,
+                _sequence_terms(
+                    pref.batch_size,
+                    pref.max_length,
+                    model_shape(model),
+                    pref.dtype,
+                    sequences=2,
+                    logits=isinstance(pref, LLMJudgePreference),
+                ),
+                f"B={pref.batch_size}, T={pref.max_length}",
+                "lower preference.batch_size or preference.max_length",
+            )
+        )
+    return estimates
+
+
+def memory_problems(spec: RunSpec, available: int | None = None) -> list[tuple[Loc, str]]:
+    """``(field, message)`` for every estimate above ``available`` (default: this machine's
+    :func:`available_memory`)."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return []
+    problems: list[tuple[Loc, str]] = []
+    for estimate in estimate_memory(spec):
+        if estimate.total > available:
+            problems.append(
+                (
+                    estimate.field,
+                    f"needs at least {_size(estimate.total)} of memory ({estimate.describe()}; "
+                    f"{estimate.inputs}), but {_size(available)} is available; {estimate.hint}",
+                )
+            )
+    return problems
+
+
+# ------------------------------------------------------------------------------ entry
+def preflight_problems(spec: RunSpec, available: int | None = None) -> list[tuple[Loc, str]]:
+    """Every problem of ``spec`` on this installation and machine: an oracle that no
+    installed plugin registers (or options it does not take), the output directory, and
+    memory."""
+    problems: list[tuple[Loc, str]] = []
+    if isinstance(spec.preference, OraclePreference):
+        from nlhf.spec.load import oracle_problems
+
+        problems += oracle_problems(spec.preference.function, spec.preference.options)
+    output = check_output_dir(spec.output.dir)
+    if output is not None:
+        problems.append((("output", "dir"), output))
+    problems += memory_problems(spec, available)
+    return problems
+
+
+def check_preflight(
+    spec: RunSpec,
+    source: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    output: str | Path | None = None,
+) -> None:
+    """The CLI's pre-flight check of ``spec`` (loaded from ``source`` with ``overrides``;
+    ``output`` is a ``--output`` that replaced ``output.dir``): one located
+    :class:`~nlhf.errors.SpecError` with every problem, before any model loads."""
+    problems = preflight_problems(spec)
+    if not problems:
+        return
+    from nlhf.spec.load import apply_overrides, format_problems, parse_yaml
+
+    lines: list[str] = []
+    in_spec = []
+    for path, message in problems:
+        if output is not None and path == ("output", "dir"):
+            lines.append(f"--output {output}: {message}")
+        else:
+            in_spec.append((path, message))
+    text = Path(source).read_text(encoding="utf-8")
+    located = parse_yaml(text, str(source))
+    applied = apply_overrides(located.data, overrides)
+    raise SpecError(format_problems(in_spec, located, applied) + lines)
