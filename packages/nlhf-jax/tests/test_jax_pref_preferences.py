@@ -18,8 +18,8 @@ from nlhf.spec.models import RunSpec
 
 pytestmark = pytest.mark.jax
 
+from nlhf.data.tokenizer import load_tokenizer  # noqa: E402
 from nlhf_jax.models import load_model  # noqa: E402
-from nlhf_jax.preference.model import load_tokenizer  # noqa: E402
 from nlhf_jax.preferences import SUPPORTED, build_preference, check_preference  # noqa: E402
 
 PROMPTS = ["Pick a fruit:", "Which is better?", "Hello"]

@@ -67,18 +67,15 @@ class BradleyTerryReward:
     BradleyTerryReward`."""
 
     def __init__(self, spec: Any) -> None:
+        from nlhf.data.tokenizer import load_tokenizer
+
         from nlhf_jax.models import load_config
         from nlhf_jax.models.io import _head_of
-        from nlhf_jax.preference.model import (
-            DecoderScorer,
-            check_model_dir,
-            load_decoder,
-            load_tokenizer,
-        )
+        from nlhf_jax.preference.model import DecoderScorer, check_model_dir, load_decoder
 
         check_model_dir(spec.path, "preference.path")
         field = "preference.tokenizer" if spec.tokenizer else "preference.path"
-        tokenizer = load_tokenizer(spec.tokenizer or spec.path, field)
+        tokenizer = load_tokenizer(spec.tokenizer or spec.path, field, scoring=True)
         if _head_of(load_config(spec.path)) != "sequence_classification":
             raise InputError(
                 f"preference.path: {spec.path} is not a sequence-classification model "
@@ -107,10 +104,12 @@ class LLMJudge:
     P(y≻y') + P(y'≻y) = 1 (as :class:`nlhf_torch.preferences.LLMJudge`)."""
 
     def __init__(self, spec: Any) -> None:
-        from nlhf_jax.preference.model import DecoderScorer, load_decoder, load_tokenizer
+        from nlhf.data.tokenizer import load_tokenizer
+
+        from nlhf_jax.preference.model import DecoderScorer, load_decoder
 
         field = "preference.tokenizer" if spec.tokenizer else "preference.model"
-        tokenizer = load_tokenizer(spec.tokenizer or spec.model, field)
+        tokenizer = load_tokenizer(spec.tokenizer or spec.model, field, scoring=True)
         ids = judge_answer_ids(spec, tokenizer)
         model = load_decoder(spec.model, "lm", dtype=spec.dtype, field="preference.model")
         self.template = spec.template

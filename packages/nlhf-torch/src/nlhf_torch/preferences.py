@@ -54,11 +54,7 @@ class BradleyTerryReward:
     def __init__(self, spec: Any, device: torch.device | str = "cpu") -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from nlhf_torch.preference.model import (
-            BradleyTerryModel,
-            PreferenceConfig,
-            prepare_tokenizer,
-        )
+        from nlhf_torch.preference.model import BradleyTerryModel, PreferenceConfig
 
         check_model_path(spec.path, "preference.path")
         tokenizer = load_tokenizer(
@@ -82,7 +78,7 @@ class BradleyTerryReward:
         config = PreferenceConfig(
             kind="bradley_terry", head="classification", max_length=spec.max_length
         )
-        self.scorer = BradleyTerryModel(model.to(device), prepare_tokenizer(tokenizer), config)
+        self.scorer = BradleyTerryModel(model.to(device), tokenizer, config)
         self.scorer.eval().requires_grad_(False)
         self.model, self.tokenizer = model, self.scorer.tokenizer
         self.device = torch.device(device)
@@ -117,7 +113,7 @@ class LLMJudge:
 
     def __init__(self, spec: Any, device: torch.device | str = "cpu") -> None:
         from nlhf_torch.models import load_causal_lm
-        from nlhf_torch.preference.model import PairwiseModel, PreferenceConfig, prepare_tokenizer
+        from nlhf_torch.preference.model import PairwiseModel, PreferenceConfig
 
         tokenizer = load_tokenizer(
             spec.tokenizer or spec.model,
@@ -132,7 +128,7 @@ class LLMJudge:
             answer_tokens=tuple(spec.answer_tokens),
             max_length=spec.max_length,
         )
-        self.judge = PairwiseModel(model.to(device), prepare_tokenizer(tokenizer), config)
+        self.judge = PairwiseModel(model.to(device), tokenizer, config)
         self.judge.add_special_tokens = False
         self.judge.eval().requires_grad_(False)
         self.model, self.tokenizer = model, self.judge.tokenizer

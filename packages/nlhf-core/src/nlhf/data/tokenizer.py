@@ -37,8 +37,13 @@ def check_model_path(name: str, field: str, *, marker: str = "config.json") -> N
         raise InputError(f"{field}: model path not found: {name}{hint}")
 
 
-def load_tokenizer(name: str, field: str = "policy.tokenizer", **kwargs: Any) -> Any:
-    """``AutoTokenizer.from_pretrained(name)``; pad falls back to EOS; errors name ``field``."""
+def load_tokenizer(
+    name: str | Path, field: str = "policy.tokenizer", *, scoring: bool = False, **kwargs: Any
+) -> Any:
+    """The one tokenizer loader of every backend: ``AutoTokenizer.from_pretrained(name,
+    **kwargs)``; pad falls back to EOS; errors name ``field``. ``scoring=True`` also sets
+    it up for a preference model (:func:`prepare_scoring_tokenizer`)."""
+    name = str(name)
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:  # both backends depend on transformers
@@ -55,7 +60,7 @@ def load_tokenizer(name: str, field: str = "policy.tokenizer", **kwargs: Any) ->
         if tok.eos_token_id is None:
             raise InputError(f"{field}: the tokenizer of {name} has neither a pad nor an EOS token")
         tok.pad_token = tok.eos_token
-    return tok
+    return prepare_scoring_tokenizer(tok) if scoring else tok
 
 
 def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:

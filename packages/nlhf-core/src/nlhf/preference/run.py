@@ -5,8 +5,7 @@ leaves (:func:`nlhf.data.pairs.load_pairs`), the run outputs around the backend'
 ``fit`` (``spec.resolved.yaml``, ``summary.json``) and the optional Bradley–Terry
 baseline under ``baseline/``; and the framework-free pieces of a backend's ``fit`` (the
 guard against writing over checkpoints, the progress bar, the summary of one fit). Each
-backend supplies its tokenizer loader, its ``text_overhead`` and its ``fit``; nothing
-here imports a framework.
+backend supplies its ``fit``; nothing here imports a framework.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,13 +57,19 @@ def check_preference_task(spec: Any) -> None:
 def prepare_preference_run(
     spec: Any,
     *,
-    load_tokenizer: Callable[[str], Any],
-    text_overhead: Callable[[Any, PreferenceConfig], int],
+    load_tokenizer: Callable[[str], Any] | None = None,
+    text_overhead: Callable[[Any, PreferenceConfig], int] | None = None,
 ) -> PreferenceRun:
     """The model config from ``preference_training`` and the pairs of ``spec.data``,
     truncated so that prompt + responses fit ``max_length`` minus the tokens the model adds
     (``text_overhead`` of the tokenizer of the model being trained, + :data:`LENGTH_SLACK`);
-    pairwise models truncate the two responses jointly (one judge text)."""
+    pairwise models truncate the two responses jointly (one judge text). The tokenizer
+    loader and the overhead default to :mod:`nlhf.data.tokenizer`'s (every backend's)."""
+    from nlhf.data import tokenizer as tokenizers
+
+    if load_tokenizer is None:
+        load_tokenizer = partial(tokenizers.load_tokenizer, scoring=True)
+    text_overhead = text_overhead or tokenizers.text_overhead
     check_preference_task(spec)
     pt = spec.preference_training or PreferenceTrainingSpec()
     config = PreferenceConfig(
@@ -89,8 +95,8 @@ def run_preference_training(
     output: Path,
     *,
     fit: FitFn,
-    load_tokenizer: Callable[[str], Any],
-    text_overhead: Callable[[Any, PreferenceConfig], int],
+    load_tokenizer: Callable[[str], Any] | None = None,
+    text_overhead: Callable[[Any, PreferenceConfig], int] | None = None,
     resume: bool = False,
     backend: str | None = None,
     write_outputs: bool = True,

@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from nlhf.data.tokenizer import answer_ids, prepare_scoring_tokenizer, text_overhead
-from nlhf.data.tokenizer import load_tokenizer as core_load_tokenizer
+from nlhf.data.tokenizer import answer_ids, load_tokenizer, prepare_scoring_tokenizer, text_overhead
 from nlhf.errors import InputError
 from nlhf.preference.format import Head, PreferenceConfig, render_judge
 
@@ -52,14 +51,6 @@ MIN_WIDTH = 16
 """Smallest padded length bucket (widths are padded to powers of two ≥ this)."""
 ADAPTER_DIR = "adapter"
 """Subdirectory of a LoRA-trained model directory holding its peft adapter (A, B)."""
-
-
-# ---------------------------------------------------------------------- tokenizer
-def load_tokenizer(path: str | Path, field: str = "policy.tokenizer") -> Any:
-    """The tokenizer of a preference model, as on torch: ``transformers.AutoTokenizer``
-    (:func:`nlhf.data.tokenizer.load_tokenizer`; no torch import when torch is absent)
-    prepared for scoring (:func:`nlhf.data.tokenizer.prepare_scoring_tokenizer`)."""
-    return prepare_scoring_tokenizer(core_load_tokenizer(str(path), field))
 
 
 # ------------------------------------------------------------------------- scoring
@@ -383,7 +374,7 @@ def build_preference_model(
     (the zero-shot judge); ``head="classification"`` adds a fresh 1-label score head
     (or keeps the one of a classifier checkpoint). ``lora_spec`` (``policy.lora``) adds
     fresh adapters (:func:`nlhf_jax.lora.apply_lora`, A drawn from ``seed``, B = 0)."""
-    tokenizer = load_tokenizer(tokenizer_path or model_path, "policy.tokenizer")
+    tokenizer = load_tokenizer(tokenizer_path or model_path, "policy.tokenizer", scoring=True)
     model = load_decoder(model_path, config.head, dtype=dtype,
                          pad_token_id=tokenizer.pad_token_id, seed=seed, field=field)  # fmt: skip
     if lora_spec is None:
@@ -415,7 +406,7 @@ def load_lora_checkpoint(
                          f"dropout={saved.dropout}; policy.lora says r={wanted.r}, scaling="
                          f"{wanted.scaling}, dropout={wanted.dropout}")  # fmt: skip
     config = PreferenceConfig.load(path)
-    tokenizer = load_tokenizer(path, field)
+    tokenizer = load_tokenizer(path, field, scoring=True)
     model = load_decoder(base_path, config.head, dtype=dtype,
                          pad_token_id=tokenizer.pad_token_id, field="policy.model")  # fmt: skip
     if config.head == "classification":
@@ -435,7 +426,7 @@ def load_preference_model(
     check_model_dir(path, field)
     path = Path(path).expanduser()
     config = PreferenceConfig.for_directory(path, field)
-    tokenizer = load_tokenizer(path, field)
+    tokenizer = load_tokenizer(path, field, scoring=True)
     model = load_decoder(path, config.head, dtype=dtype, pad_token_id=tokenizer.pad_token_id,
                          field=field)  # fmt: skip
     return PreferenceModel(model, tokenizer, config)

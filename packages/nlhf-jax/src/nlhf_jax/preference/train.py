@@ -69,8 +69,6 @@ from nlhf_jax.preference.model import (
     build_preference_model,
     load_lora_checkpoint,
     load_preference_model,
-    load_tokenizer,
-    text_overhead,
 )
 
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -341,6 +339,4 @@ def fit(
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run ``task: preference_model`` (see the module docstring); returns the summary."""
     check_spec(spec)
-    return run_preference_training(spec, output, fit=fit, load_tokenizer=load_tokenizer,
-                                   text_overhead=text_overhead, resume=resume,
-                                   backend="jax")  # fmt: skip
+    return run_preference_training(spec, output, fit=fit, resume=resume, backend="jax")

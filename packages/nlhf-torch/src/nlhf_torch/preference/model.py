@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nlhf.data.tokenizer import answer_ids, text_overhead
-from nlhf.data.tokenizer import prepare_scoring_tokenizer as prepare_tokenizer
+from nlhf.data.tokenizer import answer_ids, load_tokenizer, prepare_scoring_tokenizer, text_overhead
 from nlhf.errors import InputError
 from nlhf.preference.format import Head, PreferenceConfig, render_judge
 
@@ -37,24 +36,13 @@ DTYPES = {
 }
 
 
-def load_tokenizer(path: str | Path, field: str = "policy.tokenizer") -> Any:
-    """``AutoTokenizer`` from a local directory or hub id, prepared for scoring."""
-    from transformers import AutoTokenizer
-
-    _check_dir(path, field)
-    try:
-        return prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{field}: could not load a tokenizer from {path}: {exc}") from exc
-
-
 class PreferenceModel(torch.nn.Module):
     """Base class: a transformers model + tokenizer + :class:`PreferenceConfig`."""
 
     def __init__(self, model: Any, tokenizer: Any, config: PreferenceConfig) -> None:
         super().__init__()
         self.model = model
-        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.tokenizer = prepare_scoring_tokenizer(tokenizer)
         self.config = config
         self.batch_size = 16
         self.add_special_tokens = True
@@ -234,7 +222,7 @@ def build_preference_model(
     """Start a preference model from a pretrained LM: ``head="lm"`` keeps its LM head
     (the zero-shot judge); ``head="classification"`` adds a fresh 1-label score head."""
     _check_dir(model_path, field)
-    tokenizer = load_tokenizer(tokenizer_path or model_path)
+    tokenizer = load_tokenizer(tokenizer_path or model_path, "policy.tokenizer", scoring=True)
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if config.head == "classification":
         kwargs["num_labels"] = 1
@@ -254,13 +242,11 @@ def load_preference_model(
     """Load a directory saved by :meth:`PreferenceModel.save`. Without
     ``nlhf_preference.json``, a causal LM becomes a zero-shot pairwise judge
     (default template) and a 1-label classifier a Bradley–Terry reward model."""
-    from transformers import AutoTokenizer
-
     path = Path(path).expanduser()
     if not path.is_dir():
         raise InputError(f"preference.path: model directory not found: {path}")
     config = PreferenceConfig.for_directory(path)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = load_tokenizer(path, "preference.path", scoring=True)
     with _quiet_loading():
         model = _model_class(config.head).from_pretrained(str(path), dtype=DTYPES[dtype])
     return _wrap(model.to(device), tokenizer, config)

@@ -44,8 +44,6 @@ from nlhf_torch.preference.model import (
     PreferenceModel,
     build_preference_model,
     load_preference_model,
-    load_tokenizer,
-    text_overhead,
 )
 
 STATE_NAME = "trainer_state.pt"
@@ -313,6 +311,4 @@ def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> 
         from nlhf_torch.distributed import env_rank
 
         rank = env_rank()
-    return run_preference_training(spec, output, fit=fit, load_tokenizer=load_tokenizer,
-                                   text_overhead=text_overhead, resume=resume,
-                                   write_outputs=rank == 0)  # fmt: skip
+    return run_preference_training(spec, output, fit=fit, resume=resume, write_outputs=rank == 0)
