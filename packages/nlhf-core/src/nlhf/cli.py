@@ -22,6 +22,7 @@ from rich.table import Table
 
 import nlhf
 from nlhf.errors import NLHFError, SpecError
+from nlhf.formatting import flatten, format_value
 
 SPEC_ERROR_EXIT = 2
 ERROR_EXIT = 1
@@ -156,7 +157,7 @@ def run(
         table.add_column("key", style="bold")
         table.add_column("value")
         for key, value in headline.items():
-            table.add_row(key, _fmt(value))
+            table.add_row(key, format_value(value))
         console.print(table)
     console.print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
 
@@ -268,28 +269,11 @@ def solve(
     _print_solution(result)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _print_solution(result: dict[str, Any]) -> None:
     """Vector entries (per response) as the columns of one table, the rest as key/value
     rows; nested mappings are flattened to dotted keys (``x.policy`` shows as ``x``)."""
     console = _out()
-    flat = _flatten(result)
+    flat = flatten(result)
     responses = [str(r) for r in flat.pop("responses", None) or []]
     vectors = {
         key.removesuffix(".policy"): list(value)
@@ -317,7 +301,9 @@ def _print_solution(result: dict[str, Any]) -> None:
     shown = {f"{k}.policy" for k in vectors} | set(vectors)
     for key, value in flat.items():
         if key not in shown:
-            scalars.add_row(key, _fmt(value) if not isinstance(value, list) else json.dumps(value))
+            scalars.add_row(
+                key, format_value(value) if not isinstance(value, list) else json.dumps(value)
+            )
     console.print(scalars)
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from nlhf.errors import InputError
+from nlhf.formatting import flatten, format_value
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
@@ -31,37 +31,19 @@ th{background:#f4f4f4}img{max-width:100%;height:auto;border:1px solid #eee}
 """
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> dotted keys (``final.loss``)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
 def _scalar_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key, value in flatten(summary).items():
         if isinstance(value, bool) or value is None:
             rows.append((key, str(value)))
         elif isinstance(value, int | float | str):
-            rows.append((key, _fmt(value)))
+            rows.append((key, format_value(value)))
         elif (
             isinstance(value, list)
             and 0 < len(value) <= 12
             and all(isinstance(v, int | float | str) for v in value)
         ):
-            rows.append((key, "[" + ", ".join(_fmt(v) for v in value) + "]"))
+            rows.append((key, "[" + ", ".join(format_value(v) for v in value) + "]"))
     return rows
 
 
@@ -126,12 +108,13 @@ def build_report(run_dir: Path, output: Path | None = None, *, title: str | None
         for n, name in enumerate(winrate.policies):
             info = winrate.per_policy.get(name, {})
             rows_pp.append(
-                [name, _fmt(float(avg[n]))] + [_fmt(info.get(k, "")) for k in extra_keys]
+                [name, format_value(float(avg[n]))]
+                + [format_value(info.get(k, "")) for k in extra_keys]
             )
         matrix_rows = [
             [name]
             + [
-                _fmt(float(winrate.mean[i, j]))
+                format_value(float(winrate.mean[i, j]))
                 + (
                     ""
                     if winrate.method[i][j] == "exact"
