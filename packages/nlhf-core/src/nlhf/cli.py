@@ -65,7 +65,7 @@ def report_errors(func: F) -> F:
             raise typer.Exit(SPEC_ERROR_EXIT) from None
         except NLHFError as exc:
             _err().print(f"error: {exc}", markup=False)
-            raise typer.Exit(ERROR_EXIT) from None
+            raise typer.Exit(getattr(exc, "exit_code", ERROR_EXIT)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -124,6 +124,14 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Resume from the latest checkpoint in the output dir.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Delete the outputs of an earlier run in the output dir (checkpoints "
+            "included) before starting; without it such a directory is refused.",
+        ),
+    ] = False,
     nproc: Annotated[
         int,
         typer.Option(
@@ -144,12 +152,16 @@ def run(
         raise InputError(f"--nproc must be >= 1, got {nproc}")
     engine = _backend(name)
     out_dir = Path(run_spec.output.dir)
-    if nproc > 1:
-        raise typer.Exit(
-            _launch(engine, name, run_spec, spec, nproc, overrides, output, resume, out_dir)
-        )
-    _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
-    summary = engine.train(run_spec, out_dir, resume=resume) or {}
+    from nlhf.runio import claim_output_dir
+
+    # the one owner of out_dir (docs/resume.md); launched processes do not claim it again
+    with claim_output_dir(run_spec, out_dir, resume=resume, overwrite=overwrite):
+        if nproc > 1:
+            raise typer.Exit(
+                _launch(engine, name, run_spec, spec, nproc, overrides, output, resume, out_dir)
+            )
+        _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
+        summary = engine.train(run_spec, out_dir, resume=resume) or {}
     console = _out()
     headline = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
     if headline:
@@ -388,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(SPEC_ERROR_EXIT)
     except NLHFError as exc:
         _err().print(f"error: {exc}", markup=False)
-        sys.exit(ERROR_EXIT)
+        sys.exit(getattr(exc, "exit_code", ERROR_EXIT))
 
 
 if __name__ == "__main__":  # pragma: no cover

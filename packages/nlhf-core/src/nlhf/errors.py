@@ -28,3 +28,10 @@ class UnknownNameError(NLHFError, KeyError):
 
 class InputError(NLHFError, ValueError):
     """User-provided data (a matrix, a dataset, a model path) is invalid."""
+
+
+class RunDirError(InputError):
+    """The output directory conflicts with the run: it holds another run's outputs, or the
+    checkpoint being resumed does not match the spec (docs/resume.md). The CLI exits 2."""
+
+    exit_code = 2

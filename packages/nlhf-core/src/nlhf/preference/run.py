@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from nlhf.data.pairs import PairData, load_pairs
 from nlhf.errors import InputError
 from nlhf.preference.format import PreferenceConfig
-from nlhf.runio import latest_checkpoint, write_resolved_spec, write_summary
+from nlhf.runio import latest_checkpoint, resume_checkpoint, write_resolved_spec, write_summary
 from nlhf.spec.models import PreferenceTrainingSpec
 
 LENGTH_SLACK = 4
@@ -110,6 +110,8 @@ def run_preference_training(
     t0 = time.perf_counter()
     check_preference_task(spec)
     output = Path(output)
+    if resume:  # before anything is written: the spec must be the run's
+        resume_checkpoint(spec, output)
     if write_outputs:
         output.mkdir(parents=True, exist_ok=True)
         write_resolved_spec(output, spec)

@@ -167,13 +167,16 @@ def train_spec(
     :class:`~nlhf.tabular.dynamics.TrajectoryFn` (NumPy's by default), at most
     :data:`CHUNK_STEPS` at a time; ``backend`` names it in the summary. The schedules are
     checked (η_t τ_t ≤ 1) before anything is written. Tabular runs take seconds and keep
-    no checkpoints: ``resume`` recomputes the run (deterministically) from step 0.
+    no checkpoints: ``resume`` recomputes the run (deterministically) from step 0, once
+    the spec is checked against the run's ``spec.resolved.yaml``
+    (:func:`nlhf.runio.resume_checkpoint`).
     ``progress=None`` shows a rich progress bar when stderr is a terminal and the run has
     ≥ 1000 steps.
     """
-    from nlhf.runio import MetricsWriter, write_resolved_spec, write_summary
+    from nlhf.runio import MetricsWriter, resume_checkpoint, write_resolved_spec, write_summary
 
-    del resume  # deterministic and cheap: always recomputed
+    if resume:  # deterministic and cheap: recomputed, if the spec is the run's
+        resume_checkpoint(spec, output)
     start = time.perf_counter()
     problem = resolve(spec)
     P, mu = problem.P, problem.mu
