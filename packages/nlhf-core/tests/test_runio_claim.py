@@ -25,6 +25,7 @@ from nlhf.runio import (
     latest_checkpoint,
     read_metrics,
     write_checkpoint_meta,
+    write_resolved_spec,
 )
 from nlhf.spec import load_spec
 from typer.testing import CliRunner
@@ -251,6 +252,7 @@ class Recorder:
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         self.calls.append((spec.training.steps, resume))
+        write_resolved_spec(output, spec)  # like every backend
         return {}
 
     def launch_command(self, spec: Any, path: Path, nproc: int, **kw: Any) -> Any:
@@ -301,3 +303,24 @@ def test_launch_path_is_claimed_by_the_parent_once(recorder: Recorder, tmp_path:
     assert recorder.calls == []  # nothing launched
     assert _nlhf(*args, "--overwrite").exit_code == 0
     assert recorder.calls == [(2, False)] and latest_checkpoint(out) is None
+
+
+def test_evaluate_runs_own_their_directory_too(recorder: Recorder, tmp_path: Path) -> None:
+    """A second evaluation needs --resume (any spec change is fine: the caches are keyed by
+    content) or --overwrite; an evaluation cannot write over a training run's outputs."""
+    spec, out = tmp_path / "e.yaml", tmp_path / "o"
+    spec.write_text(
+        LLM.replace("task: nash", "task: evaluate") + "eval: {policies: [reference, a]}\n"
+    )
+    args = ["run", str(spec), "-b", "rec", "-o", str(out)]
+    assert _nlhf(*args).exit_code == 0
+    assert _nlhf(*args).exit_code == 2
+    more = ["--set", "eval.policies=[reference, a, b]", "--set", "seed=5"]
+    assert _nlhf(*args, "--resume", *more).exit_code == 0
+    assert yaml.safe_load((out / "spec.resolved.yaml").read_text())["eval"]["policies"][-1] == "b"
+
+    trained = tmp_path / "trained"
+    (tmp_path / "nash.yaml").write_text(LLM)
+    assert _nlhf("run", str(tmp_path / "nash.yaml"), "-b", "rec", "-o", str(trained)).exit_code == 0
+    refused = _nlhf("run", str(spec), "-b", "rec", "-o", str(trained), "--resume")
+    assert refused.exit_code == 2 and 'task: "nash" → "evaluate"' in refused.output
