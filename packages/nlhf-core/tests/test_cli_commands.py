@@ -99,7 +99,7 @@ def test_cli_validate_ok(spec_file: Path) -> None:
     result = runner.invoke(cli.get_app(plugins=False), ["validate", str(spec_file)])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == (
-        f"{spec_file}: ok (task nash, algorithm nash_md, preference tabular)"
+        f"{spec_file}: ok (task nash, algorithm nash_md, preference tabular; runs on backend numpy)"
     )
 
 

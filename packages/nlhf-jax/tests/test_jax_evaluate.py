@@ -19,7 +19,7 @@ from typing import Any
 import nlhf
 import numpy as np
 import pytest
-from nlhf.errors import InputError
+from nlhf.errors import InputError, SpecError
 from nlhf.evaluation.llm import RESPONSE_KEYS
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
@@ -309,7 +309,7 @@ def test_bad_input(assets, tmp_path, plugins) -> None:
         evaluate_spec(spec)
     spec = make_spec(assets, [str(assets["base"])], tmp_path / "c")
     spec.training.generation.top_k = 5
-    with pytest.raises(InputError, match="top_k"):
+    with pytest.raises(SpecError, match=r"training\.generation\.top_k: 5 is not supported by"):
         evaluate_spec(spec, plugins=plugins)
     gpt2 = tmp_path / "gpt2"
     shutil.copytree(assets["base"], gpt2)

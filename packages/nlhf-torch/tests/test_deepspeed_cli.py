@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from nlhf import cli
+from nlhf.errors import SpecError
 from nlhf.runio import read_metrics
 from nlhf.spec import load_spec
 from nlhf_torch.backend import TorchBackend
@@ -73,15 +74,19 @@ def test_backend_without_distributed_launch(tmp_path: Path) -> None:
     spec = tmp_path / "tab.yaml"
     spec.write_text(TABULAR)
     result = runner.invoke(_app(), ["run", str(spec), "--nproc", "2", "-o", str(tmp_path / "o")])
-    assert result.exit_code == 1
-    assert "backend 'numpy' has no distributed launch; run with --nproc 1" in result.output
+    assert result.exit_code == 2  # a capability problem of the spec, found before any launch
+    assert "--nproc 2: backend 'numpy' has no distributed launch; run with --nproc 1" in (
+        result.output
+    )
 
 
 def test_nproc_needs_deepspeed_engine(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "unused", tmp_path / "out", distributed=False)
     result = runner.invoke(_app(), ["run", str(spec), "--backend", "torch", "--nproc", "2"])
-    assert result.exit_code == 1
-    assert "distributed.engine is 'none'" in result.output
+    assert result.exit_code == 2
+    assert f"{spec}:1:1: distributed.engine: 'none' runs one process; --nproc 2 on backend " in (
+        result.output
+    )  # no distributed section: located at the spec's start
     assert "distributed: {engine: deepspeed" in result.output
 
 
@@ -152,7 +157,7 @@ def test_launch_command_passes_arguments_on(
 def test_backend_launch_command_rejects_other_tasks(tmp_path: Path) -> None:
     spec = load_spec(_spec(tmp_path, "unused", tmp_path / "out"))
     spec.task = "evaluate"
-    with pytest.raises(Exception, match="task 'evaluate' has no distributed launch"):
+    with pytest.raises(SpecError, match="task: 'evaluate' has no distributed launch"):
         TorchBackend().launch_command(spec, "s.yaml", 2)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from nlhf.data.pairs import Pair, load_pairs
-from nlhf.errors import InputError
+from nlhf.errors import InputError, SpecError
 from nlhf.runio import read_metrics
 from nlhf.spec.models import RunSpec
 from nlhf.testing.tolerances import assert_close
@@ -176,6 +176,6 @@ def test_pref_learns_known_preference_pairwise_and_bt(
 
 def test_lora_is_a_clear_error_not_silently_full_finetuning(setup, tmp_path) -> None:
     spec = make_spec(setup, policy={"lora": {"r": 4}})
-    with pytest.raises(InputError, match=r"policy\.lora: LoRA preference models are trained by"):
+    with pytest.raises(SpecError, match=r"policy\.lora: LoRA is not supported by backend 'torch'"):
         train_preference_model(spec, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -18,6 +18,7 @@ from typing import Any
 
 import nlhf
 import numpy as np
+from nlhf.spec.capabilities import Capabilities, require
 
 __version__ = "0.1.0"
 
@@ -147,18 +148,31 @@ class ExampleKernels:
         return out.astype(base.dtype)
 
 
+CAPABILITIES = Capabilities()
+"""Kernels only: no task, so ``nlhf validate`` and ``nlhf run`` refuse every spec for this
+backend, each with a located message. A backend that trains lists what it runs, e.g.
+``Capabilities(tabular_tasks=("nash",), tabular_algorithms=("nash_md",))``."""
+
+
 class ExampleBackend:
-    """Backend ``example``: kernels only (no ``train``)."""
+    """Backend ``example``: kernels only (``train`` runs no spec)."""
 
     name = "example"
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         self.kernels = ExampleKernels()
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+        require(spec, self.name, self.capabilities)  # refuses every spec
         raise NotImplementedError("the example backend provides kernels only")
 
 
 @nlhf.hookimpl
 def nlhf_register_backends(register: Any) -> None:
-    register("example", ExampleBackend, description="example third-party NumPy float32 kernels")
+    register(
+        "example",
+        ExampleBackend,
+        description="example third-party NumPy float32 kernels",
+        capabilities=CAPABILITIES,
+    )

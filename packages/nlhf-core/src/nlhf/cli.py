@@ -76,13 +76,29 @@ def _load(spec: Path, overrides: Sequence[str] | None) -> Any:
     return load_spec(spec, list(overrides or ()))
 
 
+def _preflight(run_spec: Any, spec: Path, overrides: Sequence[str] | None, output: Any) -> None:
+    """Output directory and memory checks before any model loads (:mod:`nlhf.spec.preflight`)."""
+    from nlhf.spec.preflight import check_preflight
+
+    check_preflight(run_spec, spec, list(overrides or ()), output=output)
+
+
 def _backend(name: str) -> Any:
     """Instantiate backend ``name``; if its plugin failed to load, say why."""
+    from nlhf.plugins import get_backend
+
+    _backend_entry(name)
+    return get_backend(name)
+
+
+def _backend_entry(name: str) -> Any:
+    """The registry entry of backend ``name`` (imports nothing); if its plugin failed to
+    load, the error says why."""
     from nlhf.errors import UnknownNameError
-    from nlhf.plugins import get_backend, get_plugins
+    from nlhf.plugins import get_plugins
 
     try:
-        return get_backend(name)
+        return get_plugins().backends.get(name)
     except UnknownNameError as exc:
         for failure in get_plugins().failures:
             if failure.name == name:
@@ -105,6 +121,51 @@ def _describe(spec: Any) -> str:
 def default_backend(spec: Any) -> str:
     """``numpy`` for tabular specs, ``torch`` otherwise."""
     return "numpy" if getattr(spec, "is_tabular", False) else "torch"
+
+
+def _check_backend(
+    run_spec: Any, name: str, spec: Path, overrides: Sequence[str] | None, nproc: int = 1
+) -> str:
+    """Check ``run_spec`` against backend ``name``'s declared capabilities, before any
+    model loads (:func:`nlhf.spec.capabilities.check_spec_file`: one located
+    :class:`SpecError`, exit 2); returns what was checked, for ``validate``'s ok line.
+    An unregistered backend is left to :func:`_backend` to report."""
+    from nlhf.errors import UnknownNameError
+    from nlhf.spec.capabilities import check_spec_file
+
+    try:
+        caps = check_spec_file(run_spec, name, spec, list(overrides or ()), nproc=nproc)
+    except UnknownNameError:
+        return f"backend {name} is not installed: its capabilities were not checked"
+    if caps is None:
+        return f"backend {name} declares no capabilities: checked the schema only"
+    return f"runs on backend {name}" + (f" with --nproc {nproc}" if nproc > 1 else "")
+
+
+def _front_checks(
+    run_spec: Any,
+    name: str,
+    spec: Path,
+    overrides: Sequence[str] | None,
+    nproc: int,
+    output: Path | None,
+) -> str:
+    """Every problem ``validate`` and ``run`` find before any model loads, at once (one
+    :class:`SpecError`): this machine (:func:`_preflight`), then the backend's
+    capabilities (:func:`_check_backend`, whose note is returned)."""
+    issues: list[str] = []
+    checked = ""
+    try:
+        _preflight(run_spec, spec, overrides, output)
+    except SpecError as exc:
+        issues += exc.issues
+    try:
+        checked = _check_backend(run_spec, name, spec, overrides, nproc)
+    except SpecError as exc:
+        issues += exc.issues
+    if issues:
+        raise SpecError(issues)
+    return checked
 
 
 # -------------------------------------------------------------------------- commands
@@ -150,6 +211,7 @@ def run(
         from nlhf.errors import InputError
 
         raise InputError(f"--nproc must be >= 1, got {nproc}")
+    _front_checks(run_spec, name, spec, overrides, nproc, output)
     engine = _backend(name)
     out_dir = Path(run_spec.output.dir)
     from nlhf.runio import claim_output_dir
@@ -213,10 +275,29 @@ def _launch(
 
 
 @report_errors
-def validate(spec: SpecArg, overrides: SetOpt = None) -> None:
-    """Check a spec and report every problem at once (exit 2 on errors)."""
+def validate(
+    spec: SpecArg,
+    overrides: SetOpt = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Also check what this backend runs (default: as `run` picks it: numpy for "
+            "tabular specs, else torch); `nlhf backends` lists the capabilities.",
+        ),
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option("--nproc", help="Also check a launch on this many processes.")
+    ] = 1,
+) -> None:
+    """Check a spec, and what its backend runs, reporting every problem at once (exit 2)."""
     run_spec = _load(spec, overrides)
-    _out().print(f"{spec}: ok ({_describe(run_spec)})", markup=False)
+    name = backend or default_backend(run_spec)
+    if backend is not None:
+        _backend_entry(name)
+    checked = _front_checks(run_spec, name, spec, overrides, nproc, None)
+    _out().print(f"{spec}: ok ({_describe(run_spec)}; {checked})", markup=False)
 
 
 @report_errors
@@ -242,6 +323,7 @@ def backends() -> None:
         table.add_row(entry.name, entry.package, entry.version, ok, entry.description)
     console = _out()
     console.print(table)
+    _print_capabilities(plugins, console)
     if len(plugins.preference_models):
         console.print(
             "preference models from plugins: " + ", ".join(plugins.preference_models.names())
@@ -253,6 +335,27 @@ def backends() -> None:
         for failure in plugins.failures:
             failed.add_row(failure.name, failure.package, failure.error)
         console.print(failed)
+
+
+def _print_capabilities(plugins: Any, console: Console) -> None:
+    """What each backend runs, from its registration (:mod:`nlhf.spec.capabilities`)."""
+    from nlhf.errors import PluginError
+    from nlhf.spec.capabilities import capabilities_of
+
+    table = Table(title="what each backend runs (`nlhf validate SPEC --backend NAME` checks)")
+    for column in ("backend", "capability", "supported"):
+        table.add_column(column)
+    for entry in plugins.backends:
+        try:
+            caps = capabilities_of(entry.name, plugins)
+        except PluginError as exc:
+            rows = [("(invalid)", str(exc))]
+        else:
+            rows = caps.describe() if caps is not None else [("(none declared)", "")]
+        for i, (key, value) in enumerate(rows):
+            table.add_row(entry.name if i == 0 else "", key, value)
+        table.add_section()
+    console.print(table)
 
 
 @report_errors

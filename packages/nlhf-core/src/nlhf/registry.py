@@ -38,6 +38,12 @@ class Entry(Generic[T]):
     def missing(self) -> list[str]:
         return [mod for mod in self.requires if importlib.util.find_spec(mod) is None]
 
+    @property
+    def capabilities(self) -> Any:
+        """A backend's option ``capabilities=``: what it runs, as data
+        (:class:`nlhf.spec.capabilities.Capabilities`; None when it declares none)."""
+        return self.options.get("capabilities")
+
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
@@ -59,7 +65,8 @@ class Registry(Generic[T]):
             first = self._entries[entry.name]
             raise PluginError(
                 f"duplicate {self.kind} name {entry.name!r}: registered by {first.package} "
-                f"and by {entry.package}; uninstall one of them or set NLHF_PLUGINS to choose"
+                f"and by {entry.package}; {entry.package}'s is skipped (uninstall one of them "
+                f"or set NLHF_PLUGINS to choose)"
             )
         self._entries[entry.name] = entry
 

@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import NLHFError
+from nlhf.spec.capabilities import require
+
+from nlhf_jax.plugin import CAPABILITIES
 
 
 class JaxBackend:
@@ -14,6 +17,7 @@ class JaxBackend:
     :mod:`nlhf_jax.preference.train`; task ``evaluate``, :mod:`nlhf_jax.evaluate`)."""
 
     name = "jax"
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         from nlhf_jax.kernels import JaxKernels
@@ -21,6 +25,7 @@ class JaxBackend:
         self.kernels = JaxKernels()
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+        require(spec, self.name, self.capabilities)
         if spec.task == "nash":
             if spec.is_tabular:
                 from nlhf_jax.tabular import train_tabular

@@ -38,10 +38,12 @@ import numpy as np
 from flax import nnx
 from nlhf.errors import InputError
 from nlhf.evaluation.llm import EvalBackend, PolicyEntry, evaluate_llm
+from nlhf.spec.capabilities import require
 
+from nlhf_jax.plugin import CAPABILITIES
 from nlhf_jax.trainer import PROMPT_BUCKET, bucket_width, left_pad
 
-__all__ = ["JaxSampler", "check_eval_spec", "evaluate_spec", "job_uniforms"]
+__all__ = ["JaxSampler", "evaluate_spec", "job_uniforms"]
 
 
 def job_uniforms(seed: int, prompt: int, pair: int, max_new_tokens: int) -> np.ndarray:
@@ -151,19 +153,6 @@ class JaxSampler:
         return rows
 
 
-def check_eval_spec(spec: Any) -> None:
-    """Errors before any model loads: a preference the jax backend cannot build, ``top_k``
-    (the sampler draws from the full vocabulary)."""
-    from nlhf_jax.preferences import check_preference
-
-    check_preference(spec.preference)
-    if spec.training.generation.top_k:
-        raise InputError(
-            "training.generation.top_k: the jax evaluation samples the full vocabulary; "
-            "set top_k: 0"
-        )
-
-
 def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None) -> dict[str, Any]:
     """Run a ``task: evaluate`` spec on jax (:func:`nlhf.evaluation.llm.evaluate_llm`):
     same files, keys and summary as torch, with ``backend: jax``. ``plugins`` overrides
@@ -179,6 +168,6 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
             make_sampler=JaxSampler,
             make_preference=lambda spec: build_preference(spec.preference, plugins),
             cache_key={"backend": "jax"},
-            check=check_eval_spec,
+            check=lambda spec: require(spec, "jax", CAPABILITIES),  # once completed
         ),
     )

@@ -6,11 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nlhf.errors import InputError, NLHFError
+from nlhf.errors import NLHFError
+from nlhf.spec.capabilities import require
+
+from nlhf_torch.plugin import CAPABILITIES
 
 
 class TorchBackend:
     name = "torch"
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         from nlhf_torch.kernels import TorchKernels
@@ -18,6 +22,7 @@ class TorchBackend:
         self.kernels = TorchKernels()
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+        require(spec, self.name, self.capabilities)
         if spec.task == "nash":
             if spec.is_tabular:
                 from nlhf_torch.tabular import train_tabular
@@ -48,23 +53,13 @@ class TorchBackend:
     ) -> tuple[list[str], dict[str, str]]:
         """``(argv, extra environment)`` that runs ``spec_path`` on ``nproc`` local
         processes under torch's elastic launcher (``nlhf run --nproc N``); needs
-        ``distributed.engine: deepspeed``. ``DS_ACCELERATOR=cpu`` when there is no CUDA.
+        ``distributed.engine: deepspeed`` and a task in ``capabilities.launch_tasks``
+        (:func:`nlhf.spec.capabilities.require`). ``DS_ACCELERATOR=cpu`` when there is no CUDA.
         The DeepSpeed config is built here first, so a batch that ``nproc`` does not
         divide or a conflicting JSON is one clear error instead of N failing processes."""
         from nlhf_torch.distributed import launch_command, launch_env
 
-        engine = getattr(spec.distributed, "engine", "none")
-        if engine != "deepspeed":
-            raise InputError(
-                f"--nproc {nproc}: the torch backend runs several processes with DeepSpeed, "
-                f"but distributed.engine is {engine!r}; add `distributed: {{engine: "
-                "deepspeed, zero_stage: 2}` to the spec (or --set distributed.engine=deepspeed)"
-                ", or run with --nproc 1"
-            )
-        if spec.task not in ("nash", "preference_model"):
-            raise InputError(
-                f"--nproc {nproc}: task {spec.task!r} has no distributed launch; use --nproc 1"
-            )
+        require(spec, self.name, self.capabilities, nproc=nproc)  # engine, task
         import importlib.util
 
         from nlhf_torch.distributed import DEEPSPEED_MISSING, build_deepspeed_config

@@ -5,6 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import nlhf
+from nlhf.algorithms.params import LLM_ALGORITHMS, TABULAR_ALGORITHMS
+from nlhf.spec.capabilities import Capabilities
+
+CAPABILITIES = Capabilities(
+    tasks=("nash", "preference_model", "evaluate"),
+    tabular_tasks=("nash",),
+    algorithms=LLM_ALGORITHMS,
+    tabular_algorithms=TABULAR_ALGORITHMS,
+    preferences=("bradley_terry_reward", "llm_judge", "oracle", "pairwise_model"),
+    engines={"nash": ("none", "deepspeed"), "preference_model": ("none", "deepspeed")},
+    lora=("nash",),  # PEFT adapters on the Nash policy; preference models train every weight
+    dtypes=("float32", "float64", "bfloat16", "float16"),
+    launch_tasks=("nash", "preference_model"),
+    launch_engines=("deepspeed",),
+)
+"""What the torch backend runs (:mod:`nlhf.spec.capabilities`), read without importing torch."""
 
 
 def _backend() -> Any:
@@ -20,6 +36,7 @@ def nlhf_register_backends(register: Any) -> None:
         _backend,
         requires=("torch", "transformers"),
         description="PyTorch + transformers; DeepSpeed ZeRO for multi-process runs",
+        capabilities=CAPABILITIES,
     )
 
 

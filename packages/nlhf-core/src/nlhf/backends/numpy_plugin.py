@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import nlhf
+from nlhf.algorithms.params import TABULAR_ALGORITHMS
+from nlhf.spec.capabilities import Capabilities
+
+CAPABILITIES = Capabilities(tabular_tasks=("nash",), tabular_algorithms=TABULAR_ALGORITHMS)
+"""The numpy backend runs tabular ``task: nash`` specs only (:mod:`nlhf.spec.capabilities`)."""
 
 
 def _factory() -> Any:
@@ -20,4 +25,5 @@ def nlhf_register_backends(register: Any) -> None:
         _factory,
         requires=(),
         description="tabular Nash-MD / OMD / self-play / best response in NumPy (reference)",
+        capabilities=CAPABILITIES,
     )

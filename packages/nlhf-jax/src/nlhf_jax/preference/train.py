@@ -43,10 +43,9 @@ import numpy as np
 import optax
 from flax import nnx
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
-from nlhf.errors import InputError, NLHFError
+from nlhf.errors import InputError
 from nlhf.preference.metrics import evaluate_pairs
 from nlhf.preference.run import (
-    check_preference_task,
     fit_summary,
     progress_bar,
     resumable_checkpoint,
@@ -58,9 +57,11 @@ from nlhf.runio import (
     checkpoint_dir,
     prune_checkpoints,
 )
+from nlhf.spec.capabilities import require
 
 from nlhf_jax.kernels import preference_loss
 from nlhf_jax.optim import build_optimizer, lr_multiplier
+from nlhf_jax.plugin import CAPABILITIES
 from nlhf_jax.preference.model import (
     ADAPTER_DIR,
     PreferenceConfig,
@@ -76,20 +77,6 @@ STATE_NAME = "trainer_state.json"
 
 
 # ------------------------------------------------------------------------ training
-def check_spec(spec: Any) -> None:
-    """Options the jax preference trainer does not support, reported before any loading."""
-    check_preference_task(spec)
-    if spec.distributed.engine not in ("none", "jax"):
-        raise NLHFError(
-            f"distributed.engine: {spec.distributed.engine!r} is torch-only; on the jax "
-            "backend use `distributed: {engine: jax, mesh: ...}` or use --backend torch"
-        )
-    if spec.distributed.engine == "jax":
-        from nlhf_jax.sharding import make_mesh
-
-        make_mesh(spec.distributed.mesh)  # enough devices, before any loading
-
-
 class PairBatch:
     """Arrays of one gradient chunk: the 2m texts [fwd..., bwd...] padded (R rows) and,
     padded to M = 2^⌈log₂ m⌉ pairs, the rows of v_fwd / v_bwd, targets and weights
@@ -338,5 +325,9 @@ def fit(
 
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run ``task: preference_model`` (see the module docstring); returns the summary."""
-    check_spec(spec)
+    require(spec, "jax", CAPABILITIES)  # what `nlhf validate --backend jax` checks
+    if spec.distributed.engine == "jax":
+        from nlhf_jax.sharding import make_mesh
+
+        make_mesh(spec.distributed.mesh)  # enough devices, before any loading
     return run_preference_training(spec, output, fit=fit, resume=resume, backend="jax")

@@ -37,8 +37,10 @@ from nlhf.runio import (
     checkpoint_dir,
     prune_checkpoints,
 )
+from nlhf.spec.capabilities import require
 
 from nlhf_torch.kernels import preference_loss
+from nlhf_torch.plugin import CAPABILITIES
 from nlhf_torch.preference.model import (
     PreferenceConfig,
     PreferenceModel,
@@ -301,11 +303,7 @@ def _deepspeed_step(ds: Any, data: PairData, idx: list[int], tr: Any) -> tuple[f
 def train_preference_model(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
     """Run ``task: preference_model`` (see the module docstring); returns the summary. Under
     DeepSpeed only rank 0 writes ``spec.resolved.yaml`` and ``summary.json``."""
-    if spec.policy is not None and spec.policy.lora is not None:
-        raise InputError(
-            "policy.lora: LoRA preference models are trained by the jax backend (--backend "
-            "jax); the torch preference trainer trains every parameter: remove policy.lora"
-        )
+    require(spec, "torch", CAPABILITIES)  # e.g. no policy.lora: every parameter trains
     rank = 0
     if spec.distributed.engine == "deepspeed":
         from nlhf_torch.distributed import env_rank
