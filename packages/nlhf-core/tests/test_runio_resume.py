@@ -84,8 +84,9 @@ def test_manifest_lists_every_file_with_size_and_sha256(tmp_path: Path) -> None:
         (lambda p: (p / "model.safetensors").write_bytes(b"abd" * 100), "sha256 mismatch"),
         (lambda p: (p / "sub" / "state.json").unlink(), "sub/state.json is missing"),
         (lambda p: (p / MANIFEST).write_text("{trunc"), "manifest .complete.json is unreadable"),
+        (lambda p: (p / MANIFEST).write_text('{"files": {"a": 3}}'), "is unreadable (TypeError"),
     ],
-    ids=["truncated", "corrupt", "missing", "bad-manifest"],
+    ids=["truncated", "corrupt", "missing", "bad-manifest", "bad-entry"],
 )
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Any, reason: str
@@ -245,3 +246,10 @@ def test_docs_list_exactly_the_fields_that_may_change() -> None:
     table = text.split("unless the field is one of:")[1].split("\n\n")[1]
     documented = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", table))
     assert documented == set(MUTABLE_ON_RESUME)
+
+
+@pytest.mark.parametrize("state", ['{"step": 4}', "[1, 2]"], ids=["no-spec", "not-a-mapping"])
+def test_trainer_state_without_a_spec_is_no_record(tmp_path: Path, state: str) -> None:
+    with atomic_directory(checkpoint_dir(tmp_path, 4)) as tmp:
+        (tmp / "trainer_state.json").write_text(state)
+    assert read_checkpoint_record(checkpoint_dir(tmp_path, 4)) is None

@@ -255,16 +255,17 @@ def checkpoint_problem(path: Path, *, digests: bool = False) -> str | None:
         return _verified[key]
     try:
         files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"its manifest {MANIFEST} is unreadable ({exc})"
+        expected = {str(rel): (int(e["size"]), str(e["sha256"])) for rel, e in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"its manifest {MANIFEST} is unreadable ({type(exc).__name__}: {exc})"
     problem = None
-    for rel, entry in files.items():
+    for rel, (want_size, want_sha) in expected.items():
         file = path / rel
         if not file.is_file():
             problem = f"{rel} is missing"
-        elif (size := file.stat().st_size) != entry["size"]:
-            problem = f"{rel} has {size} bytes, {entry['size']} were written (truncated?)"
-        elif digests and _sha256(file) != entry["sha256"]:
+        elif (size := file.stat().st_size) != want_size:
+            problem = f"{rel} has {size} bytes, {want_size} were written (truncated?)"
+        elif digests and _sha256(file) != want_sha:
             problem = f"{rel} differs from what was written (sha256 mismatch: corrupt)"
         if problem:
             break
@@ -323,14 +324,13 @@ def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in _step_dirs(output) if checkpoint_problem(p) is None]
 
 
-_warned: set[tuple[str, str]] = set()
+_warned: set[str] = set()
 
 
 def _warn(message: str) -> None:
     """``warning: …`` on stderr, once per message per process."""
-    key = ("warning", message)
-    if key not in _warned:
-        _warned.add(key)
+    if message not in _warned:
+        _warned.add(message)
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -435,11 +435,13 @@ def read_checkpoint_record(path: Path) -> dict[str, Any] | None:
     its ``trainer_state.json`` (the Nash loop's); None when it has neither."""
     path = Path(path)
     if (path / CHECKPOINT_META).is_file():
-        record = _read_json(path / CHECKPOINT_META).get("resume")
+        data = _read_json(path / CHECKPOINT_META)
+        record = data.get("resume") if isinstance(data, Mapping) else None
         if isinstance(record, Mapping) and isinstance(record.get("fields"), Mapping):
             return dict(record)
     if (path / "trainer_state.json").is_file():
-        fields = _read_json(path / "trainer_state.json").get("spec")
+        data = _read_json(path / "trainer_state.json")
+        fields = data.get("spec") if isinstance(data, Mapping) else None
         if isinstance(fields, Mapping) and fields:
             return {"fields": resume_fields(fields)}
     return None
