@@ -18,11 +18,11 @@ pytestmark = [pytest.mark.jax, pytest.mark.torch]
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
+from nlhf.testing.tolerances import assert_close  # noqa: E402
 from nlhf_jax import lora as L  # noqa: E402
 from nlhf_jax.models import load_model  # noqa: E402
 
 R, ALPHA = 4, 12.0
-F32 = dict(atol=1e-5, rtol=0)  # float32 tolerance (DESIGN §7)
 ARCHS = ["llama", "qwen2"]
 
 
@@ -110,9 +110,9 @@ def test_peft_adapter_loads_in_jax(bases, tmp_path, arch):
     jm = L.load_adapter(load_model(bases[arch]), tmp_path / "adapter")
     assert len(L.lora_layers(jm)) == 7 * pm.config.num_hidden_layers
     real = mask == 1
-    np.testing.assert_allclose(_jax_logits(jm, ids, mask)[real], want[real], **F32)
+    assert_close(_jax_logits(jm, ids, mask)[real], want[real], what="logits", scope="model")
     off = _jax_logits(L.without_adapter(jm), ids, mask)
-    np.testing.assert_allclose(off[real], base_logits[real], **F32)
+    assert_close(off[real], base_logits[real], what="adapter off", scope="model")
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -140,7 +140,7 @@ def test_jax_adapter_loads_in_peft(bases, tmp_path, arch):
     real = mask == 1
     got, want = _jax_logits(jm, ids, mask), _torch_logits(pm, ids, mask)
     assert np.abs(want - _torch_logits(_torch_base(bases[arch]), ids, mask)).max() > 0.1
-    np.testing.assert_allclose(got[real], want[real], **F32)
+    assert_close(got[real], want[real], what="logits", scope="model")
 
 
 @pytest.mark.parametrize(
@@ -190,7 +190,7 @@ def test_lora_gradients_match_peft(bases, tmp_path):
     assert set(got) == set(want) and len(got) == 2 * 7 * pm.config.num_hidden_layers
     assert min(np.abs(g).max() for g in want.values()) > 1e-4  # every tensor has a gradient
     for name, g in want.items():
-        np.testing.assert_allclose(got[name], g, atol=1e-5, rtol=1e-4, err_msg=name)
+        assert_close(got[name], g, what=name, scope="model")
 
 
 def test_a_init_matches_peft_distribution(bases):

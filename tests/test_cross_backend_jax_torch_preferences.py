@@ -1,7 +1,8 @@
 """torch vs jax preferences and preference-model training from the same tiny checkpoints
 (issue 5, DESIGN §7): each side runs its production code path — the torch preferences
 (:mod:`nlhf_torch.preferences`, :mod:`nlhf_torch.preference`) are the oracle for the jax
-ones (:mod:`nlhf_jax.preferences`, :mod:`nlhf_jax.preference`), within 1e-5."""
+ones (:mod:`nlhf_jax.preferences`, :mod:`nlhf_jax.preference`), within the float32
+model-scope tolerance of :mod:`nlhf.testing.tolerances` (whole networks on two frameworks)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ pytest.importorskip("flax")
 pytestmark = [pytest.mark.jax, pytest.mark.torch]
 
 from nlhf.spec.models import RunSpec  # noqa: E402
+from nlhf.testing.tolerances import assert_close  # noqa: E402
 
-TOL = 1e-5
 PROMPTS = ["Pick a fruit:", "Which is better?", "Hello", "The quick brown fox", "Why not?"]
 YS = [" apple", " a long answer here that goes on and on", " 1", " jumps", " It is unsafe."]
 YPS = [" banana", " 2", " short", " over the lazy dog and more words", " Mix flour."]
@@ -121,11 +122,12 @@ def test_bradley_terry_reward_matches_torch(ckpts: dict[str, Path], options: dic
     if "tokenizer" in options:
         options["tokenizer"] = str(ckpts[options["tokenizer"]])
     t, j = _both({"name": "bradley_terry_reward", "path": str(ckpts["rm"]), **options})
-    np.testing.assert_allclose(j.reward(PROMPTS, YS), t.reward(PROMPTS, YS).numpy(), atol=TOL)
+    assert_close(j.reward(PROMPTS, YS), t.reward(PROMPTS, YS).numpy(), what="reward", scope="model")
     p = j.prob(PROMPTS, YS, YPS)
     assert p.dtype == np.float64
-    np.testing.assert_allclose(p, t.prob(PROMPTS, YS, YPS).numpy(), atol=TOL)
-    np.testing.assert_allclose(p + j.prob(PROMPTS, YPS, YS), 1.0, atol=1e-6)
+    assert_close(p, t.prob(PROMPTS, YS, YPS).numpy(), what="P", scope="model")
+    # σ(r − r') + σ(r' − r) = 1 from the same two rewards: one kernel
+    assert_close(p + j.prob(PROMPTS, YPS, YS), 1.0, what="P(y≻y') + P(y'≻y)")
 
 
 @pytest.mark.parametrize(
@@ -139,9 +141,9 @@ def test_llm_judge_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
         options["tokenizer"] = str(ckpts[options["tokenizer"]])
     t, j = _both({"name": "llm_judge", "model": str(ckpts["lm"]), "template": TEMPLATE, **options})
     p = j.prob(PROMPTS, YS, YPS)
-    np.testing.assert_allclose(p, t.prob(PROMPTS, YS, YPS).numpy(), atol=TOL)
+    assert_close(p, t.prob(PROMPTS, YS, YPS).numpy(), what="P", scope="model")
     # swapped inputs land in other batches / length buckets: equal up to float32 noise
-    np.testing.assert_allclose(p + j.prob(PROMPTS, YPS, YS), 1.0, atol=1e-6)
+    assert_close(p + j.prob(PROMPTS, YPS, YS), 1.0, what="P(y≻y') + P(y'≻y)", scope="model")
     assert np.ptp(p) > 1e-3  # the tiny judge is not constant
 
 
@@ -151,8 +153,8 @@ def test_pairwise_model_matches_torch(ckpts: dict[str, Path], which: str) -> Non
     truncated) and bare checkpoints (zero-shot judge, BT reward) give torch's P."""
     t, j = _both({"name": "pairwise_model", "path": str(ckpts[which]), "batch_size": 2})
     p = j.prob(PROMPTS, YS, YPS)
-    np.testing.assert_allclose(p, np.asarray(t.prob(PROMPTS, YS, YPS)), atol=TOL)
-    np.testing.assert_allclose(p + j.prob(PROMPTS, YPS, YS), 1.0, atol=1e-6)
+    assert_close(p, np.asarray(t.prob(PROMPTS, YS, YPS)), what="P", scope="model")
+    assert_close(p + j.prob(PROMPTS, YPS, YS), 1.0, what="P(y≻y') + P(y'≻y)", scope="model")
     assert np.ptp(p) > 1e-4
 
 
@@ -223,14 +225,14 @@ def test_one_training_step_matches_torch(ckpts: dict[str, Path], head: str) -> N
         opt.step()
         sched.step()
         opt_state, j_loss, j_norm = stepper.step(opt_state, chunks, len(pairs))
-        assert j_loss == pytest.approx(t_loss, abs=TOL)
-        assert j_norm == pytest.approx(t_norm, rel=TOL)
+        assert_close(j_loss, t_loss, what="loss", scope="model")
+        assert_close(j_norm, t_norm, what="gradient norm", scope="model")
     assert t_norm > spec.training.max_grad_norm  # clipping was active
     theirs = {k: v.detach().numpy() for k, v in t_model.model.state_dict().items()}
     ours = to_hf_state_dict(j_model.model)
     assert set(ours) <= set(theirs)
     for name, value in ours.items():
-        np.testing.assert_allclose(value, theirs[name], atol=TOL, err_msg=name)
+        assert_close(value, theirs[name], what=name, scope="model")
 
 
 @pytest.mark.parametrize(
@@ -251,12 +253,12 @@ def test_jax_saved_model_loads_in_torch(
     j_model.save(tmp_path / "m")
     t_model = load_pairwise_model(tmp_path / "m")
     p = j_model.prob(PROMPTS, YS, YPS)
-    np.testing.assert_allclose(p, t_model.prob(PROMPTS, YS, YPS), atol=TOL)
+    assert_close(p, t_model.prob(PROMPTS, YS, YPS), what="P", scope="model")
     assert np.ptp(p) > 1e-4
     if kind == "bradley_terry":  # the nash preference reads it as a BT reward model
         t, j = _both({"name": "bradley_terry_reward", "path": str(tmp_path / "m")})
-        np.testing.assert_allclose(j.prob(PROMPTS, YS, YPS), t.prob(PROMPTS, YS, YPS).numpy(),
-                                   atol=TOL)  # fmt: skip
+        p_torch = t.prob(PROMPTS, YS, YPS).numpy()
+        assert_close(j.prob(PROMPTS, YS, YPS), p_torch, what="BT P", scope="model")
 
 
 @pytest.mark.slow
@@ -283,8 +285,8 @@ def test_jax_run_checkpoints_load_in_torch(ckpts: dict[str, Path], tmp_path: Pat
     for d in ("run/checkpoints/step-1", "run/model", "run/baseline/model"):
         path = tmp_path / d
         p_jax = load_preference_model(path).prob(PROMPTS, YS, YPS)
-        np.testing.assert_allclose(p_jax, load_pairwise_model(path).prob(PROMPTS, YS, YPS),
-                                   atol=TOL, err_msg=d)  # fmt: skip
+        p_torch = load_pairwise_model(path).prob(PROMPTS, YS, YPS)
+        assert_close(p_jax, p_torch, what=d, scope="model")
     saved = json.loads((tmp_path / "run/baseline/model/nlhf_preference.json").read_text())
     assert saved["kind"] == "bradley_terry" and saved["max_length"] == 48
 
@@ -295,7 +297,8 @@ def test_whole_run_matches_torch_with_the_shared_batch_order(
 ) -> None:
     """Both backends' ``task: preference_model`` runs from the same judge LM: the same
     data report and every logged metric (losses, gradient norms, learning rates, held-out
-    metrics) within 1e-5; both draw batches with ``nlhf.data.pairs.pair_batch_indices``."""
+    metrics) at the model-scope tolerance; both draw batches with
+    ``nlhf.data.pairs.pair_batch_indices``."""
     import nlhf_torch.preference.train as torch_train
     from nlhf.runio import read_metrics
     from nlhf_jax.preference.train import train_preference_model as jax_train
@@ -317,7 +320,7 @@ def test_whole_run_matches_torch_with_the_shared_batch_order(
     assert [sorted(r) for r in m_jax] == [sorted(r) for r in m_torch]
     for a, b in zip(m_jax, m_torch, strict=True):
         for key in a:
-            assert a[key] == pytest.approx(b[key], abs=TOL, rel=TOL), (a["step"], key)
+            assert_close(a[key], b[key], what=f"step {a['step']}: {key}", scope="model")
 
 
 @pytest.mark.slow
@@ -329,7 +332,7 @@ def test_jax_lora_run_loads_in_torch(
 ) -> None:
     """A ``policy.lora`` preference run on jax: its checkpoint and final directories load
     in torch's preference classes (the merged weights) and give the P of the jax model
-    with the adapters on, within 1e-5; the ``adapter/`` files are a peft adapter whose
+    with the adapters on (model-scope tolerance); the ``adapter/`` files are a peft adapter whose
     logits on the base model (peft, torch) are the merged model's."""
     from nlhf_jax.backend import JaxBackend
     from nlhf_jax.preference.model import load_lora_checkpoint, load_preference_model
@@ -351,15 +354,15 @@ def test_jax_lora_run_loads_in_torch(
         path = tmp_path / "run" / d
         p_torch = np.asarray(load_pairwise_model(path).prob(PROMPTS, YS, YPS))
         unmerged = load_lora_checkpoint(path, ckpts["lm"], spec.policy.lora)
-        np.testing.assert_allclose(unmerged.prob(PROMPTS, YS, YPS), p_torch, atol=TOL, err_msg=d)
+        assert_close(unmerged.prob(PROMPTS, YS, YPS), p_torch, what=d, scope="model")
         merged = load_preference_model(path)
-        np.testing.assert_allclose(merged.prob(PROMPTS, YS, YPS), p_torch, atol=TOL, err_msg=d)
+        assert_close(merged.prob(PROMPTS, YS, YPS), p_torch, what=d, scope="model")
         assert np.ptp(p_torch) > 1e-4
     path = tmp_path / "run" / "model"
     if kind == "bradley_terry":  # the nash preference reads it as a BT reward model
         t, j = _both({"name": "bradley_terry_reward", "path": str(path)})
-        np.testing.assert_allclose(j.prob(PROMPTS, YS, YPS), t.prob(PROMPTS, YS, YPS).numpy(),
-                                   atol=TOL)  # fmt: skip
+        p_torch = t.prob(PROMPTS, YS, YPS).numpy()
+        assert_close(j.prob(PROMPTS, YS, YPS), p_torch, what="BT P", scope="model")
         return
     from nlhf_torch.preference.model import PreferenceConfig, build_preference_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -374,7 +377,7 @@ def test_jax_lora_run_loads_in_torch(
         base = AutoModelForCausalLM.from_pretrained(ckpts["lm"])
         peft_logits = PeftModel.from_pretrained(base, path / "adapter")(ids).logits
         merged_logits = AutoModelForCausalLM.from_pretrained(path)(ids).logits
-    np.testing.assert_allclose(peft_logits.numpy(), merged_logits.numpy(), atol=TOL)
+    assert_close(peft_logits.numpy(), merged_logits.numpy(), what="logits", scope="model")
 
 
 # ---------------------------------------------------- Qwen2 tokenizers (transformers')
@@ -410,9 +413,9 @@ def test_qwen2_directories_tokenize_differently_from_their_tokenizer_json(
 )
 def test_qwen2_preferences_match_torch(ckpts: dict[str, Path], preference: dict) -> None:
     """On Qwen2 directories (digits, runs of spaces) the jax preferences tokenize as
-    transformers does and give torch's probabilities within 1e-5."""
+    transformers does and give torch's probabilities (model-scope tolerance)."""
     preference = {k: str(ckpts[v]) if k in ("path", "model") else v for k, v in preference.items()}
     t, j = _both(preference)
     p = j.prob(Q_PROMPTS, Q_YS, Q_YPS)
-    np.testing.assert_allclose(p, np.asarray(t.prob(Q_PROMPTS, Q_YS, Q_YPS)), atol=TOL)
+    assert_close(p, np.asarray(t.prob(Q_PROMPTS, Q_YS, Q_YPS)), what="P", scope="model")
     assert np.ptp(p) > 1e-4
