@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from nlhf.testing.tolerances import assert_close
 
 pytestmark = [pytest.mark.jax, pytest.mark.slow]
 
@@ -104,19 +105,19 @@ def test_mesh_runs_equal_the_unsharded_run(tiny_ckpts, tmp_path):
             assert ra["len_y"] == rb["len_y"] and ra["len_y_prime"] == rb["len_y_prime"]
             assert 0.0 < ra["preference"] < 1.0 and ra["preference"] != 0.5
             for key in ("loss", "kl", "preference", "score", "grad_norm"):
-                assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), (name, key)
+                assert_close(rb[key], ra[key], what=f"{name}: {key}", scope="model")
         pb = load_file(tmp_path / name / "checkpoints/step-2/model.safetensors")
         for k in pa:
-            np.testing.assert_allclose(pb[k], pa[k], atol=1e-5, err_msg=f"{name}: {k}")
+            assert_close(pb[k], pa[k], what=f"{name}: {k}", scope="model")
     # LoRA on the mesh: base weights sharded by the rules, adapters trained the same
     assert lora_plain["q_shards"] == 1 and lora_mesh["q_shards"] == 4
     la, lb = read_metrics(tmp_path / "lora_plain"), read_metrics(tmp_path / "lora_mesh")
     assert la[1]["kl"] > 1e-7  # the adapters moved π away from μ (adapter off)
     for ra, rb in zip(la, lb, strict=True):
         for key in ("loss", "kl", "preference", "grad_norm"):
-            assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), ("lora", key)
+            assert_close(rb[key], ra[key], what=f"lora: {key}", scope="model")
     aa = load_file(tmp_path / "lora_plain/checkpoints/step-2/adapter_model.safetensors")
     ab = load_file(tmp_path / "lora_mesh/checkpoints/step-2/adapter_model.safetensors")
     assert len(aa) == 12 and max(np.abs(v).max() for k, v in aa.items() if "lora_B" in k) > 0
     for k in aa:
-        np.testing.assert_allclose(ab[k], aa[k], atol=1e-5, err_msg=f"lora: {k}")
+        assert_close(ab[k], aa[k], what=f"lora: {k}", scope="model")
