@@ -2,10 +2,11 @@
 
 Oracles, all independent of the code under test: every cell is recomputed from the
 cached responses with the oracle function itself; every cached log-prob is recomputed by
-transformers' torch Llama (float64) + a NumPy log-softmax on the cached token ids, so
-the KL is checked against Σ_n log π(y_n|·) − log μ(y_n|·) by another implementation; a
-policy with the reference's weights has KL exactly 0 and wins ½ within the CI; the
-torch backend's files give the expected structure; file mtimes show what was recomputed.
+the float64 NumPy forward of ``nlhf.testing.numpy_lm`` on the cached token ids, so the KL
+is checked against Σ_n log π(y_n|·) − log μ(y_n|·) by another implementation; a policy
+with the reference's weights has KL exactly 0 and wins ½ within the CI; file mtimes show
+what was recomputed. (Same files and keys as the torch backend:
+tests/test_cross_backend_jax_torch_evaluate.py.)
 """
 
 from __future__ import annotations
@@ -161,30 +162,27 @@ def test_matrix_cells_ci_and_lengths(evaluated, assets) -> None:
     assert data["ci_method"][0][2] == "bootstrap"
 
 
-def _torch_logprobs(model_dir: Path, prompt_ids: list[list[int]], rows: list[dict]) -> np.ndarray:
-    """Σ_n log_softmax(ℓ_n / T)[y_n] by transformers' torch Llama in float64 + NumPy (one
-    right-padded batch: causal attention leaves the real positions unchanged)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def _numpy_logprobs(model_dir: Path, prompt_ids: list[list[int]], rows: list[dict]) -> np.ndarray:
+    """Σ_n log_softmax(ℓ_n / T)[y_n] by the float64 NumPy forward of
+    :mod:`nlhf.testing.numpy_lm` (one right-padded batch: causal attention leaves the real
+    positions unchanged)."""
+    from nlhf.algorithms.numpy_oracle import log_softmax
+    from nlhf.testing.numpy_lm import NumpyLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
     seqs = [prompt_ids[r["prompt_index"]] + r["tokens"] for r in rows]
     width = max(map(len, seqs))
-    ids = torch.tensor([q + [0] * (width - len(q)) for q in seqs])
-    mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs])
-    with torch.no_grad():
-        logits = model(ids, attention_mask=mask).logits.numpy()
+    ids = np.array([q + [0] * (width - len(q)) for q in seqs])
+    mask = np.array([[1] * len(q) + [0] * (width - len(q)) for q in seqs])
+    logits = NumpyLM.load(model_dir).logits(ids, mask)
     out = []
     for b, r in enumerate(rows):
         p, y = len(prompt_ids[r["prompt_index"]]), r["tokens"]
-        z = logits[b, p - 1 : p - 1 + len(y)] / TEMP
-        logp = z - z.max(-1, keepdims=True)
-        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        logp = log_softmax(logits[b, p - 1 : p - 1 + len(y)] / TEMP)
         out.append(logp[np.arange(len(y)), y].sum())
     return np.array(out)
 
 
-def test_kl_against_transformers_numpy(evaluated, assets) -> None:
+def test_kl_against_the_numpy_forward(evaluated, assets) -> None:
     from transformers import AutoTokenizer
 
     out, summary, _ = evaluated
@@ -195,8 +193,8 @@ def test_kl_against_transformers_numpy(evaluated, assets) -> None:
     tok = AutoTokenizer.from_pretrained(assets["base"])
     prompt_ids = [tok(p)["input_ids"] for p in PROMPTS]
     ckpt = Path(summary["per_policy"]["other"]["checkpoint"])
-    lp = _torch_logprobs(ckpt, prompt_ids, rows["other"])
-    lq = _torch_logprobs(assets["base"], prompt_ids, rows["other"])
+    lp = _numpy_logprobs(ckpt, prompt_ids, rows["other"])
+    lq = _numpy_logprobs(assets["base"], prompt_ids, rows["other"])
     np.testing.assert_allclose([r["logp_policy"] for r in rows["other"]], lp, atol=2e-4)
     np.testing.assert_allclose([r["logp_reference"] for r in rows["other"]], lq, atol=2e-4)
     stats = summary["per_policy"]["other"]
@@ -243,56 +241,6 @@ def test_adding_a_policy_samples_only_it(evaluated, assets, plugins, tmp_path, m
     again = evaluate_spec(spec, plugins=plugins)
     assert again["responses_cached"] == 5 and again["cells_compared"] == 0
     assert again["matrix"] == summary["matrix"]
-
-
-@pytest.mark.torch
-def test_same_files_and_keys_as_torch(assets, tmp_path) -> None:
-    """``nlhf run --backend jax`` and the torch backend write the same files and keys."""
-    from nlhf import cli
-    from nlhf_torch.evaluate import evaluate_spec as torch_evaluate
-    from typer.testing import CliRunner
-
-    policies = ["reference", str(assets["other"])]
-    spec = make_spec(assets, policies, tmp_path / "jax", num_prompts=2)
-    spec.preference = RunSpec.model_validate(
-        {"task": "evaluate", "preference": {"name": "oracle", "function": "population"},
-         "eval": {"policies": ["x"]}}
-    ).preference  # fmt: skip
-    torch_summary = torch_evaluate(spec, tmp_path / "torch")
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(json.dumps(spec.model_dump(mode="json", exclude_none=True)))
-    result = CliRunner().invoke(
-        cli.get_app(plugins=False), ["run", str(spec_file), "--backend", "jax"]
-    )
-    assert result.exit_code == 0, result.output
-    jax_summary = json.loads((tmp_path / "jax" / "summary.json").read_text())
-    assert jax_summary["backend"] == "jax" and torch_summary["backend"] == "torch"
-    assert set(jax_summary) == set(torch_summary)
-    assert jax_summary["policies"] == torch_summary["policies"] == ["reference", "other"]
-    for name in jax_summary["policies"]:
-        assert set(jax_summary["per_policy"][name]) == set(torch_summary["per_policy"][name])
-    j, t = (json.loads((tmp_path / b / "winrate.json").read_text()) for b in ("jax", "torch"))
-    assert set(j) == set(t) and set(j["meta"]) == set(t["meta"])
-    assert j["n"] == t["n"] == [[0, 2 * N_SAMPLES], [2 * N_SAMPLES, 0]]
-    assert j["meta"]["backend"] == "jax"
-
-    def layout(root: Path) -> list[tuple[str, int]]:
-        return sorted((d.name, len(list(d.iterdir()))) if d.is_dir() else (d.name, 0)
-                      for d in root.iterdir())  # fmt: skip
-
-    assert layout(tmp_path / "jax") == layout(tmp_path / "torch")
-    jr, tr = read_responses(tmp_path / "jax"), read_responses(tmp_path / "torch")
-    for name in ("reference", "other"):
-        assert [set(r) for r in jr[name]] == [set(r) for r in tr[name]]
-        assert [(r["prompt_index"], r["sample"]) for r in jr[name]] == [
-            (r["prompt_index"], r["sample"]) for r in tr[name]
-        ]
-    # backends draw different streams from one seed: their responses are cached apart
-    assert {f.name for f in (tmp_path / "jax" / "responses").iterdir()}.isdisjoint(
-        f.name for f in (tmp_path / "torch" / "responses").iterdir()
-    )
-    header = (tmp_path / "jax" / "winrate.csv").read_text().splitlines()[0]
-    assert header == (tmp_path / "torch" / "winrate.csv").read_text().splitlines()[0]
 
 
 def test_bad_input(assets, tmp_path, plugins) -> None:

@@ -1,4 +1,6 @@
-"""Flax NNX Llama/Qwen2 vs transformers (the independent implementation) in float32."""
+"""Flax NNX Llama/Qwen2 vs the float64 NumPy forward of :mod:`nlhf.testing.numpy_lm` (an
+independent implementation; agreement with transformers itself:
+tests/test_cross_backend_jax_hf_models.py), in float32, on the shared tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -8,13 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from nlhf.errors import InputError
+from nlhf.testing.numpy_lm import NumpyLM
 from nlhf.testing.tolerances import assert_close
 from nlhf_jax.models import load_model, save_model
 from nlhf_jax.models.decoder import DecoderConfig, rope_inv_freq
 
 pytestmark = pytest.mark.jax
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 ARCHS = ["llama", "llama_tied", "qwen2", "qwen2_tied"]
 
@@ -29,21 +30,11 @@ def _batch(vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-def _hf_logits(path, ids, mask):
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-    pos = np.clip(mask.cumsum(-1) - 1, 0, None)  # generate()'s left-padding positions
-    with torch.no_grad():
-        out = model(
-            torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
-        )
-    return out.logits.numpy()
-
-
 @pytest.mark.parametrize("arch", ARCHS)
-def test_logits_match_transformers_left_padded(tiny_ckpts, arch):
+def test_logits_match_the_numpy_forward_left_padded(tiny_ckpts, arch):
     model = load_model(tiny_ckpts[arch])
     ids, mask = _batch(model.config.vocab_size)
-    ref = _hf_logits(tiny_ckpts[arch], ids, mask)
+    ref = NumpyLM.load(tiny_ckpts[arch]).logits(ids, mask)
     got, _ = model(jnp.asarray(ids), jnp.asarray(mask))
     got = np.asarray(got)
     assert np.abs(ref).max() > 0.5  # non-trivial logits
@@ -54,28 +45,29 @@ def test_logits_match_transformers_left_padded(tiny_ckpts, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2_tied"])
-def test_save_then_transformers_load_gives_same_logits(tiny_ckpts, tmp_path, arch):
+def test_save_then_load_gives_the_same_weights_and_logits(tiny_ckpts, tmp_path, arch):
+    from safetensors.numpy import load_file
+
     model = load_model(tiny_ckpts[arch])
     save_model(model, tmp_path / "out")
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["tie_word_embeddings"] == (arch == "qwen2_tied")
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    original = load_file(tiny_ckpts[arch] / "model.safetensors")
+    assert set(saved) == set(original)
+    for k in original:
+        np.testing.assert_array_equal(saved[k], original[k], err_msg=k)
     ids, mask = _batch(model.config.vocab_size, seed=1)
-    np.testing.assert_array_equal(
-        _hf_logits(tmp_path / "out", ids, mask)[mask == 1],
-        _hf_logits(tiny_ckpts[arch], ids, mask)[mask == 1],
-    )
+    again, _ = load_model(tmp_path / "out")(jnp.asarray(ids), jnp.asarray(mask))
+    first, _ = model(jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(again)[mask == 1], np.asarray(first)[mask == 1])
 
 
-def test_sequence_classification_matches_transformers(tiny_ckpts):
+def test_sequence_classification_matches_the_numpy_forward(tiny_ckpts):
     path = tiny_ckpts["llama_rm"]
     model = load_model(path)
     ids, mask = _batch(model.config.vocab_size, seed=2)
-    hf = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
-    pos = np.clip(mask.cumsum(-1) - 1, 0, None)
-    with torch.no_grad():
-        ref = hf(
-            torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)
-        ).logits.numpy()
+    ref = NumpyLM.load(path).scores(ids, mask)
     got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     assert got.shape == (3, 1)
     assert_close(got, ref, scope="model")
@@ -83,10 +75,10 @@ def test_sequence_classification_matches_transformers(tiny_ckpts):
 
 def test_kv_cache_decode_matches_full_forward(tiny_ckpts):
     """Prefill a left-padded prompt into a static cache, then feed one token at a time:
-    every step's last-position logits equal transformers' full-sequence logits."""
+    every step's last-position logits equal the full-sequence logits of the NumPy forward."""
     model = load_model(tiny_ckpts["qwen2"])
     ids, mask = _batch(model.config.vocab_size, seed=3)
-    ref = _hf_logits(tiny_ckpts["qwen2"], ids, mask)
+    ref = NumpyLM.load(tiny_ckpts["qwen2"]).logits(ids, mask)
     prompt = 5
     length = ids.shape[1] + 2  # spare slots stay masked
     cache = model.init_cache(3, length)
@@ -115,33 +107,21 @@ def test_kv_cache_decode_matches_full_forward(tiny_ckpts):
         assert_close(np.asarray(logits), ref[:, t], scope="model")
 
 
-@pytest.mark.parametrize(
-    "rope",
-    [
-        {"rope_type": "default", "rope_theta": 500000.0},
-        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
-        {
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64,
-        },
-    ],
-)
-def test_rope_inv_freq_matches_transformers(rope):
-    from transformers import LlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    hf_cfg = LlamaConfig(
-        hidden_size=64, num_attention_heads=2, rope_parameters=dict(rope), num_hidden_layers=1
+def test_default_rope_inv_freq_is_the_closed_form():
+    """inv_freq_i = θ^(−2i/d) (RoFormer); other rope types: the cross-backend tests."""
+    rope = {"rope_type": "default", "rope_theta": 500000.0}
+    cfg = DecoderConfig.from_dict(
+        dict(
+            model_type="llama",
+            vocab_size=8,
+            hidden_size=64,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            rope_parameters=rope,
+        )
     )
-    cfg = DecoderConfig.from_dict(hf_cfg.to_dict())
-    if rope["rope_type"] == "default":
-        ref = 1.0 / (rope["rope_theta"] ** (np.arange(0, 32, 2) / 32))
-    else:
-        ref = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf_cfg, "cpu")[0].numpy()
+    ref = 1.0 / (500000.0 ** (np.arange(0, 32, 2) / 32))
     np.testing.assert_allclose(rope_inv_freq(cfg), ref, rtol=1e-6)
 
 

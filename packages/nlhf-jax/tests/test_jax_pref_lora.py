@@ -40,7 +40,7 @@ PEFT = "base_model.model."
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from nlhf_torch.tiny import build_tiny_model
+    from nlhf.testing.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("jax_pref_lora")
     rng = random.Random(0)

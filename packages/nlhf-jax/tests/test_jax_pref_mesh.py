@@ -121,7 +121,7 @@ def _params(directory: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_sharded_preference_training_equals_unsharded(tmp_path: Path) -> None:
     pytest.importorskip("flax")
-    from nlhf_torch.tiny import build_tiny_model
+    from nlhf.testing.tiny_models import build_tiny_model
 
     rows = _rows(24)
     data = tmp_path / "pairs.jsonl"

@@ -48,7 +48,7 @@ def keyword_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from nlhf_torch.tiny import build_tiny_model
+    from nlhf.testing.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("jax_pref")
     rows = keyword_rows(50)

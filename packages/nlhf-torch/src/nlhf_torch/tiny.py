@@ -1,9 +1,13 @@
-"""Tiny offline models for tests, examples and the quickstart (DESIGN §10).
+"""Tiny offline models initialised by transformers itself (torch), for the torch tests,
+the quickstart and the benchmarks.
 
-A byte-level BPE tokenizer is trained locally with ``tokenizers`` and wrapped as
-``PreTrainedTokenizerFast``; Llama / Qwen2 / GPT-2 causal LMs (and sequence
-classification heads) are built from configs with seeded random weights and
-saved with ``save_pretrained`` (safetensors). Nothing is downloaded.
+The tokenizer and the Llama / Qwen2 ``config.json`` come from the torch-free builder
+:mod:`nlhf.testing.tiny_models` (one home); what stays here is torch-specific:
+:func:`build_tiny_model` draws the weights with transformers' own initialisation under
+``torch.manual_seed(seed)`` (the checkpoints the torch tests and the quickstart were
+calibrated on), and :func:`tiny_config` gives transformers config objects (incl. GPT-2,
+which :mod:`nlhf.testing.tiny_models` does not build) for ``from_config``. A backend
+without torch builds its checkpoints with :func:`nlhf.testing.tiny_models.build_tiny_model`.
 """
 
 from __future__ import annotations
@@ -12,18 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from nlhf.testing import tiny_models
+from nlhf.testing.tiny_models import DEFAULT_CORPUS, SPECIAL_TOKENS
+
+__all__ = ["DEFAULT_CORPUS", "SPECIAL_TOKENS", "build_tiny_model", "build_tokenizer", "tiny_config"]
+
 Arch = Literal["llama", "qwen2", "gpt2"]
-
-SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"]
-
-DEFAULT_CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Which response is better, 1 or 2? The better response is 1.",
-    "Human: How do I bake bread? Assistant: Mix flour, water, yeast and salt.",
-    "Nash learning from human feedback finds the policy preferred to any other.",
-    "rock paper scissors lizard spock apple banana cherry 0 1 2 3 4 5 6 7 8 9",
-    "Assistant: I cannot help with that. Human: Why not? Assistant: It is unsafe.",
-]
 
 
 def build_tokenizer(
@@ -31,33 +29,13 @@ def build_tokenizer(
     corpus: Iterable[str] | None = None,
     vocab_size: int = 512,
 ) -> Any:
-    """Train a byte-level BPE tokenizer on ``corpus`` and save it to ``out_dir``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """:func:`nlhf.testing.tiny_models.build_tokenizer`, returned loaded by
+    ``transformers.AutoTokenizer``."""
+    from transformers import AutoTokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    return AutoTokenizer.from_pretrained(
+        tiny_models.build_tokenizer(out_dir, corpus, vocab_size=vocab_size)
     )
-    texts = list(corpus) if corpus is not None else DEFAULT_CORPUS
-    tok.train_from_iterator(texts * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|pad|>",
-        bos_token="<|bos|>",
-        eos_token="<|eos|>",
-        unk_token="<|unk|>",
-        padding_side="left",
-    )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(out_dir)
-    return fast
 
 
 def tiny_config(
@@ -76,36 +54,42 @@ def tiny_config(
     eos_token_id: int = 2,
     num_labels: int | None = None,
 ) -> Any:
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    """A transformers config object of a tiny model (Llama / Qwen2: the config of
+    :func:`nlhf.testing.tiny_models.tiny_config`)."""
+    from transformers import AutoConfig, GPT2Config
 
     common: dict[str, Any] = dict(
-        vocab_size=vocab_size,
         pad_token_id=pad_token_id,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         tie_word_embeddings=tie_word_embeddings,
     )
-    if num_labels is not None:
-        common["num_labels"] = num_labels
     if arch == "gpt2":
+        extra = {} if num_labels is None else {"num_labels": num_labels}
         return GPT2Config(
+            vocab_size=vocab_size,
             n_embd=hidden_size,
             n_layer=layers,
             n_head=heads,
             n_inner=intermediate_size,
             n_positions=max_position_embeddings,
             **common,
+            **extra,
         )
-    cls = LlamaConfig if arch == "llama" else Qwen2Config
-    return cls(
+    cfg = tiny_models.tiny_config(
+        arch,
+        vocab_size,
         hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
+        num_labels=num_labels,
         **common,
     )
+    cfg.pop("architectures")
+    return AutoConfig.for_model(**cfg)
 
 
 def build_tiny_model(
@@ -119,7 +103,8 @@ def build_tiny_model(
     vocab_size: int = 512,
     **config_kwargs: Any,
 ) -> Path:
-    """Save a seeded random tiny model + tokenizer to ``out_dir`` and return the path.
+    """Save a tiny model initialised by transformers under ``torch.manual_seed(seed)`` +
+    its tokenizer to ``out_dir`` and return the path.
 
     ``tokenizer_dir``: reuse a saved tokenizer (else one is trained into ``out_dir``).
     ``head="sequence_classification"`` gives a 1-label reward model.
