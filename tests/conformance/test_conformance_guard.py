@@ -27,6 +27,12 @@ FROZEN_CASES = frozenset(
         "test_nash_md_pg_loss",
         "test_nash_md_pg_grad",
         "test_tabular_nash_md_trajectory",
+        "test_sequence_logprobs",
+        "test_sequence_logprobs_grad",
+        "test_online_ipo_loss",
+        "test_online_ipo_grad",
+        "test_generate_pairs",
+        "test_model_sequence_logprobs",
     }
 )
 

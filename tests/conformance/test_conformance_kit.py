@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from nlhf.algorithms import numpy_oracle as R
-from nlhf.testing import BackendConformance
+from nlhf.testing import BackendConformance, cases
 
 
 class _Kit(BackendConformance):  # not collected (no Test prefix): cases called directly
@@ -52,15 +52,100 @@ class UncenteredPreference(R.NumpyKernels):
         return R.nash_md_pg_loss(p, r, t, m, np.asarray(pref) - 0.5, tau, temperature, estimator)
 
 
+class NoTemperatureLogprobs(R.NumpyKernels):
+    """Sequence log-probs at T = 1 although sampling used T (DESIGN §9)."""
+
+    def sequence_logprobs(self, logits, tokens, mask, temperature):  # type: ignore[override]
+        return R.sequence_logprobs(logits, tokens, mask, 1.0)
+
+
+class UnsignedIPO(R.NumpyKernels):
+    """(h − 1/(2τ))² for every pair: y' is never the winner (no s = sign(P − ½))."""
+
+    def online_ipo_loss(self, *args):  # type: ignore[override]
+        *sequences, pref, tau, temperature = args
+        return R.online_ipo_loss(*sequences, np.ones_like(pref), tau, temperature)
+
+
+class IPOTargetOneOverTau(R.NumpyKernels):
+    """Target 1/τ instead of IPO's 1/(2τ)."""
+
+    def online_ipo_loss(self, *args):  # type: ignore[override]
+        *sequences, pref, tau, temperature = args
+        return R.online_ipo_loss(*sequences, pref, tau / 2.0, temperature)
+
+
+class IPOGradThroughReference(R.NumpyKernels):
+    """The policy logits also stand in for the reference's over y', so the log-ratio of y'
+    has no gradient (a reference copy that shares, or detaches, the wrong tensor)."""
+
+    def online_ipo_loss(self, *args):  # type: ignore[override]
+        zy, ry, y, my, zp, rp, yp, mp, *rest = args
+        return R.online_ipo_loss(zy, ry, y, my, R.sg(zp), rp, yp, mp, *rest)
+
+
+class PolicyOnlyOpponent(R.NumpyKernels):
+    """y' sampled from π_θ whatever the opponent: the mixture with μ is ignored."""
+
+    def generate_pairs(self, policy, reference, input_ids, attention_mask, **kwargs):  # type: ignore[override]
+        return super().generate_pairs(
+            policy, reference, input_ids, attention_mask, **{**kwargs, "opponent": "policy"}
+        )
+
+
+class SwappedRows(R.NumpyKernels):
+    """y drawn with the uniforms of y' rows and vice versa (rows B..2B−1 taken as y)."""
+
+    def generate_pairs(self, policy, reference, input_ids, attention_mask, **kwargs):  # type: ignore[override]
+        u = np.asarray(kwargs.pop("uniforms"))
+        half = u.shape[0] // 2
+        swapped = np.concatenate([u[half:], u[:half]])
+        return super().generate_pairs(
+            policy, reference, input_ids, attention_mask, uniforms=swapped, **kwargs
+        )
+
+
+class NoEosStop(R.NumpyKernels):
+    """Rows keep sampling after their EOS."""
+
+    def generate_pairs(self, policy, reference, input_ids, attention_mask, **kwargs):  # type: ignore[override]
+        return super().generate_pairs(
+            policy, reference, input_ids, attention_mask, **{**kwargs, "eos_token_id": []}
+        )
+
+
 def _fails(method: str, kernels: Any, **kwargs: Any) -> None:
     with pytest.raises(AssertionError):
         getattr(_Kit(), method)(kernels, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def generation(tmp_path_factory: pytest.TempPathFactory) -> cases.GenerationInputs:
+    return cases.generation_inputs(tmp_path_factory.getbasetemp() / "nlhf-conformance-lm")
+
+
+def test_kit_catches_known_generation_and_ipo_bugs(generation: cases.GenerationInputs) -> None:
+    _fails("test_sequence_logprobs", NoTemperatureLogprobs(), temperature=0.7)
+    _fails("test_sequence_logprobs_grad", NoTemperatureLogprobs())
+    for bad in (UnsignedIPO(), IPOTargetOneOverTau()):
+        _fails("test_online_ipo_loss", bad)
+        _fails("test_online_ipo_grad", bad)
+    _fails("test_online_ipo_grad", IPOGradThroughReference())
+    for opponent in ("mixture", "reference"):
+        _fails(
+            "test_generate_pairs", PolicyOnlyOpponent(), generation=generation, opponent=opponent
+        )
+    for opponent in cases.OPPONENTS:
+        _fails("test_generate_pairs", SwappedRows(), generation=generation, opponent=opponent)
+        _fails("test_generate_pairs", NoEosStop(), generation=generation, opponent=opponent)
+    _fails("test_model_sequence_logprobs", NoTemperatureLogprobs(), generation=generation)
 
 
 def test_kit_passes_the_oracle_itself() -> None:
     k = R.NumpyKernels()
     _Kit().test_mixture_logprobs(k, beta=0.3, temperature=0.7)
     _Kit().test_kl_grad(k, estimator="sampled")
+    _Kit().test_online_ipo_grad(k)
 
 
 def test_kit_catches_known_bugs() -> None:

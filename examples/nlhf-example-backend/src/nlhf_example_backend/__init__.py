@@ -130,6 +130,38 @@ class ExampleKernels:
         loss = (score + tau * surrogate).mean()
         return loss, {"score": score.mean(), "kl": value.mean(), "preference": pref.mean()}
 
+    def sequence_logprobs(
+        self, logits: Any, tokens: Any, mask: Any, temperature: float
+    ) -> np.ndarray:
+        lp_y = _pick(_logsoftmax(_work(logits) / temperature), tokens)
+        return (lp_y * _work(mask)).sum(-1)
+
+    def online_ipo_loss(
+        self,
+        logits_y: Any,
+        reference_logits_y: Any,
+        y: Any,
+        y_mask: Any,
+        logits_y_prime: Any,
+        reference_logits_y_prime: Any,
+        y_prime: Any,
+        y_prime_mask: Any,
+        preference: Any,
+        tau: float,
+        temperature: float,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        # h = log π/μ(y) − log π/μ(y'); the winner first: s = +1 when P ≥ ½
+        def log_ratio(pol: Any, ref: Any, tokens: Any, mask: Any) -> np.ndarray:
+            ref_lp = self.sequence_logprobs(_stop(_work(ref)), tokens, mask, temperature)
+            return self.sequence_logprobs(pol, tokens, mask, temperature) - ref_lp
+
+        ratio_y = log_ratio(logits_y, reference_logits_y, y, y_mask)
+        h = ratio_y - log_ratio(logits_y_prime, reference_logits_y_prime, y_prime, y_prime_mask)
+        pref = _stop(_work(preference))
+        margin = np.where(pref < 0.5, -h, h)
+        loss = ((margin - 0.5 / tau) ** 2).mean()
+        return loss, {"preference": pref.mean(), "margin": margin.mean(), "kl": ratio_y.mean()}
+
     def asarray(self, x: Any, dtype: str = "float32") -> np.ndarray:
         return np.array(x, dtype=dtype)
 

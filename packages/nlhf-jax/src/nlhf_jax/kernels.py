@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -228,6 +229,41 @@ class JaxKernels:
     sample = staticmethod(_x64_if_needed(sample))
     kl = staticmethod(_x64_if_needed(kl))
     nash_md_pg_loss = staticmethod(_x64_if_needed(nash_md_pg_loss))
+    sequence_logprobs = staticmethod(_x64_if_needed(sequence_logprobs))
+    online_ipo_loss = staticmethod(_x64_if_needed(online_ipo_loss))
+
+    # protocols.PairGenerator: the production model and sampler of the jax backend
+    def load_causal_lm(self, path: str | Path, dtype: str = "float32") -> Any:
+        """:func:`nlhf_jax.models.load_model` (float64 under scoped x64)."""
+        from nlhf_jax.models import load_model
+
+        if dtype == "float64":
+            with jax.enable_x64(True):
+                return load_model(path, dtype=dtype)
+        return load_model(path, dtype=dtype)
+
+    def generate_pairs(
+        self, policy: Any, reference: Any, input_ids: Any, attention_mask: Any, **kwargs: Any
+    ) -> Any:
+        """:func:`nlhf_jax.generation.generate_pairs` (under scoped x64 for float64
+        uniforms; token ids are int32 in any case)."""
+        from nlhf_jax.generation import generate_pairs
+
+        ids, mask = (np.asarray(a).astype(np.int32) for a in (input_ids, attention_mask))
+        if _is_64bit(kwargs.get("uniforms")):
+            with jax.enable_x64(True):
+                return generate_pairs(policy, reference, ids, mask, **kwargs)
+        return generate_pairs(policy, reference, ids, mask, **kwargs)
+
+    def sequence_logits(self, model: Any, *args: Any) -> jax.Array:
+        """:func:`nlhf_jax.generation.sequence_logits` (token ids and masks as int32)."""
+        from nlhf_jax.generation import sequence_logits
+
+        arrays = [np.asarray(a).astype(np.int32) for a in args]
+        if _is_64bit(model.model.embed_tokens[...]):
+            with jax.enable_x64(True):
+                return sequence_logits(model, *arrays)
+        return sequence_logits(model, *arrays)
 
     def asarray(self, x: Any, dtype: str = "float64") -> jax.Array:
         """NumPy / Python data → a jax array of ``dtype`` (64-bit under scoped x64)."""

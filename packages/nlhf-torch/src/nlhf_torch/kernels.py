@@ -9,6 +9,7 @@ the sampling temperature: log π(·) = log_softmax(logits / T).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "kl",
     "mixture_logprobs",
     "nash_md_pg_loss",
+    "online_ipo_loss",
     "preference_loss",
     "sample",
     "sequence_logprobs",
@@ -212,9 +214,34 @@ class TorchKernels:
     sample = staticmethod(sample)
     kl = staticmethod(kl)
     nash_md_pg_loss = staticmethod(nash_md_pg_loss)
+    sequence_logprobs = staticmethod(sequence_logprobs)
+    online_ipo_loss = staticmethod(online_ipo_loss)
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
+
+    # protocols.PairGenerator: the production model and sampler of the torch backend
+    def load_causal_lm(self, path: str | Path, dtype: str = "float32") -> Any:
+        """``transformers.AutoModelForCausalLM`` of a checkpoint directory, in eval mode."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+        return model.to(self.device).eval()
+
+    def generate_pairs(
+        self, policy: Any, reference: Any, input_ids: Any, attention_mask: Any, **kwargs: Any
+    ) -> Any:
+        """:func:`nlhf_torch.generation.generate_pairs`."""
+        from nlhf_torch.generation import generate_pairs
+
+        return generate_pairs(policy, reference, input_ids, attention_mask, **kwargs)
+
+    def sequence_logits(self, model: Any, *args: Any) -> torch.Tensor:
+        """:func:`nlhf_torch.generation.sequence_logits`, without gradient."""
+        from nlhf_torch.generation import sequence_logits
+
+        with torch.no_grad():
+            return sequence_logits(model, *args)
 
     def asarray(self, x: Any, dtype: str = "float64") -> torch.Tensor:
         """NumPy / Python data → a tensor of ``dtype`` (kernels cast token ids with

@@ -16,6 +16,7 @@ to rounding and turns the stop-gradient sg(·) into ``Re(·)``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -69,6 +70,22 @@ def token_logprobs(logits: Any, tokens: Any, temperature: float) -> np.ndarray:
 
 def _onehot(tokens: Any, vocab: int) -> np.ndarray:
     return (np.asarray(tokens, dtype=np.int64)[..., None] == np.arange(vocab)).astype(np.float64)
+
+
+def sequence_logprobs(logits: Any, tokens: Any, mask: Any, temperature: float) -> np.ndarray:
+    """log π(y|x) = Σ_n m_n log_softmax(ℓ_n / T)[y_n], shape (B,)."""
+    return np.sum(_arr(mask) * token_logprobs(logits, tokens, temperature), axis=-1)
+
+
+def sequence_logprobs_grad(
+    logits: Any, tokens: Any, mask: Any, temperature: float, row_weights: Any | None = None
+) -> np.ndarray:
+    """∇_logits Σ_b w_b log π(y_b|x_b) = w_b·m_bn·(1[v = y_bn] − π_v)/T, shape (B, T, V)."""
+    z = np.real(_arr(logits))
+    w = np.ones(z.shape[0]) if row_weights is None else np.real(_arr(row_weights))
+    pi = np.exp(log_softmax(z / temperature))
+    dlogp = (_onehot(tokens, z.shape[-1]) - pi) / temperature
+    return w[:, None, None] * np.real(_arr(mask))[..., None] * dlogp
 
 
 # ----------------------------------------------------------------- preference loss
@@ -270,18 +287,50 @@ def online_ipo_loss(
     (so s_b·h_b = h(y_w, y_l)), loss = mean_b (s_b·h_b − 1/(2τ))². Metrics: ``preference``
     (mean P), ``margin`` (mean s·h), ``kl`` (mean log π/μ(y), the sampled KL estimate)."""
 
-    def seq(logits: Any, tokens: Any, mask: Any) -> np.ndarray:
-        return np.sum(_arr(mask) * token_logprobs(logits, tokens, temperature), axis=-1)
-
-    ratio_y = seq(logits_y, y, y_mask) - seq(reference_logits_y, y, y_mask)
-    ratio_yp = seq(logits_y_prime, y_prime, y_prime_mask) - seq(
-        reference_logits_y_prime, y_prime, y_prime_mask
+    ratio_y = sequence_logprobs(logits_y, y, y_mask, temperature) - sequence_logprobs(
+        sg(_arr(reference_logits_y)), y, y_mask, temperature
     )
+    ratio_yp = sequence_logprobs(
+        logits_y_prime, y_prime, y_prime_mask, temperature
+    ) - sequence_logprobs(sg(_arr(reference_logits_y_prime)), y_prime, y_prime_mask, temperature)
     p = np.real(_arr(preference))
     sign = np.where(p >= 0.5, 1.0, -1.0)
     margin = sign * (ratio_y - ratio_yp)
     loss = np.mean((margin - 1.0 / (2.0 * tau)) ** 2)
     return loss, {"preference": np.mean(p), "margin": np.mean(margin), "kl": np.mean(ratio_y)}
+
+
+def online_ipo_loss_grad(
+    logits_y: Any,
+    reference_logits_y: Any,
+    y: Any,
+    y_mask: Any,
+    logits_y_prime: Any,
+    reference_logits_y_prime: Any,
+    y_prime: Any,
+    y_prime_mask: Any,
+    preference: Any,
+    tau: float,
+    temperature: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(∇_{logits_y}, ∇_{logits_y'}) of the online IPO loss: with e_b = s_b·h_b − 1/(2τ),
+    ∂loss/∂h_b = 2·e_b·s_b/B, so ∇_{logits_y} = (2 e_b s_b/B)·∇ log π(y_b) and
+    ∇_{logits_y'} = −(2 e_b s_b/B)·∇ log π(y'_b) (:func:`sequence_logprobs_grad`)."""
+    args = (logits_y, reference_logits_y, y, y_mask)
+    args_p = (logits_y_prime, reference_logits_y_prime, y_prime, y_prime_mask)
+    h = (
+        sequence_logprobs(args[0], y, y_mask, temperature)
+        - sequence_logprobs(args[1], y, y_mask, temperature)
+        - sequence_logprobs(args_p[0], y_prime, y_prime_mask, temperature)
+        + sequence_logprobs(args_p[1], y_prime, y_prime_mask, temperature)
+    )
+    h = np.real(h)
+    p = np.real(_arr(preference))
+    s = np.where(p >= 0.5, 1.0, -1.0)
+    coef = 2.0 * (s * h - 1.0 / (2.0 * tau)) * s / h.size
+    g_y = sequence_logprobs_grad(logits_y, y, y_mask, temperature, coef)
+    g_yp = sequence_logprobs_grad(logits_y_prime, y_prime, y_prime_mask, temperature, -coef)
+    return g_y, g_yp
 
 
 # --------------------------------------------------------------------- tabular
@@ -366,6 +415,41 @@ class NumpyKernels:
     sample = staticmethod(sample)
     kl = staticmethod(kl)
     nash_md_pg_loss = staticmethod(nash_md_pg_loss)
+    sequence_logprobs = staticmethod(sequence_logprobs)
+    online_ipo_loss = staticmethod(online_ipo_loss)
+
+    # PairGenerator: the float64 NumPy forward of nlhf.testing.numpy_lm
+    def load_causal_lm(self, path: str | Path, dtype: str = "float64") -> Any:
+        from nlhf.testing.numpy_lm import NumpyLM
+
+        return NumpyLM.load(path)
+
+    def generate_pairs(
+        self,
+        policy: Any,
+        reference: Any,
+        input_ids: Any,
+        attention_mask: Any,
+        *,
+        uniforms: Any,
+        **kwargs: Any,
+    ) -> Any:
+        from nlhf.testing.numpy_lm import generate_pairs
+
+        return generate_pairs(policy, reference, input_ids, attention_mask, uniforms, **kwargs)
+
+    def sequence_logits(
+        self,
+        model: Any,
+        prompt_ids: Any,
+        prompt_mask: Any,
+        completion_ids: Any,
+        completion_mask: Any,
+    ) -> np.ndarray:
+        ids = np.concatenate([np.asarray(prompt_ids), np.asarray(completion_ids)], axis=1)
+        mask = np.concatenate([np.asarray(prompt_mask), np.asarray(completion_mask)], axis=1)
+        t = np.shape(completion_ids)[1]
+        return model.logits(ids, mask)[:, -t - 1 : -1]
 
     def asarray(self, x: Any, dtype: str = "float64") -> np.ndarray:
         return np.asarray(x, dtype=np.dtype(dtype))

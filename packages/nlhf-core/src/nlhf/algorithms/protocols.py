@@ -91,6 +91,96 @@ class NashMDPGObjective(Protocol):
     ) -> tuple[Array, dict[str, Array]]: ...
 
 
+class SequenceLogprobs(Protocol):
+    """Sequence log-probability at temperature T (paper §7: the score term's log π(y|x)):
+    log π(y_b|x_b) = Σ_n m_bn · log_softmax(ℓ_bn / T)[y_bn]; logits (B, T, V), tokens and
+    mask (B, T); returns (B,)."""
+
+    def __call__(self, logits: Array, tokens: Array, mask: Array, temperature: float) -> Array: ...
+
+
+class OnlineIPOObjective(Protocol):
+    """Online IPO (Calandriello et al. 2024, eq. 7 on on-policy pairs; Azar et al. 2023):
+
+    h_b = [log π_θ(y_b) − log μ(y_b)] − [log π_θ(y'_b) − log μ(y'_b)] (sequence log-probs of
+    :class:`SequenceLogprobs`), s_b = +1 if P_b ≥ ½ else −1 (so s_b·h_b = h(y_w, y_l)),
+    loss = mean_b (s_b·h_b − 1/(2τ))². P and the reference logits carry no gradient.
+    Returns ``(loss, metrics)``; metrics holds at least ``preference`` (mean P),
+    ``margin`` (mean s·h) and ``kl`` (mean log π_θ/μ(y), the sampled KL estimate).
+    """
+
+    def __call__(
+        self,
+        logits_y: Array,
+        reference_logits_y: Array,
+        y: Array,
+        y_mask: Array,
+        logits_y_prime: Array,
+        reference_logits_y_prime: Array,
+        y_prime: Array,
+        y_prime_mask: Array,
+        preference: Array,
+        tau: float,
+        temperature: float,
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+@runtime_checkable
+class PairSample(Protocol):
+    """Pairs drawn by :class:`PairGenerator`: ``y``/``y_prime`` (B, T') token ids, ``pad``
+    after a row's EOS; ``y_mask``/``y_prime_mask`` (B, T') 1 up to and including the EOS.
+    T' ≤ max_new_tokens (a backend may stop the buffer once every row has ended)."""
+
+    y: Array
+    y_mask: Array
+    y_prime: Array
+    y_prime_mask: Array
+
+
+@runtime_checkable
+class PairGenerator(Protocol):
+    """Optional extra of a backend's :class:`Kernels`: its causal LM and pair sampler, so the
+    conformance kit can draw pairs from a shared checkpoint.
+
+    ``generate_pairs`` draws, for each left-padded prompt x_b, y_b ~ π_θ and y'_b from the
+    opponent, token by token, by inverse CDF (:class:`CategoricalSampler`) on
+    ``uniforms[row, n]`` (rows 0..B−1 = y, B..2B−1 = y'): y from log_softmax(ℓ_π/T), y'
+    from ``mixture`` log π̃_β = log_softmax(((1−β)ℓ_π + βℓ_μ)/T) (paper §7), ``reference``
+    (β = 1) or ``policy`` (β = 0). A row that emitted an id of ``eos_token_id`` continues
+    with ``pad_token_id`` (mask 0). ``sequence_logits`` returns the (B, T, V) logits that
+    predict each completion token, from one forward pass over prompt + completion.
+    """
+
+    def load_causal_lm(self, path: str | Path, dtype: str = "float32") -> Any:
+        """The backend's model of a transformers checkpoint directory, in ``dtype``."""
+        ...
+
+    def generate_pairs(
+        self,
+        policy: Any,
+        reference: Any,
+        input_ids: Array,
+        attention_mask: Array,
+        *,
+        beta: float,
+        max_new_tokens: int,
+        temperature: float,
+        eos_token_id: int | Sequence[int],
+        pad_token_id: int,
+        opponent: str = "mixture",
+        uniforms: Array,
+    ) -> PairSample: ...
+
+    def sequence_logits(
+        self,
+        model: Any,
+        prompt_ids: Array,
+        prompt_mask: Array,
+        completion_ids: Array,
+        completion_mask: Array,
+    ) -> Array: ...
+
+
 @runtime_checkable
 class Kernels(Protocol):
     """The kernel set of a backend, plus array conversion for the conformance kit."""
@@ -100,6 +190,8 @@ class Kernels(Protocol):
     sample: CategoricalSampler
     kl: KLRegularizer
     nash_md_pg_loss: NashMDPGObjective
+    sequence_logprobs: SequenceLogprobs
+    online_ipo_loss: OnlineIPOObjective
 
     def asarray(self, x: Any, dtype: str = "float64") -> Array: ...
 

@@ -17,6 +17,13 @@ float64 NumPy oracle :mod:`nlhf.algorithms.numpy_oracle`, within
 come back through ``kernels.to_numpy``; gradients through ``kernels.grad(fn, x)``.
 Kernels are called positionally, in the Protocols' parameter order.
 
+Pair generation and model-scope log-probs (``test_generate_pairs``,
+``test_model_sequence_logprobs``) need the kernels to implement
+:class:`nlhf.algorithms.protocols.PairGenerator`: each backend loads the same tiny Qwen2
+checkpoints (:mod:`nlhf.testing.tiny_models`) and must draw, from the same injected
+uniforms, the tokens of the float64 NumPy forward (:mod:`nlhf.testing.numpy_lm`); the
+uniforms stay ``SAMPLER_MARGIN`` away from every CDF boundary, so rounding cannot flip one.
+
 Known gaps are declared in ``nlhf/testing/xfails.yaml`` (backend -> case -> reason) or,
 for a third-party package, in the subclass's ``xfails`` mapping; the pytest plugin
 marks them ``xfail(strict=True)``. Cases may not be removed or overridden without a
@@ -36,7 +43,7 @@ import numpy as np
 import pytest
 
 from nlhf.algorithms import numpy_oracle
-from nlhf.algorithms.protocols import Kernels
+from nlhf.algorithms.protocols import Kernels, PairGenerator
 from nlhf.testing import cases
 from nlhf.testing.tolerances import assert_close
 
@@ -52,6 +59,12 @@ EXPECTED_CASES: tuple[str, ...] = (
     "test_nash_md_pg_loss",
     "test_nash_md_pg_grad",
     "test_tabular_nash_md_trajectory",
+    "test_sequence_logprobs",
+    "test_sequence_logprobs_grad",
+    "test_online_ipo_loss",
+    "test_online_ipo_grad",
+    "test_generate_pairs",
+    "test_model_sequence_logprobs",
 )
 
 ESTIMATORS = numpy_oracle.ESTIMATORS
@@ -90,6 +103,21 @@ class BackendConformance:
         if k is None:
             pytest.fail(f"backend {self.backend!r} has no kernels (Backend.kernels is None)")
         return k
+
+    @pytest.fixture
+    def pair_generator(self, kernels: Any) -> Any:
+        if not isinstance(kernels, PairGenerator):
+            pytest.fail(
+                f"the kernels of backend {self.backend!r} do not implement PairGenerator "
+                "(load_causal_lm, generate_pairs, sequence_logits); declare the gap in "
+                "xfails with a reason"
+            )
+        return kernels
+
+    @pytest.fixture
+    def generation(self, tmp_path_factory: pytest.TempPathFactory) -> cases.GenerationInputs:
+        """The kit's shared tiny checkpoints and the oracle's pairs (built once a session)."""
+        return cases.generation_inputs(tmp_path_factory.getbasetemp() / "nlhf-conformance-lm")
 
     # ------------------------------------------------------------------- helpers
 
@@ -279,3 +307,143 @@ class BackendConformance:
         summary = backend_impl.train(spec, tmp_path / "run")
         expected = numpy_oracle.tabular_nash_md(t.matrix, t.mu, t.tau, t.steps)[-1]
         self.check(np.asarray(summary["policy"], dtype=np.float64), expected, "tabular Nash-MD π_T")
+
+    @pytest.mark.parametrize("temperature", [1.0, 0.7])
+    def test_sequence_logprobs(self, kernels: Any, temperature: float) -> None:
+        """log π(y|x) = Σ_n m_n log_softmax(ℓ_n/T)[y_n] per row (padding masked)."""
+        s = cases.sequence_inputs(self.dtype)
+        _, _, tokens, mask = self.put_sequences(kernels, s)
+        out = kernels.sequence_logprobs(
+            self.put(kernels, s.policy_logits), tokens, mask, temperature
+        )
+        expected = numpy_oracle.sequence_logprobs(s.policy_logits, s.tokens, s.mask, temperature)
+        self.check(self.get(kernels, out), expected, f"sequence log-probs T={temperature}")
+
+    def test_sequence_logprobs_grad(self, kernels: Any) -> None:
+        """∇_logits Σ_b w_b log π(y_b) = w_b·m_bn·(1[v = y_bn] − π_v)/T."""
+        s = cases.sequence_inputs(self.dtype)
+        z0, _, tokens, mask = self.put_sequences(kernels, s)
+        w = self.put(kernels, s.row_weights)
+
+        def fn(z: Any) -> Any:
+            return (kernels.sequence_logprobs(z, tokens, mask, KL_TEMPERATURE) * w).sum()
+
+        g = kernels.grad(fn, z0)
+        expected = numpy_oracle.sequence_logprobs_grad(
+            s.policy_logits, s.tokens, s.mask, KL_TEMPERATURE, s.row_weights
+        )
+        self.check(self.get(kernels, g), expected, "∇ sequence log-probs")
+
+    def _ipo_args(self, kernels: Any, i: cases.IPOInputs) -> list[Any]:
+        y, yp = self.put_sequences(kernels, i.y), self.put_sequences(kernels, i.y_prime)
+        return [*y, *yp, self.put(kernels, i.preference)]
+
+    def test_online_ipo_loss(self, kernels: Any) -> None:
+        """loss = mean_b (s_b·h_b − 1/(2τ))², s_b = sign(P_b − ½) (+1 at ½); metrics
+        preference, margin, kl."""
+        i = cases.ipo_inputs(self.dtype)
+        loss, metrics = kernels.online_ipo_loss(*self._ipo_args(kernels, i), i.tau, KL_TEMPERATURE)
+        e_loss, e_metrics = numpy_oracle.online_ipo_loss(
+            *_ipo_numpy(i), i.preference, i.tau, KL_TEMPERATURE
+        )
+        self.check(self.get(kernels, loss), e_loss, "online IPO loss")
+        for key, expected in e_metrics.items():
+            assert key in metrics, f"metric {key!r} missing; got {sorted(metrics)}"
+            self.check(self.get(kernels, metrics[key]), expected, f"online IPO metric {key}")
+
+    def test_online_ipo_grad(self, kernels: Any) -> None:
+        """∇ of the online IPO loss with respect to the policy logits over y and over y'."""
+        i = cases.ipo_inputs(self.dtype)
+        args = self._ipo_args(kernels, i)
+        g_y = kernels.grad(
+            lambda z: kernels.online_ipo_loss(z, *args[1:], i.tau, KL_TEMPERATURE)[0], args[0]
+        )
+
+        def fn_prime(z: Any) -> Any:
+            a = [*args[:4], z, *args[5:]]
+            return kernels.online_ipo_loss(*a, i.tau, KL_TEMPERATURE)[0]
+
+        g_yp = kernels.grad(fn_prime, args[4])
+        e_y, e_yp = numpy_oracle.online_ipo_loss_grad(
+            *_ipo_numpy(i), i.preference, i.tau, KL_TEMPERATURE
+        )
+        self.check(self.get(kernels, g_y), e_y, "∇_{logits y} online IPO loss")
+        self.check(self.get(kernels, g_yp), e_yp, "∇_{logits y'} online IPO loss")
+
+    def _generate(self, gen: Any, g: cases.GenerationInputs, opponent: str) -> Any:
+        return gen.generate_pairs(
+            gen.load_causal_lm(g.policy, self.dtype),
+            gen.load_causal_lm(g.reference, self.dtype),
+            self.put(gen, g.input_ids, "int64"),
+            self.put(gen, g.attention_mask, "int64"),
+            beta=g.beta,
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            eos_token_id=g.eos_token_id,
+            pad_token_id=g.pad_token_id,
+            opponent=opponent,
+            uniforms=self.put(gen, g.expected[opponent].uniforms),
+        )
+
+    @pytest.mark.parametrize("opponent", cases.OPPONENTS)
+    def test_generate_pairs(
+        self, pair_generator: Any, generation: cases.GenerationInputs, opponent: str
+    ) -> None:
+        """Same checkpoint, same uniforms (≥ SAMPLER_MARGIN from every CDF boundary of the
+        float64 oracle) → the oracle's y, y' and masks, token for token."""
+        out = self._generate(pair_generator, generation, opponent)
+        expected = generation.expected[opponent]
+        for name in ("y", "y_mask", "y_prime", "y_prime_mask"):
+            got = np.asarray(pair_generator.to_numpy(getattr(out, name))).astype(np.int64)
+            want = getattr(expected, name)
+            width = got.shape[1]  # a backend may stop its buffer once every row has ended
+            assert got.shape[0] == want.shape[0] and width <= want.shape[1], (name, got.shape)
+            fill = generation.pad_token_id if name in ("y", "y_prime") else 0
+            np.testing.assert_array_equal(want[:, width:], fill, err_msg=f"{name}: cut short")
+            np.testing.assert_array_equal(got, want[:, :width], err_msg=f"{opponent}: {name}")
+
+    def test_model_sequence_logprobs(
+        self, pair_generator: Any, generation: cases.GenerationInputs
+    ) -> None:
+        """log π(y|x) of the oracle's pairs through the backend's model (``sequence_logits``
+        + ``sequence_logprobs``) equals the float64 NumPy forward's, at model scope."""
+        from nlhf.testing.numpy_lm import NumpyLM
+
+        g, gen = generation, pair_generator
+        pairs = g.expected["mixture"]
+        logits = gen.sequence_logits(
+            gen.load_causal_lm(g.policy, self.dtype),
+            self.put(gen, g.input_ids, "int64"),
+            self.put(gen, g.attention_mask, "int64"),
+            self.put(gen, pairs.y, "int64"),
+            self.put(gen, pairs.y_mask, "int64"),
+        )
+        out = gen.sequence_logprobs(
+            logits, self.put(gen, pairs.y, "int64"), self.put(gen, pairs.y_mask), g.temperature
+        )
+        ids = np.concatenate([g.input_ids, pairs.y], 1)
+        mask = np.concatenate([g.attention_mask, pairs.y_mask], 1)
+        width = pairs.y.shape[1]
+        oracle_logits = NumpyLM.load(g.policy).logits(ids, mask)[:, -width - 1 : -1]
+        expected = numpy_oracle.sequence_logprobs(
+            oracle_logits, pairs.y, pairs.y_mask, g.temperature
+        )
+        assert np.abs(expected).max() > 1.0  # non-trivial log-probs
+        assert_close(
+            self.get(gen, out), expected, self.dtype, f"{self.backend}: log π(y|x)", scope="model"
+        )
+
+
+def _ipo_numpy(i: cases.IPOInputs) -> tuple[np.ndarray, ...]:
+    """The oracle's positional arguments of online IPO (before preference, τ, T)."""
+    y, yp = i.y, i.y_prime
+    return (
+        y.policy_logits,
+        y.reference_logits,
+        y.tokens,
+        y.mask,
+        yp.policy_logits,
+        yp.reference_logits,
+        yp.tokens,
+        yp.mask,
+    )

@@ -7,10 +7,12 @@ Each builder returns float64 NumPy arrays already rounded to the backend's dtype
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from nlhf.algorithms import numpy_oracle
+from nlhf.testing.numpy_lm import NumpyPairs
 from nlhf.testing.tolerances import SAMPLER_MARGIN
 
 SEED = 20231201  # arXiv 2312.00886
@@ -107,3 +109,95 @@ def tabular_inputs() -> TabularInputs:
     matrix = 0.5 + (a - a.T) / 2
     mu = rng.dirichlet(np.ones(n) * 3)
     return TabularInputs(matrix, mu, tau=0.5, steps=25)
+
+
+@dataclass(frozen=True)
+class IPOInputs:
+    y: SequenceInputs  # logits of π and μ over y, the tokens y and their mask
+    y_prime: SequenceInputs  # the same over y'
+    preference: np.ndarray  # (B,) P(y ≻ y'): above, at and below ½ (s = +1, +1, −1)
+    tau: float
+
+
+def ipo_inputs(dtype: str) -> IPOInputs:
+    y = sequence_inputs(dtype)
+    rng = np.random.default_rng(SEED + 4)
+    shape = y.policy_logits.shape
+    policy = rng.normal(0.0, 1.5, size=shape)
+    ref = policy + rng.normal(0.0, 0.7, size=shape)
+    tokens = rng.integers(0, shape[-1], size=shape[:2]).astype(np.int64)
+    mask = y.mask[::-1].copy()  # other lengths than y's
+    y_prime = SequenceInputs(
+        rounded(policy, dtype), rounded(ref, dtype), tokens, mask, y.preference, y.row_weights
+    )
+    return IPOInputs(y, y_prime, np.array([0.8, 0.5, 0.2]), tau=0.4)
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """A tiny Qwen2 policy and reference (``nlhf.testing.tiny_models``), left-padded
+    prompts, and per opponent the pairs the float64 NumPy forward draws from uniforms that
+    stay at least ``SAMPLER_MARGIN`` from every CDF boundary along the way."""
+
+    policy: Path
+    reference: Path
+    input_ids: np.ndarray  # (B, P) int64, left-padded with pad_token_id
+    attention_mask: np.ndarray  # (B, P) int64
+    eos_token_id: list[int]
+    pad_token_id: int
+    beta: float
+    temperature: float
+    max_new_tokens: int
+    expected: dict[str, NumpyPairs]  # opponent -> pairs (and the uniforms that drew them)
+
+
+OPPONENTS = ("mixture", "reference", "policy")
+_GENERATION: dict[Path, GenerationInputs] = {}
+
+
+def generation_inputs(root: Path) -> GenerationInputs:
+    """Build (once per ``root``) the checkpoints under ``root`` and the oracle's pairs."""
+    root = Path(root)
+    if root in _GENERATION:
+        return _GENERATION[root]
+    from nlhf.testing.numpy_lm import NumpyLM, generate_pairs
+    from nlhf.testing.tiny_models import build_tiny_model
+
+    weights = {"std": 0.3, "bias_std": 0.3, "norm_std": 0.3}
+    policy = build_tiny_model(root / "policy", "qwen2", seed=SEED, **weights)
+    reference = build_tiny_model(
+        root / "reference", "qwen2", tokenizer_dir=policy, seed=SEED + 1, **weights
+    )
+    pi, mu = NumpyLM.load(policy), NumpyLM.load(reference)
+    vocab, pad = pi.config["vocab_size"], pi.config["pad_token_id"]
+    rng = np.random.default_rng(SEED + 5)
+    ids = rng.integers(3, vocab, size=(3, 5)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, :2] = 0
+    mask[2, :1] = 0
+    ids[mask == 0] = pad
+    eos = list(range(2, vocab, 7))  # many EOS ids, so some rows end early
+    beta, temperature, steps = 0.3, 0.8, 6
+    expected = {}
+    for opponent in OPPONENTS:
+        expected[opponent] = generate_pairs(
+            pi,
+            mu,
+            ids,
+            mask,
+            rng.uniform(size=(6, steps)),
+            beta=beta,
+            temperature=temperature,
+            max_new_tokens=steps,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            opponent=opponent,
+            redraw=(rng, SAMPLER_MARGIN),
+        )
+    lengths = np.concatenate([expected["mixture"].y_mask, expected["mixture"].y_prime_mask])
+    if not 0 < lengths.sum(-1).min() < steps == lengths.sum(-1).max():  # pragma: no cover
+        raise AssertionError("generation inputs: want rows that end early and rows that do not")
+    _GENERATION[root] = GenerationInputs(
+        policy, reference, ids, mask, eos, pad, beta, temperature, steps, expected
+    )
+    return _GENERATION[root]
