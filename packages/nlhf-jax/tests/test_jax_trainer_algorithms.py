@@ -62,17 +62,17 @@ def _params(out):
 
 @pytest.mark.slow
 def test_grad_accum_takes_the_same_step_as_one_batch(tiny_ckpts, prompts, tmp_path, monkeypatch):
-    from nlhf_jax.trainer import NashTrainer, train_nash
+    from nlhf_jax.trainer import JaxStepper, train_nash
     from safetensors.numpy import load_file
 
     sizes: list[int] = []
-    sample = NashTrainer._sample
+    sample = JaxStepper.sample
 
-    def spy(self, idx, *args):
-        sizes.append(len(idx))
-        return sample(self, idx, *args)
+    def spy(self, step, micro, prompt_ids, beta):
+        sizes.append(len(prompt_ids))
+        return sample(self, step, micro, prompt_ids, beta)
 
-    monkeypatch.setattr(NashTrainer, "_sample", spy)
+    monkeypatch.setattr(JaxStepper, "sample", spy)
     ckpt = tiny_ckpts["llama"]
     runs = {}
     for accum in (1, 2):
@@ -128,8 +128,8 @@ def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, 
     """Default: a tokenizer with a chat template wraps every prompt in it (no extra
     special tokens); ``chat_template: false`` tokenizes the raw text. jax == torch ==
     transformers on a Qwen2 directory (whose tokenizer class adds its own pre-tokenizer)."""
-    from nlhf_jax.trainer import NashTrainer as JaxTrainer
-    from nlhf_torch.trainer import NashTrainer as TorchTrainer
+    from nlhf_jax.trainer import nash_loop as jax_loop
+    from nlhf_torch.trainer import nash_loop as torch_loop
     from transformers import AutoTokenizer
 
     ckpt = _with_template(tiny_ckpts["qwen2"], tmp_path / "qwen2_chat")
@@ -148,8 +148,8 @@ def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, 
     else:
         expected = [tok(p)["input_ids"] for p in PROMPTS]
     expected = [list(e) for e in expected]
-    jax_ids = JaxTrainer(spec, tmp_path / "j", resume=False).prompt_ids
-    torch_ids = TorchTrainer(spec, tmp_path / "t", resume=False).prompt_ids
+    jax_ids = jax_loop(spec, tmp_path / "j").prompt_ids
+    torch_ids = torch_loop(spec, tmp_path / "t").prompt_ids
     assert jax_ids == expected
     assert torch_ids == expected
     if template is None:
@@ -158,20 +158,11 @@ def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, 
 
 def test_chat_template_without_template_is_a_clear_error(tiny_ckpts, prompts, tmp_path):
     from nlhf.errors import InputError
-    from nlhf_jax.trainer import NashTrainer
+    from nlhf_jax.trainer import nash_loop
 
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **{"policy.chat_template": True})
     with pytest.raises(InputError, match=r"policy\.chat_template: the tokenizer has no chat"):
-        NashTrainer(spec, tmp_path, resume=False)
-
-
-def test_grad_accum_must_divide_batch(tiny_ckpts, prompts, tmp_path):
-    from nlhf.errors import InputError
-    from nlhf_jax.trainer import NashTrainer
-
-    spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **{"training.grad_accum": 3})
-    with pytest.raises(InputError, match=r"training\.grad_accum: batch_size 4 is not divisible"):
-        NashTrainer(spec, tmp_path, resume=False)
+        nash_loop(spec, tmp_path)
 
 
 @pytest.mark.slow
@@ -218,22 +209,24 @@ def test_lora_run_saves_a_peft_adapter_and_resumes(tiny_ckpts, prompts, tmp_path
 
 
 def test_lora_with_a_reference_model_is_a_clear_error(tiny_ckpts, prompts, tmp_path):
-    from nlhf.errors import InputError
-    from nlhf_jax.trainer import NashTrainer
+    from nlhf.errors import SpecError
+    from nlhf_jax.trainer import nash_loop
 
     over = {"policy": {"model": str(tiny_ckpts["llama"]), "lora": {"r": 2}},
             "reference": {"model": str(tiny_ckpts["llama_tied"])}}  # fmt: skip
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **over)
-    with pytest.raises(InputError, match=r"reference\.model: with policy\.lora"):
-        NashTrainer(spec, tmp_path, resume=False)
+    with pytest.raises(SpecError, match=r"reference\.model: with policy\.lora"):
+        nash_loop(spec, tmp_path)
 
 
 def test_rlhf_pg_without_a_reward_fails_before_loading_models(tiny_ckpts, prompts, tmp_path):
-    from nlhf.errors import InputError
-    from nlhf_jax.trainer import NashTrainer
+    from nlhf.errors import SpecError
+    from nlhf_jax.trainer import nash_loop
 
     judge = {"name": "llm_judge", "model": str(tmp_path / "not-loaded")}
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, preference=judge,
                  algorithm={"name": "rlhf_pg", "tau": 0.1})  # fmt: skip
-    with pytest.raises(InputError, match="rlhf_pg needs a scalar reward, and a llm_judge"):
-        NashTrainer(spec, tmp_path, resume=False)
+    with pytest.raises(
+        SpecError, match="rlhf_pg needs a scalar reward r\\(x, y\\), and preference 'llm_judge'"
+    ):
+        nash_loop(spec, tmp_path)

@@ -40,7 +40,7 @@ def test_bucket_width():
 
 def test_one_compile_per_bucket_same_losses(tiny_ckpts, tmp_path):
     from nlhf_jax import generation
-    from nlhf_jax.trainer import NashTrainer
+    from nlhf_jax.trainer import nash_loop
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -48,15 +48,16 @@ def test_one_compile_per_bucket_same_losses(tiny_ckpts, tmp_path):
     losses = {}
     for bucket in (8, 1):
         out = tmp_path / f"b{bucket}"
-        trainer = NashTrainer(
-            _spec(ckpt, tiny_ckpts["llama_tied"], prompts, out), out, resume=False
-        )
+        trainer = nash_loop(_spec(ckpt, tiny_ckpts["llama_tied"], prompts, out), out)
         widths = {len(ids) for ids in trainer.prompt_ids}
         assert len(widths) >= 3 and max(widths) <= 8  # several widths, one bucket
-        trainer.prompt_bucket = bucket
+        trainer.stepper.prompt_bucket = bucket
         before = generation._decode._cache_size()
         trainer.run()
-        compiles = (trainer._fused_fn._cache_size(), generation._decode._cache_size() - before)
+        compiles = (
+            trainer.stepper._fused_fn._cache_size(),
+            generation._decode._cache_size() - before,
+        )
         if bucket == 8:
             assert compiles == (1, 1)
         else:

@@ -21,14 +21,15 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     from nlhf.spec.models import RunSpec
-    from nlhf_jax.trainer import NashTrainer
+    from nlhf_jax.trainer import nash_loop
 
     assert jax.device_count() == 4, jax.devices()
     results = []
     for doc in json.loads(sys.argv[1]):
-        trainer = NashTrainer(RunSpec.model_validate(doc), doc["output"]["dir"], resume=False)
+        trainer = nash_loop(RunSpec.model_validate(doc), doc["output"]["dir"])
         trainer.run()
-        params = trainer.frozen if doc["policy"].get("lora") else trainer.state  # base weights
+        stepper = trainer.stepper
+        params = stepper.frozen if doc["policy"].get("lora") else stepper.state  # base weights
         q = params["model"]["layers"][0]["mlp"]["up_proj"]["kernel"]
         results.append({"q_spec": str(getattr(q.sharding, "spec", None)),
                         "q_shards": len(q.addressable_shards)})

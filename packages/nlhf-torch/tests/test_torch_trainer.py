@@ -11,15 +11,15 @@ from typing import Any
 import nlhf
 import pytest
 import torch
+from nlhf.algorithms.schedules import lr_multiplier
 from nlhf.errors import InputError, NLHFError
 from nlhf.plugins import build_plugins
 from nlhf.runio import list_checkpoints, read_metrics
 from nlhf.spec import RunSpec
 from nlhf.testing.tolerances import assert_close, tolerance
+from nlhf.training import NashLoop
 from nlhf_torch.generation import generate_pairs
 from nlhf_torch.tiny import build_tiny_model
-from nlhf.algorithms.schedules import lr_multiplier
-from nlhf.training import NashLoop
 from nlhf_torch.trainer import left_pad, nash_loop, train_nash
 from pydantic import ValidationError
 from safetensors.torch import load_file
@@ -351,12 +351,6 @@ def test_rlhf_needs_reward(assets: dict[str, str], tmp_path: Path, plugins: Any)
     )
     with pytest.raises(InputError, match="rlhf_pg needs a scalar reward"):
         train_nash(spec, tmp_path / "o", plugins=plugins)
-
-
-def test_grad_accum_must_divide_batch(assets: dict[str, str], tmp_path: Path) -> None:
-    spec = make_spec(assets, tmp_path, training={"batch_size": 3, "grad_accum": 2})
-    with pytest.raises(InputError, match="not divisible by grad_accum"):
-        train_nash(spec, tmp_path / "o")
 
 
 def test_resume_without_checkpoint(assets: dict[str, str], tmp_path: Path, plugins: Any) -> None:

@@ -24,6 +24,13 @@ class JaxBackend:
 
         self.kernels = JaxKernels()
 
+    def make_nash_stepper(self, spec: Any, checkpoint: Path | None, plugins: Any = None) -> Any:
+        """The :class:`nlhf.training.NashStepper` of a ``task: nash`` LLM spec (the core loop
+        drives it; :func:`nlhf_jax.trainer.make_stepper`)."""
+        from nlhf_jax.trainer import make_stepper
+
+        return make_stepper(spec, checkpoint, plugins)
+
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         require(spec, self.name, self.capabilities)
         if spec.task == "nash":

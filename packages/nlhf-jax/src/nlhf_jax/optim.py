@@ -5,9 +5,10 @@
 - ``adamw``: decoupled decay, θ ← θ − lr·(m̂/(√v̂ + ε) + λθ) (``torch.optim.AdamW`` =
   ``optax.adamw``: ε outside the square root, bias-corrected moments);
 - ``adam`` / ``sgd``: L2 decay added to the gradient, g ← g + λθ (torch's ``weight_decay``);
-- learning rate lr·f(s) after s updates, f = linear warmup min(1, (s+1)/warmup) then
-  ``constant`` 1, ``linear`` 1 − u or ``cosine`` ½(1 + cos πu), u = (s − warmup)/(total −
-  warmup) (the torch trainer's ``LambdaLR``).
+- learning rate lr·f(s) after s updates with the core factor
+  :func:`nlhf.algorithms.schedules.lr_multiplier` (warmup, then constant / linear / cosine),
+  looked up in the float64 table :func:`nlhf.algorithms.schedules.lr_table`, so jax uses the
+  very values torch's ``LambdaLR`` uses.
 """
 
 from __future__ import annotations
@@ -17,23 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-
-
-def lr_multiplier(schedule: str, warmup: int, total: int):
-    """f(s) as a jax function of the update count s (see the module doc)."""
-
-    def fn(count: jax.Array) -> jax.Array:
-        s = jnp.asarray(count, jnp.float32)
-        if schedule == "constant":
-            after = jnp.ones_like(s)
-        else:
-            u = jnp.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
-            after = 1.0 - u if schedule == "linear" else 0.5 * (1.0 + jnp.cos(jnp.pi * u))
-        if warmup > 0:
-            return jnp.where(s < warmup, (s + 1.0) / warmup, after)
-        return after
-
-    return fn
+from nlhf.algorithms.schedules import lr_table
 
 
 def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
@@ -56,10 +41,12 @@ def build_optimizer(training: Any, total_steps: int | None = None) -> optax.Grad
     """The optax chain of a ``training:`` spec section (see the module doc)."""
     opt = training.optimizer
     total = total_steps if total_steps is not None else training.steps
-    mult = lr_multiplier(training.lr_schedule, training.warmup_steps, total)
+    table = jnp.asarray(
+        lr_table(training.lr, training.lr_schedule, training.warmup_steps, total), jnp.float32
+    )
 
     def lr(count: jax.Array) -> jax.Array:
-        return training.lr * mult(count)
+        return table[jnp.minimum(count, total)]
 
     parts = []
     if training.max_grad_norm is not None:

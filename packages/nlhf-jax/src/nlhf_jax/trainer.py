@@ -1,87 +1,53 @@
-"""The jax training loop of ``task: nash`` (issue 5 part 4; paper §7), mirroring
-:mod:`nlhf_torch.trainer`: same algorithms, prompt order, schedules, metrics keys and
-run outputs.
+"""The jax side of ``task: nash`` on language models: the :class:`JaxStepper` of the core
+loop (:mod:`nlhf.training.loop`, which owns prompts, schedules, preferences, metrics,
+checkpoints and the summary).
 
-============== ============================ ==========================================
-algorithm      opponent y'                  loss per row (P = P(y≻y'|x), no gradient)
-============== ============================ ==========================================
-nash_md_pg     π̃_β ∝ π_θ^(1−β) μ^β (tokens) −(P − ½)·log π_θ(y|x) + τ·KL
-self_play      π_θ (β = 0)                   same
-best_response  μ (β = 1)                     same
-nash_ema_pg    EMA θ̄ ← d·θ̄ + (1−d)·θ        same
-rlhf_pg        — (no y')                     −(r − mean_batch r)·log π_θ(y|x) + τ·KL
-online_ipo     π̃_β                          (s·h − 1/(2τ))², h = log π/μ(y) − log π/μ(y'),
-                                            s = sign(P − ½)
-============== ============================ ==========================================
+Randomness: optimiser step s draws uniforms U of shape (2, batch_size, max_new_tokens) from
+``jax.random.fold_in(key(seed), s)``; row i of the batch samples y from U[0, i] and y' from
+U[1, i] whatever micro-batch it falls in (:func:`step_uniforms`), so ``grad_accum: k``
+samples the same tokens as ``grad_accum: 1`` and takes the same optimizer step. Pairs come
+from :func:`nlhf_jax.generation.generate_pairs` (one jitted decode loop), whose reference
+logits feed the KL term. Gradients of the micro-batches are summed and scaled by
+1/``grad_accum`` before one optax update (:mod:`nlhf_jax.optim`); with ``grad_accum: 1``
+gradient and update run as one jitted call. Prompts are left-padded to a multiple of
+:data:`PROMPT_BUCKET` tokens (capped at ``data.max_prompt_length``), so the decode loop and
+the update compile once per bucket (positions come from the mask: results are unchanged).
 
-Prompts are tokenized like torch's (:func:`nlhf.data.tokenizer.tokenize_prompts`:
-``transformers.AutoTokenizer``, chat template when the tokenizer has one or
-``policy.chat_template: true``). Pairs come from :func:`nlhf_jax.generation.generate_pairs`
-(one jitted decode loop); the reference logits it returns feed the KL term. Randomness:
-each step draws uniforms U of shape (2, batch_size, max_new_tokens) from
-``jax.random.fold_in(key(seed), step)``; row i of the batch samples y from U[0, i] and y'
-from U[1, i] whatever micro-batch it falls in, so ``grad_accum: k`` samples the same
-tokens as ``grad_accum: 1`` and (equal micro-batches, per-row mean losses) takes the same
-optimizer step. Gradients of the ``grad_accum`` micro-batches are summed and divided by
-``grad_accum`` before one optax update (both jitted). With
-``distributed: {engine: jax}`` the parameters are placed by the mesh rules and each
-batch is sharded over the data axes (:mod:`nlhf_jax.sharding`).
-
-Prompts are left-padded to a multiple of ``PROMPT_BUCKET`` (8) tokens, capped at
-``data.max_prompt_length``, so the decode loop and the update compile once per bucket, not
-once per batch width (positions come from the mask: results are unchanged).
-
-LoRA (``policy.lora``, :mod:`nlhf_jax.lora`): the optimizer trains the adapters only
-(``nnx.split(policy, LORA_FILTER, ...)``); μ is the policy with its adapter off.
-Limits (a clear error): no ``top_k`` (as on torch).
-Checkpoints: ``checkpoints/step-N/`` holds ``config.json`` + ``model.safetensors``
-(transformers loads it; with LoRA the peft adapter files instead), the tokenizer files, ``optimizer.safetensors`` (optax state
-leaves), ``ema.safetensors`` (nash_ema_pg) and ``trainer_state.json``.
+``distributed: {engine: jax}`` places parameters by the mesh rules and shards each batch
+over the data axes (:mod:`nlhf_jax.sharding`). LoRA (``policy.lora``, :mod:`nlhf_jax.lora`):
+the optimizer trains the adapters only and μ is the policy with its adapter off.
+Checkpoints: ``config.json`` + ``model.safetensors`` (transformers loads it; with LoRA the
+peft adapter files), the tokenizer, ``optimizer.safetensors`` (optax state leaves) and
+``ema.safetensors`` (nash_ema_pg); core adds ``trainer_state.json``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from nlhf.algorithms.schedules import schedule_value
-from nlhf.data.prompts import batch_indices
-from nlhf.data.tokenizer import load_tokenizer, tokenize_prompts
-from nlhf.errors import InputError, NLHFError
-from nlhf.runio import (
-    MetricsWriter,
-    atomic_directory,
-    checkpoint_dir,
-    latest_checkpoint,
-    prune_checkpoints,
-    write_resolved_spec,
-    write_summary,
-)
+from nlhf.data.tokenizer import load_tokenizer
+from nlhf.runio import atomic_directory
+from nlhf.spec.capabilities import require
+from nlhf.spec.models import RunSpec
+from nlhf.training import NashLoop, Samples, Update, rule_for
+from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_jax import kernels, lora
 from nlhf_jax.generation import generate_pairs, sequence_logits
 from nlhf_jax.models import load_model, save_model
-from nlhf_jax.optim import build_optimizer, lr_multiplier
-from nlhf_jax.preferences import build_preference, check_preference
+from nlhf_jax.optim import build_optimizer
+from nlhf_jax.preferences import build_preference
 
-OPPONENT = {
-    "nash_md_pg": "mixture",
-    "self_play": "policy",
-    "best_response": "reference",
-    "nash_ema_pg": "model",
-    "rlhf_pg": "policy",
-    "online_ipo": "mixture",
-}
-
+OPTIMIZER_FILE = "optimizer.safetensors"
+EMA_FILE = "ema.safetensors"
 
 PROMPT_BUCKET = 8  # prompts are left-padded to a multiple of this many tokens
 
@@ -125,45 +91,6 @@ def step_uniforms(key: jax.Array, step: int, batch: int, accum: int, tokens: int
     return u.reshape(2, accum, m, tokens).transpose(1, 0, 2, 3).reshape(accum, 2 * m, tokens)
 
 
-def _check_spec(spec: Any) -> None:
-    if spec.task != "nash" or spec.is_tabular:
-        raise NLHFError("the jax trainer runs LLM `task: nash` specs")
-    name = getattr(spec.algorithm, "name", None)
-    if name not in OPPONENT:
-        raise NLHFError(
-            f"algorithm.name: {name!r} is not supported by the jax backend yet "
-            f"(supported: {', '.join(OPPONENT)})"
-        )
-    check_preference(spec.preference)
-    if name == "rlhf_pg" and spec.preference.name in ("llm_judge", "pairwise_model"):
-        raise InputError(
-            f"algorithm.name: rlhf_pg needs a scalar reward, and a {spec.preference.name} "
-            "preference has none; use a bradley_terry_reward preference (or an oracle with "
-            "`reward`)"
-        )
-    tr = spec.training
-    if spec.distributed.engine not in ("none", "jax"):
-        raise NLHFError(f"distributed.engine: {spec.distributed.engine!r} is torch-only")
-    micro = tr.micro_batch_size()  # batch_size / grad_accum must divide exactly
-    if spec.distributed.engine == "jax":
-        from nlhf_jax.sharding import BATCH_AXES
-
-        ways = math.prod(spec.distributed.mesh.get(a, 1) for a in BATCH_AXES)
-        if micro % ways:
-            raise InputError(
-                f"training.batch_size: micro-batches of {micro} prompts (batch_size / "
-                f"grad_accum) cannot be split over the {ways} data-parallel devices of "
-                f"distributed.mesh {spec.distributed.mesh}; use a multiple of {ways}"
-            )
-    if spec.policy.lora is not None and spec.reference.model is not None:
-        raise InputError(
-            "reference.model: with policy.lora the reference is the policy with its adapter "
-            "disabled; remove reference.model"
-        )
-    if tr.generation.top_k:
-        raise InputError("training.generation.top_k: the jax trainer samples the full vocabulary")
-
-
 def _leaves_to_numpy(tree: Any) -> dict[str, np.ndarray]:
     return {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))}
 
@@ -176,45 +103,46 @@ def _leaves_from_numpy(like: Any, tensors: dict[str, np.ndarray]) -> Any:
     return jax.tree.unflatten(treedef, new)
 
 
-class NashTrainer:
-    """State of one jax run; :func:`train_nash` is the entry point."""
+def _token_rows(tokens: np.ndarray, mask: np.ndarray) -> Tokens:
+    """The sampled tokens of each row (mask 1), as host lists."""
+    return [t[m.astype(bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
 
-    def __init__(self, spec: Any, output: Path, *, resume: bool, plugins: Any = None) -> None:
-        from nlhf.data.prompts import load_prompts
 
-        _check_spec(spec)
-        self.spec, self.output, self.algo = spec, Path(output), spec.algorithm
-        self.total = spec.training.steps
-        self.start_step, ckpt = 0, None
-        if resume:
-            found = latest_checkpoint(self.output)
-            if found is None:
-                raise InputError(f"--resume: no checkpoint under {self.output / 'checkpoints'}")
-            self.start_step, ckpt = found
+class JaxStepper:
+    """One jax process (one device or a mesh); see the module docstring."""
+
+    rank = 0
+    world_size = 1
+    uniforms: UniformsFn | None = None
+
+    def __init__(self, spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> None:
+        self.spec, self.algo, self.rule = spec, spec.algorithm, rule_for(spec.algorithm.name)
+        tr = spec.training
+        self.accum = tr.grad_accum
         dtype = spec.policy.dtype
         self.lora = spec.policy.lora
         if self.lora is not None:  # μ = the policy with its adapter off: no second model
             base = load_model(spec.policy.model, dtype=dtype, head="causal_lm")
-            self.policy = (lora.load_adapter(base, ckpt) if ckpt is not None
-                           else lora.apply_lora(base, self.lora, seed=spec.seed))  # fmt: skip
+            if checkpoint is not None:
+                self.policy = lora.load_adapter(base, checkpoint)
+            else:
+                self.policy = lora.apply_lora(base, self.lora, seed=spec.seed)
             self.reference = None
         else:
-            self.policy = load_model(ckpt or spec.policy.model, dtype=dtype, head="causal_lm")
-            self.reference = load_model(spec.reference.model or spec.policy.model,
-                                        dtype=spec.reference.dtype or dtype, head="causal_lm")  # fmt: skip
+            self.policy = load_model(checkpoint or spec.policy.model, dtype=dtype, head="causal_lm")
+            self.reference = load_model(
+                spec.reference.model or spec.policy.model,
+                dtype=spec.reference.dtype or dtype,
+                head="causal_lm",
+            )
         pol = spec.policy
         self.tokenizer = load_tokenizer(
             pol.tokenizer or pol.model,
             "policy.tokenizer" if pol.tokenizer else "policy.model",
             trust_remote_code=pol.trust_remote_code,
         )
-        if self.tokenizer.eos_token_id is None:
-            raise InputError("policy.tokenizer: the tokenizer has no EOS token")
         self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self.preference = build_preference(spec.preference, plugins)
-        self.prompts, self.prompt_ids = tokenize_prompts(
-            load_prompts(spec.data), self.tokenizer, spec.data, pol.chat_template
-        )
         # state: what the optimizer trains (all parameters, or the LoRA A/B); frozen: the rest
         trainable = lora.LORA_FILTER if self.lora is not None else nnx.Param
         self.graphdef, self.state, self.frozen = nnx.split(self.policy, trainable, ...)
@@ -231,30 +159,29 @@ class NashTrainer:
             self.frozen = shard_state(self.frozen, self.mesh, rules)
             if self.ref_state is not None:
                 self.ref_state = shard_state(self.ref_state, self.mesh, rules)
-        self.tx = build_optimizer(spec.training, self.total)
+        self.device = str(jax.devices()[0])
+        self.tx = build_optimizer(tr, tr.steps)
         self.opt_state = self.tx.init(self.state)
-        self.lr_mult = lr_multiplier(spec.training.lr_schedule, spec.training.warmup_steps,
-                                     self.total)  # fmt: skip
-        self.ema_state = self.state if self.algo.name == "nash_ema_pg" else None
+        self.ema_state = self.state if self.rule.opponent == "model" else None
         self.key = jax.random.key(spec.seed)
-        self.elapsed, self.generated_tokens = 0.0, 0
-        if ckpt is not None:
-            from safetensors.numpy import load_file
-
-            self.opt_state = _leaves_from_numpy(
-                self.opt_state, load_file(ckpt / "optimizer.safetensors")
-            )
-            if self.ema_state is not None:
-                self.ema_state = _leaves_from_numpy(
-                    self.ema_state, load_file(ckpt / "ema.safetensors")
-                )
-            st = json.loads((ckpt / "trainer_state.json").read_text())
-            self.elapsed, self.generated_tokens = st["elapsed"], st["generated_tokens"]
-        self.last_checkpoint = ckpt
+        if checkpoint is not None:
+            self._restore(checkpoint)
         self.prompt_bucket = PROMPT_BUCKET
-        self._grad_fn = jax.jit(self._grads, static_argnames=("estimator", "ipo"))
+        self._uniforms: tuple[int, jax.Array] | None = None
+        self._pending: list[tuple[Any, ...]] = []
+        self._grads: Any = None
+        self._outputs: list[tuple[Any, Any]] = []
+        static = ("estimator", "ipo")
+        self._grad_fn = jax.jit(self._loss_grads, static_argnames=static)
         self._apply_fn = jax.jit(self._apply)
-        self._fused_fn = jax.jit(self._fused, static_argnames=("estimator", "ipo"))
+        self._fused_fn = jax.jit(self._fused, static_argnames=static)
+
+    def _restore(self, checkpoint: Path) -> None:
+        from safetensors.numpy import load_file
+
+        self.opt_state = _leaves_from_numpy(self.opt_state, load_file(checkpoint / OPTIMIZER_FILE))
+        if self.ema_state is not None:
+            self.ema_state = _leaves_from_numpy(self.ema_state, load_file(checkpoint / EMA_FILE))
 
     # ------------------------------------------------------------------ models
     def _model(self, state: Any, frozen: Any) -> Any:
@@ -269,9 +196,9 @@ class NashTrainer:
         return nnx.merge(self.ref_graphdef, ref_state)
 
     # ------------------------------------------------------------------ jitted pieces
-    def _grads(self, state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, ipo):
-        """Loss, metrics and ∇θ of one micro-batch: the Nash-MD-PG loss (rlhf_pg: P := r − r̄
-        + ½), or with ``ipo`` the online-IPO loss on (y, y'). ``dkey``: LoRA dropout masks."""
+    def _loss_grads(self, state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, ipo):
+        """Loss, metrics and ∇θ of one micro-batch (the loss kernel of the algorithm table;
+        ``dkey``: LoRA dropout masks)."""
         temp = self.spec.training.generation.temperature
         ids, mask, y, ym, ref_logits = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
         if ipo:
@@ -285,8 +212,19 @@ class NashTrainer:
             logits = sequence_logits(model, ids, mask, y, ym)
             if ipo:
                 logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
-                return kernels.online_ipo_loss(logits, ref_logits, y, ym, logits_p, ref_p,
-                                               batch["yp"], batch["ypm"], pref, tau, temp)  # fmt: skip
+                return kernels.online_ipo_loss(
+                    logits,
+                    ref_logits,
+                    y,
+                    ym,
+                    logits_p,
+                    ref_p,
+                    batch["yp"],
+                    batch["ypm"],
+                    pref,
+                    tau,
+                    temp,
+                )
             return kernels.nash_md_pg_loss(logits, ref_logits, y, ym, pref, tau, temp, estimator)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
@@ -299,149 +237,146 @@ class NashTrainer:
         updates, opt_state = self.tx.update(grads, opt_state, state)
         return optax.apply_updates(state, updates), opt_state, grad_norm
 
-    def _decode(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-        """Completion texts: only the sampled tokens (mask 1), special tokens skipped."""
-        rows = [t[m.astype(bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-    def _fused(self, state, opt_state, frozen, ref_state, batch, pref, tau, dkey, *, estimator,
-               ipo):  # fmt: skip
+    def _fused(
+        self, state, opt_state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, ipo
+    ):
         """``grad_accum: 1``: gradients and update in one jitted call (one dispatch)."""
-        loss, metrics, grads = self._grads(state, frozen, ref_state, batch, pref, tau, dkey,
-                                           estimator=estimator, ipo=ipo)  # fmt: skip
+        loss, metrics, grads = self._loss_grads(
+            state, frozen, ref_state, batch, pref, tau, dkey, estimator=estimator, ipo=ipo
+        )
         state, opt_state, grad_norm = self._apply(state, opt_state, grads, 1.0)
         return state, opt_state, loss, metrics, grad_norm
 
-    # ------------------------------------------------------------------ one step
-    def _sample(
-        self, idx: list[int], uniforms: jax.Array, tau: float, beta: float
-    ) -> tuple[tuple[Any, ...], dict[str, float]]:
-        """Sample (y, y') for the prompts ``idx`` with ``uniforms`` (2m, T) and score them:
-        the loss inputs ``(batch, P, τ)`` and the host-side metrics of the micro-batch."""
-        spec, algo = self.spec, self.algo
-        gen = spec.training.generation
-        t0 = time.perf_counter()
-        ids, mask = left_pad([self.prompt_ids[i] for i in idx], self.pad,
-                             multiple=self.prompt_bucket, limit=spec.data.max_prompt_length)  # fmt: skip
+    # ------------------------------------------------------------------ the stepper
+    def _micro_uniforms(self, step: int, micro: int, rows: int) -> jax.Array:
+        if self.uniforms is not None:
+            tokens = self.spec.training.generation.max_new_tokens
+            return jnp.asarray(self.uniforms(step, micro, rows, tokens), jnp.float32)
+        return self._step_uniforms(step)[micro]
+
+    def _step_uniforms(self, step: int) -> jax.Array:
+        if self._uniforms is None or self._uniforms[0] != step:
+            tr = self.spec.training
+            u = step_uniforms(
+                self.key, step, tr.batch_size, tr.grad_accum, tr.generation.max_new_tokens
+            )
+            self._uniforms = (step, u)
+        return self._uniforms[1]
+
+    def _pad(self, prompt_ids: Tokens) -> tuple[Any, Any]:
+        ids, mask = left_pad(
+            prompt_ids,
+            self.pad,
+            multiple=self.prompt_bucket,
+            limit=self.spec.data.max_prompt_length,
+        )
         if self.mesh is not None:
             from nlhf_jax.sharding import shard_batch
 
             ids, mask = shard_batch(self.mesh, ids, mask)
-        prompts = [self.prompts[i] for i in idx]
+        return ids, mask
+
+    def _split_reference(self) -> Any:
+        if self.lora is not None:
+            return self._reference(self.state, self.frozen, self.ref_state)
+        return (self.ref_graphdef, (self.ref_state,))
+
+    def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples:
+        gen = self.spec.training.generation
+        ids, mask = self._pad(prompt_ids)
         # already-split (graphdef, states) pairs: no merge + split per step
         policy = (self.graphdef, (self.state, self.frozen))
-        reference = (
-            self._reference(self.state, self.frozen, self.ref_state)
-            if self.lora is not None
-            else (self.ref_graphdef, (self.ref_state,))
-        )
-        ema = (self.graphdef, (self.ema_state, self.frozen)) if self.ema_state is not None else None
-        pairs = generate_pairs(
-            policy, reference, ids, mask, beta=beta, max_new_tokens=gen.max_new_tokens,
-            temperature=gen.temperature, eos_token_id=self.eos, pad_token_id=self.pad,
-            opponent=OPPONENT[algo.name], opponent_model=ema, uniforms=uniforms,
-            return_reference_logits=True,
-        )  # fmt: skip
-        y, ym, yp, ypm = jax.device_get((pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask))
-        gen_seconds = time.perf_counter() - t0
-        ys = self._decode(y, ym)
-        host: dict[str, float] = {}
-        batch = {"ids": ids, "mask": mask, "y": pairs.y, "ym": pairs.y_mask,
-                 "ref": pairs.reference_logits}  # fmt: skip
-        if algo.name == "rlhf_pg":
-            reward = np.asarray(self.preference.reward(prompts, ys), np.float64)
-            pref = reward - reward.mean() + 0.5  # −(r − r̄)·log π ≡ −(P − ½)·log π
-            host["reward"] = float(reward.mean())
-            gen_tokens = int(ym.sum())
-        else:
-            pref = self.preference.prob(prompts, ys, self._decode(yp, ypm))
-            host["len_y_prime"] = float(ypm.sum(-1).mean())
-            gen_tokens = int(ym.sum() + ypm.sum())
-            if algo.name == "online_ipo":
-                batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
-        host["len_y"] = float(ym.sum(-1).mean())
-        host["generated_tokens"] = gen_tokens
-        host["generation_seconds"] = gen_seconds
-        return (batch, jnp.asarray(pref, jnp.float32), jnp.float32(tau)), host
-
-    def step(self, step: int) -> dict[str, Any]:
-        """One optimiser step (1-based ``step``): ``grad_accum`` micro-batches, one update."""
-        spec, algo, tr = self.spec, self.algo, self.spec.training
-        t0 = time.perf_counter()
-        idx = batch_indices((step - 1) * tr.batch_size, tr.batch_size, len(self.prompts),
-                            spec.seed, spec.data.shuffle)  # fmt: skip
-        tau = schedule_value(algo.tau, step - 1, self.total)
-        beta = {"self_play": 0.0, "best_response": 1.0}.get(
-            algo.name, schedule_value(getattr(algo, "beta", 0.0), step - 1, self.total)
-        )
-        uniforms = step_uniforms(self.key, step, tr.batch_size, tr.grad_accum,
-                                 tr.generation.max_new_tokens)  # fmt: skip
-        dropout = self.lora is not None and self.lora.dropout > 0
-        static = {"estimator": getattr(algo, "kl_estimator", "sampled"),
-                  "ipo": algo.name == "online_ipo"}  # fmt: skip
-        micro = tr.micro_batch_size()
-        grads, losses, device_metrics, sums = None, [], [], {}
-        for k in range(tr.grad_accum):
-            rows = slice(k * micro, (k + 1) * micro)
-            inputs, host = self._sample(idx[rows], uniforms[k], tau, beta)
-            dkey = (
-                jax.random.fold_in(jax.random.fold_in(self.key, step), k + 1) if dropout else None
-            )
-            if tr.grad_accum == 1:
-                self.state, self.opt_state, loss, metrics, grad_norm = self._fused_fn(
-                    self.state, self.opt_state, self.frozen, self.ref_state, *inputs, dkey,
-                    **static,
-                )  # fmt: skip
-            else:
-                loss, metrics, g = self._grad_fn(self.state, self.frozen, self.ref_state,
-                                                 *inputs, dkey, **static)  # fmt: skip
-                grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-            losses.append(loss)
-            device_metrics.append(metrics)
-            for key, value in host.items():
-                sums[key] = sums.get(key, 0.0) + value
-        if tr.grad_accum > 1:
-            self.state, self.opt_state, grad_norm = self._apply_fn(
-                self.state, self.opt_state, grads, jnp.float32(1.0 / tr.grad_accum)
-            )
-        lr = float(tr.lr * self.lr_mult(self.opt_step_count(step)))
+        ema = None
         if self.ema_state is not None:
-            d = algo.ema_decay
-            self.ema_state = jax.tree.map(
-                lambda e, p: d * e + (1 - d) * p, self.ema_state, self.state
+            ema = (self.graphdef, (self.ema_state, self.frozen))
+        pairs = generate_pairs(
+            policy,
+            self._split_reference(),
+            ids,
+            mask,
+            beta=beta,
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            opponent=self.rule.opponent,
+            opponent_model=ema,
+            uniforms=self._micro_uniforms(step, micro, len(prompt_ids)),
+            return_reference_logits=True,
+        )
+        y, ym, yp, ypm = jax.device_get((pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask))
+        batch = {
+            "ids": ids,
+            "mask": mask,
+            "y": pairs.y,
+            "ym": pairs.y_mask,
+            "ref": pairs.reference_logits,
+        }
+        if self.rule.loss == "online_ipo":
+            batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
+        y_prime = _token_rows(yp, ypm) if self.rule.needs_y_prime else None
+        rows = list(range(len(prompt_ids)))
+        return Samples(rows, _token_rows(y, ym), y_prime, (step, micro, batch))
+
+    def _inputs(self, samples: Samples, preference: np.ndarray, tau: float) -> tuple[Any, ...]:
+        step, micro, batch = samples.payload
+        dkey = None
+        if self.lora is not None and self.lora.dropout > 0:
+            dkey = jax.random.fold_in(jax.random.fold_in(self.key, step), micro + 1)
+        return (batch, jnp.asarray(preference, jnp.float32), jnp.float32(tau), dkey)
+
+    def _static(self) -> dict[str, Any]:
+        return {
+            "estimator": getattr(self.algo, "kl_estimator", "sampled"),
+            "ipo": self.rule.loss == "online_ipo",
+        }
+
+    def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None:
+        inputs = self._inputs(samples, preference, tau)
+        if self.accum == 1:  # deferred: apply() runs gradient and update in one call
+            self._pending.append(inputs)
+            return
+        loss, metrics, grads = self._grad_fn(
+            self.state, self.frozen, self.ref_state, *inputs, **self._static()
+        )
+        self._grads = grads if self._grads is None else jax.tree.map(jnp.add, self._grads, grads)
+        self._outputs.append((loss, metrics))
+
+    def apply(self) -> Update:
+        if self._pending:
+            (inputs,) = self._pending
+            self.state, self.opt_state, loss, metrics, grad_norm = self._fused_fn(
+                self.state, self.opt_state, self.frozen, self.ref_state, *inputs, **self._static()
             )
-        losses, device_metrics, grad_norm = jax.device_get((losses, device_metrics, grad_norm))
-        seconds = time.perf_counter() - t0
-        for metrics in device_metrics:
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        if algo.name == "rlhf_pg":
-            sums.pop("preference")
-        gen_tokens = int(sums.pop("generated_tokens"))
-        gen_seconds = sums.pop("generation_seconds")
-        self.elapsed += seconds
-        self.generated_tokens += gen_tokens
-        record: dict[str, Any] = {"step": step, "loss": float(np.mean(losses))}
-        record.update({k: v / tr.grad_accum for k, v in sums.items()})
-        record["tau"] = tau
-        if algo.name != "rlhf_pg":
-            record["beta"] = beta
-        record.update(
-            kl_estimator=getattr(algo, "kl_estimator", None), grad_norm=float(grad_norm), lr=lr,
-            generated_tokens=gen_tokens, tokens_per_s=gen_tokens / gen_seconds,
-            generation_seconds=gen_seconds, step_seconds=seconds,
-        )  # fmt: skip
-        return record
+            self._outputs.append((loss, metrics))
+        else:
+            self.state, self.opt_state, grad_norm = self._apply_fn(
+                self.state, self.opt_state, self._grads, jnp.float32(1.0 / self.accum)
+            )
+        outputs, grad_norm = jax.device_get((self._outputs, grad_norm))
+        self._pending, self._grads, self._outputs = [], None, []
+        return Update(
+            losses=[float(loss) for loss, _ in outputs],
+            metrics=[{k: float(v) for k, v in m.items()} for _, m in outputs],
+            grad_norm=float(grad_norm),
+        )
 
-    @staticmethod
-    def opt_step_count(step: int) -> int:
-        return step - 1
+    def update_ema(self, decay: float) -> None:
+        self.ema_state = jax.tree.map(
+            lambda e, p: decay * e + (1 - decay) * p, self.ema_state, self.state
+        )
 
-    # ------------------------------------------------------------------- the run
-    def checkpoint(self, step: int) -> Path:
+    def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
+        return [float(v) for v in values]
+
+    def describe(self) -> dict[str, Any] | None:
+        if self.mesh is None:
+            return None
+        return {"engine": "jax", "mesh": dict(self.spec.distributed.mesh)}
+
+    def save(self, final: Path, write_core: Callable[[Path], None]) -> None:
         from safetensors.numpy import save_file
 
-        final = checkpoint_dir(self.output, step)
         with atomic_directory(final) as tmp:
             model = self._model(self.state, self.frozen)
             if self.lora is not None:  # the adapter, as torch/peft save it
@@ -449,52 +384,76 @@ class NashTrainer:
             else:
                 save_model(model, tmp)
             self.tokenizer.save_pretrained(tmp)
-            save_file(_leaves_to_numpy(self.opt_state), tmp / "optimizer.safetensors")
+            save_file(_leaves_to_numpy(self.opt_state), tmp / OPTIMIZER_FILE)
             if self.ema_state is not None:
-                save_file(_leaves_to_numpy(self.ema_state), tmp / "ema.safetensors")
-            (tmp / "trainer_state.json").write_text(json.dumps({
-                "step": step, "elapsed": self.elapsed, "generated_tokens": self.generated_tokens,
-                "algorithm": self.algo.name, "position": step * self.spec.training.batch_size,
-            }))  # fmt: skip
-        prune_checkpoints(self.output, self.spec.output.keep_last)
-        self.last_checkpoint = final
-        return final
+                save_file(_leaves_to_numpy(self.ema_state), tmp / EMA_FILE)
+            write_core(tmp)
 
-    def run(self) -> dict[str, Any]:
-        spec = self.spec
-        self.output.mkdir(parents=True, exist_ok=True)
-        write_resolved_spec(self.output, spec)
-        every = spec.output.checkpoint_every
-        last: dict[str, Any] = {}
-        saved_at = self.start_step if self.last_checkpoint is not None else None
-        with MetricsWriter(self.output, truncate_after=self.start_step or None) as writer:
-            for step in range(self.start_step + 1, self.total + 1):
-                last = self.step(step)
-                if step % spec.training.log_every == 0 or step == self.total:
-                    writer.log(last)
-                if every is not None and step % every == 0:
-                    self.checkpoint(step)
-                    saved_at = step
-        if saved_at != self.total:
-            self.checkpoint(self.total)
-        timing = ("tokens_per_s", "step_seconds", "generation_seconds")
-        summary = {
-            "task": "nash", "backend": "jax", "algorithm": self.algo.name, "steps": self.total,
-            "resumed_from": self.start_step or None, "wall_seconds": self.elapsed,
-            "seconds_per_step": self.elapsed / max(self.total - self.start_step, 1),
-            "generated_tokens": self.generated_tokens,
-            "tokens_per_s": self.generated_tokens / self.elapsed if self.elapsed else None,
-            "final": {k: v for k, v in last.items() if k not in timing},
-            "checkpoint": str(self.last_checkpoint), "device": str(jax.devices()[0]),
-        }  # fmt: skip
-        write_summary(self.output, summary)
-        return summary
+    # ------------------------------------------------------------------ probe
+    def sequence_logprobs(
+        self,
+        prompt_ids: Tokens,
+        completion_ids: Tokens,
+        *,
+        model: Literal["policy", "reference"],
+        temperature: float,
+    ) -> np.ndarray:
+        ids, mask = left_pad(prompt_ids, self.pad)
+        width = max(max(len(c) for c in completion_ids), 1)
+        comp = np.full((len(completion_ids), width), self.pad, np.int32)
+        cmask = np.zeros_like(comp)
+        for i, c in enumerate(completion_ids):
+            comp[i, : len(c)] = c
+            cmask[i, : len(c)] = 1
+        net = (
+            self._model(self.state, self.frozen)
+            if model == "policy"
+            else self._reference(self.state, self.frozen, self.ref_state)
+        )
+        logits = sequence_logits(net, ids, mask, comp, cmask)
+        lp = kernels.sequence_logprobs(logits, comp, cmask, temperature)
+        return np.asarray(jax.device_get(lp), np.float64)
+
+    def sample_completions(
+        self, prompt_ids: Tokens, *, temperature: float, max_new_tokens: int, seed: int
+    ) -> Tokens:
+        ids, mask = left_pad(prompt_ids, self.pad, multiple=self.prompt_bucket)
+        policy = (self.graphdef, (self.state, self.frozen))
+        pairs = generate_pairs(
+            policy,
+            policy,
+            ids,
+            mask,
+            beta=0.0,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            opponent="policy",
+            key=jax.random.key(seed),
+        )
+        y, ym = jax.device_get((pairs.y, pairs.y_mask))
+        return _token_rows(np.asarray(y), np.asarray(ym))
+
+
+def make_stepper(spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> JaxStepper:
+    return JaxStepper(spec, checkpoint, plugins)
+
+
+def nash_loop(
+    spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
+) -> NashLoop:
+    """The core loop of ``spec`` on jax, ready to ``run()`` or ``step(n)``, after the
+    capability check ``nlhf validate`` runs (:func:`nlhf.spec.capabilities.require`)."""
+    require(spec, "jax", plugins=plugins)
+    return NashLoop(spec, Path(output), make_stepper, backend="jax", resume=resume, plugins=plugins)
 
 
 def _prepare_quickstart(spec: Any) -> None:
     """The quickstart spec's tiny SFT policy (``runs/quickstart-assets/policy``) is built on
-    first use by :func:`nlhf_torch.quickstart.maybe_prepare` (a transformers checkpoint that
-    jax then loads); without nlhf-torch, say how to get it."""
+    first use by :func:`nlhf_torch.quickstart.maybe_prepare`; without nlhf-torch, say how."""
+    from nlhf.errors import InputError
+
     path = Path(spec.policy.model).expanduser()
     if path.exists() or path.parent.name != "quickstart-assets":
         return
@@ -509,9 +468,9 @@ def _prepare_quickstart(spec: Any) -> None:
 
 
 def train_nash(
-    spec: Any, output: Path, *, resume: bool = False, plugins: Any = None
+    spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
 ) -> dict[str, Any]:
-    """Run a ``task: nash`` spec with the jax backend; write ``spec.resolved.yaml``,
-    ``metrics.jsonl``, ``summary.json`` and ``checkpoints/step-N/`` under ``output``."""
+    """Run a ``task: nash`` LLM spec on jax (:class:`nlhf.training.NashLoop`); return the
+    summary. ``plugins`` overrides the process-wide plugin set (tests)."""
     _prepare_quickstart(spec)
-    return NashTrainer(spec, Path(output), resume=resume, plugins=plugins).run()
+    return nash_loop(spec, Path(output), resume=resume, plugins=plugins).run()

@@ -21,6 +21,13 @@ class TorchBackend:
 
         self.kernels = TorchKernels()
 
+    def make_nash_stepper(self, spec: Any, checkpoint: Path | None, plugins: Any = None) -> Any:
+        """The :class:`nlhf.training.NashStepper` of a ``task: nash`` LLM spec (the core loop
+        drives it; :func:`nlhf_torch.trainer.make_stepper`)."""
+        from nlhf_torch.trainer import make_stepper
+
+        return make_stepper(spec, checkpoint, plugins)
+
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         require(spec, self.name, self.capabilities)
         if spec.task == "nash":
@@ -67,10 +74,6 @@ class TorchBackend:
         if importlib.util.find_spec("deepspeed") is None:
             raise NLHFError(DEEPSPEED_MISSING)
         build_deepspeed_config(spec, nproc)  # batch layout, JSON conflicts: before any launch
-        if spec.task == "nash":  # build quickstart assets once, not in every process
-            from nlhf_torch.quickstart import maybe_prepare
-
-            maybe_prepare(spec)
         extra: list[str] = []
         for item in overrides:
             extra += ["--set", item]

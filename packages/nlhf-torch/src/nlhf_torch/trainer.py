@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from nlhf.errors import InputError
 from nlhf.runio import atomic_directory
+from nlhf.spec.capabilities import require
 from nlhf.spec.models import RunSpec
-from nlhf.training import NashLoop, Samples, TrainerState, Update, rule_for, run_nash
+from nlhf.training import NashLoop, Samples, TrainerState, Update, rule_for
 from nlhf.training.loop import decode
-from nlhf.training.protocols import Tokens
+from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_torch import kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
@@ -112,6 +113,7 @@ class TorchStepper:
 
     rank = 0
     world_size = 1
+    uniforms: UniformsFn | None = None
 
     def __init__(self, spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> None:
         self.spec, self.algo, self.rule = spec, spec.algorithm, rule_for(spec.algorithm.name)
@@ -177,7 +179,11 @@ class TorchStepper:
         }
 
     # ----------------------------------------------------------- the stepper
-    def _sampling(self, rows: int) -> dict[str, Any]:
+    def _sampling(self, step: int, micro: int, rows: int) -> dict[str, Any]:
+        if self.uniforms is not None:
+            tokens = self.spec.training.generation.max_new_tokens
+            u = self.uniforms(step, micro, rows, tokens)
+            return {"uniforms": torch.as_tensor(u, dtype=torch.float64).to(self._device)}
         return {"generator": self.generator}
 
     def _generate(self, input_ids: Any, attn: Any, beta: float, sampling: dict[str, Any]) -> Any:
@@ -200,7 +206,7 @@ class TorchStepper:
 
     def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples:
         input_ids, attn = left_pad(prompt_ids, self.pad_id, self._device)
-        pairs = self._generate(input_ids, attn, beta, self._sampling(len(prompt_ids)))
+        pairs = self._generate(input_ids, attn, beta, self._sampling(step, micro, len(prompt_ids)))
         return self._samples(list(range(len(prompt_ids))), input_ids, attn, pairs)
 
     def _samples(self, rows: list[int], input_ids: Any, attn: Any, pairs: Any) -> Samples:
@@ -441,7 +447,9 @@ def make_stepper(spec: RunSpec, checkpoint: Path | None, plugins: Any = None) ->
 def nash_loop(
     spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
 ) -> NashLoop:
-    """The core loop of ``spec`` on torch, ready to ``run()`` or ``step(n)``."""
+    """The core loop of ``spec`` on torch, ready to ``run()`` or ``step(n)``, after the
+    capability check ``nlhf validate`` runs (:func:`nlhf.spec.capabilities.require`)."""
+    require(spec, "torch", plugins=plugins)
     return NashLoop(
         spec, Path(output), make_stepper, backend="torch", resume=resume, plugins=plugins
     )
@@ -450,11 +458,9 @@ def nash_loop(
 def train_nash(
     spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
 ) -> dict[str, Any]:
-    """Run a ``task: nash`` LLM spec on torch (:func:`nlhf.training.run_nash`); return the
+    """Run a ``task: nash`` LLM spec on torch (:class:`nlhf.training.NashLoop`); return the
     summary. ``plugins`` overrides the process-wide plugin set (tests)."""
     from nlhf_torch.quickstart import maybe_prepare
 
     maybe_prepare(spec)
-    return run_nash(
-        spec, Path(output), make_stepper, backend="torch", resume=resume, plugins=plugins
-    )
+    return nash_loop(spec, Path(output), resume=resume, plugins=plugins).run()

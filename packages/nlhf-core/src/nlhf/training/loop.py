@@ -58,9 +58,7 @@ from nlhf.training.state import TrainerState, resume_point
 RECORD_KEYS = (
     "step",
     "loss",
-    "score",
     "kl",
-    "preference",
     "len_y",
     "tau",
     "kl_estimator",
@@ -72,10 +70,30 @@ RECORD_KEYS = (
     "generation_seconds",
     "step_seconds",
 )
-"""Keys of every ``metrics.jsonl`` record; algorithms add theirs: ``beta`` and
-``len_y_prime`` (those with an opponent), ``reward`` (rlhf_pg), and the loss kernel's
-extras (``kl_surrogate``, ``logprob``; online IPO: ``margin``)."""
+"""Keys of every ``metrics.jsonl`` record; algorithms add theirs: ``beta``,
+``preference`` and ``len_y_prime`` (those with an opponent), ``reward`` (rlhf_pg), and the
+loss kernel's other metrics (Nash-MD-PG: ``score``, ``kl_surrogate``, ``logprob``; online IPO:
+``margin``)."""
 TIMING_KEYS = ("tokens_per_s", "step_seconds", "generation_seconds")
+SUMMARY_KEYS = (
+    "task",
+    "backend",
+    "algorithm",
+    "steps",
+    "resumed_from",
+    "wall_seconds",
+    "seconds_per_step",
+    "generated_tokens",
+    "tokens_per_s",
+    "final",
+    "checkpoint",
+    "device",
+    "distributed",
+    "oracle",
+)
+"""Keys of every ``summary.json`` of a Nash LLM run (an oracle's headline scalars
+``tv_policy_to_nash``, ``tv_reference_to_nash``, ``max_answer_prob`` join them when its
+``summary`` hook reports them)."""
 """Record keys that measure time; left out of the summary's ``final`` (not reproducible)."""
 
 

@@ -34,6 +34,9 @@ from nlhf.training.algorithms import AlgorithmRule
 Tokens = list[list[int]]
 """Token ids per row (a completion: its sampled tokens up to and including EOS)."""
 
+UniformsFn = Callable[[int, int, int, int], np.ndarray]
+"""``(step, micro, rows, tokens) -> (2·rows, tokens)`` uniforms in [0, 1)."""
+
 
 @dataclass
 class Samples:
@@ -98,6 +101,10 @@ class NashStepper(PolicyProbe, Protocol):
     rank: int
     world_size: int
     device: str
+    uniforms: UniformsFn | None
+    """Test seam of the trainer conformance kit: when set, ``uniforms(step, micro, rows,
+    tokens)`` gives the (2·rows, tokens) draws in [0, 1) (rows of y, then of y') that
+    replace the stepper's own stream, so every backend samples the same tokens."""
     preference: Any
     """P(y≻y'|x) on texts: ``prob(prompts, ys, yps)`` and, for rlhf_pg, ``reward(prompts,
     ys)``, each returning float64 NumPy of shape (rows,)."""
@@ -137,5 +144,6 @@ __all__ = [
     "Samples",
     "StepperFactory",
     "Tokens",
+    "UniformsFn",
     "Update",
 ]

@@ -1,0 +1,225 @@
+"""Trainer-level conformance: every backend's Nash loop on one shared tiny checkpoint.
+
+Subclass :class:`TrainerConformance` in a backend's tests (``backend = "NAME"``); its
+cases run the core loop (:mod:`nlhf.training.loop`) on the backend's stepper
+(``Backend.make_nash_stepper``) for 3 steps of Nash-MD-PG from a tiny Llama built with
+NumPy (:mod:`nlhf.testing.tiny_models`), with a deterministic length oracle and the same
+injected uniforms for every backend (``NashStepper.uniforms``), and check:
+
+- ``metrics.jsonl``: every record has the core keys (:data:`nlhf.training.loop.RECORD_KEYS`)
+  plus the algorithm's, all finite;
+- ``summary.json``: exactly :data:`nlhf.training.loop.SUMMARY_KEYS`;
+- resume: 2 steps, then ``--resume`` to 3, equals the uninterrupted run bit for bit
+  (metrics other than timings, and the final weights);
+- against another backend (torch, else jax, when installed): the same record keys
+  and summary keys, and every metric value within the model-scope tolerance
+  (:func:`nlhf.testing.tolerances.tolerance`): same tokens, same preferences, same losses,
+  same SGD steps.
+
+:data:`TRAINER_CASES` freezes the case list; ``tests/conformance`` guards it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import nlhf
+from nlhf.testing.tolerances import assert_close
+
+TRAINER_CASES = (
+    "test_trainer_metrics_schema",
+    "test_trainer_summary_schema",
+    "test_trainer_resume_equals_uninterrupted",
+    "test_trainer_matches_reference_backend",
+)
+
+COMPARED = (
+    "loss",
+    "score",
+    "kl",
+    "preference",
+    "len_y",
+    "len_y_prime",
+    "lr",
+    "tau",
+    "beta",
+    "grad_norm",
+    "generated_tokens",
+)
+"""Record keys compared across backends (timings and the estimator name excluded)."""
+
+PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello there"]
+
+
+class LengthOracle:
+    """P(y≻y'|x) = σ((len y − len y′)/4) on characters: a deterministic preference every
+    backend evaluates identically on identical texts."""
+
+    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
+        return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
+
+
+class _OraclePlugin:
+    @nlhf.hookimpl
+    def nlhf_register_oracles(self, register: Any) -> None:
+        register("conformance_length", lambda **kw: LengthOracle())
+
+
+def shared_uniforms(step: int, micro: int, rows: int, tokens: int) -> np.ndarray:
+    """The same (2·rows, tokens) draws for every backend, from NumPy seeded by the step."""
+    return np.random.default_rng([7, step, micro]).uniform(size=(2 * rows, tokens))
+
+
+@dataclass
+class TrainerRun:
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    weights: dict[str, np.ndarray]
+
+
+def _run(
+    backend: str, root: Path, name: str, model: Path, data: Path, steps: int, resume: bool = False
+) -> TrainerRun:
+    from safetensors.numpy import load_file
+
+    from nlhf.plugins import build_plugins, get_backend
+    from nlhf.runio import read_metrics
+    from nlhf.spec import RunSpec
+    from nlhf.training import NashLoop
+
+    out = root / name
+    spec = RunSpec.model_validate(
+        {
+            "task": "nash",
+            "seed": 3,
+            "policy": {"model": str(model), "chat_template": False},
+            "preference": {"name": "oracle", "function": "conformance_length"},
+            "data": {"path": str(data), "shuffle": True},
+            "algorithm": {"name": "nash_md_pg", "beta": 0.25, "tau": 0.1},
+            "training": {
+                "steps": steps,
+                "batch_size": 4,
+                "grad_accum": 2,
+                "lr": 0.05,
+                "optimizer": {"name": "sgd"},
+                "generation": {"max_new_tokens": 4, "temperature": 1.0},
+            },
+            "output": {"dir": str(out), "checkpoint_every": 1},
+        }
+    )
+    impl = get_backend(backend)
+
+    def make(spec: Any, checkpoint: Path | None, plugins: Any) -> Any:
+        stepper = impl.make_nash_stepper(spec, checkpoint, plugins)
+        stepper.uniforms = shared_uniforms
+        return stepper
+
+    plugins = build_plugins(extra=[_OraclePlugin()])
+    loop = NashLoop(spec, out, make, backend=backend, resume=resume, plugins=plugins)
+    summary = loop.run()
+    weights = load_file(out / "checkpoints" / f"step-{steps}" / "model.safetensors")
+    return TrainerRun(read_metrics(out), summary, weights)
+
+
+class TrainerConformance:
+    """The trainer-level cases (see the module docstring); set ``backend``."""
+
+    backend: ClassVar[str]
+    reference_backends: ClassVar[tuple[str, ...]] = ("torch", "jax")
+    """Compared with the first of these that is installed and is not ``backend``."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def trainer_inputs(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+        from nlhf.testing.tiny_models import build_tiny_model
+
+        root = tmp_path_factory.mktemp(f"trainer-{cls.backend}")
+        model = build_tiny_model(root / "model", "llama", seed=11, std=0.3)
+        data = root / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+        return root, model, data
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def straight(cls, trainer_inputs: tuple[Path, Path, Path]) -> TrainerRun:
+        root, model, data = trainer_inputs
+        return _run(cls.backend, root, "straight", model, data, 3)
+
+    def test_trainer_metrics_schema(self, straight: TrainerRun) -> None:
+        from nlhf.training.loop import RECORD_KEYS
+
+        assert [r["step"] for r in straight.records] == [1, 2, 3]
+        need = set(RECORD_KEYS) | {"beta", "len_y_prime"}
+        for record in straight.records:
+            assert need <= record.keys(), sorted(need - record.keys())
+            for key, value in record.items():
+                if key != "kl_estimator" and value is not None:
+                    assert math.isfinite(value), (key, value)
+            assert record["grad_norm"] is not None and record["grad_norm"] > 0
+            assert 0.0 < record["preference"] < 1.0
+
+    def test_trainer_summary_schema(self, straight: TrainerRun) -> None:
+        from nlhf.training.loop import SUMMARY_KEYS
+
+        assert set(straight.summary) == set(SUMMARY_KEYS)
+        assert straight.summary["backend"] == self.backend
+        steps = [r["step_seconds"] for r in straight.records]
+        assert_close(
+            straight.summary["seconds_per_step"], sum(steps) / 3, "float64", "seconds_per_step"
+        )
+
+    def test_trainer_resume_equals_uninterrupted(
+        self, trainer_inputs: tuple[Path, Path, Path], straight: TrainerRun
+    ) -> None:
+        from nlhf.training.loop import TIMING_KEYS
+
+        root, model, data = trainer_inputs
+        _run(self.backend, root, "split", model, data, 2)
+        resumed = _run(self.backend, root, "split", model, data, 3, resume=True)
+        assert resumed.summary["resumed_from"] == 2
+        for a, b in zip(straight.records, resumed.records, strict=True):
+            assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
+                k: v for k, v in b.items() if k not in TIMING_KEYS
+            }
+        for name, value in straight.weights.items():
+            np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
+        steps = [r["step_seconds"] for r in resumed.records]  # restored + new time, / total
+        assert_close(
+            resumed.summary["seconds_per_step"],
+            sum(steps) / 3,
+            "float64",
+            "seconds_per_step after resume",
+        )
+
+    def test_trainer_matches_reference_backend(
+        self, trainer_inputs: tuple[Path, Path, Path], straight: TrainerRun
+    ) -> None:
+        from nlhf.plugins import get_plugins
+
+        backends = get_plugins().backends
+        others = [
+            name
+            for name in self.reference_backends
+            if name != self.backend and name in backends and backends.get(name).available()
+        ]
+        if not others:
+            pytest.skip(f"none of {self.reference_backends} besides {self.backend} is installed")
+        other = others[0]
+        root, model, data = trainer_inputs
+        ref = _run(other, root, f"reference-{other}", model, data, 3)
+        assert set(straight.summary) == set(ref.summary)
+        for mine, theirs in zip(straight.records, ref.records, strict=True):
+            assert mine.keys() == theirs.keys()
+            for key in COMPARED:
+                assert_close(
+                    mine[key], theirs[key], "float32", f"step {mine['step']} {key}", scope="model"
+                )
+        for name, value in ref.weights.items():
+            assert_close(straight.weights[name], value, "float32", name, scope="model")
