@@ -39,7 +39,9 @@ class RegisterCallback(Protocol):
 @hookspec
 def nlhf_register_backends(register: RegisterCallback) -> None:
     """Register backends: ``factory()`` returns an object implementing
-    :class:`nlhf.algorithms.protocols.Backend`."""
+    :class:`nlhf.algorithms.protocols.Backend`. Option ``capabilities`` (a
+    :class:`nlhf.spec.capabilities.Capabilities`) says what it runs; ``nlhf validate`` and
+    ``nlhf run`` check specs against it without calling ``factory`` (docs/plugins.md)."""
 
 
 @hookspec
@@ -58,7 +60,9 @@ def nlhf_register_data_formats(register: RegisterCallback) -> None:
 @hookspec
 def nlhf_register_oracles(register: RegisterCallback) -> None:
     """Register preference oracles ``factory(**options) -> f(prompt, y, y_prime) -> P(y≻y')``
-    (used by ``preference: {name: oracle, function: NAME}``; tests and the quickstart)."""
+    (used by ``preference: {name: oracle, function: NAME}``; tests and the quickstart).
+    Option ``reward=False`` says ``f`` has no scalar ``f.reward(prompts, ys)``, so
+    ``nlhf validate`` refuses ``algorithm: rlhf_pg`` with it."""
 
 
 @hookspec
