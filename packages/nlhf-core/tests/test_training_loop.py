@@ -44,7 +44,9 @@ class LengthPreference:
     """P(y≻y') = σ(len y − len y'); reward r(y) = len y."""
 
     def prob(self, prompts: list[str], ys: list[str], yps: list[str]) -> np.ndarray:
-        return np.array([1 / (1 + math.exp(-(len(a) - len(b)))) for a, b in zip(ys, yps, strict=True)])
+        return np.array(
+            [1 / (1 + math.exp(-(len(a) - len(b)))) for a, b in zip(ys, yps, strict=True)]
+        )
 
     def reward(self, prompts: list[str], ys: list[str]) -> np.ndarray:
         return np.array([float(len(y)) for y in ys])
@@ -249,5 +251,16 @@ def test_resume_without_a_checkpoint_and_a_changed_algorithm_are_clear_errors(
         _loop(spec, ToyStepper(), resume=True)
     _loop(spec, ToyStepper()).run()
     other = _spec(tmp_path, algorithm={"name": "self_play", "tau": 0.1}, steps=4)
-    with pytest.raises(InputError, match="written by algorithm 'nash_md_pg'"):
+    with pytest.raises(InputError, match=r"algorithm\.name: \"nash_md_pg\" → \"self_play\""):
         _loop(other, ToyStepper(), resume=True)
+
+
+def test_resume_refuses_a_changed_spec_and_a_checkpoint_past_the_steps(tmp_path: Path) -> None:
+    from nlhf.errors import RunDirError
+
+    _loop(_spec(tmp_path, steps=3), ToyStepper()).run()
+    with pytest.raises(RunDirError, match=r"training\.lr: 1e-05 → 0\.5"):
+        _loop(_spec(tmp_path, steps=4, lr=0.5), ToyStepper(), resume=True)
+    with pytest.raises(RunDirError, match=r"past training\.steps = 2"):
+        _loop(_spec(tmp_path, steps=2), ToyStepper(), resume=True)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [3]  # nothing touched

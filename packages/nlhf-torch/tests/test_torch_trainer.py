@@ -365,6 +365,22 @@ def test_unknown_oracle(assets: dict[str, str], tmp_path: Path, plugins: Any) ->
         train_nash(spec, tmp_path / "o", plugins=plugins)
 
 
+def test_float16_adamw_on_cpu_is_refused_before_a_step(
+    assets: dict[str, str], tmp_path: Path, plugins: Any
+) -> None:
+    """float16 AdamW turns zero-gradient weights into NaN at step 1 (ε rounds to 0 in
+    float16): refused with the reason, nothing written."""
+    spec = make_spec(
+        assets,
+        tmp_path,
+        policy={"model": assets["model"], "dtype": "float16"},
+        training={"steps": 1, "batch_size": 2, "optimizer": {"name": "adamw"}},
+    )
+    with pytest.raises(InputError, match="float16 training with adamw on cpu"):
+        train_nash(spec, tmp_path / "o", plugins=plugins)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_lora_policy_reference_is_adapter_disabled(
     assets: dict[str, str], tmp_path: Path, plugins: Any, monkeypatch: Any

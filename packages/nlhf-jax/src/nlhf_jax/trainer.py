@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 from nlhf.data.tokenizer import load_tokenizer
+from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.capabilities import require
 from nlhf.spec.models import RunSpec
@@ -160,6 +161,11 @@ class JaxStepper:
             if self.ref_state is not None:
                 self.ref_state = shard_state(self.ref_state, self.mesh, rules)
         self.device = str(jax.devices()[0])
+        leaves = jax.tree.leaves(self.state)
+        if leaves:
+            check_training_dtype(
+                leaves[0].dtype, jax.devices()[0].platform, optimizer=tr.optimizer.name
+            )
         self.tx = build_optimizer(tr, tr.steps)
         self.opt_state = self.tx.init(self.state)
         self.ema_state = self.state if self.rule.opponent == "model" else None

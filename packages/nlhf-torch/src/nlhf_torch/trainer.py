@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from nlhf.errors import InputError
+from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.capabilities import require
 from nlhf.spec.models import RunSpec
@@ -114,6 +115,8 @@ class TorchStepper:
     rank = 0
     world_size = 1
     uniforms: UniformsFn | None = None
+    master_weights = False
+    """Whether an engine keeps float32 master weights (then float16 parameters train)."""
 
     def __init__(self, spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> None:
         self.spec, self.algo, self.rule = spec, spec.algorithm, rule_for(spec.algorithm.name)
@@ -127,6 +130,10 @@ class TorchStepper:
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self.preference = HostPreference(build_preference(spec, self._device, plugins=plugins))
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.params and not self.master_weights:
+            check_training_dtype(
+                self.params[0].dtype, self._device.type, optimizer=spec.training.optimizer.name
+            )
         self.optimizer = build_optimizer(self.params, spec.training)
         self.scheduler = build_scheduler(self.optimizer, spec.training, spec.training.steps)
         self.ema = None
@@ -348,6 +355,8 @@ class DeepSpeedStepper(TorchStepper):
     losses), ``engine.backward`` / ``engine.step`` per micro-batch (the engine divides by
     ``grad_accum`` and steps optimizer and schedule at the boundary), EMA updates gather each
     parameter under ZeRO-3, and checkpoints add the engine's shards under ``deepspeed/``."""
+
+    master_weights = True  # DeepSpeed's fp16/bf16 sections keep float32 master weights
 
     def _init_engine(self) -> None:
         from nlhf_torch.distributed import init_engine

@@ -132,7 +132,7 @@ class NashLoop:
         spec.training.micro_batch_size()  # batch_size / grad_accum must divide exactly
         self.start_step, checkpoint, state = 0, None, None
         if resume:
-            self.start_step, checkpoint = resume_point(self.output)
+            self.start_step, checkpoint = resume_point(spec, self.output)
             state = TrainerState.read(checkpoint)
             if state.algorithm != self.algo.name:
                 raise InputError(

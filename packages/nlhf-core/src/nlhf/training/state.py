@@ -7,8 +7,8 @@ RNG streams, EMA weights, engine shards):
   prompt order is a pure function of (seed, position), :func:`nlhf.data.prompts.batch_indices`);
 - ``elapsed``: training seconds so far; ``generated_tokens``: tokens sampled so far;
 - ``algorithm``, ``backend``, ``distributed`` (the stepper's layout, or None);
-- ``spec``: the resume-relevant fields of the resolved spec (:func:`nlhf.runio.resume_fields`
-  when available), which ``--resume`` compares with the spec it is given.
+- ``spec``: the resolved spec, whose resume-relevant fields (:func:`nlhf.runio.resume_fields`)
+  ``--resume`` compares with the spec it is given (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import InputError
-from nlhf.runio import atomic_write_text, latest_checkpoint
+from nlhf.runio import atomic_write_text, resume_checkpoint
+from nlhf.spec.models import RunSpec
 
 STATE_FILE = "trainer_state.json"
 SCHEMA_VERSION = 1
@@ -67,9 +68,12 @@ class TrainerState:
             raise InputError(f"--resume: {path} misses fields ({exc})") from None
 
 
-def resume_point(output: Path) -> tuple[int, Path]:
-    """The latest complete checkpoint under ``output`` as (step, path), or a clear error."""
-    found = latest_checkpoint(output)
+def resume_point(spec: RunSpec, output: Path) -> tuple[int, Path]:
+    """The checkpoint a ``--resume`` of ``spec`` continues, as (step, path): the latest
+    complete one under ``output``, after :func:`nlhf.runio.resume_checkpoint` checked that
+    the spec differs from the checkpoint's only in fields that may change on resume and
+    that the checkpoint is not past ``training.steps``; a clear error when there is none."""
+    found = resume_checkpoint(spec, output)
     if found is None:
         raise InputError(
             f"--resume: no checkpoint under {Path(output) / 'checkpoints'}; run without "
