@@ -18,6 +18,7 @@ from nlhf.evaluation.tabular import (
 )
 from nlhf.spec.load import load_spec_text
 from nlhf.tabular.games import random_game, rps
+from nlhf.testing.tolerances import assert_close
 
 RPS = rps().matrix
 
@@ -42,8 +43,8 @@ def test_exact_matrix_matches_double_loop_and_is_exactly_antisymmetric() -> None
     m = exact_winrates(P, pols)
     for i in range(5):
         for j in range(5):
-            assert m[i, j] == pytest.approx(_double_loop(P, pols[i], pols[j]), abs=1e-14)
-    assert np.max(np.abs(m + m.T - 1.0)) < 1e-14
+            assert_close(m[i, j], _double_loop(P, pols[i], pols[j]), "float64")
+    assert_close(m + m.T, np.ones_like(m), "float64", "M + Mᵀ")
 
 
 def test_per_policy_exploitability_and_gap() -> None:
@@ -58,8 +59,8 @@ def test_per_policy_exploitability_and_gap() -> None:
     gap = (
         2 * 0.1 * np.log(np.sum(mu * np.exp(u / 0.1))) + 2 * 0.1 * np.sum(pi * np.log(pi / mu)) - 1
     )
-    assert result.per_policy["p"]["duality_gap"] == pytest.approx(gap, abs=1e-12)
-    assert result.per_policy["u"]["exploitability"] == pytest.approx(0.0, abs=1e-15)
+    assert_close(result.per_policy["p"]["duality_gap"], gap, "float64")
+    assert_close(result.per_policy["u"]["exploitability"], 0.0, "float64")
     assert result.method[0][1] == "exact" and result.n[0, 1] == 0
 
 
@@ -124,8 +125,8 @@ output: {{dir: {tmp_path / "ev"}}}
     M = np.array(data["matrix"])
     for i in range(4):
         for j in range(4):
-            assert M[i, j] == pytest.approx(_double_loop(RPS, pis[i], pis[j]), abs=1e-12)
-    assert np.max(np.abs(M + M.T - 1)) < 1e-14
+            assert_close(M[i, j], _double_loop(RPS, pis[i], pis[j]), "float64")
+    assert_close(M + M.T, np.ones_like(M), "float64", "M + Mᵀ")
     summ = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summ["per_policy"]["md"]["exploitability"] == pytest.approx((RPS @ pis[0]).max() - 0.5)
     assert summ["per_policy"]["md"]["tau"] == 0.1

@@ -23,23 +23,25 @@ from nlhf.evaluation.winrate import (
     matrix_from_outcomes,
     read_winrate,
 )
+from nlhf.testing.tolerances import assert_close
 from scipy.stats import binom
 
 
 def test_clopper_pearson_closed_forms_at_the_edges() -> None:
     n = 10
     # s = 0: [0, 1 − (α/2)^(1/n)];  s = n: [(α/2)^(1/n), 1]
-    assert clopper_pearson(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), abs=1e-12)
-    assert clopper_pearson(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), abs=1e-12)
-    assert clopper_pearson(0, 10)[1] == pytest.approx(0.3084971, abs=1e-6)
+    assert_close(clopper_pearson(0, n), (0.0, 1 - 0.025 ** (1 / n)), "float64")
+    assert_close(clopper_pearson(n, n), (0.025 ** (1 / n), 1.0), "float64")
+    # a tabulated value, printed to 7 decimals (± ½ unit)
+    assert clopper_pearson(0, 10)[1] == pytest.approx(0.3084971, abs=0.5e-7)
 
 
 @pytest.mark.parametrize(("s", "n"), [(1, 10), (7, 20), (50, 100), (3, 4)])
 def test_clopper_pearson_solves_the_binomial_tail_equations(s: int, n: int) -> None:
     low, high = clopper_pearson(s, n, 0.95)
     # P(X ≥ s | p = low) = α/2 and P(X ≤ s | p = high) = α/2
-    assert binom.sf(s - 1, n, low) == pytest.approx(0.025, abs=1e-9)
-    assert binom.cdf(s, n, high) == pytest.approx(0.025, abs=1e-9)
+    assert_close(binom.sf(s - 1, n, low), 0.025, "float64")
+    assert_close(binom.cdf(s, n, high), 0.025, "float64")
     assert low < s / n < high
 
 

@@ -21,6 +21,7 @@ from nlhf.evaluation.plots import (
     winrate_heatmap,
 )
 from nlhf.evaluation.winrate import matrix_from_outcomes
+from nlhf.testing.tolerances import assert_close
 
 NAMES = ["nash_md_pg β=0.125", "self_play", "rlhf_pg"]
 
@@ -103,7 +104,7 @@ def test_simplex_geometry_and_labels(tmp_path: Path) -> None:
     # vertices of an equilateral triangle centred at 0, first one at the top
     assert np.allclose(to_simplex(np.eye(3)), VERTICES)
     assert np.allclose(VERTICES[0], [0.0, 1.0])
-    assert np.allclose(to_simplex(np.ones(3) / 3), [0.0, 0.0], atol=1e-15)
+    assert_close(to_simplex(np.ones(3) / 3), [0.0, 0.0], "float64", "centre")
     d = np.linalg.norm(VERTICES[0] - VERTICES[1])
     assert d == pytest.approx(np.sqrt(3)) and np.linalg.norm(
         VERTICES[1] - VERTICES[2]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from nlhf.tabular.games import bt3, dice, population, random_game, rps
 from nlhf.tabular.matrix import validate_matrix
+from nlhf.testing.tolerances import assert_close
 from scipy.optimize import minimize
 
 
@@ -23,7 +24,7 @@ def test_tabular_dice_matches_brute_force_enumeration() -> None:
             ties += a == b
         expected[i, j] = float(Fraction(wins, 9) + Fraction(ties, 18))
     P = dice().matrix
-    np.testing.assert_allclose(P, expected, atol=1e-15)
+    assert_close(P, expected, "float64")
     # the talk's numbers: A ≻ B, B ≻ C, C ≻ A each with probability 5/9
     assert P[0, 1] == pytest.approx(5 / 9) and P[1, 2] == pytest.approx(5 / 9)
     assert P[2, 0] == pytest.approx(5 / 9)
@@ -34,7 +35,7 @@ def test_tabular_bt3_is_bradley_terry_with_talk_rewards() -> None:
     P = bt3().matrix
     for i, j in itertools.product(range(3), range(3)):
         ri, rj = math.exp(rewards[i]), math.exp(rewards[j])
-        assert P[i, j] == pytest.approx(ri / (ri + rj), abs=1e-15)
+        assert_close(P[i, j], ri / (ri + rj), "float64")
     # the talk's table entries (column y, row y'): P(y2≻y1)=9/10, P(y3≻y2)=2/11, P(y3≻y1)=2/3
     assert P[1, 0] == pytest.approx(0.9) and P[2, 1] == pytest.approx(2 / 11)
     assert P[2, 0] == pytest.approx(2 / 3)
@@ -44,7 +45,7 @@ def test_tabular_bt3_fifty_over_ninety_nine() -> None:
     """The talk: P(π*_P ≻ π*_R) with π*_P = (0,0,1), π*_R = (2/3,1/3,0) is 50/99 > ½."""
     P = bt3().matrix
     pi_p, pi_r = np.array([0.0, 0.0, 1.0]), np.array([2 / 3, 1 / 3, 0.0])
-    assert pi_p @ P @ pi_r == pytest.approx(50 / 99, abs=1e-15)
+    assert_close(pi_p @ P @ pi_r, 50 / 99, "float64")
     # and π*_R maximises the expected BT reward under π(y1) = 2π(y2): log 9 / 3 > log 2
     assert math.log(9) / 3 > math.log(2)
 
@@ -62,7 +63,7 @@ def test_tabular_population_is_a_condorcet_cycle_that_bt_ranks_y1_first() -> Non
     votes = {(0, 1, 2): 0.45, (1, 2, 0): 0.30, (2, 0, 1): 0.25}
     for i, j in itertools.permutations(range(3), 2):
         share = sum(w for r, w in votes.items() if r.index(i) < r.index(j))
-        assert P[i, j] == pytest.approx(share, abs=1e-15)
+        assert_close(P[i, j], share, "float64")
     assert P[0, 1] > 0.5 and P[1, 2] > 0.5 and P[2, 0] > 0.5  # majority cycle
 
     # a Bradley–Terry fit (max likelihood on all pairs) ranks y1 first
@@ -81,7 +82,7 @@ def test_tabular_random_game_is_valid_seeded_and_antisymmetric() -> None:
     np.testing.assert_array_equal(a.matrix, b.matrix)
     assert not np.allclose(a.matrix, c.matrix)
     validate_matrix(a.matrix)
-    np.testing.assert_allclose(a.matrix + a.matrix.T, np.ones((7, 7)), atol=1e-15)
+    assert_close(a.matrix + a.matrix.T, np.ones((7, 7)), "float64")
     assert a.labels[0] == "y1" and len(a.labels) == 7
 
 
