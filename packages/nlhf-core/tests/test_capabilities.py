@@ -12,7 +12,7 @@ import nlhf
 import pytest
 from nlhf import cli
 from nlhf import plugins as plugins_mod
-from nlhf.errors import PluginError, SpecError
+from nlhf.errors import PluginError, SpecError, UnknownNameError
 from nlhf.spec import RunSpec, load_spec
 from nlhf.spec.capabilities import (
     Capabilities,
@@ -391,6 +391,17 @@ def test_require_raises_one_spec_error(caps_plugins: plugins_mod.Plugins) -> Non
     require(llm(), "silent")  # nothing declared: nothing to check
     with pytest.raises(SpecError, match="task: 'nash' with an LLM policy"):
         require(llm(), "declared")
+
+
+def test_require_falls_back_to_the_process_wide_backends(
+    caps_plugins: plugins_mod.Plugins, plugin_set: plugins_mod.Plugins
+) -> None:
+    """A trainer handed a test's plugin set (oracles only) still finds its backend."""
+    assert "declared" not in plugin_set.backends
+    with pytest.raises(SpecError, match="task: 'nash' with an LLM policy"):
+        require(llm(), "declared", plugins=plugin_set)
+    with pytest.raises(UnknownNameError, match="unknown backend 'nope'"):
+        require(llm(), "nope", plugins=plugin_set)
 
 
 SPEC = """\

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nlhf.algorithms.params import LLM_ALGORITHMS, TABULAR_ALGORITHMS
-from nlhf.errors import InputError, NLHFError, PluginError, SpecError
+from nlhf.errors import InputError, NLHFError, PluginError, SpecError, UnknownNameError
 from nlhf.registry import Entry
 from nlhf.spec.models import BUILTIN_PREFERENCES, Dtype, JaxMeshSpec, RunSpec
 
@@ -217,15 +217,13 @@ class _Context:
         names = sorted(n for n, c in self.others.items() if supports(n, c))
         return f"; use --backend {' or '.join(names)}" if names else ""
 
-    def unsupported(
-        self,
-        value: object,
-        supported: Sequence[str],
-        supports: Callable[[str, Capabilities], bool],
-    ) -> str:
+    def unsupported(self, value: str, field_name: str) -> str:
+        """``'x' is not supported by backend 'b' (supported: ...)`` for a value missing from
+        the capability list ``field_name``, with the other backends that list it."""
+        supported: Sequence[str] = getattr(self.caps, field_name)
         return (
-            f"{value!r} is not supported by backend {self.backend!r} "
-            f"(supported: {_names(supported)}){self.elsewhere(supports)}"
+            f"{value!r} is not supported by backend {self.backend!r} (supported: "
+            f"{_names(supported)})" + self.elsewhere(lambda b, c: value in getattr(c, field_name))
         )
 
 
@@ -250,9 +248,7 @@ def _tabular(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
     if name is not None and name not in ctx.caps.tabular_algorithms:
         yield Problem(
             ("algorithm", "name"),
-            ctx.unsupported(
-                name, ctx.caps.tabular_algorithms, lambda b, c: name in c.tabular_algorithms
-            ),
+            ctx.unsupported(name, "tabular_algorithms"),
         )
     if spec.distributed.engine != "none":
         yield Problem(
@@ -271,7 +267,7 @@ def _preference(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
         if name not in caps.preferences:
             yield Problem(
                 ("preference", "name"),
-                ctx.unsupported(name, caps.preferences, lambda b, c: name in c.preferences),
+                ctx.unsupported(name, "preferences"),
             )
     elif not _builds_plugin(ctx.backend, caps, name, ctx.plugins):
         shown = [*caps.preferences, *(["plugin models"] if caps.plugin_preferences else [])]
@@ -303,7 +299,7 @@ def _algorithm(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
     if name not in ctx.caps.algorithms:
         yield Problem(
             ("algorithm", "name"),
-            ctx.unsupported(name, ctx.caps.algorithms, lambda b, c: name in c.algorithms),
+            ctx.unsupported(name, "algorithms"),
         )
     if name != "rlhf_pg" or spec.preference is None:
         return
@@ -347,9 +343,7 @@ def _dtypes(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
         fields.append((("preference", "dtype"), getattr(spec.preference, "dtype", None)))
     for path, dtype in fields:
         if dtype is not None and dtype not in ctx.caps.dtypes:
-            yield Problem(
-                path, ctx.unsupported(dtype, ctx.caps.dtypes, lambda b, c, d=dtype: d in c.dtypes)
-            )
+            yield Problem(path, ctx.unsupported(dtype, "dtypes"))
 
 
 def _sampling(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
@@ -525,10 +519,17 @@ def require(
 ) -> None:
     """Raise one :class:`~nlhf.errors.SpecError` listing every problem of ``spec`` on
     ``backend`` (``field.path: message`` lines) — the check ``Backend.train`` and the
-    trainers run for Python callers. ``capabilities`` defaults to the registered ones;
-    ``plugins`` (a :class:`nlhf.plugins.Plugins`) also checks registry names, as the CLI
-    does."""
-    caps = capabilities if capabilities is not None else capabilities_of(backend, plugins)
+    trainers run for Python callers. ``capabilities`` defaults to the registered ones (of
+    ``plugins``, else of the process-wide plugin set); ``plugins`` (a
+    :class:`nlhf.plugins.Plugins`) also enables the registry rules, as in the CLI."""
+    caps = capabilities
+    if caps is None:
+        try:
+            caps = capabilities_of(backend, plugins)
+        except UnknownNameError:
+            if plugins is None:
+                raise
+            caps = capabilities_of(backend)  # a test's plugin set without the backends
     if caps is None:
         return
     problems = check_capabilities(
