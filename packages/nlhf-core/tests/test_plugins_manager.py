@@ -11,7 +11,7 @@ from typing import Any
 import nlhf
 import pytest
 from nlhf import plugins as plugins_mod
-from nlhf.errors import PluginError, UnknownNameError
+from nlhf.errors import UnknownNameError
 
 
 def _module(name: str, backends: tuple[str, ...] = (), fail: str | None = None) -> types.ModuleType:
@@ -82,22 +82,30 @@ def test_plugins_failing_hook_is_reported_and_skipped(entry_points) -> None:  # 
     assert [(f.name, f.error) for f in built.failures] == [("bad", "RuntimeError: cannot register")]
 
 
-def test_plugins_duplicate_backend_names_are_an_error(entry_points) -> None:  # type: ignore[no-untyped-def]
+def test_plugins_duplicate_backend_names_skip_the_later_one(entry_points) -> None:  # type: ignore[no-untyped-def]
     entry_points(
         {"one": "fake_one", "two": "fake_two"},
-        [_module("fake_one", ("same",)), _module("fake_two", ("same",))],
+        [_module("fake_one", ("same", "one_only")), _module("fake_two", ("same", "two_only"))],
     )
-    with pytest.raises(PluginError, match="duplicate backend name 'same'"):
-        plugins_mod.build_plugins()
+    built = plugins_mod.build_plugins()
+    assert built.backends.names() == ["one_only", "same", "two_only"]
+    assert built.backends.get("same").description == "same by fake_one"
+    [failure] = built.failures
+    assert failure.name == "two"
+    assert "duplicate backend name 'same'" in failure.error
+    assert "is skipped" in failure.error
 
 
-def test_plugins_duplicate_entry_point_names_are_an_error(entry_points) -> None:  # type: ignore[no-untyped-def]
+def test_plugins_duplicate_entry_point_names_skip_the_later_one(entry_points) -> None:  # type: ignore[no-untyped-def]
     entry_points(
         [("dup", "fake_dup_a"), ("dup", "fake_dup_b")],
         [_module("fake_dup_a", ("x",)), _module("fake_dup_b", ("y",))],
     )
-    with pytest.raises(PluginError, match="two installed packages define the nlhf plugin 'dup'"):
-        plugins_mod.build_plugins()
+    built = plugins_mod.build_plugins()
+    assert built.backends.names() == ["x"]
+    [failure] = built.failures
+    assert failure.name == "dup"
+    assert "two installed packages define the nlhf plugin 'dup'" in failure.error
 
 
 def test_plugins_allow_list(entry_points, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
