@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install nlhf into ./.venv: torch (CPU, pinned) first, then the workspace packages
-# (editable), the example third-party backend, and the dev tools.
+# (editable), the example third-party backend, the quickstart plugin, and the dev tools.
 #
 #   bash scripts/install.sh              # always (re)install
 #   bash scripts/install.sh --if-needed  # skip when .venv is up to date (stamp file)
@@ -53,6 +53,7 @@ PACKAGES=(-e packages/nlhf-core -e "packages/nlhf-torch[peft,deepspeed]" -e pack
 if [[ -d examples/nlhf-example-backend ]]; then
   PACKAGES+=(-e examples/nlhf-example-backend)
 fi
+PACKAGES+=(-e examples/nlhf-quickstart)  # the quickstart's oracle and assets (a plugin)
 "${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest ruff nox matplotlib
 
 stamp >"$STAMP"

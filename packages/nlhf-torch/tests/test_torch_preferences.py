@@ -13,10 +13,8 @@ import torch
 from nlhf.errors import InputError, NLHFError, UnknownNameError
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
-from nlhf.tabular.games import population
 from nlhf_torch.preference.model import BradleyTerryModel, PairwiseModel, load_preference_model
 from nlhf_torch.preferences import BradleyTerryReward, LLMJudge, build_preference
-from nlhf_torch.quickstart import PopulationOracle, bradley_terry_fit
 from nlhf_torch.tiny import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -155,38 +153,6 @@ def test_oracle_from_plugin() -> None:
         build_preference(
             _spec({"name": "oracle", "function": "half", "options": {"nope": 1}}), plugins=plugins
         )
-
-
-def test_population_oracle_is_the_tabular_population_game() -> None:
-    plugins = build_plugins()
-    pref = build_preference(_spec({"name": "oracle", "function": "population"}), plugins=plugins)
-    P = population().matrix
-    names = [" apple", " banana", " cherry"]
-    for i, a in enumerate(names):
-        for j, b in enumerate(names):
-            assert pref.prob(["x"], [a], [b]).item() == pytest.approx(P[i, j], abs=1e-12)
-    # unknown answers lose to known ones and tie with each other
-    assert pref.prob(
-        ["x"] * 3, [" kiwi", " apple", " kiwi"], [" apple", " kiwi", " fig"]
-    ).tolist() == [
-        0.0,
-        1.0,
-        0.5,
-    ]
-    oracle = PopulationOracle()
-    rewards = oracle.reward(["x"] * 4, [" apple", " banana", " cherry", " kiwi"])
-    assert rewards[0] > rewards[1] > rewards[2] > rewards[3]
-
-
-def test_bradley_terry_fit_is_the_maximum_likelihood() -> None:
-    """Stationarity of Σ_{i≠j} P_ij log σ(r_i − r_j): Σ_{j≠i} P_ij = Σ_{j≠i} σ(r_i − r_j)."""
-    P = population().matrix
-    r = bradley_terry_fit(P)
-    s = 1 / (1 + np.exp(-(r[:, None] - r[None, :])))
-    off = 1 - np.eye(3)
-    np.testing.assert_allclose((P * off).sum(1), (s * off).sum(1), atol=1e-9)
-    # and it is the best ranking: apple (most wins, 1.15 Borda) first
-    assert np.argmax(r) == 0
 
 
 def test_tabular_preference_is_rejected() -> None:

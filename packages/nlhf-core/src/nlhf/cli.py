@@ -118,6 +118,14 @@ def _describe(spec: Any) -> str:
     return ", ".join(parts)
 
 
+def _prepare(spec: Any) -> None:
+    """Let every plugin build the files ``spec`` needs (the ``nlhf_prepare_spec`` hook):
+    once per ``nlhf run``, just before training or a distributed launch."""
+    from nlhf.plugins import get_plugins
+
+    get_plugins().manager.hook.nlhf_prepare_spec(spec=spec)
+
+
 def default_backend(spec: Any) -> str:
     """``numpy`` for tabular specs, ``torch`` otherwise."""
     return "numpy" if getattr(spec, "is_tabular", False) else "torch"
@@ -223,6 +231,7 @@ def run(
                 _launch(engine, name, run_spec, spec, nproc, overrides, output, resume, out_dir)
             )
         _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
+        _prepare(run_spec)
         summary = engine.train(run_spec, out_dir, resume=resume) or {}
     console = _out()
     headline = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
@@ -266,6 +275,7 @@ def _launch(
         f"nlhf: {spec}: {_describe(run_spec)} on backend {name}, {nproc} processes -> {out_dir}"
     )
     _err().print(f"nlhf: {' '.join(argv)}", markup=False)
+    _prepare(run_spec)  # in this process, so that the launched ones find the files
     code = subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
     if code == 0:
         _out().print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")

@@ -13,9 +13,12 @@ The built-in backends (numpy, torch, jax) are registered the same way.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:
+    from nlhf.spec import RunSpec
 
 PROJECT = "nlhf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -68,3 +71,16 @@ def nlhf_register_oracles(register: RegisterCallback) -> None:
 @hookspec
 def nlhf_register_commands(cli: Any) -> None:
     """Add sub-commands to the ``nlhf`` typer application ``cli``."""
+
+
+@hookspec
+def nlhf_prepare_spec(spec: RunSpec) -> None:
+    """Build files ``spec`` needs before it runs (every plugin's implementation is called).
+
+    Called once per ``nlhf run``, in the process the command started: after the spec is
+    loaded and checked and before the backend trains or a distributed launch starts its
+    processes (which therefore find the files in place). Library code never calls it:
+    ``train_nash(spec, ...)`` and ``Backend.train`` expect their inputs to exist. An
+    implementation returns quickly for specs it does not recognise; e.g. the quickstart
+    plugin builds its tiny SFT policy when ``policy.model`` is a missing
+    ``quickstart-assets/policy`` directory. Errors are :class:`nlhf.errors.NLHFError`."""

@@ -38,18 +38,3 @@ def nlhf_register_backends(register: Any) -> None:
         description="PyTorch + transformers; DeepSpeed ZeRO for multi-process runs",
         capabilities=CAPABILITIES,
     )
-
-
-def _population_oracle(**options: Any) -> Any:
-    from nlhf_torch.quickstart import population_oracle
-
-    return population_oracle(**options)
-
-
-@nlhf.hookimpl
-def nlhf_register_oracles(register: Any) -> None:
-    register(
-        "population",
-        _population_oracle,
-        description="annotator types with cyclic tastes over fixed answers (the quickstart)",
-    )
