@@ -9,8 +9,10 @@ that are random (or, to force EOS, 1e-6 below a CDF mass of ~1/V).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from nlhf.testing.tolerances import assert_close
 from nlhf_torch.generation import generate_pairs, sequence_logits
 from nlhf_torch.tiny import tiny_config
 from transformers import AutoModelForCausalLM
@@ -100,10 +102,10 @@ def _check_equal(out, naive):
     steps = out.y.shape[1]
     full = torch.cat([ym, ypm])
     assert steps == MAX_NEW or not full[:, steps:].any()
-    torch.testing.assert_close(out.y_mask, _trim(ym, full[:B], steps), rtol=0, atol=0)
-    torch.testing.assert_close(out.y_prime_mask, _trim(ypm, full[B:], steps), rtol=0, atol=0)
-    torch.testing.assert_close(out.y, y[:, :steps], rtol=0, atol=0)
-    torch.testing.assert_close(out.y_prime, yp[:, :steps], rtol=0, atol=0)
+    np.testing.assert_array_equal(out.y_mask, _trim(ym, full[:B], steps))
+    np.testing.assert_array_equal(out.y_prime_mask, _trim(ypm, full[B:], steps))
+    np.testing.assert_array_equal(out.y, y[:, :steps])
+    np.testing.assert_array_equal(out.y_prime, yp[:, :steps])
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
@@ -138,9 +140,7 @@ def test_cached_mixture_matches_uncached(models, beta):
             am = torch.cat([mask, torch.ones(B, n, dtype=mask.dtype)], 1)
             want = _last_logits(reference, seq, am)
             live = out.y_mask[:, n].bool()
-            torch.testing.assert_close(
-                out.reference_logits[live, n], want[live], rtol=0, atol=1e-10
-            )
+            assert_close(out.reference_logits[live, n], want[live], "float64", scope="model")
 
 
 def test_all_rows_stop_early(models):
@@ -255,6 +255,6 @@ def test_sequence_logits_match_unpadded_forward(arch):
             n = int(cmask[r].sum())
             seq = torch.cat([prompt, comp[r, :n]])[None]
             want = model(input_ids=seq).logits[0, len(prompt) - 1 : len(prompt) - 1 + n]
-            torch.testing.assert_close(logits[r, :n].detach(), want, rtol=0, atol=1e-10)
+            assert_close(logits[r, :n].detach(), want, "float64", scope="model")
     logits[cmask.bool()].sum().backward()
     assert model.get_output_embeddings().weight.grad is not None

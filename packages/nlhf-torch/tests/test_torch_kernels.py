@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from nlhf.algorithms.protocols import Kernels
+from nlhf.testing.tolerances import assert_close
 from nlhf_torch.kernels import (
     TorchKernels,
     kl,
@@ -87,11 +88,11 @@ def test_mixture_logprobs_direct(beta, temperature):
     for b in range(B):
         for n in range(T):
             mixed = ((1 - beta) * pol[b, n] + beta * ref[b, n]) / temperature
-            np.testing.assert_allclose(out[b, n], _logsoftmax_row(mixed), rtol=0, atol=1e-12)
-    # float32 logits give the float32 answer to 1e-6, bf16 is computed in float32
+            assert_close(out[b, n], _logsoftmax_row(mixed), "float64")
+    # float32 logits give the float32 answer (kernel scope), bf16 is computed in float32
     out32 = mixture_logprobs(_t(pol, torch.float32), _t(ref, torch.float32), beta, temperature)
     assert out32.dtype == torch.float32
-    np.testing.assert_allclose(out32.numpy(), out, atol=1e-5)
+    assert_close(out32.numpy(), out)
     assert mixture_logprobs(_t(pol, torch.bfloat16), _t(ref), beta, 1.0).dtype == torch.float64
     with pytest.raises(ValueError, match="beta"):
         mixture_logprobs(_t(pol), _t(ref), 1.2, 1.0)
@@ -122,8 +123,8 @@ def test_kl_direct(estimator):
     pol, ref, tok, mask, _ = _inputs()
     sur, val = kl(_t(pol), _t(ref), torch.tensor(tok), _t(mask), estimator, TEMP)
     e_sur, e_val = _direct_kl_rows(pol, ref, tok, mask, estimator)
-    np.testing.assert_allclose(val.numpy(), e_val, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(sur.numpy(), e_sur, rtol=0, atol=1e-12)
+    assert_close(val.numpy(), e_val, "float64")
+    assert_close(sur.numpy(), e_sur, "float64")
     with pytest.raises(ValueError, match="estimator"):
         kl(_t(pol), _t(ref), torch.tensor(tok), _t(mask), "k2", TEMP)
 
@@ -135,7 +136,7 @@ def test_preference_loss_direct():
     z = vf - vb
     want = np.mean(p * np.log1p(np.exp(-z)) + (1 - p) * np.log1p(np.exp(z)))
     got = preference_loss(_t(vf), _t(vb), _t(p)).item()
-    assert abs(got - want) < 1e-12
+    assert_close(got, want, "float64", "preference loss")
 
 
 def _fd_grad(f, x, h=1e-5):
@@ -181,10 +182,11 @@ def test_nash_md_pg_grad_finite_differences(estimator):
         )
         return np.mean(-(pref - 0.5) * logp + tau * sur)
 
-    assert abs(loss.item() - loss_np(pol)) < 1e-12
+    assert_close(loss.item(), loss_np(pol), "float64", "loss")
+    # not a dtype tolerance: central differences (step h) are exact to O(h²·f''' + ε/h)
     np.testing.assert_allclose(g.numpy(), _fd_grad(loss_np, pol), rtol=1e-7, atol=1e-8)
     assert not g[2, 1:].any()  # masked positions get no gradient
-    assert abs(metrics["preference"].item() - pref.mean()) < 1e-15
+    assert_close(metrics["preference"].item(), pref.mean(), "float64", "mean preference")
 
 
 def test_kernels_grad_matches_autograd():
