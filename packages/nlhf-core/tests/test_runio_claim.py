@@ -323,4 +323,23 @@ def test_evaluate_runs_own_their_directory_too(recorder: Recorder, tmp_path: Pat
     (tmp_path / "nash.yaml").write_text(LLM)
     assert _nlhf("run", str(tmp_path / "nash.yaml"), "-b", "rec", "-o", str(trained)).exit_code == 0
     refused = _nlhf("run", str(spec), "-b", "rec", "-o", str(trained), "--resume")
-    assert refused.exit_code == 2 and 'task: "nash" → "evaluate"' in refused.output
+    assert refused.exit_code == 2 and "belongs to a `task: nash` run" in refused.output
+
+
+def test_nlhf_eval_reuses_its_directory_but_not_a_training_run(
+    spec_file: Path, tmp_path: Path
+) -> None:
+    spec, out = tmp_path / "e.yaml", tmp_path / "o"
+    spec.write_text(
+        "task: evaluate\npreference: {name: tabular, game: dice}\n"
+        "eval: {policies: [reference, maximal_lottery]}\noutput: {plots: false}\n"
+    )
+    assert _nlhf("eval", str(spec), "-o", str(out)).exit_code == 0
+    assert _nlhf("eval", str(spec), "-o", str(out)).exit_code == 0  # an evaluation: reused
+    trained = tmp_path / "trained"
+    assert _nlhf("run", str(spec_file), "-o", str(trained)).exit_code == 0
+    before = _snapshot(trained)
+    refused = _nlhf("eval", str(spec), "-o", str(trained))
+    assert refused.exit_code == 2, refused.output
+    assert "belongs to a `task: nash` run and this spec is `task: evaluate`" in refused.output
+    assert _snapshot(trained) == before

@@ -461,6 +461,11 @@ def check_resume(
     Raises :class:`~nlhf.errors.RunDirError`."""
     new = resume_fields(spec)
     old = recorded.get("fields", {})
+    if old.get("task", spec.task) != spec.task:
+        raise RunDirError(
+            f"output.dir: {where} belongs to a `task: {old['task']}` run and this spec is "
+            f"`task: {spec.task}`; write it to another output directory"
+        )
     problems: dict[str, str] = {}
     if recorded.get("hash") != resume_hash(new):
         for dotted, before in sorted(_flatten(old).items()):

@@ -68,18 +68,22 @@ def register(app: typer.Typer) -> None:
         out_dir = Path(run_spec.output.dir)
         name = backend or ("numpy" if run_spec.is_tabular else "torch")
         _err().print(f"nlhf eval: {spec}: {len(run_spec.eval.policies)} policies on {name}")
-        if name == "numpy":
-            if not run_spec.is_tabular:
-                raise InputError(
-                    "--backend numpy evaluates tabular policies only; use --backend torch"
-                )
-            from nlhf.evaluation.tabular import evaluate_tabular_spec
+        from nlhf.runio import claim_output_dir
 
-            evaluate_tabular_spec(run_spec, out_dir)
-        else:
-            if run_spec.is_tabular:
-                raise InputError("tabular evaluations are exact: use --backend numpy")
-            _backend(name).train(run_spec, out_dir)
+        # reuses an evaluation's caches; refuses another task's run directory (docs/resume.md)
+        with claim_output_dir(run_spec, out_dir, resume=True):
+            if name == "numpy":
+                if not run_spec.is_tabular:
+                    raise InputError(
+                        "--backend numpy evaluates tabular policies only; use --backend torch"
+                    )
+                from nlhf.evaluation.tabular import evaluate_tabular_spec
+
+                evaluate_tabular_spec(run_spec, out_dir)
+            else:
+                if run_spec.is_tabular:
+                    raise InputError("tabular evaluations are exact: use --backend numpy")
+                _backend(name).train(run_spec, out_dir)
         console = _out()
         print_matrix(read_winrate(out_dir), console)
         console.print(f"outputs: {out_dir} (winrate.csv, winrate.json, summary.json, plots/)")
