@@ -142,7 +142,7 @@ def resumable_checkpoint(output: Path, resume: bool) -> tuple[int, Path] | None:
     if found is not None and not resume:
         raise InputError(
             f"output.dir: {output} already holds checkpoints (latest {found[1].name}); "
-            "resume with --resume or choose a new output.dir"
+            "resume with --resume, delete them with --overwrite, or choose a new output.dir"
         )
     return found
 
