@@ -78,7 +78,7 @@ def test_run_prepares_once_before_training(recorder: Recorder, tmp_path: Path) -
 
 
 def test_run_prepares_in_the_parent_before_a_launch(recorder: Recorder, tmp_path: Path) -> None:
-    args = ["run", str(tmp_path / "spec.yaml"), "-b", "rec", "--nproc", "2"]
+    args = ["run", str(tmp_path / "spec.yaml"), "-b", "rec", "--nproc", "2", "-o", str(tmp_path)]
     result = runner.invoke(cli.get_app(plugins=False), args)
     assert result.exit_code == 0, result.output
     assert recorder.events == ["launch_command nproc=2", "prepare steps=10"]
