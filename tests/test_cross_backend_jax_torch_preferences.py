@@ -1,7 +1,7 @@
-"""torch vs jax preferences and preference-model training from the same tiny checkpoints
-(issue 5, DESIGN §7): each side runs its production code path — the torch preferences
-(:mod:`nlhf_torch.preferences`, :mod:`nlhf_torch.preference`) are the oracle for the jax
-ones (:mod:`nlhf_jax.preferences`, :mod:`nlhf_jax.preference`), within the float32
+"""torch vs jax preferences and preference-model training from the same tiny checkpoints:
+each side runs its production code path — the torch preferences
+(:mod:`nlhf_torch.preference`) are the oracle for the jax ones
+(:mod:`nlhf_jax.preference`), within the float32
 model-scope tolerance of :mod:`nlhf.testing.tolerances` (whole networks on two frameworks)."""
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _both(preference: dict[str, Any]) -> tuple[Any, Any]:
-    import nlhf_jax.preferences as jp
-    import nlhf_torch.preferences as tp
+    from nlhf_jax.preference.scorers import build_scorer as jax_scorer
+    from nlhf_torch.preference.scorers import build_scorer as torch_scorer
 
     spec = _nash_spec(preference)
-    return tp.build_preference(spec), jp.build_preference(spec.preference)
+    return torch_scorer(spec.preference), jax_scorer(spec.preference)
 
 
 @pytest.mark.parametrize(
@@ -122,10 +122,10 @@ def test_bradley_terry_reward_matches_torch(ckpts: dict[str, Path], options: dic
     if "tokenizer" in options:
         options["tokenizer"] = str(ckpts[options["tokenizer"]])
     t, j = _both({"name": "bradley_terry_reward", "path": str(ckpts["rm"]), **options})
-    assert_close(j.reward(PROMPTS, YS), t.reward(PROMPTS, YS).numpy(), what="reward", scope="model")
+    assert_close(j.reward(PROMPTS, YS), t.reward(PROMPTS, YS), what="reward", scope="model")
     p = j.prob(PROMPTS, YS, YPS)
     assert p.dtype == np.float64
-    assert_close(p, t.prob(PROMPTS, YS, YPS).numpy(), what="P", scope="model")
+    assert_close(p, t.prob(PROMPTS, YS, YPS), what="P", scope="model")
     # σ(r − r') + σ(r' − r) = 1 from the same two rewards: one kernel
     assert_close(p + j.prob(PROMPTS, YPS, YS), 1.0, what="P(y≻y') + P(y'≻y)")
 
@@ -141,7 +141,7 @@ def test_llm_judge_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
         options["tokenizer"] = str(ckpts[options["tokenizer"]])
     t, j = _both({"name": "llm_judge", "model": str(ckpts["lm"]), "template": TEMPLATE, **options})
     p = j.prob(PROMPTS, YS, YPS)
-    assert_close(p, t.prob(PROMPTS, YS, YPS).numpy(), what="P", scope="model")
+    assert_close(p, t.prob(PROMPTS, YS, YPS), what="P", scope="model")
     # swapped inputs land in other batches / length buckets: equal up to float32 noise
     assert_close(p + j.prob(PROMPTS, YPS, YS), 1.0, what="P(y≻y') + P(y'≻y)", scope="model")
     assert np.ptp(p) > 1e-3  # the tiny judge is not constant
@@ -257,7 +257,7 @@ def test_jax_saved_model_loads_in_torch(
     assert np.ptp(p) > 1e-4
     if kind == "bradley_terry":  # the nash preference reads it as a BT reward model
         t, j = _both({"name": "bradley_terry_reward", "path": str(tmp_path / "m")})
-        p_torch = t.prob(PROMPTS, YS, YPS).numpy()
+        p_torch = t.prob(PROMPTS, YS, YPS)
         assert_close(j.prob(PROMPTS, YS, YPS), p_torch, what="BT P", scope="model")
 
 
@@ -361,7 +361,7 @@ def test_jax_lora_run_loads_in_torch(
     path = tmp_path / "run" / "model"
     if kind == "bradley_terry":  # the nash preference reads it as a BT reward model
         t, j = _both({"name": "bradley_terry_reward", "path": str(path)})
-        p_torch = t.prob(PROMPTS, YS, YPS).numpy()
+        p_torch = t.prob(PROMPTS, YS, YPS)
         assert_close(j.prob(PROMPTS, YS, YPS), p_torch, what="BT P", scope="model")
         return
     from nlhf_torch.preference.model import PreferenceConfig, build_preference_model

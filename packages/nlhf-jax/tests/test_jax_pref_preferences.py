@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from flax import nnx
 from nlhf.errors import InputError, NLHFError
+from nlhf.preference.scorers import check_supported
 from nlhf.spec.models import RunSpec
 
 pytestmark = pytest.mark.jax
 
 from nlhf.data.tokenizer import load_tokenizer  # noqa: E402
 from nlhf_jax.models import load_model  # noqa: E402
-from nlhf_jax.preferences import SUPPORTED, build_preference, check_preference  # noqa: E402
+from nlhf_jax.preference.scorers import SUPPORTED, build_scorer  # noqa: E402
 
 PROMPTS = ["Pick a fruit:", "Which is better?", "Hello"]
 YS = [" apple", " a long answer here", " 1"]
@@ -44,7 +45,7 @@ def test_supported_names() -> None:
 
 def test_bradley_terry_is_sigmoid_of_unbatched_rewards(tiny_ckpts: dict[str, Path]) -> None:
     path = tiny_ckpts["llama_rm"]
-    pref = build_preference(_pref({"name": "bradley_terry_reward", "path": str(path),
+    pref = build_scorer(_pref({"name": "bradley_terry_reward", "path": str(path),
                                    "batch_size": 2}))  # fmt: skip
     tok, model = load_tokenizer(path), load_model(path)
     forward = nnx.jit(lambda m, ids: m(ids))
@@ -65,7 +66,7 @@ def test_llm_judge_averages_both_orders(tiny_ckpts: dict[str, Path]) -> None:
     path = tiny_ckpts["llama"]
     template = "Q: {prompt} A1: {response_1} A2: {response_2} Better:"
     answers = ("1", "2")
-    pref = build_preference(_pref({"name": "llm_judge", "model": str(path), "template": template,
+    pref = build_scorer(_pref({"name": "llm_judge", "model": str(path), "template": template,
                                    "answer_tokens": list(answers)}))  # fmt: skip
     tok, model = load_tokenizer(path), load_model(path)
     a1, a2 = (tok.encode(a, add_special_tokens=False)[0] for a in answers)
@@ -101,18 +102,16 @@ def test_clear_errors(tiny_ckpts: dict[str, Path], preference: dict, error, matc
     preference = {k: v.format(**tiny_ckpts) if isinstance(v, str) and "{" in v and k != "template"
                   else v for k, v in preference.items()}  # fmt: skip
     with pytest.raises(error, match=match):
-        spec = _pref(preference)
-        check_preference(spec)
-        build_preference(spec)
+        build_scorer(_pref(preference))
 
 
 def test_tabular_and_plugin_preferences_are_refused_early() -> None:
     from nlhf.spec.models import PluginPreference, TabularPreference
 
     with pytest.raises(NLHFError, match="numpy backend"):
-        check_preference(TabularPreference(game="rps"))
-    with pytest.raises(NLHFError, match=r"not supported by the jax backend.*--backend torch"):
-        check_preference(PluginPreference(name="my_plugin_pref"))
+        check_supported(TabularPreference(game="rps"), SUPPORTED, "jax")
+    with pytest.raises(NLHFError, match=r"not supported by the jax backend.*another --backend"):
+        build_scorer(PluginPreference(name="my_plugin_pref"))
 
 
 @pytest.mark.slow
@@ -171,9 +170,9 @@ def test_scoring_without_torch(tiny_ckpts: dict[str, Path]) -> None:
 
     code = NO_TORCH + (
         "from nlhf.spec.models import PairwiseModelPreference\n"
-        "from nlhf_jax.preferences import build_preference\n"
+        "from nlhf_jax.preference.scorers import build_scorer\n"
         "import nlhf_jax.preference.train\n"
-        f"p = build_preference(PairwiseModelPreference(path={str(tiny_ckpts['llama_rm'])!r}))\n"
+        f"p = build_scorer(PairwiseModelPreference(path={str(tiny_ckpts['llama_rm'])!r}))\n"
         "assert 0 < p.prob(['x'], [' a'], [' b'])[0] < 1\n"
         "assert 'transformers' in sys.modules and 'torch' not in sys.modules\n"
         "try:\n    import torch\nexcept ImportError:\n    pass\n"

@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from nlhf.data.tokenizer import answer_ids
 from nlhf.errors import InputError
-from nlhf.preference.format import CONFIG_NAME
-from nlhf_torch.preference.model import (
-    BradleyTerryModel,
-    PairwiseModel,
-    PreferenceConfig,
-    answer_ids,
-    build_preference_model,
-    render_judge,
-)
+from nlhf.preference.format import CONFIG_NAME, PreferenceConfig, render_judge
+from nlhf_torch.preference.model import BradleyTerryModel, PairwiseModel, build_preference_model
 from nlhf_torch.preference.serve import load_pairwise_model
 from nlhf_torch.tiny import build_tiny_model
 

@@ -1,4 +1,5 @@
-"""Preference inputs of the torch trainer, each checked against an unbatched hand
+"""The torch preferences of ``task: nash`` and ``task: evaluate``
+(:mod:`nlhf_torch.preference.scorers`), each checked against an unbatched hand
 computation or an independent closed form."""
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import pytest
 import torch
 from nlhf.errors import InputError, NLHFError, UnknownNameError
 from nlhf.plugins import build_plugins
+from nlhf.preference.scorers import BradleyTerryScorer, JudgeScorer
 from nlhf.spec import RunSpec
 from nlhf_torch.preference.model import BradleyTerryModel, PairwiseModel, load_preference_model
-from nlhf_torch.preferences import BradleyTerryReward, LLMJudge, build_preference
+from nlhf_torch.preference.scorers import build_scorer
 from nlhf_torch.tiny import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -23,7 +25,8 @@ YS = [" apple", " a long answer here", " 1"]
 YPS = [" banana", " 2", " short"]
 
 
-def _spec(preference: dict[str, Any]) -> RunSpec:
+def _spec(preference: dict[str, Any]) -> Any:
+    """The validated ``preference`` section of a ``task: nash`` spec."""
     return RunSpec.model_validate(
         {
             "policy": {"model": "unused"},
@@ -31,7 +34,7 @@ def _spec(preference: dict[str, Any]) -> RunSpec:
             "data": {"path": "unused.jsonl"},
             "algorithm": {"name": "nash_md_pg"},
         }
-    )
+    ).preference
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,8 @@ def reward_model(root: Path) -> Path:
 
 
 def test_bradley_terry_matches_unbatched_rewards(reward_model: Path) -> None:
-    pref = build_preference(_spec({"name": "bradley_terry_reward", "path": str(reward_model)}))
-    assert isinstance(pref, BradleyTerryReward)
+    pref = build_scorer(_spec({"name": "bradley_terry_reward", "path": str(reward_model)}))
+    assert isinstance(pref, BradleyTerryScorer)
     tok = AutoTokenizer.from_pretrained(reward_model)
     model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
 
@@ -62,29 +65,28 @@ def test_bradley_terry_matches_unbatched_rewards(reward_model: Path) -> None:
         1 / (1 + np.exp(-(r(x + y) - r(x + yp)))) for x, y, yp in zip(PROMPTS, YS, YPS, strict=True)
     ]
     got = pref.prob(PROMPTS, YS, YPS)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert got.dtype == np.float64  # float64 NumPy, whatever the device
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        pref.reward(PROMPTS, YS).numpy(),
+        pref.reward(PROMPTS, YS),
         [r(x + y) for x, y in zip(PROMPTS, YS, strict=True)],
         rtol=1e-5,
         atol=1e-6,
     )
     swapped = pref.prob(PROMPTS, YPS, YS)
-    np.testing.assert_allclose((got + swapped).numpy(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(got + swapped, 1.0, atol=1e-12)
     # one implementation: the trained/served Bradley–Terry model's scoring
-    assert isinstance(pref.scorer, BradleyTerryModel)
-    torch.testing.assert_close(
-        pref.reward(PROMPTS, YS),
-        load_preference_model(reward_model)
-        .scores([x + y for x, y in zip(PROMPTS, YS, strict=True)])
-        .double(),
+    assert isinstance(pref.model, BradleyTerryModel)
+    served = load_preference_model(reward_model).scores(
+        [x + y for x, y in zip(PROMPTS, YS, strict=True)]
     )
+    np.testing.assert_array_equal(pref.reward(PROMPTS, YS), served.double().detach().numpy())
 
 
 def test_bradley_terry_rejects_multi_label(root: Path) -> None:
     path = build_tiny_model(root / "rm3", "llama", head="sequence_classification", num_labels=3)
     with pytest.raises(InputError, match="has 3"):
-        build_preference(_spec({"name": "bradley_terry_reward", "path": str(path)}))
+        build_scorer(_spec({"name": "bradley_terry_reward", "path": str(path)}))
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +97,13 @@ def judge_model(root: Path) -> Path:
 
 def test_llm_judge_both_orders(judge_model: Path) -> None:
     spec = _spec({"name": "llm_judge", "model": str(judge_model)})
-    pref = build_preference(spec)
-    assert isinstance(pref, LLMJudge)
+    pref = build_scorer(spec)
+    assert isinstance(pref, JudgeScorer)
     tok = AutoTokenizer.from_pretrained(judge_model)
     model = AutoModelForCausalLM.from_pretrained(judge_model).eval()
     one = tok.encode(" 1", add_special_tokens=False)[0]
     two = tok.encode(" 2", add_special_tokens=False)[0]
-    template = spec.preference.template
+    template = spec.template
 
     def first(x: str, a: str, b: str) -> float:
         text = template.format(prompt=x, response_1=a, response_2=b)
@@ -115,10 +117,10 @@ def test_llm_judge_both_orders(judge_model: Path) -> None:
         for x, y, yp in zip(PROMPTS, YS, YPS, strict=True)
     ]
     got = pref.prob(PROMPTS, YS, YPS)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose((got + pref.prob(PROMPTS, YPS, YS)).numpy(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got + pref.prob(PROMPTS, YPS, YS), 1.0, atol=1e-12)
     assert pref.prob(PROMPTS[:1], YS[:1], YS[:1]).item() == pytest.approx(0.5, abs=1e-12)
-    assert isinstance(pref.judge, PairwiseModel)  # one implementation of the judge's v
+    assert isinstance(pref.model, PairwiseModel)  # one implementation of the judge's v
 
 
 def test_llm_judge_multi_token_answer(judge_model: Path) -> None:
@@ -126,7 +128,7 @@ def test_llm_judge_multi_token_answer(judge_model: Path) -> None:
         {"name": "llm_judge", "model": str(judge_model), "answer_tokens": [" 1", " zzqxj"]}
     )
     with pytest.raises(InputError, match="answer_tokens"):
-        build_preference(spec)
+        build_scorer(spec)
 
 
 class _Plugin:
@@ -139,18 +141,18 @@ class _Plugin:
 def test_oracle_from_plugin() -> None:
     plugins = build_plugins(extra=[_Plugin()])
     spec = _spec({"name": "oracle", "function": "half", "options": {"scale": 0.5}})
-    pref = build_preference(spec, plugins=plugins)
+    pref = build_scorer(spec, plugins=plugins)
     assert pref.prob(PROMPTS, YS, YPS).tolist() == [0.25] * 3
     with pytest.raises(InputError, match="no `reward`"):
         pref.reward(PROMPTS, YS)
     with pytest.raises(NLHFError, match=r"outside \[0, 1\]"):
-        build_preference(_spec({"name": "oracle", "function": "bad"}), plugins=plugins).prob(
+        build_scorer(_spec({"name": "oracle", "function": "bad"}), plugins=plugins).prob(
             PROMPTS, YS, YPS
         )
     with pytest.raises(UnknownNameError, match="did you mean 'half'"):
-        build_preference(_spec({"name": "oracle", "function": "hlaf"}), plugins=plugins)
+        build_scorer(_spec({"name": "oracle", "function": "hlaf"}), plugins=plugins)
     with pytest.raises(InputError, match=r"preference\.options"):
-        build_preference(
+        build_scorer(
             _spec({"name": "oracle", "function": "half", "options": {"nope": 1}}), plugins=plugins
         )
 
@@ -160,4 +162,4 @@ def test_tabular_preference_is_rejected() -> None:
         {"preference": {"name": "tabular", "game": "rps"}, "algorithm": {"name": "nash_md"}}
     )
     with pytest.raises(InputError, match="numpy backend"):
-        build_preference(spec)
+        build_scorer(spec.preference)

@@ -12,7 +12,7 @@ over its samples, and the mean length). This module supplies the jax parts:
   π_T = softmax(ℓ_π/T)), then one jitted forward pass each through the policy and the
   reference scores them: log π(y|x) = Σ_n m_n log_softmax(ℓ_n/T)[y_n]
   (:func:`nlhf_jax.kernels.sequence_logprobs`).
-- the preference: :func:`nlhf_jax.preferences.build_preference` (``oracle``,
+- the preference: :func:`nlhf_jax.preference.scorers.build_scorer` (``oracle``,
   ``llm_judge``, ``pairwise_model``, ``bradley_terry_reward``).
 
 Randomness: samples 2r and 2r+1 of prompt x (the job (x, r)) are drawn by inverse CDF
@@ -157,7 +157,7 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
     """Run a ``task: evaluate`` spec on jax (:func:`nlhf.evaluation.llm.evaluate_llm`):
     same files, keys and summary as torch, with ``backend: jax``. ``plugins`` overrides
     the process-wide plugin set (tests)."""
-    from nlhf_jax.preferences import build_preference
+    from nlhf_jax.preference.scorers import build_scorer
 
     return evaluate_llm(
         spec,
@@ -166,7 +166,7 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
             name="jax",
             device=str(jax.devices()[0]),
             make_sampler=JaxSampler,
-            make_preference=lambda spec: build_preference(spec.preference, plugins),
+            make_preference=lambda spec: build_scorer(spec.preference, plugins=plugins),
             cache_key={"backend": "jax"},
             check=lambda spec: require(spec, "jax", CAPABILITIES),  # once completed
         ),

@@ -7,7 +7,7 @@ policy, each policy on its own random stream; per policy KL(π_T‖μ_T) ≈ mea
 log π(y|x) − log μ(y|x) over its samples and the mean length). This module supplies the
 torch parts: :class:`Sampler` (responses and their log-probs under the policy and μ, from
 :func:`nlhf_torch.generation.generate_pairs` with y and y' both from the policy, β = 0)
-and the preference (:func:`nlhf_torch.preferences.build_preference`).
+and the preference (:func:`nlhf_torch.preference.scorers.build_scorer`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from nlhf.errors import InputError
 from nlhf.evaluation.llm import (
@@ -116,22 +115,11 @@ class Sampler:
         return rows
 
 
-class _NumpyPreference:
-    """A torch preference whose ``prob`` returns float64 NumPy (tensors may be on GPU)."""
-
-    def __init__(self, preference: Any) -> None:
-        self.preference = preference
-
-    def prob(self, prompts: list[str], ys: list[str], yps: list[str]) -> np.ndarray:
-        p = self.preference.prob(prompts, ys, yps)
-        return torch.as_tensor(p, dtype=torch.float64).cpu().numpy()
-
-
 def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None) -> dict[str, Any]:
     """Run a ``task: evaluate`` spec on torch (:func:`nlhf.evaluation.llm.evaluate_llm`);
     ``plugins`` overrides the process-wide plugin set (tests)."""
     from nlhf_torch.models import load_causal_lm
-    from nlhf_torch.preferences import build_preference
+    from nlhf_torch.preference.scorers import build_scorer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -144,8 +132,6 @@ def evaluate_spec(spec: Any, output: Path | None = None, *, plugins: Any = None)
         name="torch",
         device=str(device),
         make_sampler=make_sampler,
-        make_preference=lambda spec: _NumpyPreference(
-            build_preference(spec, device, plugins=plugins)
-        ),
+        make_preference=lambda spec: build_scorer(spec.preference, device, plugins=plugins),
     )
     return evaluate_llm(spec, output, backend)

@@ -1,6 +1,6 @@
-"""Preference models P(y≻y'|x) on the jax backend: scoring (:mod:`.model`, shared by the
-``pairwise_model`` / ``bradley_terry_reward`` / ``llm_judge`` preferences of ``task: nash``)
-and training (:mod:`.train`, ``task: preference_model``). Mirrors
-:mod:`nlhf_torch.preference`; directories are interchangeable between the backends."""
+"""Preference models P(y≻y'|x) on the jax backend: the trainable networks (:mod:`.model`),
+``task: preference_model`` (:mod:`.train`) and the runtime preferences of ``task: nash``
+and ``task: evaluate`` (:mod:`.scorers`). The backend-agnostic parts are in
+:mod:`nlhf.preference`; model directories are interchangeable with torch's."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Preference models on the Flax NNX decoder (DESIGN §5, paper §3): the jax twin of
-:mod:`nlhf_torch.preference.model`, with the same text formatting, tokenization,
-truncation and read-out position, so both backends give the same numbers (cross-backend
-tests: ``tests/test_cross_backend_jax_torch_preferences.py``).
+"""Preference models on the Flax NNX decoder (paper §3), trained by ``task:
+preference_model``: the texts of :mod:`nlhf.preference.scorers`, and the same
+tokenization, truncation and read-out position as :mod:`nlhf_torch.preference.model`, so
+both backends give the same numbers (``tests/test_cross_backend_jax_torch_preferences.py``).
 
 - :class:`PreferenceModel` ``kind="pairwise"``: P_θ(y≻y'|x) = σ(v_θ(x,y,y') − v_θ(x,y',y)),
   antisymmetric by construction. ``head="lm"``: v = logit(a₁) − logit(a₂), the first
@@ -35,7 +35,8 @@ import numpy as np
 from flax import nnx
 from nlhf.data.tokenizer import answer_ids, load_tokenizer, prepare_scoring_tokenizer, text_overhead
 from nlhf.errors import InputError
-from nlhf.preference.format import Head, PreferenceConfig, render_judge
+from nlhf.preference.format import Head, PreferenceConfig
+from nlhf.preference.scorers import check_comparisons, judge_texts, reward_texts, sigmoid
 
 from nlhf_jax import lora
 from nlhf_jax.models import (
@@ -178,8 +179,8 @@ class DecoderScorer:
 
 
 class PreferenceModel(DecoderScorer):
-    """The jax twin of :class:`nlhf_torch.preference.model.PreferenceModel`: a decoder +
-    tokenizer + :class:`PreferenceConfig` giving z = v_fwd − v_bwd and P = σ(z).
+    """A decoder + tokenizer + :class:`PreferenceConfig` giving z = v_fwd − v_bwd and
+    P = σ(z), as :class:`nlhf_torch.preference.model.PreferenceModel`.
 
     With ``lora_config`` (the decoder has LoRA layers, :mod:`nlhf_jax.lora`) the trainable
     parameters are the adapters' A, B and, for a ``classification`` head, the score head
@@ -242,19 +243,10 @@ class PreferenceModel(DecoderScorer):
     ) -> tuple[list[str], list[str]]:
         """Texts scored for the two terms of z: the judge text with y shown first and
         second (pairwise), or ``prompt + response`` (Bradley–Terry)."""
-        if not len(prompts) == len(ys) == len(y_primes):
-            raise InputError(
-                f"prob: got {len(prompts)} prompts, {len(ys)} ys, {len(y_primes)} y_primes; "
-                "pass one of each per comparison"
-            )
-        triples = list(zip(prompts, ys, y_primes, strict=True))
+        check_comparisons(prompts, ys, y_primes)
         if self.config.kind == "bradley_terry":
-            return [x + a for x, a, _ in triples], [x + b for x, _, b in triples]
-        t = self.config.template
-        return (
-            [render_judge(t, x, a, b) for x, a, b in triples],
-            [render_judge(t, x, b, a) for x, a, b in triples],
-        )
+            return reward_texts(prompts, ys), reward_texts(prompts, y_primes)
+        return judge_texts(self.config.template, prompts, ys, y_primes)
 
     def encode_pairs(
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
@@ -283,7 +275,7 @@ class PreferenceModel(DecoderScorer):
         out = [np.zeros(0)]
         for i in range(0, len(prompts), size):
             z = self.pair_logits(prompts[i : i + size], ys[i : i + size], y_primes[i : i + size])
-            out.append(1.0 / (1.0 + np.exp(-z.astype(np.float64))))
+            out.append(sigmoid(z))
         return np.concatenate(out)
 
     def save(self, directory: str | Path) -> None:

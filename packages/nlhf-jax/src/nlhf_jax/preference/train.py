@@ -1,7 +1,8 @@
-"""``task: preference_model`` on the jax backend (issue 5; DESIGN §5, paper §3): the
-twin of :mod:`nlhf_torch.preference.train` — same spec fields, data split and truncation
+"""``task: preference_model`` on the jax backend (paper §3), as on torch
+(:mod:`nlhf_torch.preference.train`): the same spec fields, data split and truncation
 (:func:`nlhf.data.pairs.load_pairs`), batches (:func:`nlhf.data.pairs.pair_batch_indices`),
-loss, optimiser, metrics keys and run outputs.
+loss, optimiser, metrics (:mod:`nlhf.preference.metrics`) and run outputs
+(:mod:`nlhf.preference.run`).
 
 Loss (both presentation orders, soft labels allowed), z = v(x,y_w,y_l) − v(x,y_l,y_w):
 loss = mean_b −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)]

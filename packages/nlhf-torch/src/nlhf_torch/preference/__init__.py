@@ -1,5 +1,8 @@
-"""Preference models P(y≻y'|x) on the torch backend: train (``task: preference_model``),
-evaluate and serve (issue 4). Heavy imports happen in the submodules."""
+"""Preference models P(y≻y'|x) on the torch backend: the trainable networks (:mod:`.model`),
+``task: preference_model`` (:mod:`.train`), serving a trained model (:mod:`.serve`) and the
+runtime preferences of ``task: nash`` and ``task: evaluate`` (:mod:`.scorers`). The
+backend-agnostic parts are in :mod:`nlhf.preference`. Heavy imports happen in the
+submodules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preference models on transformers (DESIGN §5, paper §3, issue 4).
+"""Preference models on transformers (paper §3), trained by ``task: preference_model``.
 
 - :class:`PairwiseModel`: P_θ(y≻y'|x) = σ(v_θ(x,y,y') − v_θ(x,y',y)), antisymmetric by
   construction. ``head="lm"``: a causal LM reads the judge prompt ("which response is
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from nlhf.data.tokenizer import answer_ids, load_tokenizer, prepare_scoring_tokenizer, text_overhead
 from nlhf.errors import InputError
-from nlhf.preference.format import Head, PreferenceConfig, render_judge
+from nlhf.preference.format import Head, PreferenceConfig
+from nlhf.preference.scorers import check_comparisons, judge_texts, reward_texts
 
 DTYPES = {
     "float32": torch.float32,
@@ -106,11 +107,7 @@ class PreferenceModel(torch.nn.Module):
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(v_fwd, v_bwd) with P(y≻y'|x) = σ(v_fwd − v_bwd), one forward over both."""
-        if not len(prompts) == len(ys) == len(y_primes):
-            raise InputError(
-                f"prob: got {len(prompts)} prompts, {len(ys)} ys, {len(y_primes)} y_primes; "
-                "pass one of each per comparison"
-            )
+        check_comparisons(prompts, ys, y_primes)
         fwd, bwd = self.texts(prompts, ys, y_primes)
         v = self.scores(fwd + bwd)
         return v[: len(fwd)], v[len(fwd) :]
@@ -159,10 +156,7 @@ class PairwiseModel(PreferenceModel):
     def texts(
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
     ) -> tuple[list[str], list[str]]:
-        t = self.config.template
-        fwd = [render_judge(t, x, a, b) for x, a, b in zip(prompts, ys, y_primes, strict=True)]
-        bwd = [render_judge(t, x, b, a) for x, a, b in zip(prompts, ys, y_primes, strict=True)]
-        return fwd, bwd
+        return judge_texts(self.config.template, prompts, ys, y_primes)
 
 
 class BradleyTerryModel(PreferenceModel):
@@ -171,9 +165,7 @@ class BradleyTerryModel(PreferenceModel):
     def texts(
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
     ) -> tuple[list[str], list[str]]:
-        fwd = [x + a for x, a in zip(prompts, ys, strict=True)]
-        bwd = [x + b for x, b in zip(prompts, y_primes, strict=True)]
-        return fwd, bwd
+        return reward_texts(prompts, ys), reward_texts(prompts, y_primes)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""``task: preference_model`` on the torch backend (issue 4, DESIGN §5).
+"""``task: preference_model`` on the torch backend (paper §3; run outputs:
+:mod:`nlhf.preference.run`, metrics: :mod:`nlhf.preference.metrics`).
 
 Trains a :class:`~nlhf_torch.preference.model.PairwiseModel` (or a Bradley–Terry
 reward model) by cross-entropy over both presentation orders,
@@ -8,8 +9,9 @@ clipping. Held-out metrics: accuracy, log-loss, ECE and the antisymmetry error
 max |P(y≻y') + P(y'≻y) − 1| (scored in separate calls). Writes
 ``spec.resolved.yaml``, ``metrics.jsonl``, ``checkpoints/step-N/`` (model, tokenizer,
 ``nlhf_preference.json``, ``trainer_state.pt``), ``model/`` and ``summary.json``.
-Under ``distributed: {engine: deepspeed}`` (issue 6) the ranks share each micro-batch and
-rank 0 writes the outputs; checkpoints add the engine's state under ``deepspeed/``.
+Under ``distributed: {engine: deepspeed}`` (docs/distributed.md) the ranks share each
+micro-batch and rank 0 writes the outputs; checkpoints add the engine's state under
+``deepspeed/``.
 """
 
 from __future__ import annotations
