@@ -324,6 +324,7 @@ def backends() -> None:
     from nlhf.plugins import get_plugins
 
     plugins = get_plugins()
+    _add_plugin_commands(get_app(plugins=False))  # records plugin commands that fail or clash
     table = Table(title="nlhf backends")
     for column in ("name", "package", "version", "importable", "description"):
         table.add_column(column)
@@ -383,6 +384,9 @@ def solve(
             f"{spec}: `nlhf solve` needs a tabular preference (preference.name: tabular), "
             f"got {run_spec.preference.name if run_spec.preference else 'none'}"
         )
+    from nlhf.spec.preflight import check_preflight
+
+    check_preflight(run_spec, spec, list(overrides or ()), outputs=False)  # memory
     from nlhf.tabular import solve_spec
 
     result = solve_spec(run_spec)
@@ -448,30 +452,67 @@ def _root(
     """nlhf: Nash Learning from Human Feedback. Write one YAML spec, run it on a backend."""
 
 
+def _command_name(info: Any) -> str:
+    """The name typer gives a registered command or group."""
+    if info.name:
+        return str(info.name)
+    callback = getattr(info, "callback", None) or getattr(info, "typer_instance", None)
+    return str(getattr(callback, "__name__", "") or "").lower().replace("_", "-")
+
+
 def _add_plugin_commands(app: typer.Typer) -> None:
-    """Call every plugin's ``nlhf_register_commands(cli)``; a failing plugin is reported
-    (stderr and ``nlhf backends``) and skipped."""
-    from nlhf.plugins import PluginFailure, get_plugins
+    """Call every plugin's ``nlhf_register_commands(cli)``; a plugin that fails (any
+    exception or ``sys.exit``) or adds a command named like a built-in one (or like an
+    earlier plugin's) is reported (stderr and ``nlhf backends``) and that part skipped."""
+    from nlhf.plugins import PluginFailure, describe_error, get_plugins
 
     try:
         plugins = get_plugins()
     except NLHFError as exc:
         _err().print(f"warning: plugins not loaded: {exc}", markup=False)
         return
+
+    def report(plugin: str, error: str) -> None:
+        package = plugins.packages.get(plugin, (plugin, "?"))[0]
+        if not any(f.name == plugin and f.error == error for f in plugins.failures):
+            plugins.failures.append(PluginFailure(plugin, package, error))
+        _err().print(f"warning: plugin {plugin!r}: {error}", markup=False)
+
+    builtin = {_command_name(i) for i in [*app.registered_commands, *app.registered_groups]}
+    taken = set(builtin)
     for impl in plugins.manager.hook.nlhf_register_commands.get_hookimpls():
-        before = list(app.registered_commands)
+        commands, groups = len(app.registered_commands), len(app.registered_groups)
         try:
             impl.function(cli=app)
-        except Exception as exc:
-            app.registered_commands[:] = before
-            package = plugins.packages.get(impl.plugin_name, (impl.plugin_name, "?"))[0]
-            error = f"{type(exc).__name__}: {exc}"
-            if not any(f.name == impl.plugin_name and f.error == error for f in plugins.failures):
-                plugins.failures.append(PluginFailure(impl.plugin_name, package, error))
-            _err().print(
-                f"warning: plugin {impl.plugin_name!r} failed to add commands: {error}",
-                markup=False,
-            )
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            del app.registered_commands[commands:], app.registered_groups[groups:]
+            report(impl.plugin_name, f"failed to add commands: {describe_error(exc)}")
+            continue
+        for added in (app.registered_commands, app.registered_groups):
+            start = commands if added is app.registered_commands else groups
+            kept = []
+            for info in added[start:]:
+                name = _command_name(info)
+                if name in taken:
+                    whose = "a built-in command" if name in builtin else "another plugin's"
+                    report(impl.plugin_name, f"command {name!r} is {whose}; refused")
+                    continue
+                taken.add(name)
+                kept.append(info)
+            added[start:] = kept
+
+
+def _needs_plugin_commands(args: Sequence[str]) -> bool:
+    """Whether the command line can reach a plugin's command: the root ``--help`` (or no
+    arguments), or a command that is not built in. Built-in commands never import the
+    plugins to build the application (they load the ones they need, lazily)."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command is None:
+        return not args or "--help" in args
+    builtin = get_app(plugins=False)
+    return command not in {_command_name(i) for i in builtin.registered_commands}
 
 
 def get_app(*, plugins: bool = True) -> typer.Typer:
@@ -504,9 +545,10 @@ def get_app(*, plugins: bool = True) -> typer.Typer:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point ``nlhf``."""
-    app = get_app()
+    args = list(argv) if argv is not None else sys.argv[1:]
+    app = get_app(plugins=_needs_plugin_commands(args))
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="nlhf")
+        app(args=args, prog_name="nlhf")
     except SpecError as exc:  # raised outside a command (defensive)
         for issue in exc.issues:
             _err().print(issue, markup=False)

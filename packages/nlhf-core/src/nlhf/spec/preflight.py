@@ -339,16 +339,18 @@ def memory_problems(spec: RunSpec, available: int | None = None) -> list[tuple[L
 
 
 # ------------------------------------------------------------------------------ entry
-def preflight_problems(spec: RunSpec, available: int | None = None) -> list[tuple[Loc, str]]:
+def preflight_problems(
+    spec: RunSpec, available: int | None = None, *, outputs: bool = True
+) -> list[tuple[Loc, str]]:
     """Every problem of ``spec`` on this installation and machine: an oracle that no
-    installed plugin registers (or options it does not take), the output directory, and
-    memory."""
+    installed plugin registers (or options it does not take), the output directory
+    (unless ``outputs`` is false: ``nlhf solve`` writes none), and memory."""
     problems: list[tuple[Loc, str]] = []
     if isinstance(spec.preference, OraclePreference):
         from nlhf.spec.load import oracle_problems
 
         problems += oracle_problems(spec.preference.function, spec.preference.options)
-    output = check_output_dir(spec.output.dir)
+    output = check_output_dir(spec.output.dir) if outputs else None
     if output is not None:
         problems.append((("output", "dir"), output))
     problems += memory_problems(spec, available)
@@ -361,11 +363,13 @@ def check_preflight(
     overrides: Sequence[str] = (),
     *,
     output: str | Path | None = None,
+    outputs: bool = True,
 ) -> None:
     """The CLI's pre-flight check of ``spec`` (loaded from ``source`` with ``overrides``;
     ``output`` is a ``--output`` that replaced ``output.dir``): one located
-    :class:`~nlhf.errors.SpecError` with every problem, before any model loads."""
-    problems = preflight_problems(spec)
+    :class:`~nlhf.errors.SpecError` with every problem, before any model loads
+    (``outputs=False``: the output directory is not checked)."""
+    problems = preflight_problems(spec, outputs=outputs)
     if not problems:
         return
     from nlhf.spec.load import apply_overrides, format_problems, parse_yaml
