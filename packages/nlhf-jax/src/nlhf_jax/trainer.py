@@ -455,28 +455,9 @@ def nash_loop(
     return NashLoop(spec, Path(output), make_stepper, backend="jax", resume=resume, plugins=plugins)
 
 
-def _prepare_quickstart(spec: Any) -> None:
-    """The quickstart spec's tiny SFT policy (``runs/quickstart-assets/policy``) is built on
-    first use by :func:`nlhf_torch.quickstart.maybe_prepare`; without nlhf-torch, say how."""
-    from nlhf.errors import InputError
-
-    path = Path(spec.policy.model).expanduser()
-    if path.exists() or path.parent.name != "quickstart-assets":
-        return
-    try:
-        from nlhf_torch.quickstart import maybe_prepare
-    except ImportError:
-        raise InputError(
-            f"policy.model: {path} does not exist; the quickstart assets are built by the "
-            "torch backend: pip install nlhf-torch (or run the spec once with --backend torch)"
-        ) from None
-    maybe_prepare(spec)
-
-
 def train_nash(
     spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
 ) -> dict[str, Any]:
     """Run a ``task: nash`` LLM spec on jax (:class:`nlhf.training.NashLoop`); return the
     summary. ``plugins`` overrides the process-wide plugin set (tests)."""
-    _prepare_quickstart(spec)
     return nash_loop(spec, Path(output), resume=resume, plugins=plugins).run()

@@ -469,7 +469,4 @@ def train_nash(
 ) -> dict[str, Any]:
     """Run a ``task: nash`` LLM spec on torch (:class:`nlhf.training.NashLoop`); return the
     summary. ``plugins`` overrides the process-wide plugin set (tests)."""
-    from nlhf_torch.quickstart import maybe_prepare
-
-    maybe_prepare(spec)
     return nash_loop(spec, Path(output), resume=resume, plugins=plugins).run()

@@ -135,22 +135,6 @@ def _record(
     }
 
 
-def _progress(enabled: bool, total: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("gap {task.fields[gap]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
-
-
 def train_spec(
     spec: RunSpec,
     output: Path,
@@ -174,6 +158,7 @@ def train_spec(
     ≥ 1000 steps.
     """
     from nlhf.runio import MetricsWriter, resume_checkpoint, write_resolved_spec, write_summary
+    from nlhf.training.progress import Progress
 
     if resume:  # deterministic and cheap: recomputed, if the spec is the run's
         resume_checkpoint(spec, output)
@@ -192,9 +177,11 @@ def train_spec(
         progress = sys.stderr.isatty() and problem.steps >= 1000
     log_pi = dynamics.initial_log_policy(mu)
     last = _record(problem, star, 0, log_pi)
-    with MetricsWriter(output) as writer, _progress(progress, total) as bar:
+    with (
+        MetricsWriter(output) as writer,
+        Progress(total, problem.algorithm, enabled=progress) as bar,
+    ):
         writer.log(last)
-        task = bar.add_task(problem.algorithm, total=total, gap="-")
         for s in range(0, total, CHUNK_STEPS):
             k = slice(s, s + CHUNK_STEPS)
             rows = np.asarray(
@@ -210,7 +197,7 @@ def train_spec(
                     last = _record(problem, star, i, row)
                     writer.log(last)
             log_pi = rows[-1]
-            bar.update(task, completed=s + len(rows), gap=f"{last['duality_gap']:.2e}")
+            bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")
     policy = np.exp(log_pi)
     summary: dict[str, Any] = {
         "backend": backend,

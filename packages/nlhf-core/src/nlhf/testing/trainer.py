@@ -32,6 +32,7 @@ import pytest
 
 import nlhf
 from nlhf.testing.tolerances import assert_close
+from nlhf.training.protocols import PolicyProbe
 
 TRAINER_CASES = (
     "test_trainer_metrics_schema",
@@ -64,6 +65,23 @@ class LengthOracle:
 
     def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
         return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
+
+    def summary(self, *, probe: PolicyProbe, prompts: list[str], spec: Any) -> dict[str, Any]:
+        """The end-of-run hook, through the backend-agnostic probe: log π(EOS | x) and
+        log μ(EOS | x) of the first two prompts, and the lengths of one sample each."""
+        tok = probe.tokenizer
+        ids = [tok(p)["input_ids"] for p in prompts[:2]]
+        eos = [[tok.eos_token_id] for _ in ids]
+        logp = {
+            m: probe.sequence_logprobs(ids, eos, model=m, temperature=1.0).tolist()
+            for m in ("policy", "reference")
+        }
+        drawn = probe.sample_completions(ids, temperature=1.0, max_new_tokens=3, seed=0)
+        return {
+            "logp_eos_policy": logp["policy"],
+            "logp_eos_reference": logp["reference"],
+            "sampled_lengths": [len(d) for d in drawn],
+        }
 
 
 class _OraclePlugin:
@@ -170,6 +188,10 @@ class TrainerConformance:
 
         assert set(straight.summary) == set(SUMMARY_KEYS)
         assert straight.summary["backend"] == self.backend
+        oracle = straight.summary["oracle"]  # the preference's summary hook ran, via the probe
+        assert all(1 <= n <= 3 for n in oracle["sampled_lengths"])
+        assert all(lp < 0 for lp in oracle["logp_eos_policy"] + oracle["logp_eos_reference"])
+        assert oracle["logp_eos_policy"] != oracle["logp_eos_reference"]  # θ moved from μ
         steps = [r["step_seconds"] for r in straight.records]
         assert_close(
             straight.summary["seconds_per_step"], sum(steps) / 3, "float64", "seconds_per_step"
@@ -223,3 +245,6 @@ class TrainerConformance:
                 )
         for name, value in ref.weights.items():
             assert_close(straight.weights[name], value, "float32", name, scope="model")
+        for key in ("logp_eos_policy", "logp_eos_reference"):
+            mine, theirs = straight.summary["oracle"][key], ref.summary["oracle"][key]
+            assert_close(mine, theirs, "float32", f"summary hook {key}", scope="model")

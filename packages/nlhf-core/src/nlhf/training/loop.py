@@ -47,6 +47,7 @@ from nlhf.runio import (
     MetricsWriter,
     checkpoint_dir,
     prune_checkpoints,
+    remove_temporaries,
     write_resolved_spec,
     write_summary,
 )
@@ -285,6 +286,7 @@ class NashLoop:
         spec = self.spec
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(self.output)  # a killed run's half-written checkpoint
             write_resolved_spec(self.output, spec)
         every = spec.output.checkpoint_every
         last: dict[str, Any] = {}
@@ -294,7 +296,12 @@ class NashLoop:
             if self.is_main
             else contextlib.nullcontext()
         )
-        progress = Progress(self.total, self.algo.name, done=self.start_step, enabled=self.is_main)
+        progress = Progress(
+            self.total,
+            self.algo.name,
+            done=self.start_step,
+            enabled=None if self.is_main else False,
+        )
         with writer as log, progress, self._signals():
             for step in range(self.start_step + 1, self.total + 1):
                 last = self.step(step)

@@ -12,12 +12,15 @@ from typing import Any
 class Progress:
     """``with Progress(total, label, done=start) as bar: bar.advance(loss=…, kl=…)``.
 
-    ``info`` fields are shown as ``name value`` after the bar (floats with 4 decimals);
-    ``enabled=False`` (e.g. ranks > 0 of a distributed run) never draws."""
+    ``info`` fields are shown as ``name value`` after the bar (floats with 4 decimals).
+    ``enabled``: None (default) draws when stderr is a terminal, True always, False never
+    (e.g. ranks > 0 of a distributed run)."""
 
-    def __init__(self, total: int, label: str, *, done: int = 0, enabled: bool = True) -> None:
+    def __init__(
+        self, total: int, label: str, *, done: int = 0, enabled: bool | None = None
+    ) -> None:
         self.total, self.label, self.done = total, label, done
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._bar: Any = None
         self._task: Any = None
 

@@ -76,7 +76,7 @@ def resume_point(spec: RunSpec, output: Path) -> tuple[int, Path]:
     found = resume_checkpoint(spec, output)
     if found is None:
         raise InputError(
-            f"--resume: no checkpoint under {Path(output) / 'checkpoints'}; run without "
-            "--resume to start fresh (and set output.checkpoint_every to save checkpoints)"
+            f"--resume: no checkpoint under {Path(output) / 'checkpoints'}; start afresh with "
+            "--overwrite (and set output.checkpoint_every to save checkpoints)"
         )
     return found
