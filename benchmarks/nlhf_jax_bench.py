@@ -1,7 +1,7 @@
 """nlhf's jax trainer on the benchmark workload (issue 8), one child process of ``run.py``.
 
 Drives the core :class:`nlhf.training.NashLoop` on the jax stepper
-(:func:`nlhf_jax.trainer.nash_loop`, the objects behind ``nlhf run --backend jax``) with the spec of :func:`nlhf_torch_bench.nash_spec` and calls ``trainer.step(n)``;
+(:func:`nlhf.training.nash_loop`, the objects behind ``nlhf run --backend jax``) with the spec of :func:`nlhf_torch_bench.nash_spec` and calls ``trainer.step(n)``;
 its metrics record carries ``step_seconds`` (jitted decode loop + decode to text +
 preference + jitted loss/backward/optax update) and ``generated_tokens``.
 
@@ -110,7 +110,7 @@ def main() -> None:
 
     import jax
     from nlhf.spec import RunSpec
-    from nlhf_jax.trainer import nash_loop
+    from nlhf.training import nash_loop
     from nlhf_torch_bench import nash_spec
 
     oracle = RewardOracle(assets / "reward", assets / "policy")
@@ -120,7 +120,7 @@ def main() -> None:
         data["preference"] = {"name": "oracle", "function": ORACLE}
         data["policy"].pop("chat_template")
         spec = RunSpec.model_validate(data)
-        trainer = nash_loop(spec, Path(out_dir), plugins=plugins)
+        trainer = nash_loop(spec, Path(out_dir), backend="jax", plugins=plugins)
         if not hasattr(trainer.stepper, "eos"):
             raise RuntimeError("the jax stepper has no `eos`; update the benchmark")
         trainer.stepper.eos = None  # exactly max_new_tokens tokens per completion

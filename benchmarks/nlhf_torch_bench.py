@@ -1,7 +1,7 @@
 """nlhf's torch trainer on the benchmark workload, one child process of ``run.py``.
 
 Drives the core :class:`nlhf.training.NashLoop` on the torch stepper
-(:func:`nlhf_torch.trainer.nash_loop`) — the same objects ``nlhf run --backend torch``
+(:func:`nlhf.training.nash_loop`) — the same objects ``nlhf run --backend torch``
 uses — built from a run spec (``nash_md_pg``, β = 0.5, τ = 0.1, ``kl_estimator:
 exact``, ``bradley_terry_reward`` on the shared reward model, batch 8, 32 new tokens at
 temperature 0.9, AdamW, ``max_grad_norm`` 1.0) and calls ``trainer.step(n)``, whose metrics
@@ -67,12 +67,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import transformers
     from nlhf.spec import RunSpec
-    from nlhf_torch.trainer import nash_loop
+    from nlhf.training import nash_loop
 
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as out_dir:
         spec = RunSpec.model_validate(nash_spec(w, Path(args.assets), out_dir))
-        trainer = nash_loop(spec, Path(out_dir), resume=False)
+        trainer = nash_loop(spec, Path(out_dir), backend="torch")
         if not hasattr(trainer.stepper, "eos_id"):
             raise RuntimeError("the torch stepper has no `eos_id`; update the benchmark")
         trainer.stepper.eos_id = None  # exactly max_new_tokens tokens per completion

@@ -128,8 +128,7 @@ def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, 
     """Default: a tokenizer with a chat template wraps every prompt in it (no extra
     special tokens); ``chat_template: false`` tokenizes the raw text. jax == torch ==
     transformers on a Qwen2 directory (whose tokenizer class adds its own pre-tokenizer)."""
-    from nlhf_jax.trainer import nash_loop as jax_loop
-    from nlhf_torch.trainer import nash_loop as torch_loop
+    from nlhf.training import nash_loop
     from transformers import AutoTokenizer
 
     ckpt = _with_template(tiny_ckpts["qwen2"], tmp_path / "qwen2_chat")
@@ -148,8 +147,8 @@ def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, 
     else:
         expected = [tok(p)["input_ids"] for p in PROMPTS]
     expected = [list(e) for e in expected]
-    jax_ids = jax_loop(spec, tmp_path / "j").prompt_ids
-    torch_ids = torch_loop(spec, tmp_path / "t").prompt_ids
+    jax_ids = nash_loop(spec, tmp_path / "j", backend="jax").prompt_ids
+    torch_ids = nash_loop(spec, tmp_path / "t", backend="torch").prompt_ids
     assert jax_ids == expected
     assert torch_ids == expected
     if template is None:
@@ -158,11 +157,11 @@ def test_prompt_ids_match_transformers_and_torch(tiny_ckpts, prompts, tmp_path, 
 
 def test_chat_template_without_template_is_a_clear_error(tiny_ckpts, prompts, tmp_path):
     from nlhf.errors import InputError
-    from nlhf_jax.trainer import nash_loop
+    from nlhf.training import nash_loop
 
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **{"policy.chat_template": True})
     with pytest.raises(InputError, match=r"policy\.chat_template: the tokenizer has no chat"):
-        nash_loop(spec, tmp_path)
+        nash_loop(spec, tmp_path, backend="jax")
 
 
 @pytest.mark.slow
@@ -210,18 +209,18 @@ def test_lora_run_saves_a_peft_adapter_and_resumes(tiny_ckpts, prompts, tmp_path
 
 def test_lora_with_a_reference_model_is_a_clear_error(tiny_ckpts, prompts, tmp_path):
     from nlhf.errors import SpecError
-    from nlhf_jax.trainer import nash_loop
+    from nlhf.training import nash_loop
 
     over = {"policy": {"model": str(tiny_ckpts["llama"]), "lora": {"r": 2}},
             "reference": {"model": str(tiny_ckpts["llama_tied"])}}  # fmt: skip
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, **over)
     with pytest.raises(SpecError, match=r"reference\.model: with policy\.lora"):
-        nash_loop(spec, tmp_path)
+        nash_loop(spec, tmp_path, backend="jax")
 
 
 def test_rlhf_pg_without_a_reward_fails_before_loading_models(tiny_ckpts, prompts, tmp_path):
     from nlhf.errors import SpecError
-    from nlhf_jax.trainer import nash_loop
+    from nlhf.training import nash_loop
 
     judge = {"name": "llm_judge", "model": str(tmp_path / "not-loaded")}
     spec = _spec(tiny_ckpts["llama"], prompts, tmp_path, preference=judge,
@@ -229,4 +228,4 @@ def test_rlhf_pg_without_a_reward_fails_before_loading_models(tiny_ckpts, prompt
     with pytest.raises(
         SpecError, match="rlhf_pg needs a scalar reward r\\(x, y\\), and preference 'llm_judge'"
     ):
-        nash_loop(spec, tmp_path)
+        nash_loop(spec, tmp_path, backend="jax")

@@ -39,8 +39,8 @@ def test_bucket_width():
 
 
 def test_one_compile_per_bucket_same_losses(tiny_ckpts, tmp_path):
+    from nlhf.training import nash_loop
     from nlhf_jax import generation
-    from nlhf_jax.trainer import nash_loop
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -48,7 +48,7 @@ def test_one_compile_per_bucket_same_losses(tiny_ckpts, tmp_path):
     losses = {}
     for bucket in (8, 1):
         out = tmp_path / f"b{bucket}"
-        trainer = nash_loop(_spec(ckpt, tiny_ckpts["llama_tied"], prompts, out), out)
+        trainer = nash_loop(_spec(ckpt, tiny_ckpts["llama_tied"], prompts, out), out, backend="jax")
         widths = {len(ids) for ids in trainer.prompt_ids}
         assert len(widths) >= 3 and max(widths) <= 8  # several widths, one bucket
         trainer.stepper.prompt_bucket = bucket

@@ -21,12 +21,12 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     from nlhf.spec.models import RunSpec
-    from nlhf_jax.trainer import nash_loop
+    from nlhf.training import nash_loop
 
     assert jax.device_count() == 4, jax.devices()
     results = []
     for doc in json.loads(sys.argv[1]):
-        trainer = nash_loop(RunSpec.model_validate(doc), doc["output"]["dir"])
+        trainer = nash_loop(RunSpec.model_validate(doc), doc["output"]["dir"], backend="jax")
         trainer.run()
         stepper = trainer.stepper
         params = stepper.frozen if doc["policy"].get("lora") else stepper.state  # base weights

@@ -17,10 +17,10 @@ from nlhf.plugins import build_plugins
 from nlhf.runio import list_checkpoints, read_metrics
 from nlhf.spec import RunSpec
 from nlhf.testing.tolerances import assert_close, tolerance
-from nlhf.training import NashLoop
+from nlhf.training import NashLoop, nash_loop
 from nlhf_torch.generation import generate_pairs
 from nlhf_torch.tiny import build_tiny_model
-from nlhf_torch.trainer import left_pad, nash_loop, train_nash
+from nlhf_torch.trainer import left_pad, train_nash
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
@@ -121,7 +121,7 @@ def test_one_sgd_step_matches_hand_computation(
         },
         data={"path": assets["data"], "shuffle": False},
     )
-    trainer = nash_loop(spec, tmp_path / "run", resume=False, plugins=plugins)
+    trainer = nash_loop(spec, tmp_path / "run", backend="torch", plugins=plugins)
     before = {k: v.detach().clone() for k, v in trainer.stepper.policy.named_parameters()}
     reference = trainer.stepper.reference
     tok = trainer.tokenizer
@@ -401,6 +401,7 @@ def test_lora_policy_reference_is_adapter_disabled(
     trainer = nash_loop(
         make_spec(assets, full, output={"dir": str(full)}, **common),
         full,
+        backend="torch",
         resume=True,
         plugins=plugins,
     )

@@ -36,9 +36,8 @@ from flax import nnx
 from nlhf.data.tokenizer import load_tokenizer
 from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
-from nlhf.spec.capabilities import require
 from nlhf.spec.models import RunSpec
-from nlhf.training import NashLoop, Samples, Update, rule_for
+from nlhf.training import Samples, Update, rule_for, run_nash
 from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_jax import kernels, lora
@@ -446,18 +445,6 @@ def make_stepper(spec: RunSpec, checkpoint: Path | None, plugins: Any = None) ->
     return JaxStepper(spec, checkpoint, plugins)
 
 
-def nash_loop(
-    spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
-) -> NashLoop:
-    """The core loop of ``spec`` on jax, ready to ``run()`` or ``step(n)``, after the
-    capability check ``nlhf validate`` runs (:func:`nlhf.spec.capabilities.require`)."""
-    require(spec, "jax", plugins=plugins)
-    return NashLoop(spec, Path(output), make_stepper, backend="jax", resume=resume, plugins=plugins)
-
-
-def train_nash(
-    spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
-) -> dict[str, Any]:
-    """Run a ``task: nash`` LLM spec on jax (:class:`nlhf.training.NashLoop`); return the
-    summary. ``plugins`` overrides the process-wide plugin set (tests)."""
-    return nash_loop(spec, Path(output), resume=resume, plugins=plugins).run()
+def train_nash(spec: RunSpec, output: Path, **options: Any) -> dict[str, Any]:
+    """Run a ``task: nash`` LLM spec on jax (:func:`nlhf.training.run_nash`)."""
+    return run_nash(spec, output, backend="jax", make_stepper=make_stepper, **options)

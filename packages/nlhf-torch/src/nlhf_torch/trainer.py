@@ -26,9 +26,8 @@ import torch
 from nlhf.errors import InputError
 from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
-from nlhf.spec.capabilities import require
 from nlhf.spec.models import RunSpec
-from nlhf.training import NashLoop, Samples, TrainerState, Update, rule_for
+from nlhf.training import Samples, TrainerState, Update, rule_for, run_nash
 from nlhf.training.loop import decode
 from nlhf.training.protocols import Tokens, UniformsFn
 
@@ -47,7 +46,6 @@ __all__ = [
     "ema_update",
     "left_pad",
     "make_stepper",
-    "nash_loop",
     "train_nash",
 ]
 
@@ -453,20 +451,6 @@ def make_stepper(spec: RunSpec, checkpoint: Path | None, plugins: Any = None) ->
     return TorchStepper(spec, checkpoint, plugins)
 
 
-def nash_loop(
-    spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
-) -> NashLoop:
-    """The core loop of ``spec`` on torch, ready to ``run()`` or ``step(n)``, after the
-    capability check ``nlhf validate`` runs (:func:`nlhf.spec.capabilities.require`)."""
-    require(spec, "torch", plugins=plugins)
-    return NashLoop(
-        spec, Path(output), make_stepper, backend="torch", resume=resume, plugins=plugins
-    )
-
-
-def train_nash(
-    spec: RunSpec, output: Path, *, resume: bool = False, plugins: Any = None
-) -> dict[str, Any]:
-    """Run a ``task: nash`` LLM spec on torch (:class:`nlhf.training.NashLoop`); return the
-    summary. ``plugins`` overrides the process-wide plugin set (tests)."""
-    return nash_loop(spec, Path(output), resume=resume, plugins=plugins).run()
+def train_nash(spec: RunSpec, output: Path, **options: Any) -> dict[str, Any]:
+    """Run a ``task: nash`` LLM spec on torch (:func:`nlhf.training.run_nash`)."""
+    return run_nash(spec, output, backend="torch", make_stepper=make_stepper, **options)

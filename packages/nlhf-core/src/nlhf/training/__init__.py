@@ -10,7 +10,7 @@ See ``docs/architecture.md`` for how the pieces fit.
 """
 
 from nlhf.training.algorithms import RULES, AlgorithmRule, has_reward, rule_for
-from nlhf.training.loop import RECORD_KEYS, NashLoop, NonFiniteError, run_nash
+from nlhf.training.loop import RECORD_KEYS, NashLoop, NonFiniteError, nash_loop, run_nash
 from nlhf.training.protocols import NashStepper, PolicyProbe, Samples, Update
 from nlhf.training.state import TrainerState
 
@@ -26,6 +26,7 @@ __all__ = [
     "TrainerState",
     "Update",
     "has_reward",
+    "nash_loop",
     "rule_for",
     "run_nash",
 ]

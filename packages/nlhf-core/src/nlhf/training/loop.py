@@ -51,6 +51,7 @@ from nlhf.runio import (
     write_resolved_spec,
     write_summary,
 )
+from nlhf.spec.models import RunSpec
 from nlhf.training.algorithms import has_reward, rule_for
 from nlhf.training.progress import Progress
 from nlhf.training.protocols import NashStepper, StepperFactory, Tokens
@@ -113,7 +114,7 @@ class NashLoop:
 
     def __init__(
         self,
-        spec: Any,
+        spec: RunSpec,
         output: Path,
         make_stepper: StepperFactory,
         *,
@@ -408,19 +409,33 @@ def _float64(values: Any, rows: int, what: str) -> np.ndarray:
     return array
 
 
-def run_nash(
-    spec: Any,
+def nash_loop(
+    spec: RunSpec,
     output: Path,
-    make_stepper: StepperFactory,
     *,
     backend: str,
+    make_stepper: StepperFactory | None = None,
     resume: bool = False,
     plugins: Any = None,
-) -> dict[str, Any]:
-    """Run a ``task: nash`` LLM spec with a backend's stepper factory; write
-    ``spec.resolved.yaml``, ``metrics.jsonl``, ``summary.json`` and ``checkpoints/step-N/``
-    under ``output`` and return the summary (:class:`NashLoop`)."""
-    loop = NashLoop(
+) -> NashLoop:
+    """The loop of a ``task: nash`` LLM spec on ``backend``, ready to ``run()`` or
+    ``step(n)``, after the capability check ``nlhf validate`` runs
+    (:func:`nlhf.spec.capabilities.require`). ``make_stepper`` defaults to the registered
+    backend's ``make_nash_stepper``; ``plugins`` overrides the process-wide plugin set."""
+    from nlhf.spec.capabilities import require
+
+    require(spec, backend, plugins=plugins)
+    if make_stepper is None:
+        from nlhf.plugins import get_backend
+
+        make_stepper = get_backend(backend).make_nash_stepper
+    return NashLoop(
         spec, Path(output), make_stepper, backend=backend, resume=resume, plugins=plugins
     )
-    return loop.run()
+
+
+def run_nash(spec: RunSpec, output: Path, *, backend: str, **options: Any) -> dict[str, Any]:
+    """Run a ``task: nash`` LLM spec (:func:`nash_loop` with the same options): write
+    ``spec.resolved.yaml``, ``metrics.jsonl``, ``summary.json`` and ``checkpoints/step-N/``
+    under ``output`` and return the summary."""
+    return nash_loop(spec, output, backend=backend, **options).run()
