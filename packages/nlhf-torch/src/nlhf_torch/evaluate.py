@@ -44,11 +44,12 @@ class Sampler:
         generator seeded by ``seed`` (distinct per policy: :func:`nlhf.evaluation.llm.
         policy_stream`); rows with the keys :data:`nlhf.evaluation.llm.RESPONSE_KEYS`."""
         from nlhf.data.tokenizer import tokenize_prompts
+        from nlhf.training.loop import decode
 
         from nlhf_torch.generation import generate_pairs, sequence_logits
         from nlhf_torch.kernels import sequence_logprobs
         from nlhf_torch.models import load_causal_lm, load_tokenizer
-        from nlhf_torch.trainer import decode, left_pad
+        from nlhf_torch.trainer import left_pad, token_rows
 
         spec = self.spec
         gen = spec.training.generation
@@ -95,7 +96,7 @@ class Sampler:
                 lq = sequence_logprobs(
                     sequence_logits(self.reference, input_ids, attn, toks, mask), toks, mask, temp
                 )
-                texts = decode(tokenizer, toks, mask)
+                texts = decode(tokenizer, token_rows(toks, mask))
                 for b, (x, r) in enumerate(chunk):
                     s = 2 * r + half
                     if s >= n:

@@ -28,7 +28,6 @@ from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.models import RunSpec
 from nlhf.training import Samples, TrainerState, Update, rule_for, run_nash
-from nlhf.training.loop import decode
 from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_torch import kernels
@@ -42,10 +41,10 @@ from nlhf_torch.preferences import build_preference, has_reward
 __all__ = [
     "DeepSpeedStepper",
     "TorchStepper",
-    "decode",
     "ema_update",
     "left_pad",
     "make_stepper",
+    "token_rows",
     "train_nash",
 ]
 
@@ -72,7 +71,7 @@ def right_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
     return ids.to(device), mask.to(device)
 
 
-def _token_rows(tokens: torch.Tensor, mask: torch.Tensor) -> Tokens:
+def token_rows(tokens: torch.Tensor, mask: torch.Tensor) -> Tokens:
     """The sampled tokens of each row (mask 1), as host lists."""
     return [t[m.bool()].tolist() for t, m in zip(tokens.cpu(), mask.cpu(), strict=True)]
 
@@ -217,8 +216,8 @@ class TorchStepper:
     def _samples(self, rows: list[int], input_ids: Any, attn: Any, pairs: Any) -> Samples:
         y_prime = None
         if self.rule.needs_y_prime:
-            y_prime = _token_rows(pairs.y_prime, pairs.y_prime_mask)
-        return Samples(rows, _token_rows(pairs.y, pairs.y_mask), y_prime, (input_ids, attn, pairs))
+            y_prime = token_rows(pairs.y_prime, pairs.y_prime_mask)
+        return Samples(rows, token_rows(pairs.y, pairs.y_mask), y_prime, (input_ids, attn, pairs))
 
     def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None:
         input_ids, attn, pairs = samples.payload
@@ -339,7 +338,7 @@ class TorchStepper:
             generator=torch.Generator(device="cpu").manual_seed(seed),
             **self._probe_sampling(),
         )
-        return _token_rows(pairs.y, pairs.y_mask)
+        return token_rows(pairs.y, pairs.y_mask)
 
     def _probe_sampling(self) -> dict[str, Any]:
         return {}
