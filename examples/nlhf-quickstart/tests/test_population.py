@@ -42,7 +42,7 @@ def _oracle_spec(options: dict[str, object] | None = None) -> RunSpec:
 
 class HFProbe:
     """A :class:`nlhf.training.PolicyProbe` over transformers models written for the test:
-    one unpadded forward per row, and ancestral sampling token by token."""
+    one unpadded forward per row, and plain ancestral sampling (no padding, no cache)."""
 
     def __init__(self, policy: Any, reference: Any, tokenizer: Any) -> None:
         self.models = {"policy": policy, "reference": reference}
@@ -63,17 +63,19 @@ class HFProbe:
     def sample_completions(
         self, prompt_ids: Tokens, *, temperature: float, max_new_tokens: int, seed: int
     ) -> Tokens:
+        """Ancestral sampling, all rows of one prompt in one unpadded batch."""
         gen = torch.Generator().manual_seed(seed)
-        rows = []
-        for p in prompt_ids:
-            ids: list[int] = list(p)
+        eos = self.tokenizer.eos_token_id
+        rows: list[list[int]] = [[] for _ in prompt_ids]
+        for prompt in dict.fromkeys(tuple(p) for p in prompt_ids):
+            which = [i for i, p in enumerate(prompt_ids) if tuple(p) == prompt]
+            ids = torch.tensor([prompt] * len(which))
             for _ in range(max_new_tokens):
-                logits = self.models["policy"](input_ids=torch.tensor([ids])).logits[0, -1]
-                probs = torch.softmax(logits.double() / temperature, -1)
-                ids.append(int(torch.multinomial(probs, 1, generator=gen)))
-                if ids[-1] == self.tokenizer.eos_token_id:
-                    break
-            rows.append(ids[len(p) :])
+                logits = self.models["policy"](input_ids=ids).logits[:, -1].double()
+                probs = torch.softmax(logits / temperature, -1)
+                ids = torch.cat([ids, torch.multinomial(probs, 1, generator=gen)], 1)
+            for i, seq in zip(which, ids[:, len(prompt) :].tolist(), strict=True):
+                rows[i] = seq[: seq.index(eos) + 1] if eos in seq else seq
         return rows
 
 
@@ -177,7 +179,7 @@ def test_sampled_answers_match_the_exact_distribution(quickstart_assets: Path) -
     policy = quickstart_assets / "policy"
     model = AutoModelForCausalLM.from_pretrained(policy)
     tok = AutoTokenizer.from_pretrained(policy)
-    n = 128
+    n = 256
     out = PopulationOracle(eval_samples=n).summary(
         probe=HFProbe(model, model, tok), prompts=list(PROMPTS), spec=spec
     )
