@@ -370,7 +370,10 @@ class DeepSpeedStepper(TorchStepper):
 
     def _restore(self, checkpoint: Path) -> None:
         blob = self._load_blob(checkpoint)
-        self.ds.load(TrainerState.read(checkpoint).distributed, checkpoint)
+        saved = TrainerState.read(checkpoint).distributed
+        if saved is not None:  # the engine's shards are tagged with the directory name
+            saved = {**saved, "tag": Path(checkpoint).name}
+        self.ds.load(saved, checkpoint)
         self._restore_common(blob)
 
     def _all_finished(self, local: bool) -> bool:
