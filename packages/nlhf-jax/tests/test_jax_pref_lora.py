@@ -30,6 +30,7 @@ from nlhf_jax.preference.model import (  # noqa: E402
     PreferenceConfig,
     build_preference_model,
     load_decoder,
+    load_lora_checkpoint,
 )
 from nlhf_jax.preference.train import PairBatch, chunk_loss, train_preference_model  # noqa: E402
 
@@ -169,14 +170,19 @@ def test_mismatched_lora_resumes_and_targets_fail_clearly(
 ) -> None:
     lora_spec = {"r": 4, "alpha": 8}
     train_preference_model(make_spec(setup, "lm", lora_spec, steps=1), tmp_path / "run")
-    with pytest.raises(InputError, match=r"written by a policy\.lora run"):
-        train_preference_model(make_spec(setup, "lm", None), tmp_path / "run", resume=True)
-    with pytest.raises(InputError, match="adapter has r=4"):
-        train_preference_model(make_spec(setup, "lm", {"r": 2, "alpha": 8}), tmp_path / "run",
-                               resume=True)  # fmt: skip
     train_preference_model(make_spec(setup, "lm", None, steps=1), tmp_path / "plain")
+    # a resume whose policy.lora differs from the run's is refused before any loading
+    changed = r"--resume: the spec differs .*\n  policy\.lora[.:]"
+    for lora_now, run in ((None, "run"), ({"r": 2, "alpha": 8}, "run"), (lora_spec, "plain")):
+        with pytest.raises(InputError, match=changed):
+            train_preference_model(make_spec(setup, "lm", lora_now), tmp_path / run, resume=True)
+    # the checkpoint loader's own checks, for a caller that bypasses the spec check
+    step = tmp_path / "run" / "checkpoints" / "step-1"
+    with pytest.raises(InputError, match="adapter has r=4"):
+        load_lora_checkpoint(step, setup["model"], LoraSpec(r=2, alpha=8))
     with pytest.raises(InputError, match=r"not written by a policy\.lora run"):
-        train_preference_model(make_spec(setup, "lm", lora_spec), tmp_path / "plain", resume=True)
+        plain = tmp_path / "plain" / "checkpoints" / "step-1"
+        load_lora_checkpoint(plain, setup["model"], LoraSpec(**lora_spec))
     with pytest.raises(InputError, match="matches no linear layer"):
         train_preference_model(
             make_spec(setup, "lm", {"target_modules": ["nope"]}), tmp_path / "bad"
