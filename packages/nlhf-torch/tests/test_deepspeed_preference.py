@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 from nlhf.runio import read_metrics
 from nlhf.spec import load_spec
+from nlhf.testing.tolerances import assert_close
 from nlhf_torch.preference.train import _shares, train_preference_model
 from nlhf_torch.tiny import build_tiny_model
 from safetensors.torch import load_file
@@ -41,7 +41,7 @@ def test_shares_weigh_pairs_like_the_global_mean(size: int, parts: int, world: i
             for i in share:
                 per_pair[i] += weight / len(share) / world
     assert sorted(per_pair) == idx
-    assert all(v == pytest.approx(1 / size, abs=1e-15) for v in per_pair.values())
+    assert_close(list(per_pair.values()), [1 / size] * len(per_pair), "float64", "weights")
 
 
 def _rows(n: int) -> list[dict[str, str]]:
@@ -115,11 +115,13 @@ def test_preference_model_deepspeed_matches_single_process(tmp_path: Path) -> No
         for a, b in zip(want, got, strict=True):
             for key in ("loss", "grad_norm", "eval/log_loss", "eval/accuracy"):
                 if key in a:
-                    assert b[key] == pytest.approx(a[key], abs=1e-5), (stage, a["step"], key)
+                    assert_close(
+                        b[key], a[key], "float32", str((stage, a["step"], key)), scope="model"
+                    )
         got_w = load_file(out / "model" / "model.safetensors")
         assert got_w.keys() == want_w.keys()
         for name, value in want_w.items():
-            torch.testing.assert_close(got_w[name], value, atol=1e-5, rtol=1e-4)
+            assert_close(got_w[name], value, "float32", name, scope="model")
         summary = json.loads((out / "summary.json").read_text())
         assert summary["distributed"] == {
             "engine": "deepspeed",
