@@ -21,7 +21,7 @@ from nlhf_quickstart.assets import prepare_assets
 from nlhf_quickstart.measure import answer_probs
 from nlhf_quickstart.population import PopulationOracle, bradley_terry_fit
 from nlhf_quickstart.task import ANSWERS, PROMPTS
-from nlhf_torch.preferences import build_preference
+from nlhf_torch.preference.scorers import build_scorer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 SPEC = Path(__file__).resolve().parents[3] / "specs" / "quickstart.yaml"
@@ -96,7 +96,7 @@ def untrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
 
 
 def test_population_oracle_is_the_tabular_population_game() -> None:
-    pref = build_preference(_oracle_spec(), plugins=build_plugins())  # the installed plugin
+    pref = build_scorer(_oracle_spec().preference, plugins=build_plugins())  # the installed plugin
     P = population().matrix
     for i, a in enumerate(ANSWERS):
         for j, b in enumerate(ANSWERS):

@@ -19,7 +19,7 @@ from nlhf.spec import RunSpec  # noqa: E402
 from nlhf.training.algorithms import RULES  # noqa: E402
 from nlhf_jax.backend import JaxBackend  # noqa: E402
 from nlhf_jax.plugin import CAPABILITIES  # noqa: E402
-from nlhf_jax.preferences import SUPPORTED  # noqa: E402
+from nlhf_jax.preference.scorers import SUPPORTED  # noqa: E402
 from nlhf_jax.sharding import BATCH_AXES  # noqa: E402
 
 
