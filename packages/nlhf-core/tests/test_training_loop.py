@@ -58,6 +58,7 @@ class ToyStepper:
     the mean preference handed in, so the loop's averaging is visible in the record."""
 
     device = "toy"
+    decode_path = "toy: deterministic"
     uniforms = None
 
     def __init__(self, rank: int = 0, world_size: int = 1, loss: float | None = None) -> None:

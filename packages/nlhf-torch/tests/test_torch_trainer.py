@@ -275,6 +275,7 @@ def test_outputs_metrics_and_checkpoints(
     assert (out / "spec.resolved.yaml").exists()
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
     assert summary["algorithm"] == "best_response"
+    assert summary["decode_path"] == "fused"  # a float32 Llama: the fused decoder
     assert [s for s, _ in list_checkpoints(out)] == [2, 3]  # keep_last = 2
     ckpt = out / "checkpoints/step-3"
     for name in (
@@ -394,7 +395,10 @@ def test_lora_policy_reference_is_adapter_disabled(
         training={"steps": 2, "batch_size": 2, "lr": 5e-2, "generation": {"max_new_tokens": 3}},
     )
     full = tmp_path / "full"
-    train_nash(make_spec(assets, full, output={"dir": str(full)}, **common), full, plugins=plugins)
+    summary = train_nash(
+        make_spec(assets, full, output={"dir": str(full)}, **common), full, plugins=plugins
+    )
+    assert summary["decode_path"].startswith("hf: adapted (LoRA/PEFT)")  # says why not fused
     ckpt = full / "checkpoints" / "step-2"
     assert (ckpt / "adapter_model.safetensors").exists()
 

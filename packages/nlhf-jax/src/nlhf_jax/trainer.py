@@ -114,6 +114,7 @@ class JaxStepper:
     rank = 0
     world_size = 1
     uniforms: UniformsFn | None = None
+    decode_path = "jax: jitted while_loop (static KV cache)"
 
     def __init__(self, spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> None:
         self.spec, self.algo, self.rule = spec, spec.algorithm, rule_for(spec.algorithm.name)

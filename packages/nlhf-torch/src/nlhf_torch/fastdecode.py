@@ -50,39 +50,55 @@ def enabled() -> bool:
 
 def supported(model: Any) -> bool:
     """Whether ``model`` is a plain, unwrapped, float32/float64 Llama or Qwen2 causal LM
-    whose forward this module reproduces exactly."""
+    whose forward this module reproduces exactly (:func:`unsupported_reason` is None)."""
+    return unsupported_reason(model) is None
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` must take the Hugging Face decode path, or None when the fused path
+    reproduces its forward exactly (recorded as a run's ``decode_path``)."""
     try:
-        if _CLASSES.get(type(model).__name__) != getattr(model.config, "model_type", None):
-            return False
+        name = type(model).__name__
+        if hasattr(model, "peft_config"):
+            return "adapted (LoRA/PEFT) model; the fused path runs plain linear layers"
+        if _CLASSES.get(name) != getattr(model.config, "model_type", None):
+            return f"architecture {name} (fused: Llama, Qwen2)"
         cfg = model.config
-        if getattr(cfg, "hidden_act", None) != "silu" or getattr(model, "_hf_hook", None):
-            return False
+        if getattr(cfg, "hidden_act", None) != "silu":
+            return f"activation {getattr(cfg, 'hidden_act', None)}"
+        if getattr(model, "_hf_hook", None):
+            return "an accelerate hook on the model"
         if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "pretraining_tp", 1) != 1:
-            return False
+            return "sliding-window attention or pretraining_tp"
         if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            return False
-        if getattr(model.model.rotary_emb, "rope_type", "default") in ("dynamic", "longrope"):
-            return False
+            return "layers other than full attention"
+        rope = getattr(model.model.rotary_emb, "rope_type", "default")
+        if rope in ("dynamic", "longrope"):
+            return f"rope scaling {rope}"
         if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
-            return False
+            return "logit soft-capping or scaling"
         params = list(model.parameters())
         dtype, device = params[0].dtype, params[0].device
         for p in params:
-            if p.dtype != dtype or p.device != device or p.numel() == 0 or hasattr(p, "ds_id"):
-                return False
+            if hasattr(p, "ds_id"):
+                return "DeepSpeed ZeRO-3 partitioned parameters"
+            if p.dtype != dtype or p.device != device or p.numel() == 0:
+                return "parameters of mixed dtypes or devices"
         if dtype not in (torch.float32, torch.float64):
-            return False
+            return f"dtype {str(dtype).removeprefix('torch.')} (fused: float32, float64)"
         linear = torch.nn.Linear
         if type(model.lm_head) is not linear:
-            return False
+            return "a wrapped lm_head"
         for layer in model.model.layers:
             a, m = layer.self_attn, layer.mlp
             mods = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
             if any(type(x) is not linear for x in mods):
-                return False
-        return not any(_foreign_hooks(mod, root=mod is model) for mod in model.modules())
-    except Exception:
-        return False
+                return "adapted (LoRA/PEFT) or wrapped linear layers"
+        if any(_foreign_hooks(mod, root=mod is model) for mod in model.modules()):
+            return "forward hooks on the model"
+        return None
+    except Exception as exc:  # an unexpected model layout: the HF path is always correct
+        return f"unrecognised model layout ({type(exc).__name__})"
 
 
 def _deepspeed_engine_hook(hook: Any) -> bool:

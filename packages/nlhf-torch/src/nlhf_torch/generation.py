@@ -65,6 +65,8 @@ class PairGeneration:
     y_prime: torch.Tensor
     y_prime_mask: torch.Tensor
     reference_logits: torch.Tensor | None = None
+    decode_path: str = "hf"
+    """``"fused"`` (:mod:`nlhf_torch.fastdecode`) or ``"hf: <why>"``."""
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -215,14 +217,17 @@ def _signature(model: Any) -> tuple[Any, ...]:
 
 def _fast_groups(
     streams: list[_Stream], max_new_tokens: int
-) -> list[tuple[fastdecode.FastGroup, list[_Stream]]] | None:
+) -> tuple[list[tuple[fastdecode.FastGroup, list[_Stream]]] | None, str]:
     """Streams grouped for the fused decoder (same rows, same architecture → one stacked
-    group), or None when any model needs the HF path."""
+    group) and ``"fused"``, or None and ``"hf: <why>"`` when any model needs the HF path."""
     models = {id(s.model): s.model for s in streams}
-    if not all(fastdecode.supported(m) for m in models.values()):
-        return None
-    if sum(p.numel() for m in models.values() for p in m.parameters()) > fastdecode.MAX_PARAMS:
-        return None
+    for m in models.values():
+        reason = fastdecode.unsupported_reason(m)
+        if reason is not None:
+            return None, f"hf: {reason}"
+    total = sum(p.numel() for m in models.values() for p in m.parameters())
+    if total > fastdecode.MAX_PARAMS:
+        return None, f"hf: {total} parameters > {fastdecode.MAX_PARAMS} (fused decode limit)"
     buckets: list[list[_Stream]] = []
     for s in streams:
         for bucket in buckets:
@@ -232,10 +237,11 @@ def _fast_groups(
                 break
         else:
             buckets.append([s])
-    return [
+    groups = [
         (fastdecode.FastGroup([s.model for s in bucket], bucket[0].rows, max_new_tokens), bucket)
         for bucket in buckets
     ]
+    return groups, "fused"
 
 
 def _float_dtype(model: Any) -> torch.dtype:
@@ -333,7 +339,11 @@ def generate_pairs(
     for s in streams:
         s.model.eval()
     try:
-        groups = _fast_groups(streams, max_new_tokens) if fast_decode else None
+        groups, decode_path = (
+            _fast_groups(streams, max_new_tokens)
+            if fast_decode
+            else (None, "hf: NLHF_FAST_DECODE=0 or fast_decode=False")
+        )
         if groups is not None:
             forward_calls = 0
             for g, members in groups:
@@ -422,6 +432,7 @@ def generate_pairs(
         y_prime=toks[b:],
         y_prime_mask=msk[b:],
         reference_logits=ref_y,
+        decode_path=decode_path,
         stats={
             "steps": toks.shape[1],
             "forward_calls": forward_calls,

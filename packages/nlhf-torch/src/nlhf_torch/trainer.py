@@ -114,6 +114,7 @@ class TorchStepper:
     uniforms: UniformsFn | None = None
     master_weights = False
     """Whether an engine keeps float32 master weights (then float16 parameters train)."""
+    decode_path = "not sampled yet"
 
     def __init__(self, spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> None:
         self.spec, self.algo, self.rule = spec, spec.algorithm, rule_for(spec.algorithm.name)
@@ -192,7 +193,7 @@ class TorchStepper:
 
     def _generate(self, input_ids: Any, attn: Any, beta: float, sampling: dict[str, Any]) -> Any:
         gen = self.spec.training.generation
-        return generate_pairs(
+        pairs = generate_pairs(
             self.policy,
             self.reference,
             input_ids,
@@ -207,6 +208,8 @@ class TorchStepper:
             return_reference_logits=True,
             **sampling,
         )
+        self.decode_path = pairs.decode_path
+        return pairs
 
     def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples:
         input_ids, attn = left_pad(prompt_ids, self.pad_id, self._device)

@@ -90,6 +90,7 @@ SUMMARY_KEYS = (
     "final",
     "checkpoint",
     "device",
+    "decode_path",
     "distributed",
     "oracle",
 )
@@ -332,6 +333,7 @@ class NashLoop:
             "final": {k: v for k, v in last.items() if k not in TIMING_KEYS},
             "checkpoint": str(self.last_checkpoint),
             "device": self.stepper.device,
+            "decode_path": self.stepper.decode_path,
             "distributed": self.stepper.describe(),
             "oracle": None,
         }

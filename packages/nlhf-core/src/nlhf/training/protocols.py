@@ -101,6 +101,9 @@ class NashStepper(PolicyProbe, Protocol):
     rank: int
     world_size: int
     device: str
+    decode_path: str
+    """How pairs were sampled, for ``summary.json``: e.g. ``"fused"`` or ``"hf: <why the
+    fused path did not engage>"`` (torch), ``"jax: jitted while_loop"``."""
     uniforms: UniformsFn | None
     """Test seam of the trainer conformance kit: when set, ``uniforms(step, micro, rows,
     tokens)`` gives the (2·rows, tokens) draws in [0, 1) (rows of y, then of y') that
