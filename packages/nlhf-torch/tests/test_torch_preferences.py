@@ -15,6 +15,7 @@ from nlhf.errors import InputError, NLHFError, UnknownNameError
 from nlhf.plugins import build_plugins
 from nlhf.preference.scorers import BradleyTerryScorer, JudgeScorer
 from nlhf.spec import RunSpec
+from nlhf.testing.tolerances import assert_close
 from nlhf_torch.preference.model import BradleyTerryModel, PairwiseModel, load_preference_model
 from nlhf_torch.preference.scorers import build_scorer
 from nlhf_torch.tiny import build_tiny_model
@@ -66,15 +67,16 @@ def test_bradley_terry_matches_unbatched_rewards(reward_model: Path) -> None:
     ]
     got = pref.prob(PROMPTS, YS, YPS)
     assert got.dtype == np.float64  # float64 NumPy, whatever the device
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
+    assert_close(got, expected, "float32", "P", scope="model")
+    assert_close(
         pref.reward(PROMPTS, YS),
         [r(x + y) for x, y in zip(PROMPTS, YS, strict=True)],
-        rtol=1e-5,
-        atol=1e-6,
+        "float32",
+        "reward",
+        scope="model",
     )
     swapped = pref.prob(PROMPTS, YPS, YS)
-    np.testing.assert_allclose(got + swapped, 1.0, atol=1e-12)
+    assert_close(got + swapped, 1.0, "float64", "P(y≻y') + P(y'≻y)")
     # one implementation: the trained/served Bradley–Terry model's scoring
     assert isinstance(pref.model, BradleyTerryModel)
     served = load_preference_model(reward_model).scores(
@@ -117,9 +119,9 @@ def test_llm_judge_both_orders(judge_model: Path) -> None:
         for x, y, yp in zip(PROMPTS, YS, YPS, strict=True)
     ]
     got = pref.prob(PROMPTS, YS, YPS)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got + pref.prob(PROMPTS, YPS, YS), 1.0, atol=1e-12)
-    assert pref.prob(PROMPTS[:1], YS[:1], YS[:1]).item() == pytest.approx(0.5, abs=1e-12)
+    assert_close(got, expected, "float32", "P", scope="model")
+    assert_close(got + pref.prob(PROMPTS, YPS, YS), 1.0, "float64", "P(y≻y') + P(y'≻y)")
+    assert_close(pref.prob(PROMPTS[:1], YS[:1], YS[:1]).item(), 0.5, "float64", "P(y≻y)")
     assert isinstance(pref.model, PairwiseModel)  # one implementation of the judge's v
 
 
