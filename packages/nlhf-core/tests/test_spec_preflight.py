@@ -219,3 +219,55 @@ def test_validate_reports_memory_located(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"{spec}:2:49: preference.size: needs at least 2.8 PiB")
     result = runner.invoke(cli.get_app(plugins=False), ["solve", str(spec)])
     assert result.exit_code == 2 and "preference.size: needs at least" in result.stderr
+
+
+class Preparer:
+    """A torch-named backend that must never train, and a prepare hook that builds the
+    policy's config.json (like the quickstart plugin builds its model on first use)."""
+
+    __name__ = "preflight_preparer"
+    trained: ClassVar[list[str]] = []
+
+    @nlhf.hookimpl
+    def nlhf_register_backends(self, register: Any) -> None:
+        register("torch", lambda: self)
+
+    @nlhf.hookimpl
+    def nlhf_register_oracles(self, register: Any) -> None:
+        register("f", lambda: None)
+
+    @nlhf.hookimpl
+    def nlhf_prepare_spec(self, spec: Any) -> None:
+        model = Path(spec.policy.model)
+        model.mkdir(parents=True, exist_ok=True)
+        (model / "config.json").write_text(CONFIG)
+
+    def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
+        Preparer.trained.append("train")
+        return {}
+
+
+def test_run_checks_memory_again_once_prepare_built_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NLHF_PLUGINS", "")
+    built = plugins_mod.build_plugins(extra=[Preparer()])
+    monkeypatch.setattr(plugins_mod, "get_plugins", lambda: built)
+    Preparer.trained = []
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "spec_version: 1\ntask: nash\n"
+        f"policy: {{model: {tmp_path / 'built-later'}}}\n"
+        "preference: {name: oracle, function: f}\n"
+        "data: {path: p.jsonl}\n"
+        "algorithm: {name: nash_md_pg}\n"
+        "training: {batch_size: 2000000}\n"
+        f"output: {{dir: {tmp_path / 'out'}}}\n"
+    )
+    # without the model's vocabulary the token ids alone fit: validate cannot refuse it
+    assert pf.memory_problems(load_spec_text(spec.read_text(), str(spec)), 10 * 2**30) == []
+    result = runner.invoke(cli.get_app(), ["run", str(spec)])
+    assert result.exit_code == 2, result.output
+    assert f"{spec}:7:24: training.batch_size: needs at least " in result.stderr
+    assert "V=32000" in result.stderr
+    assert Preparer.trained == []

@@ -83,6 +83,14 @@ def _preflight(run_spec: Any, spec: Path, overrides: Sequence[str] | None, outpu
     check_preflight(run_spec, spec, list(overrides or ()), output=output)
 
 
+def _check_memory(run_spec: Any, spec: Path, overrides: Sequence[str] | None) -> None:
+    """The memory part of :func:`_preflight` (and oracle names), e.g. once a plugin's
+    ``nlhf_prepare_spec`` has written the model whose ``config.json`` it reads."""
+    from nlhf.spec.preflight import check_preflight
+
+    check_preflight(run_spec, spec, list(overrides or ()), outputs=False)
+
+
 def _backend(name: str) -> Any:
     """Instantiate backend ``name``; if its plugin failed to load, say why."""
     from nlhf.plugins import get_backend
@@ -232,6 +240,7 @@ def run(
             )
         _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
         _prepare(run_spec)
+        _check_memory(run_spec, spec, overrides)  # again: prepare may have built the model
         summary = engine.train(run_spec, out_dir, resume=resume) or {}
     console = _out()
     headline = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
@@ -384,9 +393,7 @@ def solve(
             f"{spec}: `nlhf solve` needs a tabular preference (preference.name: tabular), "
             f"got {run_spec.preference.name if run_spec.preference else 'none'}"
         )
-    from nlhf.spec.preflight import check_preflight
-
-    check_preflight(run_spec, spec, list(overrides or ()), outputs=False)  # memory
+    _check_memory(run_spec, spec, overrides)
     from nlhf.tabular import solve_spec
 
     result = solve_spec(run_spec)
