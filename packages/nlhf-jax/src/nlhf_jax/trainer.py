@@ -44,7 +44,7 @@ from nlhf_jax import kernels, lora
 from nlhf_jax.generation import generate_pairs, sequence_logits
 from nlhf_jax.models import load_model, save_model
 from nlhf_jax.optim import build_optimizer
-from nlhf_jax.preferences import build_preference
+from nlhf_jax.preference.scorers import build_scorer
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -143,7 +143,7 @@ class JaxStepper:
             trust_remote_code=pol.trust_remote_code,
         )
         self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        self.preference = build_preference(spec.preference, plugins)
+        self.preference = build_scorer(spec.preference, plugins=plugins)
         # state: what the optimizer trains (all parameters, or the LoRA A/B); frozen: the rest
         trainable = lora.LORA_FILTER if self.lora is not None else nnx.Param
         self.graphdef, self.state, self.frozen = nnx.split(self.policy, trainable, ...)

@@ -36,7 +36,7 @@ from nlhf_torch.distributed import describe_run
 from nlhf_torch.generation import generate_pairs, sequence_logits
 from nlhf_torch.models import load_models
 from nlhf_torch.optim import build_optimizer, build_scheduler
-from nlhf_torch.preferences import build_preference, has_reward
+from nlhf_torch.preference.scorers import build_scorer
 
 __all__ = [
     "DeepSpeedStepper",
@@ -83,28 +83,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
 
-class HostPreference:
-    """A torch preference whose ``prob``/``reward`` return float64 NumPy (its tensors may
-    live on a GPU); ``fn`` and ``has_reward`` pass through (oracle summary hooks)."""
-
-    def __init__(self, preference: Any) -> None:
-        self.inner = preference
-        self.fn = getattr(preference, "fn", None)
-
-    def prob(self, prompts: list[str], ys: list[str], yps: list[str]) -> np.ndarray:
-        return _to_numpy(self.inner.prob(prompts, ys, yps))
-
-    def reward(self, prompts: list[str], ys: list[str]) -> np.ndarray:
-        return _to_numpy(self.inner.reward(prompts, ys))
-
-    def has_reward(self) -> bool:
-        return has_reward(self.inner)
-
-
-def _to_numpy(values: Any) -> np.ndarray:
-    return torch.as_tensor(values, dtype=torch.float64).detach().cpu().numpy()
-
-
 class TorchStepper:
     """One process, one device (see the module docstring); the factory is
     :func:`make_stepper`."""
@@ -126,7 +104,7 @@ class TorchStepper:
         self.reference = models.reference.to(self._device)
         self.tokenizer = models.tokenizer
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        self.preference = HostPreference(build_preference(spec, self._device, plugins=plugins))
+        self.preference = build_scorer(spec.preference, self._device, plugins=plugins)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.params and not self.master_weights:
             check_training_dtype(
@@ -321,7 +299,8 @@ class TorchStepper:
         comp, cmask = right_pad(completion_ids, self.pad_id, self._device)
         logits = sequence_logits(net, ids, mask, comp, cmask)
         net.train(was_training)
-        return _to_numpy(kernels.sequence_logprobs(logits.double(), comp, cmask, temperature))
+        logprobs = kernels.sequence_logprobs(logits.double(), comp, cmask, temperature)
+        return logprobs.detach().cpu().numpy()
 
     def sample_completions(
         self, prompt_ids: Tokens, *, temperature: float, max_new_tokens: int, seed: int
