@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from nlhf.errors import InputError
 from nlhf.preference.format import PreferenceConfig
-from nlhf.preference.run import fit_summary, progress_bar, resumable_checkpoint
+from nlhf.preference.run import fit_summary, resumable_checkpoint
 
 
 def test_resumable_checkpoint_guards_and_finds_the_latest(tmp_path: Path) -> None:
@@ -21,18 +21,6 @@ def test_resumable_checkpoint_guards_and_finds_the_latest(tmp_path: Path) -> Non
     assert resumable_checkpoint(tmp_path, resume=True) == (10, tmp_path / "checkpoints/step-10")
     with pytest.raises(InputError, match=r"already holds checkpoints \(latest step-10\)"):
         resumable_checkpoint(tmp_path, resume=False)
-
-
-def test_progress_bar_counts_steps_and_is_hidden_off_a_terminal() -> None:
-    bar, task = progress_bar(7, 3, "pairwise")
-    assert bar.disable  # pytest captures stderr: not a terminal
-    assert (bar.tasks[0].total, bar.tasks[0].completed, bar.tasks[0].fields) == (
-        7,
-        3,
-        {"loss": "-"},
-    )
-    bar.update(task, completed=4, loss="0.5000")
-    assert (bar.tasks[0].completed, bar.tasks[0].fields["loss"]) == (4, "0.5000")
 
 
 def test_fit_summary_keys_in_order() -> None:

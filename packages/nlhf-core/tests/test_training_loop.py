@@ -265,3 +265,17 @@ def test_resume_refuses_a_changed_spec_and_a_checkpoint_past_the_steps(tmp_path:
     with pytest.raises(RunDirError, match=r"past training\.steps = 2"):
         _loop(_spec(tmp_path, steps=2), ToyStepper(), resume=True)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [3]  # nothing touched
+
+
+def test_progress_counts_steps_and_draws_only_where_asked() -> None:
+    from nlhf.training.progress import Progress
+
+    with Progress(7, "pairwise", done=3) as bar:  # pytest captures stderr: not a terminal
+        assert not bar.enabled and bar._bar is None
+        bar.update(5, loss=0.5)
+        bar.advance(loss=0.25)
+        assert bar.done == 6
+    with Progress(4, "forced", enabled=True) as shown:
+        shown.advance(2, loss=0.5, gap="1e-3")
+        task = shown._bar.tasks[0]
+        assert (task.total, task.completed, task.fields["info"]) == (4, 2, "loss 0.5000 gap 1e-3")

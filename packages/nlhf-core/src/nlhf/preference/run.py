@@ -4,13 +4,13 @@
 leaves (:func:`nlhf.data.pairs.load_pairs`), the run outputs around the backend's
 ``fit`` (``spec.resolved.yaml``, ``summary.json``) and the optional Bradley–Terry
 baseline under ``baseline/``; and the framework-free pieces of a backend's ``fit`` (the
-guard against writing over checkpoints, the progress bar, the summary of one fit). Each
+guard against writing over checkpoints, the summary of one fit; the progress bar is
+:class:`nlhf.training.progress.Progress`). Each
 backend supplies its ``fit``; nothing here imports a framework.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,29 +145,6 @@ def resumable_checkpoint(output: Path, resume: bool) -> tuple[int, Path] | None:
             "resume with --resume, delete them with --overwrite, or choose a new output.dir"
         )
     return found
-
-
-def progress_bar(total: int, start: int, label: str, *, enabled: bool = True) -> tuple[Any, Any]:
-    """A rich progress bar of optimiser steps with the last loss, as ``(bar, task)``
-    (update with ``bar.update(task, completed=.., loss=..)``); shown only when
-    ``enabled`` and stderr is a terminal."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-        disable=not (enabled and sys.stderr.isatty()),
-    )
-    return bar, bar.add_task(label, total=total, completed=start, loss="-")
 
 
 def fit_summary(

@@ -43,12 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from nlhf.algorithms.schedules import lr_multiplier
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError
+from nlhf.precision import check_training_dtype
 from nlhf.preference.metrics import evaluate_pairs
 from nlhf.preference.run import (
     fit_summary,
-    progress_bar,
     resumable_checkpoint,
     run_preference_training,
 )
@@ -59,9 +60,10 @@ from nlhf.runio import (
     prune_checkpoints,
 )
 from nlhf.spec.capabilities import require
+from nlhf.training.progress import Progress
 
 from nlhf_jax.kernels import preference_loss
-from nlhf_jax.optim import build_optimizer, lr_multiplier
+from nlhf_jax.optim import build_optimizer
 from nlhf_jax.plugin import CAPABILITIES
 from nlhf_jax.preference.model import (
     ADAPTER_DIR,
@@ -266,6 +268,9 @@ def fit(
     total = min(tr.steps, tr.epochs * per_epoch)
     tx = build_optimizer(tr, total)
     stepper = Stepper(model, tx, mesh, seed=spec.seed)
+    leaves = jax.tree.leaves(stepper.params())
+    if leaves:
+        check_training_dtype(leaves[0].dtype, jax.default_backend(), optimizer=tr.optimizer.name)
     opt_state = tx.init(stepper.params())
     if start:
         from safetensors.numpy import load_file
@@ -282,7 +287,7 @@ def fit(
     if start == 0 and data.eval:
         zero_shot = evaluate_pairs(model, data.eval)
         metrics.log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
-    bar, task = progress_bar(total, start, label)
+    bar = Progress(total, label, done=start)
     last_loss = float("nan")
     with bar:
         for step in range(start, total):
@@ -305,7 +310,7 @@ def fit(
             every = spec.output.checkpoint_every
             if (every and done % every == 0) or done == total:
                 _save_checkpoint(output, done, model, opt_state, spec.output.keep_last)
-            bar.update(task, completed=done, loss=f"{loss:.4f}")
+            bar.update(done, loss=loss)
     final = evaluate_pairs(model, data.eval) if data.eval else {}
     if final:
         metrics.log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})

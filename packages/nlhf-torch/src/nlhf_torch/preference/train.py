@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from nlhf.data.pairs import Pair, PairData, pair_batch_indices
 from nlhf.errors import InputError
+from nlhf.precision import check_training_dtype
 from nlhf.preference.metrics import evaluate_pairs
 from nlhf.preference.run import (
     fit_summary,
-    progress_bar,
     resumable_checkpoint,
     run_preference_training,
 )
@@ -40,8 +40,10 @@ from nlhf.runio import (
     prune_checkpoints,
 )
 from nlhf.spec.capabilities import require
+from nlhf.training.progress import Progress
 
 from nlhf_torch.kernels import preference_loss
+from nlhf_torch.optim import build_optimizer, build_scheduler
 from nlhf_torch.plugin import CAPABILITIES
 from nlhf_torch.preference.model import (
     PreferenceConfig,
@@ -65,29 +67,6 @@ def _evaluate(model: PreferenceModel, pairs: Sequence[Pair]) -> dict[str, float]
 
 
 # ------------------------------------------------------------------------ training
-def _optimizer(spec: Any, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    o, lr = spec.training.optimizer, spec.training.lr
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=o.weight_decay)
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-
-
-def _lr_lambda(spec: Any, total: int) -> Any:
-    """Linear warm-up for ``warmup_steps``, then constant / linear / cosine decay to 0."""
-    warm, kind = spec.training.warmup_steps, spec.training.lr_schedule
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
-            return 1.0
-        frac = (step - warm) / max(1, total - warm)
-        return max(0.0, 1 - frac) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-
-    return factor
-
-
 def _save_checkpoint(
     output: Path,
     step: int,
@@ -180,8 +159,15 @@ def fit(
     per_epoch = math.ceil(n / tr.batch_size)
     total = min(tr.steps, tr.epochs * per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(spec, params)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, total))
+    if params:
+        check_training_dtype(
+            params[0].dtype,
+            params[0].device.type,
+            optimizer=tr.optimizer.name,
+            master_weights=distributed,
+        )
+    opt = build_optimizer(params, tr)
+    sched = build_scheduler(opt, tr, total)
     ds: Any = None
     rank = 0
     if distributed:
@@ -214,7 +200,7 @@ def fit(
         zero_shot = _evaluate(model, data.eval)  # every rank: ZeRO-3 forwards are collective
         log({"step": 0, **{f"eval/{k}": v for k, v in zero_shot.items()}})
     model.train()
-    bar, task = progress_bar(total, start, label, enabled=rank == 0)
+    bar = Progress(total, label, done=start, enabled=None if rank == 0 else False)
     last_loss = float("nan")
     with bar:
         for step in range(start, total):
@@ -244,7 +230,7 @@ def fit(
             every = spec.output.checkpoint_every
             if (every and done % every == 0) or done == total:
                 _save_checkpoint(output, done, model, opt, sched, spec.output.keep_last, ds)
-            bar.update(task, completed=done, loss=f"{loss_sum:.4f}")
+            bar.update(done, loss=loss_sum)
     final = _evaluate(model, data.eval) if data.eval else {}
     if final:
         log({"step": total, **{f"eval/{k}": v for k, v in final.items()}})
