@@ -51,6 +51,7 @@ from nlhf.errors import InputError
 from nlhf.evaluation.tabular import split_name, unique_names
 from nlhf.evaluation.winrate import WinRateMatrix, matrix_from_outcomes
 from nlhf.runio import atomic_write_text, latest_checkpoint, write_json
+from nlhf.training.progress import Progress
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 RESPONSE_KEYS = (
@@ -271,55 +272,62 @@ def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[s
     hashes: list[str] = []
     responses: list[list[dict[str, Any]]] = []
     cached = 0
-    for entry in entries:
-        stream = policy_stream(spec.seed, entry.name)
-        policy_id = [str(entry.path.resolve()), fingerprint(entry.path), stream]
-        h = content_hash({"policy": policy_id, **sampling})
-        path = out / "responses" / f"{h}.jsonl"
-        if path.is_file():
-            rows = read_jsonl(path)
-            cached += 1
-        else:
-            if sampler is None:
-                sampler = backend.make_sampler(spec, ref_path, prompts)
-            rows = sampler.sample(entry, stream)
-            meta = {"policy": str(entry.path), "name": entry.name, **sampling}
-            atomic_write_text(
-                path,
-                json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r) + "\n" for r in rows),
-            )
-        rows = [r for r in rows if "meta" not in r]
-        if len(rows) != len(prompts) * n:
-            raise InputError(f"{path}: {len(rows)} responses, expected {len(prompts) * n}")
-        hashes.append(h)
-        responses.append(rows)
-
-    pref_hash = content_hash(spec.preference.model_dump(mode="json"))
-    preference: TextPreference | None = None
-    outcomes: dict[tuple[int, int], np.ndarray] = {}
-    groups: dict[tuple[int, int], np.ndarray] = {}
-    new_cells = 0
     k = len(entries)
-    for i in range(k):
-        for j in range(i + 1, k):
-            fwd = out / "comparisons" / f"{hashes[i]}-{hashes[j]}-{pref_hash}.json"
-            bwd = out / "comparisons" / f"{hashes[j]}-{hashes[i]}-{pref_hash}.json"
-            if fwd.is_file():
-                o = np.asarray(json.loads(fwd.read_text())["outcomes"], dtype=float)
-            elif bwd.is_file():
-                o = 1.0 - np.asarray(json.loads(bwd.read_text())["outcomes"], dtype=float)
+    with Progress(k + k * (k - 1) // 2, "evaluate") as bar:  # sample each policy, compare each pair
+        for entry in entries:
+            bar.advance(policy=entry.name)
+            stream = policy_stream(spec.seed, entry.name)
+            policy_id = [str(entry.path.resolve()), fingerprint(entry.path), stream]
+            h = content_hash({"policy": policy_id, **sampling})
+            path = out / "responses" / f"{h}.jsonl"
+            if path.is_file():
+                rows = read_jsonl(path)
+                cached += 1
             else:
-                if preference is None:
-                    preference = backend.make_preference(spec)
-                xs = [prompts[r["prompt_index"]] for r in responses[i]]
-                ys_row = [r["response"] for r in responses[i]]
-                ys_col = [r["response"] for r in responses[j]]
-                # P(y_col ≻ y_row | x): column beats row
-                o = np.asarray(preference.prob(xs, ys_col, ys_row), dtype=np.float64).reshape(-1)
-                write_json(fwd, {"row": entries[i].name, "column": entries[j].name, "outcomes": o})
-                new_cells += 1
-            outcomes[(i, j)] = o
-            groups[(i, j)] = np.array([r["prompt_index"] for r in responses[i]])
+                if sampler is None:
+                    sampler = backend.make_sampler(spec, ref_path, prompts)
+                rows = sampler.sample(entry, stream)
+                meta = {"policy": str(entry.path), "name": entry.name, **sampling}
+                atomic_write_text(
+                    path,
+                    json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r) + "\n" for r in rows),
+                )
+            rows = [r for r in rows if "meta" not in r]
+            if len(rows) != len(prompts) * n:
+                raise InputError(f"{path}: {len(rows)} responses, expected {len(prompts) * n}")
+            hashes.append(h)
+            responses.append(rows)
+
+        pref_hash = content_hash(spec.preference.model_dump(mode="json"))
+        preference: TextPreference | None = None
+        outcomes: dict[tuple[int, int], np.ndarray] = {}
+        groups: dict[tuple[int, int], np.ndarray] = {}
+        new_cells = 0
+        for i in range(k):
+            for j in range(i + 1, k):
+                bar.advance(pair=f"{entries[i].name} vs {entries[j].name}")
+                fwd = out / "comparisons" / f"{hashes[i]}-{hashes[j]}-{pref_hash}.json"
+                bwd = out / "comparisons" / f"{hashes[j]}-{hashes[i]}-{pref_hash}.json"
+                if fwd.is_file():
+                    o = np.asarray(json.loads(fwd.read_text())["outcomes"], dtype=float)
+                elif bwd.is_file():
+                    o = 1.0 - np.asarray(json.loads(bwd.read_text())["outcomes"], dtype=float)
+                else:
+                    if preference is None:
+                        preference = backend.make_preference(spec)
+                    xs = [prompts[r["prompt_index"]] for r in responses[i]]
+                    ys_row = [r["response"] for r in responses[i]]
+                    ys_col = [r["response"] for r in responses[j]]
+                    # P(y_col ≻ y_row | x): column beats row
+                    o = np.asarray(preference.prob(xs, ys_col, ys_row), dtype=np.float64).reshape(
+                        -1
+                    )
+                    write_json(
+                        fwd, {"row": entries[i].name, "column": entries[j].name, "outcomes": o}
+                    )
+                    new_cells += 1
+                outcomes[(i, j)] = o
+                groups[(i, j)] = np.array([r["prompt_index"] for r in responses[i]])
     result: WinRateMatrix = matrix_from_outcomes(
         names, outcomes, confidence=spec.eval.confidence, groups=groups, seed=spec.seed
     )
