@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nlhf.runio import read_metrics
+from nlhf.testing.tolerances import assert_close
 
 pytestmark = pytest.mark.jax
 
@@ -172,14 +173,14 @@ def test_sharded_preference_training_equals_unsharded(tmp_path: Path) -> None:
     for name in ("fsdp", "tensor"):
         run = tmp_path / name
         got = [r["loss"] for r in read_metrics(run) if "loss" in r]
-        np.testing.assert_allclose(got, losses, rtol=0, atol=1e-5, err_msg=name)
+        assert_close(got, losses, "float32", name, scope="model")
         got_norms = [r["grad_norm"] for r in read_metrics(run) if "loss" in r]
-        np.testing.assert_allclose(got_norms, norms, rtol=1e-5, atol=0, err_msg=name)
+        assert_close(got_norms, norms, "float32", name, scope="model")
         got_eval = [r["eval/log_loss"] for r in read_metrics(run) if "eval/log_loss" in r]
-        np.testing.assert_allclose(got_eval[-1], evals[-1], rtol=0, atol=1e-5, err_msg=name)
+        assert_close(got_eval[-1], evals[-1], "float32", name, scope="model")
         params = _params(run / "model")
         assert params.keys() == final.keys()
         for key, value in final.items():
-            np.testing.assert_allclose(params[key], value, rtol=0, atol=1e-5, err_msg=key)
+            assert_close(params[key], value, "float32", key, scope="model")
         summary = json.loads((run / "summary.json").read_text())
         assert summary["distributed"]["devices"] == 4
