@@ -1,4 +1,5 @@
-"""Pair-generation throughput: nlhf's cached engine vs TRL-style uncached sampling (DESIGN §6).
+"""Pair-generation throughput: nlhf's cached engine vs TRL-style uncached sampling
+(docs/architecture.md §6).
 
 Setup (defaults): a tiny random Qwen2 policy and reference (2 layers, hidden 128, vocab
 1024), batch 8 left-padded prompts of 12–24 tokens, 32 new tokens, β = 0.5, no EOS (every

@@ -1,4 +1,5 @@
-"""nlhf's jax trainer on the benchmark workload (issue 8), one child process of ``run.py``.
+"""nlhf's jax trainer on the benchmark workload (docs/benchmarks.md), a child process of
+``run.py``.
 
 Drives the core :class:`nlhf.training.NashLoop` on the jax stepper
 (:func:`nlhf.training.nash_loop`, the objects behind ``nlhf run --backend jax``) with the spec of :func:`nlhf_torch_bench.nash_spec` and calls ``trainer.step(n)``;

@@ -1,4 +1,4 @@
-"""Benchmark runner (issue 8): nlhf vs TRL 1.13 ``NashMDTrainer``, torch vs jax, tabular.
+"""Benchmark runner (docs/benchmarks.md): nlhf vs TRL 1.13 ``NashMDTrainer``, torch vs jax, tabular.
 
 Every measurement runs in its own child process (so peak RSS is per run, read with
 ``os.wait4``), and the methods alternate A B A B … over ``--rounds`` so that load from
@@ -141,7 +141,7 @@ def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
 
 
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Speed-ups (pooled and same-round), memory ratios and the issue's targets."""
+    """Speed-ups (pooled and same-round), memory ratios and the :data:`TARGETS`."""
     out: dict[str, Any] = {}
     for key, (num, den, target, sense) in TARGETS.items():
         if num not in summary or den not in summary:

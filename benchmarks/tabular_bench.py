@@ -1,4 +1,5 @@
-"""Tabular solvers on a random preference game (issue 8), one child process of ``run.py``.
+"""Tabular solvers on a random preference game (docs/benchmarks.md), a child process
+of ``run.py``.
 
 The game: :func:`nlhf.tabular.games.random_game` (P_ij ~ U[0,1] for i < j, P_ji = 1 − P_ij),
 size 1000 by default, uniform reference μ. Methods, interleaved A B A B over ``--repeats``:

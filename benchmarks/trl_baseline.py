@@ -1,4 +1,4 @@
-"""The baseline: TRL 1.13.0's ``NashMDTrainer`` on the benchmark workload (issue 8).
+"""The baseline: TRL 1.13.0's ``NashMDTrainer`` on the benchmark workload (docs/benchmarks.md).
 
 Runs inside ``benchmarks/.trl-venv`` (made by ``run.py``; TRL is never a dependency of
 nlhf) as a child process of ``run.py``::

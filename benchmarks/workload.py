@@ -1,4 +1,4 @@
-"""The fixed benchmark workload (issue 8), shared by every benchmark child process.
+"""The fixed benchmark workload (docs/benchmarks.md), shared by every benchmark child process.
 
 ``Workload`` is plain data (JSON round-trip) so that the nlhf children and the TRL child
 (which runs in its own virtual environment and cannot import nlhf) read the same numbers.
