@@ -1,5 +1,6 @@
 """Front-end checks of pair generation, shared by every backend's ``generate_pairs``
-(validate once in front, then dispatch to same-shaped backend code: DESIGN §8)."""
+(validate once in front, then dispatch to same-shaped backend code; docs/architecture.md
+§1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kernel interfaces every backend implements on its own arrays (DESIGN §4, §5).
+"""Kernel interfaces every backend implements on its own arrays (docs/architecture.md §5, §9).
 
 Shapes: B batch, T completion tokens, V vocabulary. ``mask[b, n] = 1`` for real
 completion tokens (up to and including EOS), 0 for padding after EOS. Sequence
@@ -19,7 +19,7 @@ Array = Any  # a backend's array type (numpy.ndarray, torch.Tensor, jax.Array)
 
 
 class PreferenceLoss(Protocol):
-    """Cross-entropy of a pairwise preference model (DESIGN §5, paper §3).
+    """Cross-entropy of a pairwise preference model (paper §3; docs/architecture.md §5).
 
     P(y≻y'|x) = σ(v(x,y,y') − v(x,y',y)) (antisymmetric by construction; for a
     Bradley–Terry reward v(x,y,y') = r(x,y)). With target p = P*(y≻y') (1 for
@@ -31,7 +31,7 @@ class PreferenceLoss(Protocol):
 
 
 class MixtureLogprobs(Protocol):
-    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7, DESIGN §5):
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7):
     log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T), over the last axis."""
 
     def __call__(

@@ -1,4 +1,4 @@
-"""Pairwise preference data for ``task: preference_model`` (issue 4).
+"""Pairwise preference data for ``task: preference_model`` (docs/spec.md, DataSpec).
 
 :func:`load_pairs` turns a ``data:`` section into :class:`Pair` records
 ``(prompt, chosen, rejected, label)`` with ``label = P(chosen ≻ rejected)`` (1 unless a

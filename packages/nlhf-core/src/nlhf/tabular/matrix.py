@@ -1,6 +1,6 @@
 """Validation of preference matrices and reference policies (validate once, at the front).
 
-Contract (issue 2): ``matrix[i][j] = P(y_i ≻ y_j)``; a valid matrix is square with at
+Contract: ``matrix[i][j] = P(y_i ≻ y_j)``; a valid matrix is square with at
 least two responses, finite, with entries in [0, 1] and ``P + Pᵀ = 1`` (so the diagonal
 is ½). Every error names the offending entry and says how to fix it.
 """

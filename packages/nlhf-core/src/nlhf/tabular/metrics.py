@@ -11,7 +11,7 @@ formula max_π' [P(π'≻π) − τ KL(π'‖μ)] = τ log Σ_y μ(y) e^{(Pπ)_y
 
     gap(π) = max_π' [P(π'≻π) − τKL(π'‖μ) + τKL(π‖μ)]
              − min_π' [P(π≻π') − τKL(π‖μ) + τKL(π'‖μ)]
-           = 2τ log Σ_y μ(y) e^{(Pπ)_y/τ} + 2τ KL(π‖μ) − 1            (DESIGN §5).
+           = 2τ log Σ_y μ(y) e^{(Pπ)_y/τ} + 2τ KL(π‖μ) − 1    (docs/architecture.md §5).
 
 It is ≥ 0 (take π' = π, which earns ½ in the first max) and = 0 iff π is its own
 regularised best response, i.e. π = π*_τ. At τ = 0 it is 2·exploitability.
@@ -62,7 +62,7 @@ def soft_value(P: np.ndarray, mu: np.ndarray, pi: np.ndarray, tau: float) -> flo
 
 
 def duality_gap(P: np.ndarray, mu: np.ndarray, pi: np.ndarray, tau: float) -> float:
-    """2τ log Σ_y μ(y) e^{(Pπ)_y/τ} + 2τ KL(π‖μ) − 1 (module docstring; DESIGN §5)."""
+    """2τ log Σ_y μ(y) e^{(Pπ)_y/τ} + 2τ KL(π‖μ) − 1 (module docstring)."""
     kl = kl_divergence(pi, mu) if tau > 0 else 0.0
     return 2.0 * soft_value(P, mu, pi, tau) + 2.0 * tau * kl - 1.0
 

@@ -1,4 +1,5 @@
-"""The conformance kit of nlhf backends (DESIGN §7): subclass :class:`BackendConformance`.
+"""The conformance kit of nlhf backends (docs/architecture.md §7): subclass
+:class:`BackendConformance`.
 
 Also a pytest plugin (entry point ``pytest11: nlhf-conformance``, :mod:`.plugin`) that
 applies the declared xfails of ``xfails.yaml``.

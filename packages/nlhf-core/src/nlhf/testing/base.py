@@ -1,4 +1,4 @@
-"""``BackendConformance``: the conformance kit's base test class (DESIGN §7).
+"""``BackendConformance``: the conformance kit's base test class (docs/architecture.md §7).
 
 A backend proves itself by subclassing it in a test file::
 
