@@ -1,4 +1,4 @@
-"""Exact tabular win-rate matrices, per-policy metrics and `nlhf eval` (issue 7)."""
+"""Exact tabular win-rate matrices, per-policy metrics and `nlhf eval` (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def test_per_policy_exploitability_and_gap() -> None:
     result = tabular_winrate_matrix(
         RPS, mu, [TabularPolicy("p", pi, tau=0.1), TabularPolicy("u", np.ones(3) / 3)]
     )
-    # (Pπ)_y = P(y ≻ π): exploitability = max_y (Pπ)_y − ½, gap from its DESIGN §5 formula
+    # (Pπ)_y = P(y ≻ π): exploitability = max_y (Pπ)_y − ½, gap from its formula
+    # (docs/architecture.md §5)
     u = RPS @ pi
     assert result.per_policy["p"]["exploitability"] == pytest.approx(u.max() - 0.5)
     gap = (

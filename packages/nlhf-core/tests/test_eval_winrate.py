@@ -1,4 +1,4 @@
-"""Win-rate matrices and their confidence intervals (issue 7).
+"""Win-rate matrices and their confidence intervals (docs/evaluation.md).
 
 Oracles: closed forms of the Clopper–Pearson bounds at s = 0 and s = n, the binomial
 tail identities that define the bounds (scipy.stats.binom, not the Beta quantiles the

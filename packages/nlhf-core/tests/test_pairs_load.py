@@ -1,4 +1,4 @@
-"""Pairwise data loading (issue 4): formats, the hh-rlhf splitter on real rows, soft
+"""Pairwise data loading: formats, the hh-rlhf splitter on real rows, soft
 labels, truncation policies, held-out splits and clear errors for bad data."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Plots (issue 7): files produced, non-empty, sized, axes carrying the policy names."""
+"""Plots (docs/evaluation.md): files produced, non-empty, sized, axes carrying the policy names."""
 
 from __future__ import annotations
 

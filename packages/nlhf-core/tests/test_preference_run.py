@@ -16,7 +16,7 @@ from nlhf.preference.run import run_preference_training
 from nlhf.spec.models import LLMJudgePreference, RunSpec
 
 OVERHEAD = {"pairwise": 7, "bradley_terry": 2}
-SLACK = 4  # DESIGN: a few tokens kept free beyond the template
+SLACK = 4  # by design a few tokens are kept free beyond the template (LENGTH_SLACK)
 MAX_LENGTH = 40
 
 

@@ -1,4 +1,4 @@
-"""`nlhf report RUN_DIR` (issue 7): a self-contained HTML page with embedded plots."""
+"""`nlhf report RUN_DIR` (docs/evaluation.md): a self-contained HTML page with embedded plots."""
 
 from __future__ import annotations
 
