@@ -1,4 +1,4 @@
-"""``task: evaluate`` on the jax backend (issue 7): tiny Llamas, a test oracle.
+"""``task: evaluate`` on the jax backend (docs/evaluation.md): tiny Llamas, a test oracle.
 
 Oracles, all independent of the code under test: every cell is recomputed from the
 cached responses with the oracle function itself; every cached log-prob is recomputed by

@@ -1,5 +1,5 @@
 """``task: preference_model`` on a jax device mesh equals the single-device run, for real on
-4 CPU devices (a subprocess sets XLA_FLAGS before jax is imported, DESIGN §10): per-step
+4 CPU devices (a subprocess sets XLA_FLAGS before jax is imported): per-step
 losses, held-out metrics and final parameters within 1e-5, parameters and batches really
 sharded, and a sharded run resumed from its checkpoint continues like the uninterrupted
 unsharded one. The oracle is the unsharded run."""

@@ -1,5 +1,5 @@
 """Sharded == unsharded, for real on 4 CPU devices (a subprocess sets XLA_FLAGS before
-jax is imported, DESIGN §10)."""
+jax is imported; docs/jax.md, Sharding)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The jax nash trainer end to end on a 4-device mesh equals the unsharded run (issue 5,
-part 5): same per-step losses and metrics, same parameters after the last step, same
-sampled lengths; also with LoRA adapters on a sharded base model. A subprocess sets ``XLA_FLAGS`` before jax is imported (DESIGN §10)."""
+"""The jax nash trainer end to end on a 4-device mesh equals the unsharded run
+(docs/jax.md, Sharding): same per-step losses and metrics, same parameters after the last
+step, same sampled lengths; also with LoRA adapters on a sharded base model. A subprocess
+sets ``XLA_FLAGS`` before jax is imported."""
 
 from __future__ import annotations
 

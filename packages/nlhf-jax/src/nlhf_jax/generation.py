@@ -1,11 +1,11 @@
-"""Jitted pair generation for Nash-MD-PG and its variants (paper §7, DESIGN §5–§6).
+"""Jitted pair generation for Nash-MD-PG and its variants (paper §7; docs/architecture.md §5–§6).
 
 For every prompt x we draw y ~ π_θ(·|x) and y' from an opponent, token by token:
 ``mixture`` (Nash-MD-PG): log π̃(·|x,y'_<n) = log_softmax(((1−β)ℓ_π + βℓ_μ)/T);
 ``reference`` (best response, β = 1); ``policy`` (self-play, β = 0); ``model``
 (Nash-EMA-PG: ``opponent_model``'s logits, mixed with μ by β when β > 0).
 
-What makes it fast (DESIGN §6), all inside one ``jax.jit``:
+What makes it fast (docs/architecture.md §6), all inside one ``jax.jit``:
 
 1. each model prefills the left-padded prompts once into a static-shape KV cache of
    length P + max_new_tokens, then the cache is tiled to the 2B rows it serves;

@@ -1,4 +1,4 @@
-"""JAX kernels of nlhf (:class:`nlhf.algorithms.protocols.Kernels`, DESIGN §5).
+"""JAX kernels of nlhf (:class:`nlhf.algorithms.protocols.Kernels`, docs/architecture.md §5).
 
 The module-level functions are pure ``jax.numpy`` and jit-friendly (the trainer calls
 them inside its jitted step); :class:`JaxKernels` bundles them for the backend object and
@@ -47,7 +47,7 @@ def _float(x: jax.Array) -> jax.Array:
 
 
 def preference_loss(v_fwd: jax.Array, v_bwd: jax.Array, target: jax.Array) -> jax.Array:
-    """Pairwise preference cross-entropy (paper §3, DESIGN §5): z = v_fwd − v_bwd,
+    """Pairwise preference cross-entropy (paper §3): z = v_fwd − v_bwd,
     loss = mean_b −[p_b log σ(z_b) + (1 − p_b) log σ(−z_b)] (soft targets allowed)."""
     z = jnp.asarray(v_fwd) - jnp.asarray(v_bwd)
     p = jnp.asarray(target, dtype=z.dtype)
@@ -57,7 +57,7 @@ def preference_loss(v_fwd: jax.Array, v_bwd: jax.Array, target: jax.Array) -> ja
 def mixture_logprobs(
     policy_logits: jax.Array, reference_logits: jax.Array, beta: Any, temperature: Any
 ) -> jax.Array:
-    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7, DESIGN §5):
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7):
     log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis.
     (β and T may be traced scalars, so they are not range-checked here.)"""
     mixed = (1.0 - beta) * _float(policy_logits) + beta * _float(reference_logits)
@@ -96,7 +96,7 @@ def kl(
     estimator: KLEstimator,
     temperature: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    """KL(π_θ‖μ) per row; returns ``(surrogate, value)``, each (B,) (DESIGN §5).
+    """KL(π_θ‖μ) per row; returns ``(surrogate, value)``, each (B,) (docs/architecture.md §5).
 
     With ℓ_n = log π_θ(y_n|·) − log μ(y_n|·) at temperature T, summed where m_n = 1:
 

@@ -10,7 +10,7 @@ over the mesh's ``data`` and ``fsdp`` axes (FSDP is data parallel with sharded w
 XLA inserts the collectives (GSPMD), so the sharded computation equals the unsharded one.
 
 On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before jax is
-imported) gives four devices, so this runs for real in tests (DESIGN §10).
+imported) gives four devices, so this runs for real in tests (docs/jax.md, Sharding).
 """
 
 from __future__ import annotations

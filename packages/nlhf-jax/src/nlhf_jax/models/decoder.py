@@ -1,4 +1,4 @@
-"""Flax NNX Llama / Qwen2 decoder (DESIGN §10): the architecture of transformers'
+"""Flax NNX Llama / Qwen2 decoder (docs/jax.md, Models): the architecture of transformers'
 ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` (and their ``ForSequenceClassification``
 heads), written so the same ``model.safetensors`` loads with exact parity.
 
