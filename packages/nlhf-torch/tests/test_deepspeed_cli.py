@@ -1,4 +1,4 @@
-"""``nlhf run spec.yaml --backend torch --nproc N`` (issue 6): argument checks, the
+"""``nlhf run spec.yaml --backend torch --nproc N`` (docs/distributed.md): argument checks, the
 command it launches (overrides, output and resume passed on, ``DS_ACCELERATOR=cpu``
 without CUDA), and a real 2-process DeepSpeed run through the CLI that matches the
 single-process losses."""

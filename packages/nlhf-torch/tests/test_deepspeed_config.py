@@ -1,4 +1,4 @@
-"""DeepSpeed configuration layer (issue 6): spec -> DeepSpeed JSON, user JSON merge,
+"""DeepSpeed configuration layer (docs/distributed.md): spec -> DeepSpeed JSON, user JSON merge,
 clear errors and launch helpers. None of these tests needs DeepSpeed installed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Clear errors of DeepSpeed runs (issue 6) through the trainers' entry points, raised
+"""Clear errors of DeepSpeed runs (docs/distributed.md) through the trainers' entry points, raised
 before any process group is joined: DeepSpeed missing, world size not dividing the
 batch, a conflicting DeepSpeed JSON, and resuming across single-process/DeepSpeed."""
 

@@ -1,4 +1,4 @@
-"""``task: preference_model`` under DeepSpeed (issue 6): the rank shares of a step weigh
+"""``task: preference_model`` under DeepSpeed (docs/distributed.md): the rank shares of a step weigh
 every pair as the single-process mean does, and 2 CPU processes under ZeRO-2 and ZeRO-3
 give the single-process losses, gradient norms, held-out metrics and weights (including
 the short last batch of an epoch)."""

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO 1/2/3 on 2 CPU processes (issue 6): a tiny Llama trained for 2
+"""DeepSpeed ZeRO 1/2/3 on 2 CPU processes (docs/distributed.md): a tiny Llama trained for 2
 Nash-MD-PG steps under ``torchrun`` gives the single-process losses and weights.
 
 The optimizer is SGD: under AdamW the runs agree to ~1e-7 in gradients, but Adam's

@@ -1,4 +1,4 @@
-"""Sampled win-rate evaluation of LLM policies (issue 7): tiny Llamas, a test oracle.
+"""Sampled win-rate evaluation of LLM policies (docs/evaluation.md): tiny Llamas, a test oracle.
 
 Oracles: the cells are recomputed here from the cached response files with the oracle
 function itself (so the pairing and the "column beats row" orientation are checked), a

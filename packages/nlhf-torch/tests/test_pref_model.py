@@ -1,6 +1,6 @@
-"""Preference models on a tiny local Llama (issue 4): antisymmetry for random inputs,
-values against an unbatched transformers forward (the oracle), zero-shot use, saving,
-loading and serving."""
+"""Preference models on a tiny local Llama (docs/architecture.md §5): antisymmetry for
+random inputs, values against an unbatched transformers forward (the oracle), zero-shot
+use, saving, loading and serving."""
 
 from __future__ import annotations
 

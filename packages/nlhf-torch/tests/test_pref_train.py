@@ -1,6 +1,7 @@
-"""``task: preference_model`` training (issue 4): metrics against hand-computed values,
-run outputs, resume equal to an uninterrupted run, pairwise vs Bradley–Terry on the same
-held-out pairs, and learning a synthetic preference with known truth (contains "apple")."""
+"""``task: preference_model`` training (docs/spec.md, PreferenceTrainingSpec): metrics
+against hand-computed values, run outputs, resume equal to an uninterrupted run, pairwise
+vs Bradley–Terry on the same held-out pairs, and learning a synthetic preference with
+known truth (contains "apple")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Torch kernels vs direct formulas, finite differences and Monte Carlo (DESIGN §5).
+"""Torch kernels vs direct formulas, finite differences and Monte Carlo (docs/architecture.md §5).
 
 Oracles are written here, loop by loop in NumPy, independently of nlhf_torch.kernels and of
 the conformance kit's oracle (which tests/conformance/test_conformance_torch.py covers).

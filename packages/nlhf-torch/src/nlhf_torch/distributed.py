@@ -1,4 +1,5 @@
-"""DeepSpeed configuration for torch runs (issue 6): spec -> DeepSpeed JSON, launch helpers.
+"""DeepSpeed configuration for torch runs (docs/distributed.md): spec -> DeepSpeed JSON,
+launch helpers.
 
 The ``distributed`` section (:class:`nlhf.spec.models.DeepSpeedSpec`) is the single source
 of truth. :func:`build_deepspeed_config` derives the batch, accumulation, ZeRO, offload,
@@ -6,7 +7,7 @@ clipping and precision keys from the spec and merges a user's own DeepSpeed JSON
 (``distributed.config``) into them: ``"auto"`` values are filled, keys that disagree with
 the spec are all reported in one error, never silently merged.
 
-CPU recipe (CI, laptops; DESIGN §10)::
+CPU recipe (CI, laptops; docs/distributed.md)::
 
     DS_BUILD_OPS=0 pip install 'nlhf-torch[deepspeed]'
     nlhf run spec.yaml --backend torch --nproc 2      # sets DS_ACCELERATOR=cpu without CUDA

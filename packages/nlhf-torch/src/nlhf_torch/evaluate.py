@@ -1,4 +1,5 @@
-"""``task: evaluate`` on the torch backend: win-rates between LLM policies (issue 7).
+"""``task: evaluate`` on the torch backend: win-rates between LLM policies
+(docs/evaluation.md).
 
 The method, the caches (``responses/``, ``comparisons/``), the output files and the
 spec defaulting are shared with every backend: :mod:`nlhf.evaluation.llm` (win-rate

@@ -1,4 +1,4 @@
-"""Torch kernels of nlhf (:class:`nlhf.algorithms.protocols.Kernels`, DESIGN §5).
+"""Torch kernels of nlhf (:class:`nlhf.algorithms.protocols.Kernels`, docs/architecture.md §5).
 
 Every kernel is a module-level function (the trainer imports them directly) and
 :class:`TorchKernels` bundles them for the backend object and the conformance kit.
@@ -40,7 +40,7 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 
 def preference_loss(v_fwd: torch.Tensor, v_bwd: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of a pairwise preference model (paper §3, DESIGN §5).
+    """Cross-entropy of a pairwise preference model (paper §3).
 
     z = v_fwd − v_bwd, P(y≻y') = σ(z);
     loss = mean_b −[p_b log σ(z_b) + (1 − p_b) log σ(−z_b)] (soft targets p allowed).
@@ -56,7 +56,7 @@ def mixture_logprobs(
     beta: float,
     temperature: float,
 ) -> torch.Tensor:
-    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7, DESIGN §5):
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7):
     log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1]; got {beta}")
@@ -98,7 +98,7 @@ def kl(
     estimator: KLEstimator,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(π_θ‖μ) per row; returns ``(surrogate, value)`` each of shape (B,) (DESIGN §5).
+    """KL(π_θ‖μ) per row; returns ``(surrogate, value)`` each of shape (B,).
 
     With ℓ_n = log π_θ(y_n|·) − log μ(y_n|·), both at temperature T, summed over m_n = 1:
 

@@ -1,4 +1,4 @@
-"""Per-process entry point of a distributed torch run (issue 6)::
+"""Per-process entry point of a distributed torch run (docs/distributed.md)::
 
     DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf_torch.launch spec.yaml \\
         [--set key=value ...] [--output DIR] [--resume] [--plugin MODULE:ATTR ...]

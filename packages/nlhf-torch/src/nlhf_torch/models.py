@@ -1,4 +1,4 @@
-"""Policy, reference and tokenizer of a ``task: nash`` run (issue 3, part 1).
+"""Policy, reference and tokenizer of a ``task: nash`` run.
 
 - policy: ``AutoModelForCausalLM.from_pretrained(policy.model, dtype=policy.dtype)``;
 - reference μ: ``reference.model`` when given, else a frozen copy of the *initial* policy
