@@ -220,8 +220,8 @@ print("HEAVY", heavy)
 
 
 def test_cli_in_a_fresh_interpreter_imports_no_framework() -> None:
-    """The issue's example and ``nlhf backends``, by the console entry point, in one fresh
-    interpreter (one start-up: the fast tier stays fast)."""
+    """The example of docs/plugins.md §3 and ``nlhf backends``, by the console entry
+    point, in one fresh interpreter (one start-up: the fast tier stays fast)."""
     commands = [
         ["validate", str(QUICKSTART), "--backend", "jax", "--set", "distributed.engine=deepspeed"],
         ["backends"],

@@ -1,4 +1,4 @@
-"""The benchmark runner's smoke mode produces well-formed results (issue 8).
+"""The benchmark runner's smoke mode produces well-formed results (docs/benchmarks.md).
 
 Asserts the shape of ``benchmarks/results/*.json`` only — never anything about time.
 """

@@ -1,5 +1,5 @@
 """torch (transformers) vs jax (Flax NNX) from the same tiny checkpoint, step by step
-(issue 5 acceptance, DESIGN §7): logits, per-token log-probs, sampled pairs from the same
+(docs/architecture.md §7): logits, per-token log-probs, sampled pairs from the same
 uniforms, the Nash-MD-PG loss and its parameter gradients, and the parameters after one
 optimiser step. Each side runs its production code path (``sequence_logits``,
 ``generate_pairs``, ``nash_md_pg_loss``, the optimiser builders)."""

@@ -1,5 +1,5 @@
-"""The jax backend against the conformance kit (DESIGN §7), in float64 (scoped x64) and
-float32."""
+"""The jax backend against the conformance kit (docs/architecture.md §7), in float64
+(scoped x64) and float32."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The kit has teeth: each known kernel bug (DESIGN §9) makes a kit case fail; and the
-pytest plugin turns declared gaps into strict xfails."""
+"""The kit has teeth: each known kernel bug (docs/architecture.md §5, pitfalls) makes a
+kit case fail; and the pytest plugin turns declared gaps into strict xfails."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class SwappedMixture(R.NumpyKernels):
 
 
 class NoTemperatureKL(R.NumpyKernels):
-    """Temperature used for sampling but not for log-probs (DESIGN §9)."""
+    """Temperature used for sampling but not for log-probs."""
 
     def kl(self, p, r, t, m, estimator, temperature):  # type: ignore[override]
         return R.kl(p, r, t, m, estimator, 1.0)
@@ -53,7 +53,7 @@ class UncenteredPreference(R.NumpyKernels):
 
 
 class NoTemperatureLogprobs(R.NumpyKernels):
-    """Sequence log-probs at T = 1 although sampling used T (DESIGN §9)."""
+    """Sequence log-probs at T = 1 although sampling used T."""
 
     def sequence_logprobs(self, logits, tokens, mask, temperature):  # type: ignore[override]
         return R.sequence_logprobs(logits, tokens, mask, 1.0)

@@ -1,4 +1,5 @@
-"""The torch backend against the conformance kit (DESIGN §7): float64 to 1e-10, float32 to 1e-5."""
+"""The torch backend against the conformance kit (docs/architecture.md §7): float64 to
+1e-10, float32 to 1e-5."""
 
 from __future__ import annotations
 
