@@ -193,8 +193,9 @@ def test_one_training_step_matches_torch(ckpts: dict[str, Path], head: str) -> N
     from nlhf_jax.preference import model as jm
     from nlhf_jax.preference.train import Stepper
     from nlhf_torch.kernels import preference_loss
+    from nlhf_torch.optim import build_optimizer as torch_optimizer
+    from nlhf_torch.optim import build_scheduler
     from nlhf_torch.preference import model as tm
-    from nlhf_torch.preference.train import _lr_lambda, _optimizer
 
     src = ckpts["lm"] if head == "lm" else ckpts["pw-classification"]
     spec = _train_spec(src, head)
@@ -206,8 +207,8 @@ def test_one_training_step_matches_torch(ckpts: dict[str, Path], head: str) -> N
     t_model.train()
     j_model = jm.build_preference_model(src, j_cfg)
     params = [p for p in t_model.parameters() if p.requires_grad]
-    opt = _optimizer(spec, params)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, spec.training.steps))
+    opt = torch_optimizer(params, spec.training)
+    sched = build_scheduler(opt, spec.training, spec.training.steps)
     tx = build_optimizer(spec.training, spec.training.steps)
     stepper, opt_state = Stepper(j_model, tx), tx.init(j_model.state)
     for _ in range(2):
