@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from nlhf import tracking
 from nlhf.errors import InputError, RunDirError
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ RUN_OUTPUTS = (
     "comparisons",
     "plots",
     "report.html",
+    "tensorboard",
+    "wandb",
+    "mlruns",
 )
 """What nlhf writes into a run directory; ``--overwrite`` removes these and nothing else."""
 MUTABLE_ON_RESUME = (
@@ -68,6 +72,7 @@ MUTABLE_ON_RESUME = (
     "output.checkpoint_every",
     "output.keep_last",
     "output.plots",
+    "output.report_to",
 )
 """Spec fields a resume may change: the run length (a checkpoint past it is refused) and
 the logging, evaluation and checkpoint cadence. Every other field is compared."""
@@ -168,6 +173,7 @@ def write_resolved_spec(output: Path, spec: Any) -> Path:
 def write_summary(output: Path, summary: dict[str, Any]) -> Path:
     path = Path(output) / "summary.json"
     write_json(path, summary)
+    tracking.report_summary(Path(output), summary)  # output.report_to, when open
     return path
 
 
@@ -193,6 +199,7 @@ class MetricsWriter:
     def log(self, record: dict[str, Any]) -> None:
         self._handle.write(json.dumps(_jsonable(record)) + "\n")
         self._handle.flush()
+        tracking.report_metrics(self.path.parent, record)  # output.report_to, when open
 
     def close(self) -> None:
         if not self._handle.closed:

@@ -242,6 +242,7 @@ def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[s
     summary."""
     from nlhf.data.prompts import load_prompts
     from nlhf.runio import write_resolved_spec, write_summary
+    from nlhf.tracking import track
 
     start = time.perf_counter()
     spec, entries, ref_path = _resolve(spec)
@@ -344,24 +345,25 @@ def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[s
         "reference": ref_path,
     }
     result.write(out)
-    plots: list[str] = []
-    if spec.output.plots:
-        from nlhf.evaluation.plots import save_figure, winrate_heatmap
+    with track(spec, out, "evaluate"):  # output.report_to: the plots and the summary
+        plots: list[str] = []
+        if spec.output.plots:
+            from nlhf.evaluation.plots import save_figure, winrate_heatmap
 
-        plots = save_figure(winrate_heatmap(result), out / "plots" / "winrate")
-    summary = {
-        "task": "evaluate",
-        "backend": backend.name,
-        "policies": names,
-        "matrix": result.mean.tolist(),
-        "column_average": result.column_average().tolist(),
-        "per_policy": per_policy,
-        "responses_cached": cached,
-        "responses_sampled": k - cached,
-        "cells_compared": new_cells,
-        "plots": plots,
-        "seconds": time.perf_counter() - start,
-        "device": backend.device,
-    }
-    write_summary(out, summary)
+            plots = save_figure(winrate_heatmap(result), out / "plots" / "winrate")
+        summary = {
+            "task": "evaluate",
+            "backend": backend.name,
+            "policies": names,
+            "matrix": result.mean.tolist(),
+            "column_average": result.column_average().tolist(),
+            "per_policy": per_policy,
+            "responses_cached": cached,
+            "responses_sampled": k - cached,
+            "cells_compared": new_cells,
+            "plots": plots,
+            "seconds": time.perf_counter() - start,
+            "device": backend.device,
+        }
+        write_summary(out, summary)
     return summary

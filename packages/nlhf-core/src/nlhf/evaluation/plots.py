@@ -24,6 +24,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from nlhf import tracking
 from nlhf.errors import InputError
 from nlhf.evaluation.winrate import WinRateMatrix
 
@@ -53,6 +54,7 @@ def save_figure(fig: Figure, stem: Path, *, dpi: int = 120) -> list[str]:
             path = stem.with_suffix(f".{ext}")
             fig.savefig(path, dpi=dpi, bbox_inches="tight")
             paths.append(str(path))
+    tracking.report_image(Path(paths[0]))  # output.report_to, when open
     return paths
 
 

@@ -225,6 +225,7 @@ def evaluate_tabular_spec(spec: RunSpec, output: Path | None = None) -> dict[str
     """
     from nlhf.runio import write_resolved_spec, write_summary
     from nlhf.tabular.runner import resolve
+    from nlhf.tracking import track
 
     start = time.perf_counter()
     if spec.eval is None or not spec.eval.policies:
@@ -247,28 +248,29 @@ def evaluate_tabular_spec(spec: RunSpec, output: Path | None = None) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_spec(out, spec)
     result.write(out)
-    plots: list[str] = []
-    if spec.output.plots:
-        from nlhf.evaluation.plots import save_figure, simplex_figure, winrate_heatmap
+    with track(spec, out, "evaluate"):  # output.report_to: the plots and the summary
+        plots: list[str] = []
+        if spec.output.plots:
+            from nlhf.evaluation.plots import save_figure, simplex_figure, winrate_heatmap
 
-        plots += save_figure(winrate_heatmap(result), out / "plots" / "winrate")
-        if problem.P.shape[0] == 3:
-            points = {n: p.probs for n, p in zip(result.policies, policies, strict=True)}
-            fig = simplex_figure({}, list(problem.labels), points=points, reference=problem.mu)
-            plots += save_figure(fig, out / "plots" / "simplex")
-    summary = {
-        "task": "evaluate",
-        "backend": "numpy",
-        "game": problem.game,
-        "policies": result.policies,
-        "matrix": result.mean.tolist(),
-        "column_average": result.column_average().tolist(),
-        "antisymmetry_error": result.antisymmetry_error(),
-        "per_policy": result.per_policy,
-        "plots": plots,
-        "seconds": time.perf_counter() - start,
-    }
-    write_summary(out, summary)
+            plots += save_figure(winrate_heatmap(result), out / "plots" / "winrate")
+            if problem.P.shape[0] == 3:
+                points = {n: p.probs for n, p in zip(result.policies, policies, strict=True)}
+                fig = simplex_figure({}, list(problem.labels), points=points, reference=problem.mu)
+                plots += save_figure(fig, out / "plots" / "simplex")
+        summary = {
+            "task": "evaluate",
+            "backend": "numpy",
+            "game": problem.game,
+            "policies": result.policies,
+            "matrix": result.mean.tolist(),
+            "column_average": result.column_average().tolist(),
+            "antisymmetry_error": result.antisymmetry_error(),
+            "per_policy": result.per_policy,
+            "plots": plots,
+            "seconds": time.perf_counter() - start,
+        }
+        write_summary(out, summary)
     return summary
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from nlhf.errors import InputError
 from nlhf.preference.format import PreferenceConfig
 from nlhf.runio import latest_checkpoint, resume_checkpoint, write_resolved_spec, write_summary
 from nlhf.spec.models import PreferenceTrainingSpec
+from nlhf.tracking import track
 
 LENGTH_SLACK = 4
 """Tokens kept free beyond the template: BPE merges across the pieces of a rendered text
@@ -115,22 +117,28 @@ def run_preference_training(
     if write_outputs:
         output.mkdir(parents=True, exist_ok=True)
         write_resolved_spec(output, spec)
-    run = prepare_preference_run(spec, load_tokenizer=load_tokenizer, text_overhead=text_overhead)
-    summary: dict[str, Any] = {"task": "preference_model"}
-    if backend is not None:
-        summary["backend"] = backend
-    summary["data"] = run.data.report
-    summary.update(fit(spec, output, run.config, run.data, resume=resume, label=run.config.kind))
-    if run.training.compare_baseline:
-        bt = PreferenceConfig(
-            kind="bradley_terry", head="classification", max_length=run.config.max_length
+    tracker = track(spec, output, "preference_model") if write_outputs else nullcontext()
+    with tracker:  # output.report_to: the fit's metrics.jsonl records reach it
+        run = prepare_preference_run(
+            spec, load_tokenizer=load_tokenizer, text_overhead=text_overhead
         )
-        summary["baseline"] = fit(
-            spec, output / "baseline", bt, run.data, resume=resume, label="bradley_terry"
+        summary: dict[str, Any] = {"task": "preference_model"}
+        if backend is not None:
+            summary["backend"] = backend
+        summary["data"] = run.data.report
+        summary.update(
+            fit(spec, output, run.config, run.data, resume=resume, label=run.config.kind)
         )
-    summary["wall_time_s"] = time.perf_counter() - t0
-    if write_outputs:
-        write_summary(output, summary)
+        if run.training.compare_baseline:
+            bt = PreferenceConfig(
+                kind="bradley_terry", head="classification", max_length=run.config.max_length
+            )
+            summary["baseline"] = fit(
+                spec, output / "baseline", bt, run.data, resume=resume, label="bradley_terry"
+            )
+        summary["wall_time_s"] = time.perf_counter() - t0
+        if write_outputs:
+            write_summary(output, summary)
     return summary
 
 

@@ -373,6 +373,12 @@ class OutputSpec(Section):
     checkpoint_every: PositiveInt | None = None
     keep_last: PositiveInt | None = None
     plots: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Experiment trackers that also receive the metrics, the resolved spec, the summary
+    and the plots (docs/tracking.md): TensorBoard event files under ``DIR/tensorboard``,
+    an offline W&B run under ``DIR/wandb``, an MLflow file store under ``DIR/mlruns``.
+    Each needs its library: ``pip install 'nlhf-core[tensorboard]'`` (or ``[wandb]``,
+    ``[mlflow]``)."""
 
     @field_validator("dir")
     @classmethod

@@ -350,6 +350,9 @@ def preflight_problems(
         from nlhf.spec.load import oracle_problems
 
         problems += oracle_problems(spec.preference.function, spec.preference.options)
+    from nlhf.tracking import tracking_problems
+
+    problems += tracking_problems(spec)  # output.report_to: each library installed
     output = check_output_dir(spec.output.dir) if outputs else None
     if output is not None:
         problems.append((("output", "dir"), output))

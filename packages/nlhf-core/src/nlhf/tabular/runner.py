@@ -158,6 +158,7 @@ def train_spec(
     ≥ 1000 steps.
     """
     from nlhf.runio import MetricsWriter, resume_checkpoint, write_resolved_spec, write_summary
+    from nlhf.tracking import track
     from nlhf.training.progress import Progress
 
     if resume:  # deterministic and cheap: recomputed, if the spec is the run's
@@ -177,46 +178,47 @@ def train_spec(
         progress = sys.stderr.isatty() and problem.steps >= 1000
     log_pi = dynamics.initial_log_policy(mu)
     last = _record(problem, star, 0, log_pi)
-    with (
-        MetricsWriter(output) as writer,
-        Progress(total, problem.algorithm, enabled=progress) as bar,
-    ):
-        writer.log(last)
-        for s in range(0, total, CHUNK_STEPS):
-            k = slice(s, s + CHUNK_STEPS)
-            rows = np.asarray(
-                trajectory(P, mu, log_pi, etas[k], taus[k], problem.algorithm), dtype=np.float64
-            )
-            if rows.shape != (len(etas[k]), mu.shape[0]):
-                raise NLHFError(
-                    f"backend {backend!r}: the tabular trajectory returned shape {rows.shape}, "
-                    f"expected {(len(etas[k]), mu.shape[0])}"
+    with track(spec, output, "tabular", resumed_from=0 if resume else None):
+        with (
+            MetricsWriter(output) as writer,
+            Progress(total, problem.algorithm, enabled=progress) as bar,
+        ):
+            writer.log(last)
+            for s in range(0, total, CHUNK_STEPS):
+                k = slice(s, s + CHUNK_STEPS)
+                rows = np.asarray(
+                    trajectory(P, mu, log_pi, etas[k], taus[k], problem.algorithm), dtype=np.float64
                 )
-            for i, row in enumerate(rows, start=s + 1):
-                if i % problem.log_every == 0 or i == total:
-                    last = _record(problem, star, i, row)
-                    writer.log(last)
-            log_pi = rows[-1]
-            bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")
-    policy = np.exp(log_pi)
-    summary: dict[str, Any] = {
-        "backend": backend,
-        "game": problem.game,
-        "algorithm": problem.algorithm,
-        "tau": problem.tau.model_dump() if isinstance(problem.tau, Schedule) else problem.tau,
-        "tau_final": problem.tau_final,
-        "eta": problem.eta,
-        "steps": int(last["step"]),
-        "responses": list(problem.labels),
-        "reference": problem.mu.tolist(),
-        "policy": policy.tolist(),
-        "duality_gap": last["duality_gap"],
-        "exploitability": last["exploitability"],
-        "kl_to_reference": last["kl_to_reference"],
-        "solution": star.tolist(),
-        "solution_kind": "regularized_nash" if problem.tau_final > 0 else "maximal_lottery",
-        "kl_to_solution": last["kl_to_solution"],
-        "seconds": time.perf_counter() - start,
-    }
-    write_summary(output, summary)
+                if rows.shape != (len(etas[k]), mu.shape[0]):
+                    raise NLHFError(
+                        f"backend {backend!r}: the tabular trajectory returned shape {rows.shape}, "
+                        f"expected {(len(etas[k]), mu.shape[0])}"
+                    )
+                for i, row in enumerate(rows, start=s + 1):
+                    if i % problem.log_every == 0 or i == total:
+                        last = _record(problem, star, i, row)
+                        writer.log(last)
+                log_pi = rows[-1]
+                bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")
+        policy = np.exp(log_pi)
+        summary: dict[str, Any] = {
+            "backend": backend,
+            "game": problem.game,
+            "algorithm": problem.algorithm,
+            "tau": problem.tau.model_dump() if isinstance(problem.tau, Schedule) else problem.tau,
+            "tau_final": problem.tau_final,
+            "eta": problem.eta,
+            "steps": int(last["step"]),
+            "responses": list(problem.labels),
+            "reference": problem.mu.tolist(),
+            "policy": policy.tolist(),
+            "duality_gap": last["duality_gap"],
+            "exploitability": last["exploitability"],
+            "kl_to_reference": last["kl_to_reference"],
+            "solution": star.tolist(),
+            "solution_kind": "regularized_nash" if problem.tau_final > 0 else "maximal_lottery",
+            "kl_to_solution": last["kl_to_solution"],
+            "seconds": time.perf_counter() - start,
+        }
+        write_summary(output, summary)
     return summary

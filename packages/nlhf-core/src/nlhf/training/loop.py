@@ -52,6 +52,7 @@ from nlhf.runio import (
     write_summary,
 )
 from nlhf.spec.models import RunSpec
+from nlhf.tracking import track
 from nlhf.training.algorithms import has_reward, rule_for
 from nlhf.training.progress import Progress
 from nlhf.training.protocols import NashStepper, StepperFactory, Tokens
@@ -284,7 +285,14 @@ class NashLoop:
     # ---------------------------------------------------------------- the run
     def run(self) -> dict[str, Any]:
         """Train from the resume point to ``training.steps``; return the summary (an empty
-        dict on ranks > 0, which write no files)."""
+        dict on ranks > 0, which write no files). Rank 0 reports to the trackers of
+        ``output.report_to`` (:mod:`nlhf.tracking`) while it runs."""
+        if not self.is_main:
+            return self._run()
+        with track(self.spec, self.output, "nash", resumed_from=self.start_step or None):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         spec = self.spec
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
