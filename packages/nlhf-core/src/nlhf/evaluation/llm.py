@@ -1,4 +1,4 @@
-"""``task: evaluate`` for LLM policies: win-rates between policies (issue 7), the
+"""``task: evaluate`` for LLM policies: win-rates between policies (docs/evaluation.md), the
 framework-free part shared by every backend.
 
 For policies π_1..π_k (checkpoint directories, or run directories meaning their latest

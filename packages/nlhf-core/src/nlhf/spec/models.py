@@ -1,4 +1,4 @@
-"""The run spec (DESIGN §3): one pydantic v2 model tree, ``spec_version: 1``.
+"""The run spec (docs/spec.md): one pydantic v2 model tree, ``spec_version: 1``.
 
 Unknown keys are errors (``extra="forbid"``); tagged sections are discriminated
 unions on ``name`` (``preference``, ``algorithm``) or ``engine`` (``distributed``).
@@ -174,7 +174,7 @@ class LLMJudgePreference(Section):
 
 
 class PreferenceTrainingSpec(Section):
-    """``task: preference_model``: which preference model to train (DESIGN §5, issue 4).
+    """``task: preference_model``: which preference model to train (docs/architecture.md §5).
 
     - ``kind: pairwise`` — P_θ(y≻y'|x) = σ(v_θ(x,y,y') − v_θ(x,y',y)), antisymmetric by
       construction. ``head: lm``: v = logit(answer_tokens[0]) − logit(answer_tokens[1]) of
