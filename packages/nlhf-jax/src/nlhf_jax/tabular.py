@@ -1,13 +1,18 @@
-"""Tabular Nash-MD / OMD / self-play / best response on JAX arrays (paper §5).
+"""The tabular dynamics on JAX arrays (:mod:`nlhf.tabular.dynamics` has each update and its
+source).
 
-The schedules η_t, τ_t, their checks (η_t τ_t ≤ 1), the outputs and the metrics are
+The schedules η_t, τ_t, the magnet refreshes, their checks, the outputs and the metrics are
 core's (:func:`nlhf.tabular.runner.train_spec`); this module supplies only the numeric
-steps, :func:`trajectory`, as one jitted ``jax.lax.scan`` per chunk of steps:
+steps, :func:`trajectory`, as one jitted ``jax.lax.scan`` per chunk of steps over the carry
+(log π_t, log a_t) (norm = ``log_softmax``, b_t = (1−η_t τ_t)·log π_t + η_t τ_t·log μ):
 
-- ``nash_md``: log π_t^μ = log_softmax((1−η_t τ_t) log π_t + η_t τ_t log μ),
-  log π_{t+1} = log_softmax(log π_t^μ + η_t P π_t^μ);
-- ``omd`` / ``self_play``:
-  log π_{t+1} = log_softmax((1−η_t τ_t) log π_t + η_t τ_t log μ + η_t P π_t);
+- ``nash_md``: log π_t^μ = norm(b_t), log π_{t+1} = norm(log π_t^μ + η_t P π_t^μ);
+- ``omd`` / ``self_play`` / ``inpo`` / ``sppo``: log π_{t+1} = norm(b_t + η_t P π_t);
+- ``egpo``: log π_{t+½} = norm(b_t + η_t P π_t), log π_{t+1} = norm(b_t + η_t P π_{t+½});
+- ``mpo``: log π_{t+1} = norm((log π_t + η_t τ_t log m + η_t P π_t)/(1 + η_t τ_t)), the
+  magnet a = m set to π_t before a refresh step;
+- ``onpo``: b̂_t = (1−η_t τ_t)·log π̂_t + η_t τ_t·log μ, log π_{t+1} = norm(b̂_t + η_t P π_t),
+  log π̂_{t+1} = norm(b̂_t + η_t P π_{t+1}) (a = π̂);
 - ``best_response``: log softmax(log μ + Pμ/τ) for τ > 0, uniform over argmax_y (Pμ)_y
   for τ = 0.
 
@@ -25,39 +30,58 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from nlhf.tabular.dynamics import Schedules
 
 __all__ = ["train_tabular", "trajectory"]
 
 _TIE_ATOL = 1e-12  # responses within this of max_y (Pμ)_y tie (as numpy's best_response)
 
+Carry = tuple[jax.Array, jax.Array]
+Step = tuple[jax.Array, jax.Array, jax.Array]
 
-@functools.partial(jax.jit, static_argnames="nash_md")
+
+def _step(algorithm: str, P: jax.Array, log_mu: jax.Array, carry: Carry, x: Step) -> Carry:
+    """One step of ``algorithm`` on (log π_t, log a_t) with (η_t, τ_t, refresh_t)."""
+    norm = jax.nn.log_softmax
+    lp, aux = carry
+    eta, tau, fresh = x
+    if algorithm == "nash_md":
+        log_mix = norm((1.0 - eta * tau) * lp + eta * tau * log_mu)
+        return norm(log_mix + eta * (P @ jnp.exp(log_mix))), aux
+    if algorithm == "egpo":
+        base = (1.0 - eta * tau) * lp + eta * tau * log_mu
+        half = norm(base + eta * (P @ jnp.exp(lp)))
+        return norm(base + eta * (P @ jnp.exp(half))), aux
+    if algorithm == "mpo":
+        aux = jnp.where(fresh, lp, aux)
+        return norm((lp + eta * tau * aux + eta * (P @ jnp.exp(lp))) / (1.0 + eta * tau)), aux
+    if algorithm == "onpo":
+        base = (1.0 - eta * tau) * aux + eta * tau * log_mu
+        nxt = norm(base + eta * (P @ jnp.exp(lp)))
+        return nxt, norm(base + eta * (P @ jnp.exp(nxt)))
+    # omd, self_play, inpo, sppo
+    return norm((1.0 - eta * tau) * lp + eta * tau * log_mu + eta * (P @ jnp.exp(lp))), aux
+
+
+@functools.partial(jax.jit, static_argnames="algorithm")
 def _scan(
     P: jax.Array,
     log_mu: jax.Array,
     log_pi: jax.Array,
+    log_aux: jax.Array,
     etas: jax.Array,
     taus: jax.Array,
-    nash_md: bool,
-) -> jax.Array:
-    """log π_{s+1} … π_{s+K} from log π_s: one ``lax.scan`` over (η_t, τ_t); Nash-MD
-    steps if ``nash_md``, else OMD / self-play steps."""
+    refresh: jax.Array,
+    algorithm: str,
+) -> tuple[jax.Array, jax.Array]:
+    """(log π_{s+1} … π_{s+K}, log a_{s+K}) from (log π_s, log a_s): one ``lax.scan``."""
 
-    def md(lp: jax.Array, et: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        eta, tau = et
-        log_mix = jax.nn.log_softmax((1.0 - eta * tau) * lp + eta * tau * log_mu)
-        nxt = jax.nn.log_softmax(log_mix + eta * (P @ jnp.exp(log_mix)))
-        return nxt, nxt
+    def body(carry: Carry, x: Step) -> tuple[Carry, jax.Array]:
+        nxt = _step(algorithm, P, log_mu, carry, x)
+        return nxt, nxt[0]
 
-    def omd(lp: jax.Array, et: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        eta, tau = et
-        nxt = jax.nn.log_softmax(
-            (1.0 - eta * tau) * lp + eta * tau * log_mu + eta * (P @ jnp.exp(lp))
-        )
-        return nxt, nxt
-
-    _, rows = jax.lax.scan(md if nash_md else omd, log_pi, (etas, taus))
-    return rows
+    (_, aux), rows = jax.lax.scan(body, (log_pi, log_aux), (etas, taus, refresh))
+    return rows, aux
 
 
 def _best_response(P: jax.Array, mu: jax.Array, tau: float) -> jax.Array:
@@ -73,26 +97,29 @@ def trajectory(
     P: np.ndarray,
     mu: np.ndarray,
     log_pi: np.ndarray,
-    etas: np.ndarray,
-    taus: np.ndarray,
+    log_aux: np.ndarray,
+    sched: Schedules,
     algorithm: str,
-) -> np.ndarray:
-    """The jax :class:`~nlhf.tabular.dynamics.TrajectoryFn`: log π_{s+1} … π_{s+K} as a
-    float64 NumPy array of shape (K, n), K = ``len(etas)``, computed in float64 JAX."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The jax :class:`~nlhf.tabular.dynamics.TrajectoryFn`: (log π_{s+1} … π_{s+K},
+    log a_{s+K}) as float64 NumPy arrays of shapes (K, n) and (n,), computed in float64
+    JAX."""
     with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
         P_, mu_ = jnp.asarray(P, jnp.float64), jnp.asarray(mu, jnp.float64)
         if algorithm == "best_response":
-            rows = _best_response(P_, mu_, float(taus[0]))[None, :]
-        else:
-            rows = _scan(
-                P_,
-                jnp.log(mu_),
-                jnp.asarray(log_pi, jnp.float64),
-                jnp.asarray(etas, jnp.float64),
-                jnp.asarray(taus, jnp.float64),
-                nash_md=algorithm == "nash_md",
-            )
-        return np.asarray(rows, dtype=np.float64)
+            rows = _best_response(P_, mu_, float(sched.taus[0]))[None, :]
+            return np.asarray(rows, dtype=np.float64), log_aux
+        rows, aux = _scan(
+            P_,
+            jnp.log(mu_),
+            jnp.asarray(log_pi, jnp.float64),
+            jnp.asarray(log_aux, jnp.float64),
+            jnp.asarray(sched.etas, jnp.float64),
+            jnp.asarray(sched.taus, jnp.float64),
+            jnp.asarray(sched.refresh, bool),
+            algorithm=algorithm,
+        )
+        return np.asarray(rows, dtype=np.float64), np.asarray(aux, dtype=np.float64)
 
 
 def train_tabular(spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:

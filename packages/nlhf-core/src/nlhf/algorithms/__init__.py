@@ -2,9 +2,14 @@
 kernel Protocols (:mod:`.protocols`) and the float64 NumPy oracle (:mod:`.numpy_oracle`)."""
 
 from nlhf.algorithms.params import (
+    EGPO,
+    INPO,
     LLM_ALGORITHMS,
+    MPO,
     OMD,
+    ONPO,
     RLHFPG,
+    SPPO,
     TABULAR_ALGORITHMS,
     AlgorithmSpec,
     BestResponse,
@@ -18,9 +23,14 @@ from nlhf.algorithms.params import (
 from nlhf.algorithms.schedules import Schedule, schedule_value
 
 __all__ = [
+    "EGPO",
+    "INPO",
     "LLM_ALGORITHMS",
+    "MPO",
     "OMD",
+    "ONPO",
     "RLHFPG",
+    "SPPO",
     "TABULAR_ALGORITHMS",
     "AlgorithmSpec",
     "BestResponse",

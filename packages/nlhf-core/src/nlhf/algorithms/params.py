@@ -1,7 +1,9 @@
 """Parameter models of the algorithms (the ``algorithm:`` section of a run spec).
 
-Tabular algorithms (run by the ``numpy`` backend on a preference matrix):
-``nash_md``, ``omd``, ``self_play``, ``best_response``.
+Tabular algorithms (run by every backend on a preference matrix):
+``nash_md``, ``omd``, ``self_play``, ``best_response``, and the game-theoretic family
+``egpo``, ``mpo``, ``onpo``, ``inpo``, ``sppo`` (:mod:`nlhf.tabular.dynamics` has each
+update, its ``eta: auto`` and the convergence it comes with).
 LLM algorithms (torch/jax backends, paper §7): ``nash_md_pg``, ``nash_ema_pg``,
 ``self_play``, ``best_response``, ``rlhf_pg``, ``online_ipo``.
 ``self_play`` and ``best_response`` exist in both families; fields marked
@@ -18,7 +20,17 @@ from nlhf.algorithms.schedules import ScheduleOrFloat, schedule_bounds
 from nlhf.fields import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 
 KLEstimator = Literal["sampled", "k3", "exact"]
-TABULAR_ALGORITHMS = ("nash_md", "omd", "self_play", "best_response")
+TABULAR_ALGORITHMS = (
+    "nash_md",
+    "omd",
+    "self_play",
+    "best_response",
+    "egpo",
+    "mpo",
+    "onpo",
+    "inpo",
+    "sppo",
+)
 LLM_ALGORITHMS = (
     "nash_md_pg",
     "nash_ema_pg",
@@ -45,7 +57,8 @@ class _TabularFields(_Params):
     steps: PositiveInt | None = None
     """*tabular*: number of iterations (LLM runs use ``training.steps``)."""
     eta: Literal["auto"] | PositiveFloat = "auto"
-    """*tabular*: step size; ``auto`` = the paper's η_t = 2/(τ(t+2)) (Nash-MD, §5)."""
+    """*tabular*: step size; ``auto`` = each algorithm's convergent step (Nash-MD's
+    η_t = 2/(τ(t+2)), paper §5; the others in docs/algorithms.md)."""
     log_every: PositiveInt | None = None
     """*tabular*: log metrics every N iterations (default: about 100 records)."""
 
@@ -146,9 +159,15 @@ class RLHFPG(_LLMFields):
 
 
 class OnlineIPO(_LLMFields):
-    """Online IPO / IPO-MD (Calandriello et al. 2024): pairs (y, y') from π (β=0) or the
-    β-mixture, ordered by P; loss (h_π(y_w, y_l) − 1/(2τ))² with
-    h = log π(y_w)/μ(y_w) − log π(y_l)/μ(y_l)."""
+    """Online IPO and IPO-MD (Calandriello et al., "Human alignment of large language
+    models through online preference optimisation", ICML 2024, arXiv 2403.08635).
+
+    Per prompt, y ~ π_θ and y' from the opponent: with β = 0 y' ~ π_θ itself (Online
+    IPO); with β > 0 y' ~ π̃_β ∝ π_θ^(1−β) μ^β, the geometric mixture sampled token by
+    token as in Nash-MD (IPO-MD). The pair is ordered by P (y_w the preferred one) and the
+    loss is IPO's (h_π(y_w, y_l) − 1/(2τ))² with h = log π(y_w)/μ(y_w) − log π(y_l)/μ(y_l)
+    (Azar et al. 2023), written per row as (s·h(y, y') − 1/(2τ))², s = sign(P(y≻y') − ½).
+    """
 
     name: Literal["online_ipo"] = "online_ipo"
     beta: ScheduleOrFloat = 0.0
@@ -160,7 +179,81 @@ class OnlineIPO(_LLMFields):
         return _check_range(v, 0.0, 1.0, "beta")
 
 
+class EGPO(_TabularFields):
+    """Extragradient Preference Optimization (Zhou, Fazel & Du, COLM 2025,
+    arXiv 2503.08942), tabular form: one extragradient step on the KL-regularised game,
+    π_{t+½} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)),
+    π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_{t+½})).
+    ``eta: auto`` = 1/(τ + 2L), L = max|P − ½|: last-iterate linear convergence to π*_τ.
+    τ = 0 runs extragradient on the unregularised game."""
+
+    name: Literal["egpo"] = "egpo"
+    tau: NonNegativeFloat = 0.1
+
+
+class MPO(_TabularFields):
+    """Magnetic Preference Optimization (Wang et al., ICLR 2025, arXiv 2410.16714):
+    magnetic mirror descent (Sokota et al., ICLR 2023) towards a magnet m,
+    π_{t+1} ∝ (π_t · m^(ητ) · exp(η P(y ≻ π_t)))^(1/(1+ητ)). The magnet is μ; with
+    ``magnet_every: K`` it becomes the current policy every K steps, and the run targets
+    the Nash equilibrium of the unregularised game (measured at τ = 0).
+    ``eta: auto`` = τ/L², L = max|P − ½|: linear last-iterate convergence to π*_τ of
+    the current magnet."""
+
+    name: Literal["mpo"] = "mpo"
+    tau: PositiveFloat = 0.1
+    magnet_every: PositiveInt | None = None
+    """Refresh the magnet to the current policy every this many steps (``None``: keep μ)."""
+
+
+class ONPO(_TabularFields):
+    """Optimistic Nash Policy Optimization (Zhang et al. 2025, arXiv 2502.16852):
+    optimistic online mirror descent on the regularised game with the previous step's
+    gradient as the prediction; π̂ the secondary iterate (π̂_0 = π_0 = μ):
+    π_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)),
+    π̂_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_{t+1})).
+    ``eta: auto`` = min(1/(2τ + 2L), 1/(4L)), L = max|P − ½|."""
+
+    name: Literal["onpo"] = "onpo"
+    tau: NonNegativeFloat = 0.1
+
+
+class INPO(_TabularFields):
+    """Iterative Nash Policy Optimization (Zhang et al., ICLR 2025, arXiv 2407.00617):
+    online mirror descent on the regularised game,
+    π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)), with a constant η (the LLM form
+    reaches this update through INPO's pairwise squared loss, without win-rate estimates).
+    ``eta: auto`` = τ/(τ² + L²), L = max|P − ½|: linear last-iterate convergence."""
+
+    name: Literal["inpo"] = "inpo"
+    tau: PositiveFloat = 0.1
+
+
+class SPPO(_TabularFields):
+    """Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675):
+    multiplicative weights on the win rate, π_{t+1}(y) ∝ π_t(y) exp(η P(y ≻ π_t)), no KL
+    term (τ = 0). Its guarantee is for the average iterate π̄_T (duality gap
+    O(√(ln n / T)) with ``eta: auto`` = √(8 ln n / T)); tabular runs report π̄_T next to
+    the last iterate, which cycles on non-transitive games."""
+
+    name: Literal["sppo"] = "sppo"
+    num_samples: PositiveInt = 5
+    """*LLM*: K responses per prompt for the estimate P̂(y ≻ π_t) of SPPO's squared loss."""
+
+
 AlgorithmSpec = Annotated[
-    NashMD | OMD | SelfPlay | BestResponse | NashMDPG | NashEMAPG | RLHFPG | OnlineIPO,
+    NashMD
+    | OMD
+    | SelfPlay
+    | BestResponse
+    | EGPO
+    | MPO
+    | ONPO
+    | INPO
+    | SPPO
+    | NashMDPG
+    | NashEMAPG
+    | RLHFPG
+    | OnlineIPO,
     Field(discriminator="name"),
 ]

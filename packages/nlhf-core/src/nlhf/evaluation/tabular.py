@@ -304,6 +304,7 @@ def run_trajectory(run_dir: Path, *, points: int = 400) -> dict[str, Any] | None
         eta=problem.eta,
         steps=problem.steps,
         record_every=max(1, problem.steps // points),
+        magnet_every=problem.magnet_every,
     )
     return {
         "policies": traj.policies,

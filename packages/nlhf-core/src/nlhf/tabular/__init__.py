@@ -2,7 +2,7 @@
 
 Preference matrices ``P[i, j] = P(y_i ≻ y_j)`` (:mod:`~nlhf.tabular.matrix`), built-in
 games (:mod:`~nlhf.tabular.games`), the dynamics Nash-MD / OMD / self-play /
-best response (:mod:`~nlhf.tabular.dynamics`), exact solvers for the regularised NE and
+best response / EGPO / MPO / ONPO / INPO / SPPO (:mod:`~nlhf.tabular.dynamics`), exact solvers for the regularised NE and
 the maximal lottery (:mod:`~nlhf.tabular.solvers`), metrics
 (:mod:`~nlhf.tabular.metrics`) and spec-level entry points (:func:`build_game`,
 :func:`solve_spec`, :func:`train_spec`).

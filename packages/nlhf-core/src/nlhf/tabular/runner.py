@@ -50,6 +50,8 @@ class TabularProblem:
     eta: float | str
     steps: int
     log_every: int
+    magnet_every: int | None = None
+    """``mpo``: refresh the magnet to the current policy every this many steps."""
 
 
 def resolve(spec: RunSpec) -> TabularProblem:
@@ -63,13 +65,16 @@ def resolve(spec: RunSpec) -> TabularProblem:
     game = game_from_spec(spec)
     mu = validate_reference(spec.reference.probs, game.size, where="reference.probs")
     algo = spec.algorithm
+    magnet_every = None
     if algo is None:  # e.g. `task: evaluate`: solve the unregularised game
         name, tau, eta, steps, log_every = "nash_md", 0.0, "auto", dynamics.DEFAULT_STEPS, None
     else:
-        name, tau, eta = algo.name, algo.tau, algo.eta
+        name, tau, eta = algo.name, getattr(algo, "tau", 0.0), algo.eta
         steps = 1 if name == "best_response" else (algo.steps or dynamics.DEFAULT_STEPS)
         log_every = algo.log_every
-    tau_final = dynamics.tau_at(tau, steps, steps)
+        magnet_every = getattr(algo, "magnet_every", None)
+    # A refreshed magnet (mpo) moves the regularised game towards the unregularised one.
+    tau_final = 0.0 if magnet_every else dynamics.tau_at(tau, steps, steps)
     return TabularProblem(
         game=game.name,
         P=game.matrix,
@@ -81,6 +86,7 @@ def resolve(spec: RunSpec) -> TabularProblem:
         eta=eta,
         steps=steps,
         log_every=log_every or max(1, steps // LOG_RECORDS),
+        magnet_every=magnet_every,
     )
 
 
@@ -121,18 +127,32 @@ def solve_spec(spec: RunSpec) -> dict[str, Any]:
     }
 
 
+AVERAGED = ("sppo",)
+"""Algorithms whose guarantee is for the average iterate π̄_T = (1/T) Σ_{t<T} π_t: their
+records and summary add ``average_*`` metrics of π̄ next to those of the last iterate."""
+
+
 def _record(
-    problem: TabularProblem, star: np.ndarray, t: int, log_pi: np.ndarray
+    problem: TabularProblem,
+    star: np.ndarray,
+    t: int,
+    log_pi: np.ndarray,
+    average: np.ndarray | None = None,
 ) -> dict[str, Any]:
     pi = np.exp(log_pi)
     tau = problem.tau_final
-    return {
+    record = {
         "step": t,
         "duality_gap": duality_gap(problem.P, problem.mu, pi, tau),
         "exploitability": exploitability(problem.P, pi),
         "kl_to_reference": kl_divergence(pi, problem.mu),
         "kl_to_solution": kl_divergence(star, pi, log_q=log_pi),
     }
+    if average is not None:
+        record["average_duality_gap"] = duality_gap(problem.P, problem.mu, average, tau)
+        record["average_exploitability"] = exploitability(problem.P, average)
+        record["average_kl_to_solution"] = kl_divergence(star, average)
+    return record
 
 
 def train_spec(
@@ -166,10 +186,16 @@ def train_spec(
     start = time.perf_counter()
     problem = resolve(spec)
     P, mu = problem.P, problem.mu
-    etas, taus = dynamics.schedules(
-        P, mu, algorithm=problem.algorithm, tau=problem.tau, eta=problem.eta, steps=problem.steps
+    sched = dynamics.schedules(
+        P,
+        mu,
+        algorithm=problem.algorithm,
+        tau=problem.tau,
+        eta=problem.eta,
+        steps=problem.steps,
+        magnet_every=problem.magnet_every,
     )
-    total = len(etas)
+    total = len(sched)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_resolved_spec(output, spec)
@@ -177,7 +203,10 @@ def train_spec(
     if progress is None:
         progress = sys.stderr.isatty() and problem.steps >= 1000
     log_pi = dynamics.initial_log_policy(mu)
-    last = _record(problem, star, 0, log_pi)
+    log_aux = log_pi
+    averaged = problem.algorithm in AVERAGED
+    played = np.zeros_like(mu)  # Σ_{t<s} π_t, for the average iterate
+    last = _record(problem, star, 0, log_pi, np.exp(log_pi) if averaged else None)
     with track(spec, output, "tabular", resumed_from=0 if resume else None):
         with (
             MetricsWriter(output) as writer,
@@ -185,19 +214,22 @@ def train_spec(
         ):
             writer.log(last)
             for s in range(0, total, CHUNK_STEPS):
-                k = slice(s, s + CHUNK_STEPS)
-                rows = np.asarray(
-                    trajectory(P, mu, log_pi, etas[k], taus[k], problem.algorithm), dtype=np.float64
-                )
-                if rows.shape != (len(etas[k]), mu.shape[0]):
+                chunk = sched[s : s + CHUNK_STEPS]
+                rows, log_aux = trajectory(P, mu, log_pi, log_aux, chunk, problem.algorithm)
+                rows, log_aux = np.asarray(rows, np.float64), np.asarray(log_aux, np.float64)
+                if rows.shape != (len(chunk), mu.shape[0]) or log_aux.shape != mu.shape:
                     raise NLHFError(
-                        f"backend {backend!r}: the tabular trajectory returned shape {rows.shape}, "
-                        f"expected {(len(etas[k]), mu.shape[0])}"
+                        f"backend {backend!r}: the tabular trajectory returned shapes {rows.shape} "
+                        f"and {log_aux.shape}, expected {(len(chunk), mu.shape[0])} and {mu.shape}"
                     )
+                # sums[j] = Σ_{t ≤ s+j} π_t: π̄ at step i = s+j+1 is sums[j] / i
+                sums = played + np.cumsum(np.vstack([np.exp(log_pi), np.exp(rows[:-1])]), axis=0)
                 for i, row in enumerate(rows, start=s + 1):
                     if i % problem.log_every == 0 or i == total:
-                        last = _record(problem, star, i, row)
+                        average = sums[i - s - 1] / i if averaged else None
+                        last = _record(problem, star, i, row, average)
                         writer.log(last)
+                played = sums[-1]
                 log_pi = rows[-1]
                 bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")
         policy = np.exp(log_pi)
@@ -220,5 +252,11 @@ def train_spec(
             "kl_to_solution": last["kl_to_solution"],
             "seconds": time.perf_counter() - start,
         }
+        if problem.magnet_every:
+            summary["magnet_every"] = problem.magnet_every
+        if averaged:
+            summary["average_policy"] = (played / total).tolist()
+            for key in ("average_duality_gap", "average_exploitability", "average_kl_to_solution"):
+                summary[key] = last[key]
         write_summary(output, summary)
     return summary
