@@ -6,7 +6,7 @@ For policies π_i over the responses of a preference matrix P (``P[a, b] = P(y_a
 
 which satisfies matrix + matrixᵀ = 1 exactly because P + Pᵀ = 1. Per policy we report
 its exploitability max_y (Pπ)_y − ½ and its duality gap
-2τ log Σ_y μ(y) e^{(Pπ)_y/τ} + 2τ KL(π‖μ) − 1 (DESIGN §5; :mod:`nlhf.tabular.metrics`)
+2τ log Σ_y μ(y) e^{(Pπ)_y/τ} + 2τ KL(π‖μ) − 1 (docs/architecture.md §5; :mod:`nlhf.tabular.metrics`)
 at the τ the policy was trained for (0 for built-in policies).
 
 Policies are given as strings (``eval.policies``):
