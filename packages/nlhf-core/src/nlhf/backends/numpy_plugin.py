@@ -24,6 +24,9 @@ def nlhf_register_backends(register: Any) -> None:
         "numpy",
         _factory,
         requires=(),
-        description="tabular Nash-MD / OMD / self-play / best response in NumPy (reference)",
+        description=(
+            "tabular Nash-MD, OMD, self-play, best response, EGPO, MPO, ONPO, INPO, SPPO "
+            "in NumPy (reference)"
+        ),
         capabilities=CAPABILITIES,
     )
