@@ -37,7 +37,8 @@ class Tolerance:
     atol: float
 
     def kwargs(self) -> dict[str, float]:
-        """``{"rtol": …, "atol": …}`` for ``numpy.testing.assert_allclose``/``pytest.approx``."""
+        """``{"rtol": …, "atol": …}`` for ``numpy.testing.assert_allclose``, ``numpy.isclose``
+        and ``torch.allclose`` (``pytest.approx`` spells them ``rel``/``abs``)."""
         return {"rtol": self.rtol, "atol": self.atol}
 
 
