@@ -114,6 +114,35 @@ class NoEosStop(R.NumpyKernels):
         )
 
 
+class OfflineIPOTargetOneOverTau(R.NumpyKernels):
+    """Offline IPO with target 1/τ instead of 1/(2τ)."""
+
+    def offline_ipo_loss(self, pc, pr, rc, rr, tau):  # type: ignore[override]
+        return R.offline_ipo_loss(pc, pr, rc, rr, tau / 2.0)
+
+
+class DPOWithoutBeta(R.NumpyKernels):
+    """DPO with β forgotten (−log σ(h))."""
+
+    def dpo_loss(self, pc, pr, rc, rr, beta):  # type: ignore[override]
+        return R.dpo_loss(pc, pr, rc, rr, 1.0)
+
+
+class DPOSwappedPair(R.NumpyKernels):
+    """DPO with chosen and rejected swapped (h of the wrong sign)."""
+
+    def dpo_loss(self, pc, pr, rc, rr, beta):  # type: ignore[override]
+        return R.dpo_loss(pr, pc, rr, rc, beta)
+
+
+class OfflineGradThroughReference(R.NumpyKernels):
+    """The cached reference log-probs not gradient-stopped."""
+
+    def offline_ipo_loss(self, pc, pr, rc, rr, tau):  # type: ignore[override]
+        h = (pc - rc) - (pr - rr)
+        return np.mean((h - 1.0 / (2.0 * tau)) ** 2), {}
+
+
 def _fails(method: str, kernels: Any, **kwargs: Any) -> None:
     with pytest.raises(AssertionError):
         getattr(_Kit(), method)(kernels, **kwargs)
@@ -139,6 +168,17 @@ def test_kit_catches_known_generation_and_ipo_bugs(generation: cases.GenerationI
         _fails("test_generate_pairs", SwappedRows(), generation=generation, opponent=opponent)
         _fails("test_generate_pairs", NoEosStop(), generation=generation, opponent=opponent)
     _fails("test_model_sequence_logprobs", NoTemperatureLogprobs(), generation=generation)
+
+
+def test_kit_catches_known_offline_loss_bugs() -> None:
+    _fails("test_offline_ipo_loss", OfflineIPOTargetOneOverTau())
+    _fails("test_offline_ipo_grad", OfflineIPOTargetOneOverTau())
+    for bad in (DPOWithoutBeta(), DPOSwappedPair()):
+        _fails("test_dpo_loss", bad)
+        _fails("test_dpo_grad", bad)
+    _fails("test_offline_ipo_grad", OfflineGradThroughReference())
+    _Kit().test_offline_ipo_grad(R.NumpyKernels())  # and the oracle passes
+    _Kit().test_dpo_grad(R.NumpyKernels())
 
 
 def test_kit_passes_the_oracle_itself() -> None:

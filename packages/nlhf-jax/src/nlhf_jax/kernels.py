@@ -27,9 +27,11 @@ from nlhf.algorithms.params import KLEstimator
 
 __all__ = [
     "JaxKernels",
+    "dpo_loss",
     "kl",
     "mixture_logprobs",
     "nash_md_pg_loss",
+    "offline_ipo_loss",
     "online_ipo_loss",
     "preference_loss",
     "sample",
@@ -189,6 +191,63 @@ def online_ipo_loss(
                   "kl": sg(jnp.mean(lp_y - lq_y))}  # fmt: skip
 
 
+def _pair_margin(
+    policy_chosen: jax.Array,
+    policy_rejected: jax.Array,
+    reference_chosen: jax.Array,
+    reference_rejected: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(h, log π/μ(y_w), log π/μ(y_l)); the cached reference log-probs stop-gradient."""
+    sg = jax.lax.stop_gradient
+    pc, pr = jnp.asarray(policy_chosen), jnp.asarray(policy_rejected)
+    chosen = pc - sg(jnp.asarray(reference_chosen).astype(pc.dtype))
+    rejected = pr - sg(jnp.asarray(reference_rejected).astype(pr.dtype))
+    return chosen - rejected, chosen, rejected
+
+
+def _pair_metrics(h: jax.Array, chosen: jax.Array, rejected: jax.Array) -> dict[str, jax.Array]:
+    sg = jax.lax.stop_gradient
+    return {
+        "margin": sg(jnp.mean(h)),
+        "accuracy": sg(jnp.mean((h > 0).astype(h.dtype))),
+        "chosen_ratio": sg(jnp.mean(chosen)),
+        "rejected_ratio": sg(jnp.mean(rejected)),
+    }
+
+
+def offline_ipo_loss(
+    policy_chosen: jax.Array,
+    policy_rejected: jax.Array,
+    reference_chosen: jax.Array,
+    reference_rejected: jax.Array,
+    tau: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """IPO on fixed pairs (Azar et al. 2023): h = log π/μ(y_w) − log π/μ(y_l) from
+    sequence log-probs (B,), loss = mean_b (h_b − 1/(2τ))²; the cached reference
+    log-probs carry no gradient. Metrics (no gradient): ``margin``, ``accuracy``,
+    ``chosen_ratio``, ``rejected_ratio``."""
+    h, chosen, rejected = _pair_margin(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
+    return jnp.mean((h - 1.0 / (2.0 * tau)) ** 2), _pair_metrics(h, chosen, rejected)
+
+
+def dpo_loss(
+    policy_chosen: jax.Array,
+    policy_rejected: jax.Array,
+    reference_chosen: jax.Array,
+    reference_rejected: jax.Array,
+    beta: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """DPO (Rafailov et al. 2023, eq. 7): loss = mean_b −log σ(β·h_b) with
+    ``jax.nn.log_sigmoid`` (stable for large |β·h|); h and the metrics as
+    :func:`offline_ipo_loss`."""
+    h, chosen, rejected = _pair_margin(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
+    return -jnp.mean(jax.nn.log_sigmoid(beta * h)), _pair_metrics(h, chosen, rejected)
+
+
 # ----------------------------------------------------------------------- Kernels object
 
 _DTYPES = {
@@ -231,6 +290,9 @@ class JaxKernels:
     nash_md_pg_loss = staticmethod(_x64_if_needed(nash_md_pg_loss))
     sequence_logprobs = staticmethod(_x64_if_needed(sequence_logprobs))
     online_ipo_loss = staticmethod(_x64_if_needed(online_ipo_loss))
+    # protocols.OfflinePairLosses
+    offline_ipo_loss = staticmethod(_x64_if_needed(offline_ipo_loss))
+    dpo_loss = staticmethod(_x64_if_needed(dpo_loss))
 
     # protocols.PairGenerator: the production model and sampler of the jax backend
     def load_causal_lm(self, path: str | Path, dtype: str = "float32") -> Any:

@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # keep this module importable without pydantic
 
 __all__ = [
     "TorchKernels",
+    "dpo_loss",
     "kl",
     "mixture_logprobs",
     "nash_md_pg_loss",
+    "offline_ipo_loss",
     "online_ipo_loss",
     "preference_loss",
     "sample",
@@ -195,6 +197,61 @@ def online_ipo_loss(
     }
 
 
+def _pair_margin(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, log π/μ(y_w), log π/μ(y_l)); the cached reference log-probs detached."""
+    chosen = policy_chosen - reference_chosen.detach().to(policy_chosen.dtype)
+    rejected = policy_rejected - reference_rejected.detach().to(policy_rejected.dtype)
+    return chosen - rejected, chosen, rejected
+
+
+def _pair_metrics(
+    h: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    return {
+        "margin": h.mean().detach(),
+        "accuracy": (h > 0).to(h.dtype).mean().detach(),
+        "chosen_ratio": chosen.mean().detach(),
+        "rejected_ratio": rejected.mean().detach(),
+    }
+
+
+def offline_ipo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    tau: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """IPO on fixed pairs (Azar et al. 2023): h = log π/μ(y_w) − log π/μ(y_l) from
+    sequence log-probs (B,), loss = mean_b (h_b − 1/(2τ))²; the cached reference
+    log-probs carry no gradient. Metrics (detached): ``margin``, ``accuracy``,
+    ``chosen_ratio``, ``rejected_ratio``."""
+    h, chosen, rejected = _pair_margin(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
+    return ((h - 1.0 / (2.0 * tau)) ** 2).mean(), _pair_metrics(h, chosen, rejected)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO (Rafailov et al. 2023, eq. 7): loss = mean_b −log σ(β·h_b) with ``logsigmoid``
+    (stable for large |β·h|); h and the metrics as :func:`offline_ipo_loss`."""
+    h, chosen, rejected = _pair_margin(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
+    return -F.logsigmoid(beta * h).mean(), _pair_metrics(h, chosen, rejected)
+
+
 _DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,
@@ -216,6 +273,9 @@ class TorchKernels:
     nash_md_pg_loss = staticmethod(nash_md_pg_loss)
     sequence_logprobs = staticmethod(sequence_logprobs)
     online_ipo_loss = staticmethod(online_ipo_loss)
+    # protocols.OfflinePairLosses
+    offline_ipo_loss = staticmethod(offline_ipo_loss)
+    dpo_loss = staticmethod(dpo_loss)
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
@@ -255,8 +315,12 @@ class TorchKernels:
         return np.asarray(x)
 
     def grad(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
-        """∂fn(x)/∂x for a scalar fn, by torch.autograd."""
+        """∂fn(x)/∂x for a scalar fn, by torch.autograd (zeros where fn does not depend on
+        x through autograd, e.g. a detached input)."""
         with torch.enable_grad():
             xr = x.detach().clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(fn(xr), xr)
-        return g
+            out = fn(xr)
+            if not out.requires_grad:
+                return torch.zeros_like(xr)
+            (g,) = torch.autograd.grad(out, xr, allow_unused=True)
+        return torch.zeros_like(xr) if g is None else g

@@ -333,6 +333,84 @@ def online_ipo_loss_grad(
     return g_y, g_yp
 
 
+# ------------------------------------------------------------ offline IPO and DPO
+
+
+def _pair_margin(
+    policy_chosen: Any, policy_rejected: Any, reference_chosen: Any, reference_rejected: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(h, log π/μ(y_w), log π/μ(y_l)); the reference log-probs under sg(·)."""
+    chosen = _arr(policy_chosen) - sg(_arr(reference_chosen))
+    rejected = _arr(policy_rejected) - sg(_arr(reference_rejected))
+    return chosen - rejected, chosen, rejected
+
+
+def _pair_metrics(h: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
+    return {
+        "margin": np.mean(np.real(h)),
+        "accuracy": np.mean(np.real(h) > 0),
+        "chosen_ratio": np.mean(np.real(chosen)),
+        "rejected_ratio": np.mean(np.real(rejected)),
+    }
+
+
+def offline_ipo_loss(
+    policy_chosen: Any,
+    policy_rejected: Any,
+    reference_chosen: Any,
+    reference_rejected: Any,
+    tau: float,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """IPO on fixed pairs (Azar et al. 2023): h = log π/μ(y_w) − log π/μ(y_l),
+    loss = mean_b (h_b − 1/(2τ))². Metrics: ``margin``, ``accuracy``, ``chosen_ratio``,
+    ``rejected_ratio``."""
+    h, chosen, rejected = _pair_margin(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
+    return np.mean((h - 1.0 / (2.0 * tau)) ** 2), _pair_metrics(h, chosen, rejected)
+
+
+def offline_ipo_loss_grad(
+    policy_chosen: Any,
+    policy_rejected: Any,
+    reference_chosen: Any,
+    reference_rejected: Any,
+    tau: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(∂/∂ log π(y_w), ∂/∂ log π(y_l)) of the offline IPO loss: ±2(h_b − 1/(2τ))/B."""
+    h, _, _ = _pair_margin(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    g = 2.0 * (np.real(h) - 1.0 / (2.0 * tau)) / h.size
+    return g, -g
+
+
+def dpo_loss(
+    policy_chosen: Any,
+    policy_rejected: Any,
+    reference_chosen: Any,
+    reference_rejected: Any,
+    beta: float,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """DPO (Rafailov et al. 2023, eq. 7): loss = mean_b −log σ(β·h_b) (:func:`log_sigmoid`,
+    stable for both signs). Metrics as :func:`offline_ipo_loss`."""
+    h, chosen, rejected = _pair_margin(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected
+    )
+    return -np.mean(log_sigmoid(beta * h)), _pair_metrics(h, chosen, rejected)
+
+
+def dpo_loss_grad(
+    policy_chosen: Any,
+    policy_rejected: Any,
+    reference_chosen: Any,
+    reference_rejected: Any,
+    beta: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(∂/∂ log π(y_w), ∂/∂ log π(y_l)) of the DPO loss: ∓β·σ(−β·h_b)/B."""
+    h, _, _ = _pair_margin(policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    g = -beta * sigmoid(-beta * np.real(h)) / h.size
+    return g, -g
+
+
 # --------------------------------------------------------------------- tabular
 
 
@@ -417,6 +495,8 @@ class NumpyKernels:
     nash_md_pg_loss = staticmethod(nash_md_pg_loss)
     sequence_logprobs = staticmethod(sequence_logprobs)
     online_ipo_loss = staticmethod(online_ipo_loss)
+    offline_ipo_loss = staticmethod(offline_ipo_loss)
+    dpo_loss = staticmethod(dpo_loss)
 
     # PairGenerator: the float64 NumPy forward of nlhf.testing.numpy_lm
     def load_causal_lm(self, path: str | Path, dtype: str = "float64") -> Any:

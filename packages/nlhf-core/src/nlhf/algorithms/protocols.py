@@ -125,6 +125,53 @@ class OnlineIPOObjective(Protocol):
     ) -> tuple[Array, dict[str, Array]]: ...
 
 
+class OfflineIPOObjective(Protocol):
+    """IPO on fixed preference pairs (Azar et al. 2023, "A general theoretical paradigm to
+    understand learning from human preferences", the sampled IPO loss):
+
+    h_b = [log π_θ(y_w) − log μ(y_w)] − [log π_θ(y_l) − log μ(y_l)] (sequence log-probs,
+    :class:`SequenceLogprobs`), loss = mean_b (h_b − 1/(2τ))². The reference log-probs are
+    computed once per example and cached; they carry no gradient. Shapes (B,). Returns
+    ``(loss, metrics)``; metrics (no gradient) hold ``margin`` (mean h), ``accuracy``
+    (mean 1[h > 0]), ``chosen_ratio`` and ``rejected_ratio`` (mean log π/μ of y_w, y_l).
+    """
+
+    def __call__(
+        self,
+        policy_chosen: Array,
+        policy_rejected: Array,
+        reference_chosen: Array,
+        reference_rejected: Array,
+        tau: float,
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+class DPOObjective(Protocol):
+    """DPO (Rafailov et al. 2023, "Direct preference optimization", eq. 7) on fixed pairs:
+    with h_b as in :class:`OfflineIPOObjective`, loss = mean_b −log σ(β·h_b), computed
+    stably for large |β·h|; the cached reference log-probs carry no gradient. Returns
+    ``(loss, metrics)`` with the metrics of :class:`OfflineIPOObjective`.
+    """
+
+    def __call__(
+        self,
+        policy_chosen: Array,
+        policy_rejected: Array,
+        reference_chosen: Array,
+        reference_rejected: Array,
+        beta: float,
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+@runtime_checkable
+class OfflinePairLosses(Protocol):
+    """Optional extra of a backend's :class:`Kernels`: the offline losses on preference
+    pairs (x, y_w, y_l), for training without sampling."""
+
+    offline_ipo_loss: OfflineIPOObjective
+    dpo_loss: DPOObjective
+
+
 @runtime_checkable
 class PairSample(Protocol):
     """Pairs drawn by :class:`PairGenerator`: ``y``/``y_prime`` (B, T') token ids, ``pad``

@@ -24,6 +24,10 @@ checkpoints (:mod:`nlhf.testing.tiny_models`) and must draw, from the same injec
 uniforms, the tokens of the float64 NumPy forward (:mod:`nlhf.testing.numpy_lm`); the
 uniforms stay ``SAMPLER_MARGIN`` away from every CDF boundary, so rounding cannot flip one.
 
+The offline pair losses (``test_offline_ipo_*``, ``test_dpo_*``) need the optional
+:class:`nlhf.algorithms.protocols.OfflinePairLosses`; their inputs are sequence log-probs
+of (y_w, y_l) under π_θ and the cached μ, with two rows at |β·h| = 150.
+
 Known gaps are declared in ``nlhf/testing/xfails.yaml`` (backend -> case -> reason) or,
 for a third-party package, in the subclass's ``xfails`` mapping; the pytest plugin
 marks them ``xfail(strict=True)``. Cases may not be removed or overridden without a
@@ -43,7 +47,7 @@ import numpy as np
 import pytest
 
 from nlhf.algorithms import numpy_oracle
-from nlhf.algorithms.protocols import Kernels, PairGenerator
+from nlhf.algorithms.protocols import Kernels, OfflinePairLosses, PairGenerator
 from nlhf.testing import cases
 from nlhf.testing.tolerances import assert_close
 
@@ -65,6 +69,10 @@ EXPECTED_CASES: tuple[str, ...] = (
     "test_online_ipo_grad",
     "test_generate_pairs",
     "test_model_sequence_logprobs",
+    "test_offline_ipo_loss",
+    "test_offline_ipo_grad",
+    "test_dpo_loss",
+    "test_dpo_grad",
 )
 
 ESTIMATORS = numpy_oracle.ESTIMATORS
@@ -111,6 +119,15 @@ class BackendConformance:
                 f"the kernels of backend {self.backend!r} do not implement PairGenerator "
                 "(load_causal_lm, generate_pairs, sequence_logits); declare the gap in "
                 "xfails with a reason"
+            )
+        return kernels
+
+    @pytest.fixture
+    def offline_losses(self, kernels: Any) -> Any:
+        if not isinstance(kernels, OfflinePairLosses):
+            pytest.fail(
+                f"the kernels of backend {self.backend!r} do not implement OfflinePairLosses "
+                "(offline_ipo_loss, dpo_loss); declare the gap in xfails with a reason"
             )
         return kernels
 
@@ -432,6 +449,63 @@ class BackendConformance:
         assert_close(
             self.get(gen, out), expected, self.dtype, f"{self.backend}: log π(y|x)", scope="model"
         )
+
+    # ------------------------------------------------- offline pairs: IPO and DPO
+
+    def _pairs(self, kernels: Any, i: cases.OfflinePairInputs) -> list[Any]:
+        return [self.put(kernels, a) for a in _pair_numpy(i)]
+
+    def _offline_loss(self, kernels: Any, name: str, weight: float) -> None:
+        i = cases.offline_pair_inputs(self.dtype)
+        loss, metrics = getattr(kernels, name)(*self._pairs(kernels, i), weight)
+        e_loss, e_metrics = getattr(numpy_oracle, name)(*_pair_numpy(i), weight)
+        self.check(self.get(kernels, loss), e_loss, f"{name}")
+        for key, expected in e_metrics.items():
+            assert key in metrics, f"metric {key!r} missing; got {sorted(metrics)}"
+            self.check(self.get(kernels, metrics[key]), expected, f"{name} metric {key}")
+
+    def _offline_grad(self, kernels: Any, name: str, weight: float) -> None:
+        i = cases.offline_pair_inputs(self.dtype)
+        args = self._pairs(kernels, i)
+        fn = getattr(kernels, name)
+
+        def at(k: int) -> Any:
+            def loss(x: Any) -> Any:
+                return fn(*args[:k], x, *args[k + 1 :], weight)[0]
+
+            return self.get(kernels, kernels.grad(loss, args[k]))
+
+        e_chosen, e_rejected = getattr(numpy_oracle, f"{name}_grad")(*_pair_numpy(i), weight)
+        self.check(at(0), e_chosen, f"∂ {name} / ∂ log π(y_w)")
+        self.check(at(1), e_rejected, f"∂ {name} / ∂ log π(y_l)")
+        for k, what in ((2, "log μ(y_w)"), (3, "log μ(y_l)")):  # cached: no gradient
+            self.check(at(k), np.zeros(len(i.policy_chosen)), f"∂ {name} / ∂ {what}")
+
+    def test_offline_ipo_loss(self, offline_losses: Any) -> None:
+        """loss = mean_b (h_b − 1/(2τ))², h = log π/μ(y_w) − log π/μ(y_l); metrics margin,
+        accuracy, chosen_ratio, rejected_ratio."""
+        self._offline_loss(
+            offline_losses, "offline_ipo_loss", cases.offline_pair_inputs(self.dtype).tau
+        )
+
+    def test_offline_ipo_grad(self, offline_losses: Any) -> None:
+        """∂loss/∂ log π(y_w) = 2(h_b − 1/(2τ))/B = −∂loss/∂ log π(y_l); none to μ."""
+        self._offline_grad(
+            offline_losses, "offline_ipo_loss", cases.offline_pair_inputs(self.dtype).tau
+        )
+
+    def test_dpo_loss(self, offline_losses: Any) -> None:
+        """loss = mean_b −log σ(β·h_b), finite at |β·h| = 150; the same metrics."""
+        self._offline_loss(offline_losses, "dpo_loss", cases.offline_pair_inputs(self.dtype).beta)
+
+    def test_dpo_grad(self, offline_losses: Any) -> None:
+        """∂loss/∂ log π(y_w) = −β·σ(−β·h_b)/B = −∂loss/∂ log π(y_l); none to μ."""
+        self._offline_grad(offline_losses, "dpo_loss", cases.offline_pair_inputs(self.dtype).beta)
+
+
+def _pair_numpy(i: cases.OfflinePairInputs) -> tuple[np.ndarray, ...]:
+    """The positional pair arguments of the offline losses (before τ or β)."""
+    return (i.policy_chosen, i.policy_rejected, i.reference_chosen, i.reference_rejected)
 
 
 def _ipo_numpy(i: cases.IPOInputs) -> tuple[np.ndarray, ...]:

@@ -134,6 +134,30 @@ def ipo_inputs(dtype: str) -> IPOInputs:
 
 
 @dataclass(frozen=True)
+class OfflinePairInputs:
+    """Sequence log-probs of preference pairs (x, y_w, y_l) under π_θ and the cached μ."""
+
+    policy_chosen: np.ndarray  # (B,) log π_θ(y_w|x)
+    policy_rejected: np.ndarray  # (B,) log π_θ(y_l|x)
+    reference_chosen: np.ndarray  # (B,) log μ(y_w|x)
+    reference_rejected: np.ndarray  # (B,) log μ(y_l|x)
+    tau: float  # IPO
+    beta: float  # DPO
+
+
+def offline_pair_inputs(dtype: str) -> OfflinePairInputs:
+    rng = np.random.default_rng(SEED + 6)
+    b = 6
+    pc, pr = -rng.uniform(2.0, 8.0, size=b), -rng.uniform(2.0, 8.0, size=b)
+    rc, rr = pc + rng.normal(0.0, 0.5, size=b), pr + rng.normal(0.0, 0.5, size=b)
+    # |β·h| = 150: −log σ(β·h) overflows or underflows unless computed stably
+    pc[0], rc[0], pr[0], rr[0] = -5.0, -305.0, -6.0, -6.0  # h = +300
+    pc[1], rc[1], pr[1], rr[1] = -305.0, -5.0, -6.0, -6.0  # h = −300
+    arrays = (rounded(a, dtype) for a in (pc, pr, rc, rr))
+    return OfflinePairInputs(*arrays, tau=0.3, beta=0.5)
+
+
+@dataclass(frozen=True)
 class GenerationInputs:
     """A tiny Qwen2 policy and reference (``nlhf.testing.tiny_models``), left-padded
     prompts, and per opponent the pairs the float64 NumPy forward draws from uniforms that
