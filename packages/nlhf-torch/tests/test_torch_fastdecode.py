@@ -159,7 +159,7 @@ def test_fallbacks(monkeypatch):
     assert fastdecode.supported(llama)
     gpt2 = AutoModelForCausalLM.from_config(tiny_config("gpt2", V)).eval()
     assert not fastdecode.supported(gpt2)
-    assert not fastdecode.supported(_model("llama", 0, torch.bfloat16))
+    assert fastdecode.supported(_model("llama", 0, torch.bfloat16))  # half precision fuses
     dyn = _model(
         "llama", 0, rope_parameters={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}
     )

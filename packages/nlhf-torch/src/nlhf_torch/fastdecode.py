@@ -1,45 +1,94 @@
-"""Fused sampling-only forward of the Llama / Qwen2 decoder family (DESIGN §6).
+"""Fused sampling-only forward of transformers' decoder-only causal LMs (docs/architecture.md §6).
 
 On small models the cost of a cached decode step is per-module Python overhead, not
 arithmetic: transformers' Qwen2 spends ~1.8 ms per forward of a 128-wide model. This
 module re-implements the forward for sampling only (no gradient) directly on the HF
-model's own parameter tensors, with the architecture exactly as in transformers 5
-(``modeling_llama.py`` / ``modeling_qwen2.py``):
+model's own parameter tensors, with each architecture exactly as in transformers 5
+(``modeling_{llama,qwen2,qwen3,mistral,gemma2,gemma3,phi3}.py``):
 
-- RMSNorm: x̂ = w · (x / sqrt(mean(x²) + ε)), computed in float32 and cast back as HF does;
-- attention: q, k, v = x W_qkvᵀ (+ b_qkv, one fused matmul); rotary
-  q·cos + rotate_half(q)·sin with cos/sin taken from the model's own ``rotary_emb`` (so
-  every static rope type of transformers 5 — default, linear, llama3, yarn — and its
-  attention scaling are reproduced); grouped-query
-  ``scaled_dot_product_attention`` with scale 1/√d over a preallocated static KV cache;
-  o = attn W_oᵀ (+ b_o);
-- SwiGLU MLP: down(silu(gate(x)) · up(x)) with gate and up fused into one matmul;
-- logits of the last position only: norm(h_last) W_headᵀ (tied embeddings read as is).
+- RMSNorm in float32 and cast back as HF does: Llama family w · (x̂).to(dtype), Gemma
+  (x̂ · (1 + w)).to(dtype), x̂ = x / sqrt(mean(x²) + ε); Gemma 2/3 "sandwich" norms
+  (post-attention and pre/post-feed-forward);
+- attention: q, k, v = x W_qkvᵀ (+ b_qkv, one fused matmul, or Phi-3's own fused
+  ``qkv_proj``); Qwen3/Gemma 3 q/k RMSNorm per head; rotary q·cos + rotate_half(q)·sin on
+  the first ``cos.shape[-1]`` dims (Phi-3 partial rotary) with cos/sin taken from the
+  model's own ``rotary_emb`` (every static rope type of transformers 5 — default, linear,
+  llama3, yarn — its attention scaling, and Gemma 3's per-layer-type tables); grouped-query
+  attention with the model's ``scaling`` over a preallocated static KV cache; sliding
+  windows (Mistral, Phi-3, Qwen2/3 and Gemma ``sliding_attention`` layers) as masks over
+  cache slots, key j visible from query i iff i − W < j ≤ i (transformers'
+  ``sliding_window_overlay``); Gemma 2 attention-logit soft-capping c·tanh(s/c) and the
+  eager softmax in float32;
+- gated MLP: down(act(gate(x)) · up(x)) with the model's own activation module;
+- logits of the last position only: norm(h_last) W_headᵀ (tied embeddings read as is),
+  Gemma's final soft-capping; Gemma's embedding scale √h in the model's dtype.
 
-Several models that decode the same rows (policy and reference in Nash-MD-PG) are stacked
-along a leading model axis and run by ``torch.bmm`` in one call. Weights are concatenated /
-stacked once per :func:`nlhf_torch.generation.generate_pairs` call (the policy changes
-every step), so the fast path is limited to models of at most :data:`MAX_PARAMS`
-parameters in total — the regime where Python overhead dominates. Everything else
-(other architectures, PEFT/LoRA layers, DeepSpeed ZeRO-3 partitioned parameters, modules
-with forward hooks other than a DeepSpeed engine's own two on the root — so ZeRO 1/2
-engines decode fast —, half precision, sliding-window layers, dynamic/longrope rope) goes
-through the HF path.
+Precision: every matmul runs in the model's dtype (float64, float32, bfloat16, float16);
+norms and the attention softmax of half-precision models in float32 as in HF. The sampler
+(:func:`nlhf_torch.generation.generate_pairs`) mixes and normalises the logits in float32
+and accumulates the inverse CDF in float64.
+
+LoRA (``peft``): a ``LoraModel`` runs W x + s·B(A x), s = α/r (``lora_A``/``lora_B``/
+``scaling`` of every active adapter; dropout is off at sampling, the models are in eval
+mode), and its reference μ — the same module with the adapter disabled
+(:class:`nlhf_torch.models.AdapterDisabled`) — runs the *same* base weight tensors without
+the deltas, so μ costs no second copy of the base (members of a group that share a weight
+tensor go through one matmul over all their rows).
+
+Several models that decode the same rows (policy and reference in Nash-MD-PG) form a
+group and run as one batched call: weights that differ are stacked along a leading model
+axis for ``torch.bmm``. Stacking and fusing q/k/v and gate/up copy weights, which pays
+only where Python overhead dominates, so it is done for models of at most
+:data:`FUSE_MAX_PARAMS` parameters; larger models run one matmul per weight on the
+parameters in place (no copy). There is no size limit otherwise: what the fused path
+allocates — those copies plus the static KV cache of every group — is estimated first
+(:func:`memory_needed`) and the HF path is taken, with the reason, when it exceeds the
+device's free memory. (A former ``MAX_PARAMS = 200M`` cap existed because every weight was
+copied per call; copies are now confined to small models.)
+
+Everything else takes the HF path with a precise reason (:func:`unsupported_reason`,
+recorded as a run's ``decode_path``): other architectures, DoRA/merged/biased LoRA and
+``modules_to_save``, DeepSpeed ZeRO-3 partitioned parameters, modules with forward hooks
+other than a DeepSpeed engine's own two on the root (so ZeRO 1/2 engines decode fast),
+dynamic/longrope rope, ``pretraining_tp``.
 On by default; ``NLHF_FAST_DECODE=0`` turns the fast path off (the HF path runs).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MAX_PARAMS", "FastGroup", "enabled", "supported"]
+__all__ = [
+    "FUSE_MAX_PARAMS",
+    "FastGroup",
+    "enabled",
+    "memory_needed",
+    "signature",
+    "supported",
+    "unsupported_reason",
+]
 
-MAX_PARAMS = 200_000_000
-_CLASSES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+FUSE_MAX_PARAMS = 200_000_000
+"""Models up to this size get stacked/fused weight copies (one ``bmm`` per layer part);
+larger ones run on their parameters in place."""
+
+#: class name → model_type of the architectures this module reproduces
+_CLASSES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "MistralForCausalLM": "mistral",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Phi3ForCausalLM": "phi3",
+}
+_GEMMA = ("gemma2", "gemma3_text")
+_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 def enabled() -> bool:
@@ -49,56 +98,129 @@ def enabled() -> bool:
 
 
 def supported(model: Any) -> bool:
-    """Whether ``model`` is a plain, unwrapped, float32/float64 Llama or Qwen2 causal LM
-    whose forward this module reproduces exactly (:func:`unsupported_reason` is None)."""
+    """Whether this module reproduces ``model``'s forward exactly (:func:`unsupported_reason`
+    is None)."""
     return unsupported_reason(model) is None
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """The transformers causal LM the fused decoder runs, and whether LoRA deltas apply."""
+
+    hf: Any
+    adapter: bool
+
+
+def _resolve(model: Any) -> _Resolved:
+    """A plain HF model, a peft ``PeftModel`` (adapter on unless disabled) or
+    :class:`nlhf_torch.models.AdapterDisabled` (its policy with the adapter off)."""
+    from nlhf_torch.models import AdapterDisabled
+
+    if isinstance(model, AdapterDisabled):
+        return _Resolved(_resolve(model._policy[0]).hf, adapter=False)
+    if hasattr(model, "peft_config"):
+        return _Resolved(model.get_base_model(), adapter=True)
+    return _Resolved(model, adapter=False)
+
+
+def _lora_layer_reason(layer: Any) -> str | None:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    if type(layer) is not LoraLinear:
+        return f"LoRA layer {type(layer).__name__} (fused: peft lora.Linear)"
+    if type(layer.base_layer) is not torch.nn.Linear:
+        return "a LoRA layer over a quantised or wrapped base layer"
+    if layer.merged:
+        return "a merged LoRA adapter (unmerge it, or merge_and_unload)"
+    for a in layer.active_adapters:
+        if a not in layer.lora_A:
+            continue
+        if a in getattr(layer, "lora_variant", {}) or layer.use_dora.get(a, False):
+            return "a LoRA variant (DoRA, …); fused: plain LoRA"
+        if layer.lora_B[a].bias is not None:
+            return "LoRA with lora_bias"
+        if layer.lora_A[a].weight.dtype != layer.base_layer.weight.dtype:
+            return "LoRA weights in a dtype other than the base layer's"
+    return None
+
+
+def _linear_reason(mod: Any, peft: bool) -> str | None:
+    if type(mod) is torch.nn.Linear:
+        return None
+    if peft and hasattr(mod, "lora_A"):
+        return _lora_layer_reason(mod)
+    return f"a wrapped linear layer ({type(mod).__name__})"
+
+
+def _attn_linears(layer: Any) -> list[Any]:
+    a = layer.self_attn
+    return [a.qkv_proj] if hasattr(a, "qkv_proj") else [a.q_proj, a.k_proj, a.v_proj]
+
+
+def _mlp_linears(layer: Any) -> list[Any]:
+    m = layer.mlp
+    return [m.gate_up_proj] if hasattr(m, "gate_up_proj") else [m.gate_proj, m.up_proj]
 
 
 def unsupported_reason(model: Any) -> str | None:
     """Why ``model`` must take the Hugging Face decode path, or None when the fused path
     reproduces its forward exactly (recorded as a run's ``decode_path``)."""
     try:
-        name = type(model).__name__
-        if hasattr(model, "peft_config"):
-            return "adapted (LoRA/PEFT) model; the fused path runs plain linear layers"
-        if _CLASSES.get(name) != getattr(model.config, "model_type", None):
-            return f"architecture {name} (fused: Llama, Qwen2)"
-        cfg = model.config
-        if getattr(cfg, "hidden_act", None) != "silu":
-            return f"activation {getattr(cfg, 'hidden_act', None)}"
-        if getattr(model, "_hf_hook", None):
+        res = _resolve(model)
+        peft = res.hf is not model
+        hf = res.hf
+        name = type(hf).__name__
+        cfg = hf.config
+        if _CLASSES.get(name) != getattr(cfg, "model_type", None):
+            fused = ", ".join(sorted(_CLASSES))
+            return f"architecture {name} (fused: {fused})"
+        if peft:
+            for mod in hf.modules():
+                if type(mod).__name__ == "ModulesToSaveWrapper":
+                    return "peft modules_to_save (a trained copy of a whole module)"
+        if getattr(hf, "_hf_hook", None) or getattr(model, "_hf_hook", None):
             return "an accelerate hook on the model"
-        if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "pretraining_tp", 1) != 1:
-            return "sliding-window attention or pretraining_tp"
-        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            return "layers other than full attention"
-        rope = getattr(model.model.rotary_emb, "rope_type", "default")
-        if rope in ("dynamic", "longrope"):
-            return f"rope scaling {rope}"
-        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
-            return "logit soft-capping or scaling"
-        params = list(model.parameters())
+        if getattr(cfg, "pretraining_tp", 1) != 1:
+            return "pretraining_tp"
+        rotary = hf.model.rotary_emb
+        rope_types = getattr(rotary, "rope_type", "default")
+        for rope in rope_types.values() if isinstance(rope_types, dict) else [rope_types]:
+            if rope in ("dynamic", "longrope"):
+                return f"rope scaling {rope} (depends on the sequence length)"
+        if getattr(cfg, "logit_scale", None):
+            return "logit scaling"
+        params = list(hf.parameters())
         dtype, device = params[0].dtype, params[0].device
         for p in params:
             if hasattr(p, "ds_id"):
                 return "DeepSpeed ZeRO-3 partitioned parameters"
             if p.dtype != dtype or p.device != device or p.numel() == 0:
                 return "parameters of mixed dtypes or devices"
-        if dtype not in (torch.float32, torch.float64):
-            return f"dtype {str(dtype).removeprefix('torch.')} (fused: float32, float64)"
-        linear = torch.nn.Linear
-        if type(model.lm_head) is not linear:
-            return "a wrapped lm_head"
-        for layer in model.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            mods = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
-            if any(type(x) is not linear for x in mods):
-                return "adapted (LoRA/PEFT) or wrapped linear layers"
-        if any(_foreign_hooks(mod, root=mod is model) for mod in model.modules()):
-            return "forward hooks on the model"
+        if dtype not in _DTYPES:
+            return (
+                f"dtype {str(dtype).removeprefix('torch.')} (fused: float64/32, bfloat16, float16)"
+            )
+        if type(hf.lm_head) is not torch.nn.Linear:
+            return "a wrapped or adapted lm_head"
+        if not isinstance(hf.model.embed_tokens, torch.nn.Embedding) or hasattr(
+            hf.model.embed_tokens, "lora_A"
+        ):
+            return "a wrapped or adapted embedding"
+        for layer in hf.model.layers:
+            for mod in [*_attn_linears(layer), layer.self_attn.o_proj, *_mlp_linears(layer)]:
+                mod_reason = _linear_reason(mod, peft)
+                if mod_reason is not None:
+                    return mod_reason
+            mlp = layer.mlp
+            if not callable(getattr(mlp, "act_fn", getattr(mlp, "activation_fn", None))):
+                return "an MLP without an activation module"
+        roots = (model, hf) if peft else (model,)
+        for mod in hf.modules():
+            if _foreign_hooks(mod, root=mod in roots):
+                return "forward hooks on the model"
         return None
     except Exception as exc:  # an unexpected model layout: the HF path is always correct
-        return f"unrecognised model layout ({type(exc).__name__})"
+        return f"unrecognised model layout ({type(exc).__name__}: {exc})"
 
 
 def _deepspeed_engine_hook(hook: Any) -> bool:
@@ -109,33 +231,240 @@ def _foreign_hooks(module: torch.nn.Module, *, root: bool) -> bool:
     """Whether ``module`` has forward hooks the fast path would skip. The two hooks a
     DeepSpeed engine puts on its root module are exempt: they keep timers and the flops
     profiler, cast fp16 inputs and flag ZeRO-3 parameter discovery, none of which concerns
-    a float32 ZeRO 1/2 sampling pass (ZeRO-3 is refused by the ``ds_id`` check)."""
+    a ZeRO 1/2 sampling pass (ZeRO-3 is refused by the ``ds_id`` check)."""
     hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
     if root:
         hooks = [h for h in hooks if not _deepspeed_engine_hook(h)]
     return bool(hooks)
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF RMSNorm: weight · (x₃₂ · rsqrt(mean(x₃₂²) + ε)).to(dtype)."""
+def _eps(norm: Any) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", None)))
+
+
+def _windows(hf: Any) -> list[int | None]:
+    """Per-layer sliding window (None: full attention) as transformers' masks apply it."""
+    cfg = hf.config
+    out: list[int | None] = []
+    for layer in hf.model.layers:
+        attn = layer.self_attn
+        if hasattr(attn, "sliding_window"):  # Qwen2/3, Gemma: per layer type
+            w = attn.sliding_window
+        else:  # Mistral, Phi-3: the config's window on every layer
+            w = getattr(cfg, "sliding_window", None)
+        out.append(None if w is None else int(w))
+    return out
+
+
+def _rope_keys(hf: Any) -> list[str | None]:
+    """The rotary table of each layer: Gemma 3 keeps one per layer type."""
+    if isinstance(getattr(hf.model.rotary_emb, "rope_type", None), dict):
+        return list(hf.config.layer_types)
+    return [None] * len(hf.model.layers)
+
+
+def signature(model: Any) -> tuple[Any, ...]:
+    """What must agree for two models to be stacked in one :class:`FastGroup`."""
+    hf = _resolve(model).hf
+    cfg = hf.config
+    layer = hf.model.layers[0]
+    attn = layer.self_attn
+    mods = [*_attn_linears(layer), attn.o_proj, *_mlp_linears(layer), layer.mlp.down_proj]
+    shapes = tuple((tuple(_base(m).weight.shape), _base(m).bias is not None) for m in mods)
+    norms = [n for lyr in hf.model.layers for n in _layer_norms(lyr).values()]
+    eps = tuple(_eps(n) for n in [*norms, hf.model.norm])
+    return (
+        type(hf).__name__,
+        len(hf.model.layers),
+        int(cfg.num_attention_heads),
+        int(cfg.num_key_value_heads),
+        int(attn.head_dim),
+        float(attn.scaling),
+        shapes,
+        hf.lm_head.bias is not None,
+        tuple(hf.lm_head.weight.shape),
+        eps,
+        tuple(_windows(hf)),
+        tuple(_rope_keys(hf)),
+        getattr(cfg, "attn_logit_softcapping", None),
+        getattr(cfg, "final_logit_softcapping", None),
+        float(getattr(hf.model.embed_tokens, "scalar_embed_scale", 1.0)),
+        type(_act(layer)).__name__,
+        hf.lm_head.weight.dtype,
+        hf.lm_head.weight.device,
+    )
+
+
+def _act(layer: Any) -> Any:
+    return getattr(layer.mlp, "act_fn", getattr(layer.mlp, "activation_fn", None))
+
+
+def _layer_norms(layer: Any) -> dict[str, Any]:
+    names = (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    )
+    out = {n: getattr(layer, n) for n in names if getattr(layer, n, None) is not None}
+    for n in ("q_norm", "k_norm"):
+        if getattr(layer.self_attn, n, None) is not None:
+            out[n] = getattr(layer.self_attn, n)
+    return out
+
+
+def _base(mod: Any) -> torch.nn.Linear:
+    return getattr(mod, "base_layer", mod)
+
+
+def _n_params(hf: Any) -> int:
+    return sum(p.numel() for p in hf.parameters())
+
+
+def memory_needed(
+    models: list[list[Any]], rows: list[int], prompt_len: int, max_new_tokens: int
+) -> int:
+    """Bytes the fused path allocates for groups ``models`` (each a list of members) serving
+    ``rows[g]`` rows: the static KV cache 2·layers·M·R·kv·(P+T)·d, the last-position logits
+    M·R·V (and as many again for the sampler), and, for models of at most
+    :data:`FUSE_MAX_PARAMS` parameters, the stacked/fused weight copies (at most the
+    members' own parameters)."""
+    total = 0
+    for members, r in zip(models, rows, strict=True):
+        hf = _resolve(members[0]).hf
+        cfg = hf.config
+        attn = hf.model.layers[0].self_attn
+        size = hf.lm_head.weight.element_size()
+        m = len(members)
+        kv = 2 * len(hf.model.layers) * m * r * int(cfg.num_key_value_heads)
+        total += kv * (prompt_len + max_new_tokens) * int(attn.head_dim) * size
+        total += 2 * m * r * int(hf.lm_head.weight.shape[0]) * 4
+        distinct = {id(_resolve(x).hf): _resolve(x).hf for x in members}
+        for model in distinct.values():
+            n = _n_params(model)
+            if n <= FUSE_MAX_PARAMS:
+                total += n * size
+    return total
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (CUDA: ``torch.cuda.mem_get_info``; CPU: the OS's available
+    memory), or None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            import psutil
+
+            return int(psutil.virtual_memory().available)
+        except ImportError:
+            try:
+                return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError):
+                return None
+    return None
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool) -> torch.Tensor:
+    """HF RMSNorm: Llama weight · (x₃₂ · rsqrt(mean(x₃₂²) + ε)).to(dtype); Gemma
+    (x₃₂ · rsqrt(…) · (1 + weight₃₂)).to(dtype)."""
     x32 = x.to(torch.float32)
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if gemma:
+        return (x32 * (1.0 + weight.float())).to(x.dtype)
     return weight * x32.to(x.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x·cos + rotate_half(x)·sin, rotate_half(x) = cat(−x₂, x₁) (HF ``apply_rotary_pos_emb``)."""
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rot * sin
+    """x·cos + rotate_half(x)·sin on the first cos.shape[-1] dims (the rest pass through),
+    rotate_half(x) = cat(−x₂, x₁) (HF ``apply_rotary_pos_emb``)."""
+    rd = cos.shape[-1]
+    xr, rest = (x, None) if rd == x.shape[-1] else (x[..., :rd], x[..., rd:])
+    half = rd // 2
+    rot = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
+    out = xr * cos + rot * sin
+    return out if rest is None else torch.cat((out, rest), dim=-1)
 
 
-def _stack(ts: list[torch.Tensor | None]) -> torch.Tensor | None:
-    if all(t is None for t in ts):
+class _Linear:
+    """x Wᵀ + b (+ Σ s·(x Aᵀ) Bᵀ over active LoRA adapters) for the M members of a group on
+    x (M, N, in), W the concatenation of the member's ``parts`` along the output axis.
+
+    Members whose base weights are the same tensors (a LoRA policy and its adapter-off
+    reference, or one model twice) share one matmul over all M·N rows; otherwise the
+    weights are stacked for ``bmm`` (``fuse``) or used in place, one matmul per member."""
+
+    def __init__(self, parts: list[list[Any]], adapters: list[bool], fuse: bool) -> None:
+        bases = [[_base(p) for p in ps] for ps in parts]
+        ids = [tuple(id(b.weight) for b in bs) for bs in bases]
+        self.shared = all(i == ids[0] for i in ids)
+        self.fuse = fuse
+        self.has_bias = bases[0][0].bias is not None
+        if self.shared:
+            bs = bases[0]
+            if fuse and len(bs) > 1:
+                self.w = [torch.cat([b.weight.detach() for b in bs])]
+                self.b = [None if not self.has_bias else torch.cat([b.bias.detach() for b in bs])]
+            else:
+                self.w = [b.weight.detach() for b in bs]
+                self.b = [None if b.bias is None else b.bias.detach() for b in bs]
+        elif fuse:
+            self.w = torch.stack(
+                [torch.cat([b.weight.detach() for b in bs]).T for bs in bases]
+            ).contiguous()  # (M, in, out)
+            self.b = (
+                torch.stack([torch.cat([b.bias.detach() for b in bs]) for bs in bases]).unsqueeze(1)
+                if self.has_bias
+                else None
+            )
+        else:
+            self.w = [[b.weight.detach() for b in bs] for bs in bases]
+            self.b = [[None if b.bias is None else b.bias.detach() for b in bs] for bs in bases]
+        self.lora = [_lora(ps) if on else None for ps, on in zip(parts, adapters, strict=True)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m, n, d_in = x.shape
+        if self.shared:
+            flat = x.reshape(m * n, d_in)
+            outs = [F.linear(flat, w, b) for w, b in zip(self.w, self.b, strict=True)]
+            y = (outs[0] if len(outs) == 1 else torch.cat(outs, -1)).view(m, n, -1)
+        elif self.fuse:
+            y = torch.bmm(x, self.w) if self.b is None else torch.baddbmm(self.b, x, self.w)
+        else:
+            y = torch.stack(
+                [
+                    torch.cat([F.linear(x[j], w, b) for w, b in zip(ws, bs, strict=True)], -1)
+                    for j, (ws, bs) in enumerate(zip(self.w, self.b, strict=True))
+                ]
+            )
+        for j, lo in enumerate(self.lora):
+            if lo is not None:
+                a, b_s = lo
+                y[j] += (x[j] @ a) @ b_s
+        return y
+
+
+def _lora(parts: list[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(Aᵀ (in, ΣR), (s·B)ᵀ block-diagonal (ΣR, out)) over the parts' active adapters, or
+    None when no part carries one (peft: result + lora_B(lora_A(x)) · scaling)."""
+    a_s, b_s = [], []
+    for p in parts:
+        out_p = _base(p).weight.shape[0]
+        blocks_a, blocks_b = [], []
+        if hasattr(p, "lora_A") and not p.disable_adapters:
+            for name in p.active_adapters:
+                if name in p.lora_A:
+                    blocks_a.append(p.lora_A[name].weight.detach())
+                    blocks_b.append(p.lora_B[name].weight.detach() * p.scaling[name])
+        w = _base(p).weight
+        a_s.append(torch.cat(blocks_a) if blocks_a else w.new_zeros(0, w.shape[1]))
+        b_s.append(torch.cat(blocks_b, 1) if blocks_b else w.new_zeros(out_p, 0))
+    if all(a.shape[0] == 0 for a in a_s):
         return None
-    ts = [
-        t if t is not None else torch.zeros_like(next(u for u in ts if u is not None)) for t in ts
-    ]
+    return torch.cat(a_s).T.contiguous(), torch.block_diag(*b_s).T.contiguous()
+
+
+def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in ts])
 
 
@@ -149,109 +478,176 @@ class FastGroup:
     """
 
     def __init__(self, models: list[Any], rows: torch.Tensor, max_new_tokens: int) -> None:
-        self.models = models
+        resolved = [_resolve(m) for m in models]
+        hfs = [r.hf for r in resolved]
+        adapters = [r.adapter for r in resolved]
+        self.models = hfs
         self.rows = rows
         self.max_new_tokens = max_new_tokens
-        cfg = models[0].config
-        attn0 = models[0].model.layers[0].self_attn
+        hf0 = hfs[0]
+        cfg = hf0.config
+        attn0 = hf0.model.layers[0].self_attn
+        fuse = max(_n_params(h) for h in hfs) <= FUSE_MAX_PARAMS
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(cfg.num_key_value_heads)
         self.head_dim = int(attn0.head_dim)
         self.scaling = float(attn0.scaling)
-        self.n_layers = len(models[0].model.layers)
-        self.eps_final = float(models[0].model.norm.variance_epsilon)
+        self.n_layers = len(hf0.model.layers)
+        self.gemma = getattr(cfg, "model_type", None) in _GEMMA
+        self.attn_softcap = getattr(cfg, "attn_logit_softcapping", None) if self.gemma else None
+        self.final_softcap = getattr(cfg, "final_logit_softcapping", None) if self.gemma else None
+        half = self.dtype_of(hf0) in (torch.float16, torch.bfloat16)
+        eager = getattr(cfg, "_attn_implementation", None) == "eager"
+        self.softmax_dtype = torch.float32 if half or eager else None
+        self.windows = _windows(hf0)
+        self.rope_keys = _rope_keys(hf0)
+        self.eps_final = _eps(hf0.model.norm)
         self.layers: list[dict[str, Any]] = []
         for i in range(self.n_layers):
-            ls = [m.model.layers[i] for m in models]
-            att = [layer.self_attn for layer in ls]
-            mlp = [layer.mlp for layer in ls]
-            qkv_w = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) for a in att]
-            qkv_b = [
-                None
-                if a.q_proj.bias is None
-                else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-                for a in att
-            ]
-            gu_w = [torch.cat([m.gate_proj.weight, m.up_proj.weight]) for m in mlp]
-            gu_b = [
-                None if m.gate_proj.bias is None else torch.cat([m.gate_proj.bias, m.up_proj.bias])
-                for m in mlp
-            ]
-            self.layers.append(
-                {
-                    "ln1": _stack([layer.input_layernorm.weight for layer in ls]).unsqueeze(1),
-                    "eps1": float(ls[0].input_layernorm.variance_epsilon),
-                    "ln2": _stack(
-                        [layer.post_attention_layernorm.weight for layer in ls]
-                    ).unsqueeze(1),
-                    "eps2": float(ls[0].post_attention_layernorm.variance_epsilon),
-                    "qkv": _stack(qkv_w).transpose(1, 2).contiguous(),
-                    "qkv_b": _bias(_stack(qkv_b)),
-                    "o": _stack([a.o_proj.weight for a in att]).transpose(1, 2).contiguous(),
-                    "o_b": _bias(_stack([a.o_proj.bias for a in att])),
-                    "gu": _stack(gu_w).transpose(1, 2).contiguous(),
-                    "gu_b": _bias(_stack(gu_b)),
-                    "down": _stack([m.down_proj.weight for m in mlp]).transpose(1, 2).contiguous(),
-                    "down_b": _bias(_stack([m.down_proj.bias for m in mlp])),
-                }
-            )
-        self.embed = _stack([m.model.embed_tokens.weight for m in models])  # (M, V, h)
-        self.norm = _stack([m.model.norm.weight for m in models]).unsqueeze(1)
-        self.head = _stack([m.lm_head.weight for m in models]).transpose(1, 2).contiguous()
-        self.head_b = _bias(_stack([m.lm_head.bias for m in models]))
+            ls = [h.model.layers[i] for h in hfs]
+            norms = [_layer_norms(layer) for layer in ls]
+            p: dict[str, Any] = {
+                "norms": {k: _stack([n[k].weight for n in norms]).unsqueeze(1) for k in norms[0]},
+                "eps": {k: _eps(v) for k, v in norms[0].items()},
+                "qkv": _Linear([_attn_linears(layer) for layer in ls], adapters, fuse),
+                "o": _Linear([[layer.self_attn.o_proj] for layer in ls], adapters, fuse),
+                "gu": _Linear([_mlp_linears(layer) for layer in ls], adapters, fuse),
+                "down": _Linear([[layer.mlp.down_proj] for layer in ls], adapters, fuse),
+                "act": _act(ls[0]),
+            }
+            for k in ("q_norm", "k_norm"):  # per head: (M, 1, 1, 1, d)
+                if k in p["norms"]:
+                    p["norms"][k] = p["norms"][k].view(len(hfs), 1, 1, 1, -1)
+            self.layers.append(p)
+        embeds = [h.model.embed_tokens.weight for h in hfs]
+        self.embed_shared = all(e is embeds[0] for e in embeds)
+        self.embed = embeds[0].detach() if self.embed_shared else _stack(embeds)
+        scale = getattr(hf0.model.embed_tokens, "embed_scale", None)
+        self.embed_scale = None if scale is None else scale.to(self.embed.dtype)
+        self.norm = _stack([h.model.norm.weight for h in hfs]).unsqueeze(1)
+        self.head = _Linear([[h.lm_head] for h in hfs], [False] * len(hfs), fuse)
         self.dtype = self.embed.dtype
         self.logits: torch.Tensor | None = None
 
-    def _rope_tables(self, n_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin (M, n_pos, d) for positions 0..n_pos−1 from each model's ``rotary_emb``."""
+    @staticmethod
+    def dtype_of(hf: Any) -> torch.dtype:
+        return hf.lm_head.weight.dtype
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (R, S) → (M, R, S, h), times Gemma's √h in the model dtype."""
+        m = len(self.models)
+        if self.embed_shared:
+            x = self.embed[tokens].unsqueeze(0).expand(m, *tokens.shape, -1)
+        else:
+            x = self.embed[:, tokens]
+        return x if self.embed_scale is None else x * self.embed_scale
+
+    def _rope_tables(self, n_pos: int) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin (M, n_pos, d) for positions 0..n_pos−1 from each model's ``rotary_emb``,
+        one pair per rope key (Gemma 3: per layer type)."""
         dev = self.embed.device
         pos = torch.arange(n_pos, device=dev)[None]
         x = torch.empty(1, dtype=self.dtype, device=dev)
-        cs = [m.model.rotary_emb(x, pos) for m in self.models]
-        return torch.cat([c for c, _ in cs]), torch.cat([s for _, s in cs])
+        out = {}
+        for key in dict.fromkeys(self.rope_keys):
+            args = () if key is None else (key,)
+            cs = [m.model.rotary_emb(x, pos, *args) for m in self.models]
+            out[key] = (torch.cat([c for c, _ in cs]), torch.cat([s for _, s in cs]))
+        return out
+
+    def _attend(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """softmax(cap(q kᵀ · scaling) + mask) v per KV head: q (M, R, nh, S, d), keys/values
+        (M, R, kv, L, d), additive mask (R, 1, S, L); the softmax in float32 for
+        half-precision models and wherever transformers runs its eager attention
+        (``softmax(dtype=float32)``, even for float64 models)."""
+        m, r, nh, s, d = q.shape
+        nkv, g, n_keys = self.n_kv, nh // self.n_kv, keys.shape[3]
+        qg = q.reshape(m * r, nkv, g * s, d)
+        scores = qg @ keys.reshape(m * r, nkv, n_keys, d).mT
+        scores = scores.view(m, r, nkv, g, s, n_keys) * self.scaling
+        if self.attn_softcap is not None:
+            scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
+        scores = scores + mask[:, None]
+        probs = scores.softmax(-1, dtype=self.softmax_dtype).to(self.dtype)
+        att = probs.view(m * r, nkv, g * s, n_keys) @ values.reshape(m * r, nkv, n_keys, d)
+        return att.view(m, r, nh, s, d)
 
     def _layers(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        rope: dict[str | None, tuple[torch.Tensor, torch.Tensor]],
+        start: int,
+        masks: dict[int | None, torch.Tensor],
     ) -> torch.Tensor:
-        """x (M, R, S, h) at cache slots start..start+S−1, L = start + S keys; ``mask``: bool
-        (R, 1, S, L) when S > 1, additive (R, 1, 1, L) (0 or −inf) when S = 1."""
+        """x (M, R, S, h) at cache slots start..start+S−1, L = start + S keys; ``masks`` by
+        window: additive (R, 1, S, L) (0 or −inf)."""
         m, r, s, h = x.shape
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
         end = start + s
+        g = self.gemma
         for i, p in enumerate(self.layers):
-            hn = _rms(x, p["ln1"].unsqueeze(1), p["eps1"]).reshape(m, r * s, h)
-            qkv = _mm(hn, p["qkv"], p["qkv_b"]).view(m, r, s, nh + 2 * nkv, d).transpose(2, 3)
-            q = _rope(qkv[:, :, :nh], cos, sin)
-            k = _rope(qkv[:, :, nh : nh + nkv], cos, sin)
-            self.k_cache[i][:, :, :, start:end] = k
+            nw, eps = p["norms"], p["eps"]
+            cos, sin = rope[self.rope_keys[i]]
+            hn = _rms(x, nw["input_layernorm"].unsqueeze(1), eps["input_layernorm"], g)
+            qkv = p["qkv"](hn.reshape(m, r * s, h)).view(m, r, s, nh + 2 * nkv, d).transpose(2, 3)
+            q, k = qkv[:, :, :nh], qkv[:, :, nh : nh + nkv]
+            if "q_norm" in nw:
+                q = _rms(q, nw["q_norm"], eps["q_norm"], g)
+                k = _rms(k, nw["k_norm"], eps["k_norm"], g)
+            self.k_cache[i][:, :, :, start:end] = _rope(k, cos, sin)
             self.v_cache[i][:, :, :, start:end] = qkv[:, :, nh + nkv :]
-            keys, values = self.k_cache[i][:, :, :, :end], self.v_cache[i][:, :, :, :end]
-            if s == 1:  # decode: q (M·R, kv, g, d) · kᵀ per KV head, additive mask (R, 1, 1, L)
-                scores = q.reshape(m * r, nkv, nh // nkv, d) @ keys.reshape(m * r, nkv, end, d).mT
-                scores = scores.view(m, r, nkv, nh // nkv, end) * self.scaling + mask
-                att = scores.softmax(-1).view(m * r, nkv, nh // nkv, end) @ values.reshape(
-                    m * r, nkv, end, d
+            w = self.windows[i]
+            lo = 0 if w is None or s > 1 else max(0, end - w)  # decode: slice the window
+            keys, values = self.k_cache[i][:, :, :, lo:end], self.v_cache[i][:, :, :, lo:end]
+            att = self._attend(_rope(q, cos, sin), keys, values, masks[w][..., lo:end])
+            att = p["o"](att.transpose(2, 3).reshape(m, r * s, nh * d)).view(m, r, s, h)
+            if g:
+                att = _rms(
+                    att,
+                    nw["post_attention_layernorm"].unsqueeze(1),
+                    eps["post_attention_layernorm"],
+                    g,
                 )
-                att = att.view(m, r, nh, 1, d)
-            else:  # prefill: boolean mask (R, 1, S, L)
-                att = F.scaled_dot_product_attention(
-                    q.reshape(m * r, nh, s, d),
-                    keys.reshape(m * r, nkv, end, d),
-                    values.reshape(m * r, nkv, end, d),
-                    attn_mask=mask.repeat(m, 1, 1, 1),
-                    scale=self.scaling,
-                    enable_gqa=nh != nkv,
-                ).view(m, r, nh, s, d)
-            att = att.transpose(2, 3).reshape(m, r * s, nh * d)
-            x = x + _mm(att, p["o"], p["o_b"]).view(m, r, s, h)
-            hn = _rms(x, p["ln2"].unsqueeze(1), p["eps2"]).reshape(m, r * s, h)
-            gate, up = _mm(hn, p["gu"], p["gu_b"]).chunk(2, dim=-1)
-            x = x + _mm(F.silu(gate) * up, p["down"], p["down_b"]).view(m, r, s, h)
+                x = x + att
+                hn = _rms(
+                    x,
+                    nw["pre_feedforward_layernorm"].unsqueeze(1),
+                    eps["pre_feedforward_layernorm"],
+                    g,
+                )
+            else:
+                x = x + att
+                hn = _rms(
+                    x,
+                    nw["post_attention_layernorm"].unsqueeze(1),
+                    eps["post_attention_layernorm"],
+                    g,
+                )
+            gate, up = p["gu"](hn.reshape(m, r * s, h)).chunk(2, dim=-1)
+            mlp = p["down"](p["act"](gate) * up).view(m, r, s, h)
+            if g:
+                mlp = _rms(
+                    mlp,
+                    nw["post_feedforward_layernorm"].unsqueeze(1),
+                    eps["post_feedforward_layernorm"],
+                    g,
+                )
+            x = x + mlp
         return x
 
     def _head(self, x_last: torch.Tensor) -> torch.Tensor:
-        """(M, R, h) → logits (M, R, V)."""
-        return _mm(_rms(x_last, self.norm, self.eps_final), self.head, self.head_b)
+        """(M, R, h) → logits (M, R, V), Gemma's final c·tanh(ℓ/c)."""
+        logits = self.head(_rms(x_last, self.norm, self.eps_final, self.gemma))
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+    def _additive(self, keep: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(keep.shape, dtype=self.dtype, device=keep.device).masked_fill(
+            ~keep, float("-inf")
+        )
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Run the B left-padded prompts, then expand cache and logits to ``self.rows``."""
@@ -259,22 +655,26 @@ class FastGroup:
         dev = input_ids.device
         m = len(self.models)
         total = plen + self.max_new_tokens
-        cos_t, sin_t = self._rope_tables(total)
+        tables = self._rope_tables(total)
         amask = attention_mask.bool()
         pos = amask.long().cumsum(-1) - 1
         pos = pos.masked_fill(~amask, 1)  # position_ids_from_mask
-        causal = torch.ones(plen, plen, dtype=torch.bool, device=dev).tril()
+        slot = torch.arange(plen, device=dev)
+        causal = slot[None, :] <= slot[:, None]
         # a pad query attends to itself only (its output never reaches a real token), which
         # keeps every softmax row finite
         eye = torch.eye(plen, dtype=torch.bool, device=dev)
-        mask = (causal & amask[:, None, None, :]) | eye
+        masks = {}
+        for w in dict.fromkeys(self.windows):
+            allowed = causal if w is None else causal & (slot[None, :] > slot[:, None] - w)
+            masks[w] = self._additive((allowed & amask[:, None, None, :]) | eye)
         shape = (m, b, self.n_kv, total, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in self.layers]
-        x = self.embed[:, input_ids]  # (M, B, P, h)
-        cos = cos_t[:, pos].unsqueeze(2)  # (M, B, 1, P, d)
-        sin = sin_t[:, pos].unsqueeze(2)
-        x = self._layers(x, cos, sin, 0, mask)
+        rope = {
+            k: (c[:, pos].unsqueeze(2), s_[:, pos].unsqueeze(2)) for k, (c, s_) in tables.items()
+        }  # (M, B, 1, P, d)
+        x = self._layers(self._embed(input_ids), rope, 0, masks)
         logits = self._head(x[:, :, -1])
         prompt = self.rows % b
         if not torch.equal(prompt, torch.arange(b, device=dev)):
@@ -285,32 +685,23 @@ class FastGroup:
         # per-row state for decoding: key mask over all cache slots and rotary tables
         row_mask = amask[prompt]
         ones = torch.ones(len(prompt), self.max_new_tokens, dtype=torch.bool, device=dev)
-        keep = torch.cat([row_mask, ones], dim=1)[:, None, None, :]  # (R, 1, 1, L)
-        self.key_bias = torch.zeros(keep.shape, dtype=self.dtype, device=dev).masked_fill(
-            ~keep, float("-inf")
-        )
+        self.key_bias = self._additive(torch.cat([row_mask, ones], dim=1)[:, None, None, :])
         dec_pos = row_mask.long().sum(-1, keepdim=True) + torch.arange(
             self.max_new_tokens, device=dev
         )  # (R, T): position of the token fed at decode step n
-        self.dec_cos = cos_t[:, dec_pos]  # (M, R, T, d)
-        self.dec_sin = sin_t[:, dec_pos]
+        self.dec_rope = {k: (c[:, dec_pos], s_[:, dec_pos]) for k, (c, s_) in tables.items()}
         self.cur = plen
 
     def step(self, tokens: torch.Tensor, n: int) -> None:
         """Feed ``tokens`` (R,) — token n of each row (n = 0 for the first sampled token)."""
-        x = self.embed[:, tokens].unsqueeze(2)  # (M, R, 1, h)
-        cos = self.dec_cos[:, :, n, None, None]  # (M, R, 1, 1, d)
-        sin = self.dec_sin[:, :, n, None, None]
+        x = self._embed(tokens[:, None])  # (M, R, 1, h)
+        rope = {
+            k: (c[:, :, n, None, None], s_[:, :, n, None, None])
+            for k, (c, s_) in self.dec_rope.items()
+        }  # (M, R, 1, 1, d)
         end = self.cur + 1
-        x = self._layers(x, cos, sin, self.cur, self.key_bias[..., :end])
+        bias = self.key_bias[..., :end]
+        masks = dict.fromkeys(self.windows, bias)  # windows: _layers slices the keys
+        x = self._layers(x, rope, self.cur, masks)
         self.cur = end
         self.logits = self._head(x[:, :, 0])
-
-
-def _bias(b: torch.Tensor | None) -> torch.Tensor | None:
-    return None if b is None else b.unsqueeze(1)  # (M, 1, out)
-
-
-def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """Batched x Wᵀ + b with W pre-transposed: x (M, N, in), w (M, in, out), b (M, 1, out)."""
-    return torch.bmm(x, w) if b is None else torch.baddbmm(b, x, w)

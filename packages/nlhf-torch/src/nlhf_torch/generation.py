@@ -27,10 +27,10 @@ reference over the whole prefix for every mixture token, ≈ 3T+5 forward calls)
    on one CPU thread, neutral (±2%) with 4 threads or on an H100. The values equal
    :func:`sequence_logits` of the reference to rounding (1e-10 in float64, tested).
 
-7. plain float32/float64 Llama/Qwen2 models decode through :mod:`nlhf_torch.fastdecode` (a fused
-   sampling-only forward on the models' own weights, static KV cache, policy and reference
-   stacked into one batched call); anything else takes the HF path
-   above; ``NLHF_FAST_DECODE=0`` forces the HF path. The fast path keeps finished rows
+7. Llama, Qwen2/3, Mistral, Gemma 2/3 and Phi-3 models (float64/32, bfloat16, float16,
+   plain or LoRA) decode through :mod:`nlhf_torch.fastdecode` (a fused sampling-only
+   forward on the models' own weights, static KV cache, policy and reference in one batched
+   call); anything else takes the HF path above (``decode_path`` says why); ``NLHF_FAST_DECODE=0`` forces the HF path. The fast path keeps finished rows
    (feeding pads) instead of dropping them.
 
 Randomness: an injectable ``torch.Generator`` (one float64 ``torch.rand(2B)`` per step), or
@@ -121,11 +121,11 @@ class _Stream:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = out.past_key_values
+        self.cache = out.cache
         logits = out.logits[:, -1]
         b = input_ids.shape[0]
         prompt_of_row = self.rows % b
@@ -153,11 +153,11 @@ class _Stream:
             input_ids=tokens[self.rows].unsqueeze(-1),
             attention_mask=mask,
             position_ids=mask.long().sum(-1, keepdim=True) - 1,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = out.past_key_values
+        self.cache = out.cache
         self.logits = out.logits[:, -1]
         return 1
 
@@ -183,60 +183,41 @@ def _gather(
     return out
 
 
-def _signature(model: Any) -> tuple[Any, ...]:
-    """What must agree for two models to be stacked in one :class:`FastGroup`."""
-    cfg = model.config
-    layer = model.model.layers[0]
-    linears = (
-        layer.self_attn.q_proj,
-        layer.self_attn.k_proj,
-        layer.self_attn.o_proj,
-        layer.mlp.gate_proj,
-        layer.mlp.down_proj,
-    )
-    shapes = tuple((tuple(m.weight.shape), m.bias is not None) for m in linears)
-    norms = [
-        n for lyr in model.model.layers for n in (lyr.input_layernorm, lyr.post_attention_layernorm)
-    ]
-    eps = tuple(float(n.variance_epsilon) for n in [*norms, model.model.norm])
-    return (
-        type(model).__name__,
-        len(model.model.layers),
-        int(cfg.num_attention_heads),
-        int(cfg.num_key_value_heads),
-        int(layer.self_attn.head_dim),
-        float(layer.self_attn.scaling),
-        shapes,
-        model.lm_head.bias is not None,
-        tuple(model.lm_head.weight.shape),
-        eps,
-        model.lm_head.weight.dtype,
-        model.lm_head.weight.device,
-    )
-
-
 def _fast_groups(
-    streams: list[_Stream], max_new_tokens: int
+    streams: list[_Stream], max_new_tokens: int, prompt_len: int
 ) -> tuple[list[tuple[fastdecode.FastGroup, list[_Stream]]] | None, str]:
     """Streams grouped for the fused decoder (same rows, same architecture → one stacked
-    group) and ``"fused"``, or None and ``"hf: <why>"`` when any model needs the HF path."""
+    group) and ``"fused"``, or None and ``"hf: <why>"`` when any model needs the HF path
+    or the fused path's static KV cache and weight copies exceed the free memory."""
     models = {id(s.model): s.model for s in streams}
     for m in models.values():
         reason = fastdecode.unsupported_reason(m)
         if reason is not None:
             return None, f"hf: {reason}"
-    total = sum(p.numel() for m in models.values() for p in m.parameters())
-    if total > fastdecode.MAX_PARAMS:
-        return None, f"hf: {total} parameters > {fastdecode.MAX_PARAMS} (fused decode limit)"
     buckets: list[list[_Stream]] = []
     for s in streams:
         for bucket in buckets:
             first = bucket[0]
-            if torch.equal(first.rows, s.rows) and _signature(first.model) == _signature(s.model):
+            if torch.equal(first.rows, s.rows) and fastdecode.signature(
+                first.model
+            ) == fastdecode.signature(s.model):
                 bucket.append(s)
                 break
         else:
             buckets.append([s])
+    need = fastdecode.memory_needed(
+        [[s.model for s in bucket] for bucket in buckets],
+        [len(bucket[0].rows) for bucket in buckets],
+        prompt_len,
+        max_new_tokens,
+    )
+    free = fastdecode.free_memory(streams[0].rows.device)
+    if free is not None and need > free:
+        gib = 2**30
+        return None, (
+            f"hf: the fused decode needs {need / gib:.2f} GiB (static KV cache, logits, weight "
+            f"copies) but {free / gib:.2f} GiB are free"
+        )
     groups = [
         (fastdecode.FastGroup([s.model for s in bucket], bucket[0].rows, max_new_tokens), bucket)
         for bucket in buckets
@@ -340,7 +321,7 @@ def generate_pairs(
         s.model.eval()
     try:
         groups, decode_path = (
-            _fast_groups(streams, max_new_tokens)
+            _fast_groups(streams, max_new_tokens, input_ids.shape[1])
             if fast_decode
             else (None, "hf: NLHF_FAST_DECODE=0 or fast_decode=False")
         )
