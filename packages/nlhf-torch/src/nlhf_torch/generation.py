@@ -1,4 +1,4 @@
-"""Fast pair generation for Nash-MD-PG and its variants (paper §7, DESIGN §5–§6).
+"""Fast pair generation for Nash-MD-PG and its variants (paper §7; docs/architecture.md §5–§6).
 
 For every prompt x we draw y ~ π_θ(·|x) and y' from an opponent, token by token:
 
@@ -8,8 +8,8 @@ For every prompt x we draw y ~ π_θ(·|x) and y' from an opponent, token by tok
 - ``model`` (Nash-EMA-PG): y' from ``opponent_model`` (e.g. an EMA copy), mixed with μ by β
   when β > 0.
 
-Both rows of a pair sample from log_softmax(·/T) of their logits (DESIGN §5, §9: the same
-temperature is used by the loss).
+Both rows of a pair sample from log_softmax(·/T) of their logits (the same temperature
+is used by the loss; docs/architecture.md §5, pitfalls).
 
 What makes it fast compared with TRL 1.13's ``NashMDTrainer`` (which re-runs policy and
 reference over the whole prefix for every mixture token, ≈ 3T+5 forward calls):
@@ -36,7 +36,8 @@ reference over the whole prefix for every mixture token, ≈ 3T+5 forward calls)
 Randomness: an injectable ``torch.Generator`` (one float64 ``torch.rand(2B)`` per step), or
 explicit ``uniforms[row, step]`` (rows 0..B−1 = y, B..2B−1 = y') consumed by inverse CDF
 exactly like :func:`nlhf_torch.kernels.sample`. Sampling runs under ``torch.no_grad()``, not
-``inference_mode`` (inference tensors cannot be saved for backward under ZeRO-3, DESIGN §10).
+``inference_mode`` (inference tensors cannot be saved for backward under ZeRO-3;
+docs/distributed.md).
 """
 
 from __future__ import annotations
