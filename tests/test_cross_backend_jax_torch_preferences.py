@@ -114,7 +114,11 @@ def _both(preference: dict[str, Any]) -> tuple[Any, Any]:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"max_length": 6, "batch_size": 2}, {"tokenizer": "bos_tok", "max_length": 5}],
+    [
+        {},
+        pytest.param({"max_length": 6, "batch_size": 2}, marks=pytest.mark.slow),
+        {"tokenizer": "bos_tok", "max_length": 5},
+    ],
     ids=["plain", "truncated-batched", "bos-truncated"],
 )
 def test_bradley_terry_reward_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
@@ -132,7 +136,11 @@ def test_bradley_terry_reward_matches_torch(ckpts: dict[str, Path], options: dic
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"max_length": 20, "batch_size": 3}, {"tokenizer": "bos_tok", "max_length": 17}],
+    [
+        pytest.param({}, marks=pytest.mark.slow),
+        {"max_length": 20, "batch_size": 3},
+        pytest.param({"tokenizer": "bos_tok", "max_length": 17}, marks=pytest.mark.slow),
+    ],
     ids=["plain", "truncated-batched", "bos-truncated"],
 )
 def test_llm_judge_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
@@ -147,7 +155,14 @@ def test_llm_judge_matches_torch(ckpts: dict[str, Path], options: dict) -> None:
     assert np.ptp(p) > 1e-3  # the tiny judge is not constant
 
 
-@pytest.mark.parametrize("which", ["pw-lm", "pw-classification", "pw-bt", "lm", "rm"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "pw-lm",
+        "pw-classification",
+        *(pytest.param(w, marks=pytest.mark.slow) for w in ("pw-bt", "lm", "rm")),
+    ],
+)
 def test_pairwise_model_matches_torch(ckpts: dict[str, Path], which: str) -> None:
     """Saved torch preference models (both heads, BT kind, max_length 40/12 so texts are
     truncated) and bare checkpoints (zero-shot judge, BT reward) give torch's P."""
@@ -179,7 +194,7 @@ def _train_spec(model: Path, head: str, **training: Any) -> RunSpec:
     })  # fmt: skip
 
 
-@pytest.mark.parametrize("head", ["lm", "classification"])
+@pytest.mark.parametrize("head", [pytest.param("lm", marks=pytest.mark.slow), "classification"])
 def test_one_training_step_matches_torch(ckpts: dict[str, Path], head: str) -> None:
     """Same checkpoint, same batch (two grad-accumulation chunks, soft labels, texts cut
     at max_length 40): the loss, the gradient norm and every parameter after two AdamW
@@ -238,7 +253,11 @@ def test_one_training_step_matches_torch(ckpts: dict[str, Path], head: str) -> N
 
 @pytest.mark.parametrize(
     ("kind", "head"),
-    [("pairwise", "classification"), ("bradley_terry", "classification"), ("pairwise", "lm")],
+    [
+        ("pairwise", "classification"),
+        pytest.param("bradley_terry", "classification", marks=pytest.mark.slow),
+        pytest.param("pairwise", "lm", marks=pytest.mark.slow),
+    ],
 )
 def test_jax_saved_model_loads_in_torch(
     ckpts: dict[str, Path], tmp_path: Path, kind: str, head: str

@@ -115,6 +115,7 @@ def evaluated(assets, plugins, tmp_path_factory) -> tuple[Path, dict[str, Any], 
     return out, summary, policies
 
 
+@pytest.mark.slow  # the module's evaluation run (the `evaluated` fixture)
 def test_matrix_cells_ci_and_lengths(evaluated, assets) -> None:
     from transformers import AutoTokenizer
 
@@ -184,6 +185,7 @@ def _numpy_logprobs(model_dir: Path, prompt_ids: list[list[int]], rows: list[dic
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_kl_against_the_numpy_forward(evaluated, assets) -> None:
     from transformers import AutoTokenizer
 
@@ -209,6 +211,7 @@ def test_kl_against_the_numpy_forward(evaluated, assets) -> None:
     assert stats["samples"] == len(PROMPTS) * N_SAMPLES
 
 
+@pytest.mark.slow
 def test_adding_a_policy_samples_only_it(evaluated, assets, plugins, tmp_path, monkeypatch) -> None:
     from nlhf_jax.evaluate import JaxSampler, evaluate_spec
 

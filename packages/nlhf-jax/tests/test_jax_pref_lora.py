@@ -74,7 +74,7 @@ def make_spec(
     })  # fmt: skip
 
 
-@pytest.mark.parametrize("head", ["lm", "classification"])
+@pytest.mark.parametrize("head", [pytest.param("lm", marks=pytest.mark.slow), "classification"])
 def test_lora_run_trains_adapters_and_score_head_only(
     setup: dict[str, Path], tmp_path: Path, head: str
 ) -> None:
@@ -118,6 +118,7 @@ def read_adapter(directory: Path) -> dict[str, np.ndarray]:
     return read_file(directory / lora.ADAPTER_WEIGHTS)
 
 
+@pytest.mark.slow
 def test_lora_dropout_masks_follow_the_key(setup: dict[str, Path]) -> None:
     """With p = 0.5 the training loss depends on the key (and only on it); without a key
     (evaluation) the adapters see their whole input."""
@@ -166,6 +167,7 @@ def test_lora_resume_is_bit_exact(setup: dict[str, Path], tmp_path: Path) -> Non
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_mismatched_lora_resumes_and_targets_fail_clearly(
     setup: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -106,6 +106,7 @@ def test_pref_evaluation_runs_in_eval_mode_and_restores_it() -> None:
 
 
 # ------------------------------------------------------------------------- runs
+@pytest.mark.slow  # three short training runs
 def test_pref_run_outputs_resume_and_baseline(setup: dict[str, Path], tmp_path: Path) -> None:
     full = make_spec(setup, preference_training={"compare_baseline": True})
     out_full = tmp_path / "full"

@@ -200,7 +200,9 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("algorithm", ["nash_md_pg", "nash_ema_pg"])
+@pytest.mark.parametrize(
+    "algorithm", ["nash_md_pg", pytest.param("nash_ema_pg", marks=pytest.mark.slow)]
+)
 def test_resume_is_bit_exact(
     assets: dict[str, str], tmp_path: Path, plugins: Any, algorithm: str, monkeypatch: Any
 ) -> None:
