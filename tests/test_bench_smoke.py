@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # runs both benchmark scripts end to end (~30 s)
 def test_bench_smoke_writes_well_formed_json(tmp_path: Path) -> None:
     out_dir = tmp_path / "results"
     cmd = [
