@@ -194,6 +194,20 @@ def test_mpo_with_a_refreshed_magnet_is_measured_against_the_maximal_lottery(tmp
     assert summary["exploitability"] <= 1e-6
 
 
+def test_report_trajectory_recomputes_a_refreshed_magnet_run(tmp_path) -> None:
+    """``nlhf report`` recomputes tabular iterates from the resolved spec: with the magnet
+    refreshes, it must end at the run's own π_T."""
+    from nlhf.evaluation.tabular import run_trajectory
+
+    spec = _spec({"name": "mpo", "tau": 0.2, "magnet_every": 7, "steps": 60})
+    summary = runner.train_spec(spec, tmp_path, progress=False)
+    traj = run_trajectory(tmp_path)
+    assert traj is not None and traj["steps"][-1] == 60
+    np.testing.assert_array_equal(traj["policies"][-1], summary["policy"])
+    no_refresh = run(*CASES["rps"], algorithm="mpo", tau=0.2, steps=60)
+    assert np.max(np.abs(no_refresh.final - traj["policies"][-1])) > 1e-3
+
+
 def test_bad_parameters_are_input_errors() -> None:
     P, mu = CASES["rps"]
     with pytest.raises(InputError, match="magnet_every: applies to mpo only"):
