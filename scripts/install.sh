@@ -49,7 +49,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" "$TORCH_PIN"
 
-PACKAGES=(-e packages/nlhf-core -e "packages/nlhf-torch[peft,deepspeed]" -e packages/nlhf-jax)
+PACKAGES=(-e "packages/nlhf-core[tensorboard,wandb,mlflow]" -e "packages/nlhf-torch[peft,deepspeed,serve]" -e packages/nlhf-jax)
 if [[ -d examples/nlhf-example-backend ]]; then
   PACKAGES+=(-e examples/nlhf-example-backend)
 fi

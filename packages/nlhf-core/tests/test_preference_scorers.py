@@ -183,6 +183,7 @@ def test_build_scorer_dispatch() -> None:
         S.build_scorer(TabularPreference(game="rps"), loaders, backend="demo")
     with pytest.raises(
         InputError,
-        match=r"'mine' is not supported by the demo backend \(supported: oracle, llm_judge\)",
+        match=r"'mine' is not supported by the demo backend "
+        r"\(supported: oracle, remote, openai_judge, llm_judge\)",
     ):
         S.build_scorer(PluginPreference(name="mine"), loaders, backend="demo")

@@ -41,7 +41,14 @@ def _sigmoid(z: Any) -> np.ndarray:
 
 
 def test_supported_names() -> None:
-    assert set(SUPPORTED) == {"oracle", "bradley_terry_reward", "llm_judge", "pairwise_model"}
+    assert set(SUPPORTED) == {
+        "oracle",
+        "bradley_terry_reward",
+        "llm_judge",
+        "pairwise_model",
+        "remote",
+        "openai_judge",
+    }
 
 
 def test_bradley_terry_is_sigmoid_of_unbatched_rewards(tiny_ckpts: dict[str, Path]) -> None:

@@ -541,6 +541,9 @@ def get_app(*, plugins: bool = True) -> typer.Typer:
     from nlhf.evaluation.cli import register as _register_eval
 
     _register_eval(app)  # `eval` and `report` (issue 7)
+    from nlhf.preference.serve_cli import register as _register_serve
+
+    _register_serve(app)  # `serve`: a preference model over HTTP
     if plugins:
         builtin = len(app.registered_commands)
         _add_plugin_commands(app)

@@ -13,7 +13,14 @@ CAPABILITIES = Capabilities(
     tabular_tasks=("nash",),
     algorithms=LLM_ALGORITHMS,
     tabular_algorithms=TABULAR_ALGORITHMS,
-    preferences=("bradley_terry_reward", "llm_judge", "oracle", "pairwise_model"),
+    preferences=(
+        "bradley_terry_reward",
+        "llm_judge",
+        "openai_judge",
+        "oracle",
+        "pairwise_model",
+        "remote",
+    ),
     engines={"nash": ("none", "jax"), "preference_model": ("none", "jax")},
     lora=("nash", "preference_model"),
     # float64 needs jax_enable_x64, a global switch nlhf never flips (nlhf_jax.kernels)

@@ -13,7 +13,14 @@ CAPABILITIES = Capabilities(
     tabular_tasks=("nash",),
     algorithms=LLM_ALGORITHMS,
     tabular_algorithms=TABULAR_ALGORITHMS,
-    preferences=("bradley_terry_reward", "llm_judge", "oracle", "pairwise_model"),
+    preferences=(
+        "bradley_terry_reward",
+        "llm_judge",
+        "openai_judge",
+        "oracle",
+        "pairwise_model",
+        "remote",
+    ),
     engines={"nash": ("none", "deepspeed"), "preference_model": ("none", "deepspeed")},
     lora=("nash",),  # PEFT adapters on the Nash policy; preference models train every weight
     dtypes=("float32", "float64", "bfloat16", "float16"),

@@ -255,6 +255,10 @@ class PairwiseScorer:
 
 
 # ------------------------------------------------------------------------- dispatch
+BACKEND_AGNOSTIC = ("oracle", "remote", "openai_judge")
+"""Preference kinds built here for every backend (a plugin's function, the network
+scorers of :mod:`nlhf.preference.remote`); a backend's supported kinds are these plus
+its :data:`Loaders`."""
 Loaders = Mapping[str, Callable[[Any], Scorer]]
 """A backend's scorer factories by preference name (``bradley_terry_reward``,
 ``llm_judge``, ``pairwise_model``), each taking the spec's preference section."""
@@ -279,8 +283,14 @@ def check_supported(preference: Any, supported: Sequence[str], backend: str) -> 
 def build_scorer(preference: Any, loaders: Loaders, *, backend: str, plugins: Any = None) -> Scorer:
     """The scorer of a spec's ``preference`` section: an :class:`OracleScorer` for
     ``oracle`` (``plugins``, a :class:`nlhf.plugins.Plugins`, overrides the process-wide
-    plugin set), else ``loaders[name](preference)``."""
-    check_supported(preference, ("oracle", *loaders), backend)
+    plugin set), a network scorer for ``remote`` / ``openai_judge``
+    (:func:`nlhf.preference.remote.build_remote_scorer`, the same on every backend), else
+    ``loaders[name](preference)``."""
+    from nlhf.preference.remote import REMOTE_PREFERENCES, build_remote_scorer
+
+    check_supported(preference, (*BACKEND_AGNOSTIC, *loaders), backend)
     if preference.name == "oracle":
         return OracleScorer(preference, plugins)
+    if preference.name in REMOTE_PREFERENCES:
+        return build_remote_scorer(preference)
     return loaders[preference.name](preference)

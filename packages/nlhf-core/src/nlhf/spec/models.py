@@ -173,6 +173,98 @@ class LLMJudgePreference(Section):
     dtype: Dtype = "float32"
 
 
+def _http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+class RemotePreference(Section):
+    """A preference model served by ``nlhf serve`` (docs/serving.md): P(y≻y'|x) from
+    ``POST {url}/v1/preference``, r(x, y) from ``/v1/reward`` when the served model is a
+    Bradley–Terry reward model. Failed requests (connection errors, timeouts, 429, 5xx,
+    malformed answers) are retried ``retries`` times with exponential backoff."""
+
+    name: Literal["remote"] = "remote"
+    url: str
+    """Base URL of the server, e.g. ``http://127.0.0.1:8000``."""
+    token_env: str | None = None
+    """Environment variable holding the server's access token (never written to outputs)."""
+    timeout: PositiveFloat = 60.0
+    """Seconds one request may take."""
+    retries: NonNegativeInt = 4
+    backoff: PositiveFloat = 0.5
+    """Seconds before the first retry; doubled each retry (a Retry-After header wins)."""
+    batch_size: PositiveInt = 64
+    """Comparisons per request (the server batches across clients)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+
+class OpenAIJudgePreference(Section):
+    """An LLM judge behind any OpenAI-compatible ``/chat/completions`` endpoint (vLLM,
+    SGLang, llama.cpp server, ``nlhf serve``, a hosted API; docs/serving.md). The judge
+    sees ``template`` with y as response 1 and y' as response 2, then swapped; with
+    p(1|y,y') the probability of answering ``answers[0]`` (from the logprobs of the two
+    answer tokens when the server returns them: p = σ(ℓ₁ − ℓ₂); else 1, 0 or ½ from the
+    verdict text), P(y≻y'|x) = ½·(p(1|y,y') + 1 − p(1|y',y)). Answers are cached on disk
+    keyed by (model, template, prompt, responses), so a resumed run asks again for
+    nothing."""
+
+    name: Literal["openai_judge"] = "openai_judge"
+    base_url: str
+    """The API root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is added)."""
+    model: str
+    api_key_env: str | None = None
+    """Environment variable holding the API key, sent as ``Authorization: Bearer`` (the
+    key itself is never written to outputs)."""
+    template: str = DEFAULT_JUDGE_TEMPLATE
+    system: str | None = None
+    """An optional system message."""
+    answers: tuple[str, str] = ("1", "2")
+    """The verdict for response 1 and for response 2 (tokens compared after stripping
+    white space)."""
+    logprobs: bool = True
+    """Ask for ``top_logprobs`` (servers that ignore it are parsed from the text)."""
+    top_logprobs: Annotated[Int, Field(ge=0, le=20)] = 5
+    max_tokens: PositiveInt = 1
+    temperature: NonNegativeFloat = 0.0
+    concurrency: PositiveInt = 8
+    """Requests in flight at once."""
+    timeout: PositiveFloat = 60.0
+    retries: NonNegativeInt = 5
+    backoff: PositiveFloat = 1.0
+    """Seconds before the first retry on 429/5xx/timeouts; doubled each retry."""
+    cache_dir: str | None = None
+    """Directory of the answer cache (default ``$NLHF_CACHE_DIR/openai_judge`` or
+    ``~/.cache/nlhf/openai_judge``)."""
+    cache: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _answers(self) -> OpenAIJudgePreference:
+        missing = [
+            f for f in ("{prompt}", "{response_1}", "{response_2}") if f not in self.template
+        ]
+        if missing:
+            raise ValueError(f"template: missing placeholder(s) {', '.join(missing)}")
+        if self.answers[0].strip() == self.answers[1].strip() or not all(
+            a.strip() for a in self.answers
+        ):
+            raise ValueError("answers: give two different, non-blank verdicts")
+        return self
+
+
 class PreferenceTrainingSpec(Section):
     """``task: preference_model``: which preference model to train (docs/architecture.md §5).
 
@@ -234,7 +326,15 @@ class PluginPreference(BaseModel):
     name: str
 
 
-BUILTIN_PREFERENCES = ("tabular", "pairwise_model", "bradley_terry_reward", "llm_judge", "oracle")
+BUILTIN_PREFERENCES = (
+    "tabular",
+    "pairwise_model",
+    "bradley_terry_reward",
+    "llm_judge",
+    "oracle",
+    "remote",
+    "openai_judge",
+)
 
 
 def _preference_tag(value: Any) -> str:
@@ -248,6 +348,8 @@ PreferenceSpec = Annotated[
     | Annotated[BradleyTerryPreference, Tag("bradley_terry_reward")]
     | Annotated[LLMJudgePreference, Tag("llm_judge")]
     | Annotated[OraclePreference, Tag("oracle")]
+    | Annotated[RemotePreference, Tag("remote")]
+    | Annotated[OpenAIJudgePreference, Tag("openai_judge")]
     | Annotated[PluginPreference, Tag("plugin")],
     Discriminator(_preference_tag),
 ]

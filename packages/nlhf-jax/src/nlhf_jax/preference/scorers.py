@@ -102,7 +102,7 @@ LOADERS: Loaders = {
     "llm_judge": load_judge,
     "pairwise_model": load_pairwise,
 }
-SUPPORTED = ("oracle", *LOADERS)
+SUPPORTED = (*core.BACKEND_AGNOSTIC, *LOADERS)
 """The preference names jax scores."""
 
 

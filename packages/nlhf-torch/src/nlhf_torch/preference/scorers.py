@@ -119,7 +119,7 @@ def loaders(device: Device = "cpu") -> Loaders:
     }
 
 
-SUPPORTED = ("oracle", *loaders())
+SUPPORTED = (*core.BACKEND_AGNOSTIC, *loaders())
 """The preference names torch scores."""
 
 
