@@ -18,11 +18,6 @@ class TestJaxConformanceFloat64(BackendConformance):
     dtype = "float64"
     capabilities = frozenset({"tabular"})  # train runs tabular specs (nlhf_jax.tabular)
     xfails: ClassVar[dict[str, str]] = {
-        "test_generate_pairs": (
-            "under x64 the KV-cache update of nlhf_jax.models.decoder mixes int64 and int32 "
-            "indices in lax.dynamic_update_slice (TypeError): the jax decoder samples in "
-            "float32 only"
-        ),
         "test_model_sequence_logprobs": (
             "float64 models keep transformers' float32 rotary frequencies "
             "(nlhf_jax.models.decoder.rope_inv_freq): ~1e-7 relative, above float64 tolerance"

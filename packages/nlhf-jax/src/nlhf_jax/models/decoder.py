@@ -207,7 +207,9 @@ class Attention(nnx.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if kv is not None:
-            start = (0, cache_index, 0, 0)
+            i = jnp.asarray(cache_index)  # one index dtype (int64 under x64, else int32)
+            z = jnp.zeros_like(i)
+            start = (z, i, z, z)
             k_all = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
             v_all = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
             kv = (k_all, v_all)
