@@ -144,6 +144,14 @@ def _generate(policy, reference, uniforms, fast, padded):
     )
 
 
+def _float64_copy(model):
+    from nlhf_torch.models import AdapterDisabled
+
+    if isinstance(model, AdapterDisabled):  # the policy is held, not registered, by μ
+        return AdapterDisabled(_float64_copy(model._policy[0]))
+    return copy.deepcopy(model).to(torch.float64)
+
+
 def _check_parity(policy, reference, dtype: str) -> None:
     # transformers 5's eager Gemma 2 forward returns NaN logits on every position of a
     # left-padded row (its own HF path cannot serve as the oracle there): unpadded prompts
@@ -159,7 +167,7 @@ def _check_parity(policy, reference, dtype: str) -> None:
         assert torch.equal(getattr(slow, name), getattr(first, name)), f"centring moved {name}"
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
     # logits: the same weights in float64, one uncached forward over prompt + y
-    exact = copy.deepcopy(reference).to(torch.float64)
+    exact = _float64_copy(reference)
     with torch.no_grad():
         want = sequence_logits(exact, ids, mask, fast.y, fast.y_mask)
     live = fast.y_mask.bool()
@@ -181,7 +189,7 @@ def _check_parity(policy, reference, dtype: str) -> None:
 HALF_ARCHS = ["llama", "qwen2"]
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("arch", HALF_ARCHS)
 def test_half_precision_matches_hf(arch, dtype):
     dt = getattr(torch, dtype)
@@ -200,7 +208,150 @@ def test_architecture_matches_hf(arch):
     _check_parity(policy, reference, "float64")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_architecture_bfloat16_matches_hf(arch):
     policy, reference = _model(arch, 0, torch.bfloat16), _model(arch, 1, torch.bfloat16)
     _check_parity(policy, reference, "bfloat16")
+
+
+def _lora_policy(arch: str = "llama", dtype: torch.dtype = torch.float64, **lora_kw):
+    """A peft LoRA policy whose B matrices are random (peft initialises B = 0, which would
+    make the adapter a no-op), and its reference: the same module with the adapter off."""
+    from nlhf_torch.models import AdapterDisabled
+    from peft import LoraConfig, get_peft_model
+
+    base = _model(arch, 0, dtype)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.2,
+        target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+        **lora_kw,
+    )
+    policy = get_peft_model(base, cfg)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    return policy.eval(), AdapterDisabled(policy)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused-copies", "in-place"])
+def test_lora_policy_and_adapter_off_reference_match_hf(fuse, monkeypatch):
+    if not fuse:  # the path of models above FUSE_MAX_PARAMS: weights used in place
+        monkeypatch.setattr(fastdecode, "FUSE_MAX_PARAMS", 0)
+    policy, reference = _lora_policy()
+    assert fastdecode.unsupported_reason(policy) is None
+    assert fastdecode.unsupported_reason(reference) is None
+    ids, mask = _prompts()
+    with torch.no_grad():  # the adapter changes the logits: the test would see it missing
+        on = policy(input_ids=ids, attention_mask=mask).logits
+        off = reference(input_ids=ids, attention_mask=mask).logits
+    assert (on - off).abs().max() > 0.1
+    _check_parity(policy, reference, "float64")
+    # generate_pairs puts the policy in eval mode (LoRA dropout off) and restores it
+    u = torch.rand(2 * B, MAX_NEW, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    want = _generate(policy, reference, u, fast=True, padded=True)
+    policy.train()
+    got = _generate(policy, reference, u, fast=True, padded=True)
+    assert policy.training
+    assert torch.equal(got.y, want.y) and torch.equal(got.y_prime, want.y_prime)
+    assert torch.equal(got.reference_logits, want.reference_logits)
+
+
+def test_lora_reference_shares_the_base_weights():
+    """Policy and adapter-off reference in one group run the base weights once, from the
+    same tensors (no second copy of the base), and only the policy gets the LoRA deltas."""
+    policy, reference = _lora_policy()
+    rows = torch.arange(2 * B)
+    group = fastdecode.FastGroup([policy, reference], rows, MAX_NEW)
+    for part in ("qkv", "o", "gu", "down"):
+        lin = group.layers[0][part]
+        assert lin.shared, part
+        assert lin.lora[1] is None  # adapter off for the reference
+    assert (
+        group.layers[0]["qkv"].lora[0] is not None and group.layers[0]["down"].lora[0] is not None
+    )
+    base = policy.get_base_model()
+    o_proj = base.model.layers[0].self_attn.o_proj.base_layer.weight
+    assert group.layers[0]["o"].w[0].data_ptr() == o_proj.data_ptr()  # the tensor itself
+    assert group.embed.data_ptr() == base.model.embed_tokens.weight.data_ptr()
+
+
+def test_lora_bfloat16_matches_hf():
+    policy, reference = _lora_policy("qwen3", torch.bfloat16)
+    _check_parity(policy, reference, "bfloat16")
+
+
+def test_unsupported_adapters_and_models_keep_a_reason():
+    from peft import LoraConfig, get_peft_model
+
+    dora, _ = _lora_policy(use_dora=True)
+    assert "variant" in fastdecode.unsupported_reason(dora)
+    merged, _ = _lora_policy()
+    merged.merge_adapter()
+    assert "merged" in fastdecode.unsupported_reason(merged)
+    saved = get_peft_model(
+        _model("llama", 0),
+        LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    assert "modules_to_save" in fastdecode.unsupported_reason(saved)
+    long = _config("phi3")
+    long.rope_parameters = {
+        "rope_type": "longrope",
+        "rope_theta": 1e4,
+        "short_factor": [1.0] * 2,
+        "long_factor": [2.0] * 2,
+        "original_max_position_embeddings": 16,
+        "partial_rotary_factor": 0.5,
+    }
+    phi_long = AutoModelForCausalLM.from_config(long)
+    assert "longrope" in fastdecode.unsupported_reason(phi_long)
+    gpt2 = AutoModelForCausalLM.from_config(__import__("transformers").GPT2Config(n_layer=1))
+    assert fastdecode.unsupported_reason(gpt2).startswith("architecture GPT2LMHeadModel")
+
+
+def test_memory_check_falls_back_with_its_reason(monkeypatch):
+    policy, reference = _model("qwen3", 0), _model("qwen3", 1)
+    ids, mask = _prompts()
+    rows = [2 * B, B]
+    need = fastdecode.memory_needed([[policy], [reference]], rows, ids.shape[1], MAX_NEW)
+    cfg = policy.config
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 8  # float64
+    n_params = sum(p.numel() for p in policy.parameters())
+    expected = (
+        kv * (2 * B + B) * (ids.shape[1] + MAX_NEW)  # static KV caches
+        + 2 * (2 * B + B) * V * 4  # logits and the sampler's float32 copy
+        + 2 * n_params * 8  # weight copies (small models are fused)
+    )
+    assert need == expected
+    monkeypatch.setattr(fastdecode, "free_memory", lambda device: need - 1)
+    out = generate_pairs(
+        policy,
+        reference,
+        ids,
+        mask,
+        beta=BETA,
+        temperature=TEMP,
+        max_new_tokens=MAX_NEW,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    assert out.decode_path.startswith("hf: the fused decode needs") and "GiB" in out.decode_path
+    assert out.stats["fast_decode"] == 0
+    monkeypatch.setattr(fastdecode, "free_memory", lambda device: need)
+    out = generate_pairs(
+        policy,
+        reference,
+        ids,
+        mask,
+        beta=BETA,
+        temperature=TEMP,
+        max_new_tokens=MAX_NEW,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    assert out.decode_path == "fused"

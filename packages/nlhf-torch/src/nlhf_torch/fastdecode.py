@@ -139,8 +139,8 @@ def _lora_layer_reason(layer: Any) -> str | None:
             return "a LoRA variant (DoRA, …); fused: plain LoRA"
         if layer.lora_B[a].bias is not None:
             return "LoRA with lora_bias"
-        if layer.lora_A[a].weight.dtype != layer.base_layer.weight.dtype:
-            return "LoRA weights in a dtype other than the base layer's"
+        if layer.lora_A[a].weight.dtype != layer.lora_B[a].weight.dtype:
+            return "LoRA A and B matrices of different dtypes"
     return None
 
 
@@ -189,12 +189,13 @@ def unsupported_reason(model: Any) -> str | None:
                 return f"rope scaling {rope} (depends on the sequence length)"
         if getattr(cfg, "logit_scale", None):
             return "logit scaling"
-        params = list(hf.parameters())
-        dtype, device = params[0].dtype, params[0].device
-        for p in params:
+        params = list(hf.named_parameters())
+        dtype, device = hf.lm_head.weight.dtype, hf.lm_head.weight.device
+        for pname, p in params:
             if hasattr(p, "ds_id"):
                 return "DeepSpeed ZeRO-3 partitioned parameters"
-            if p.dtype != dtype or p.device != device or p.numel() == 0:
+            lora = peft and ".lora_" in pname  # peft keeps adapters in float32 by default
+            if (p.dtype != dtype and not lora) or p.device != device or p.numel() == 0:
                 return "parameters of mixed dtypes or devices"
         if dtype not in _DTYPES:
             return (
@@ -438,9 +439,9 @@ class _Linear:
                 ]
             )
         for j, lo in enumerate(self.lora):
-            if lo is not None:
+            if lo is not None:  # in the adapter's dtype, added in float32 when they differ
                 a, b_s = lo
-                y[j] += (x[j] @ a) @ b_s
+                y[j] += (x[j].to(a.dtype) @ a) @ b_s
         return y
 
 
