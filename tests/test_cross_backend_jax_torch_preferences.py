@@ -439,3 +439,47 @@ def test_qwen2_preferences_match_torch(ckpts: dict[str, Path], preference: dict)
     p = j.prob(Q_PROMPTS, Q_YS, Q_YPS)
     assert_close(p, np.asarray(t.prob(Q_PROMPTS, Q_YS, Q_YPS)), what="P", scope="model")
     assert np.ptp(p) > 1e-4
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_tok(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The judge LM's tokenizer with a chat template, as an instruct model's has."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpts["lm"])
+    tok.chat_template = CHAT_TEMPLATE
+    out = tmp_path_factory.mktemp("chat_tok")
+    tok.save_pretrained(out)
+    return out
+
+
+def test_llm_judge_with_chat_template_and_multi_token_answers_matches_torch(
+    ckpts: dict[str, Path], chat_tok: Path
+) -> None:
+    """An instruct judge (chat template) whose answers are several tokens each: both
+    backends read the first differing token after the chat-formatted judge text and the
+    answers' shared prefix, and agree."""
+    from transformers import AutoTokenizer
+
+    answers = [" Response 1", " Response 2"]
+    tok = AutoTokenizer.from_pretrained(chat_tok)
+    assert all(len(tok.encode(a, add_special_tokens=False)) > 1 for a in answers)
+    base = {"name": "llm_judge", "model": str(ckpts["lm"]), "template": TEMPLATE}
+    chat = {**base, "tokenizer": str(chat_tok), "answer_tokens": answers}
+    t, j = _both(chat)
+    p = j.prob(PROMPTS, YS, YPS)
+    assert_close(p, t.prob(PROMPTS, YS, YPS), what="P", scope="model")
+    assert_close(p + j.prob(PROMPTS, YPS, YS), 1.0, what="P(y≻y') + P(y'≻y)", scope="model")
+    assert t.wrap is not None and j.wrap is not None
+    assert t.wrap("x") == "<|user|>x\n<|assistant|>"
+    # the chat template changes the judge's input, so its P
+    t_plain, _ = _both({**chat, "chat_template": False})
+    assert np.max(np.abs(t_plain.prob(PROMPTS, YS, YPS) - p)) > 1e-6
+    bias = t.pop_metrics()["judge_position_bias"]
+    assert -0.5 <= bias <= 0.5

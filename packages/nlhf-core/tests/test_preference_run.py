@@ -14,6 +14,7 @@ from nlhf.errors import InputError
 from nlhf.preference.format import judge_answer_ids
 from nlhf.preference.run import run_preference_training
 from nlhf.spec.models import LLMJudgePreference, RunSpec
+from pydantic import ValidationError
 
 OVERHEAD = {"pairwise": 7, "bradley_terry": 2}
 SLACK = 4  # by design a few tokens are kept free beyond the template (LENGTH_SLACK)
@@ -132,7 +133,14 @@ def test_missing_sections_are_reported_before_any_output(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------ judge answers
-VOCAB = {" yes": [5], " no": [6], " maybe": [7, 8], " si": [5]}
+VOCAB = {
+    " yes": [5],
+    " no": [6],
+    " maybe": [7, 8],
+    " si": [5],
+    " yes sir": [5, 9],
+    " yes no": [5, 6],
+}
 
 
 class VocabTokenizer:
@@ -143,9 +151,8 @@ class VocabTokenizer:
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"answer_tokens": [" yes", " maybe"]}, "' maybe' is 2 tokens"),
-        ({"answer_tokens": [" yes", " si"]}, "same token"),
-        ({"template": "{prompt} {response_1} ?"}, r"placeholder \{response_2\}"),
+        ({"answer_tokens": [" yes", " si"]}, r"preference\.answer_tokens: .* one is a prefix"),
+        ({"answer_tokens": [" yes", " yes sir"]}, r"preference\.answer_tokens: .* one is a prefix"),
     ],
 )
 def test_judge_answer_errors(fields: dict[str, Any], match: str) -> None:
@@ -154,6 +161,19 @@ def test_judge_answer_errors(fields: dict[str, Any], match: str) -> None:
         judge_answer_ids(spec, VocabTokenizer())
 
 
+def test_judge_template_without_a_response_is_refused_by_the_spec() -> None:
+    with pytest.raises(ValidationError, match=r"template: missing placeholder\(s\) \{response_2\}"):
+        LLMJudgePreference(model="m", template="{prompt} {response_1} ?")
+    with pytest.raises(ValidationError, match="the two answers must differ"):
+        LLMJudgePreference(model="m", answer_tokens=(" 1", " 1"))
+
+
 def test_judge_answer_ids() -> None:
+    """One-token answers: no shared prefix; several tokens: the shared prefix, then the
+    first differing tokens."""
     spec = LLMJudgePreference(model="m", answer_tokens=(" no", " yes"))
-    assert judge_answer_ids(spec, VocabTokenizer()) == (6, 5)
+    assert judge_answer_ids(spec, VocabTokenizer()) == ([], 6, 5)
+    spec = LLMJudgePreference(model="m", answer_tokens=(" yes sir", " yes no"))
+    assert judge_answer_ids(spec, VocabTokenizer()) == ([5], 9, 6)
+    spec = LLMJudgePreference(model="m", answer_tokens=(" maybe", " yes"))
+    assert judge_answer_ids(spec, VocabTokenizer()) == ([], 7, 5)

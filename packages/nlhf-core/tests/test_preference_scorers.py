@@ -114,6 +114,35 @@ def test_judge_scorer_reads_both_orders_per_batch() -> None:
     assert judge.prob([], [], []).shape == (0,)
 
 
+def test_judge_scorer_wraps_texts_and_reports_position_bias() -> None:
+    """With v = 0.2 + len(r1) − len(r2) the judge favours the first slot: position bias
+    b = ½·(σ(0.2 + k) + σ(0.2 − k)) − ½ per comparison (k = len y − len y'), computed by
+    hand; the order agreement counts comparisons whose two orders pick the same winner."""
+    template = "{prompt}|{response_1}|{response_2}"
+    seen: list[str] = []
+
+    def v(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        inner = [t.removeprefix("<u>").removesuffix("</u>") for t in texts]
+        return np.array([0.2 + len(t.split("|")[1]) - len(t.split("|")[2]) for t in inner])
+
+    judge = S.JudgeScorer(v, template=template, batch_size=8, wrap=lambda t: f"<u>{t}</u>")
+    assert judge.pop_metrics() == {}
+    got = judge.prob(PROMPTS, YS, YPS)
+    assert seen[0] == "<u>Q1|a|dddd</u>" and seen[3] == "<u>Q1|dddd|a</u>"
+    d = [len(a) - len(b) for a, b in zip(YS, YPS, strict=True)]  # −3, 1, 1
+    assert_close(got, [0.5 * (_sigma(0.2 + k) + 1 - _sigma(0.2 - k)) for k in d], "float64", "P")
+    metrics = judge.pop_metrics()
+    bias = np.mean([0.5 * (_sigma(0.2 + k) + _sigma(0.2 - k)) - 0.5 for k in d])
+    assert_close(metrics["judge_position_bias"], bias, "float64", "position bias")
+    assert metrics["judge_position_bias"] > 0  # this judge favours the first slot
+    assert metrics["judge_order_agreement"] == 1.0  # |k| ≥ 1 > 0.2: both orders agree
+    assert judge.pop_metrics() == {}  # reset
+    judge.prob(["Q"], ["ab"], ["cd"])  # k = 0: σ(0.2) > ½ in both orders, they disagree
+    assert judge.pop_metrics()["judge_order_agreement"] == 0.0
+    assert_close(S.position_bias([0.7, 0.2], [0.3, 0.2]), [0.0, -0.3], "float64", "b")
+
+
 class FixedModel:
     def __init__(self, values: list[float]) -> None:
         self.values = values

@@ -126,11 +126,35 @@ def test_llm_judge_both_orders(judge_model: Path) -> None:
 
 
 def test_llm_judge_multi_token_answer(judge_model: Path) -> None:
-    spec = _spec(
-        {"name": "llm_judge", "model": str(judge_model), "answer_tokens": [" 1", " zzqxj"]}
+    """Answers of several tokens: v is read at their first differing token, after the
+    judge text and their shared prefix (computed here from plain transformers logits);
+    answers of which one is a prefix of the other are refused."""
+    answers = (" 1 zzqxj", " 1 2")
+    spec = _spec({"name": "llm_judge", "model": str(judge_model), "answer_tokens": answers})
+    pref = build_scorer(spec)
+    tok = AutoTokenizer.from_pretrained(judge_model)
+    a, b = (tok.encode(t, add_special_tokens=False) for t in answers)
+    k = next(i for i, (u, w) in enumerate(zip(a, b, strict=False)) if u != w)
+    assert len(a) > 1 and len(b) > 1 and k >= 1  # a shared prefix, then a difference
+    model = AutoModelForCausalLM.from_pretrained(judge_model).eval()
+
+    def first(x: str, r1: str, r2: str) -> float:
+        text = spec.template.format(prompt=x, response_1=r1, response_2=r2)
+        ids = tok.encode(text, add_special_tokens=False) + a[:k]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        return float(torch.softmax(logits[[a[k], b[k]]], -1)[0])
+
+    expected = [
+        0.5 * (first(x, y, yp) + 1 - first(x, yp, y))
+        for x, y, yp in zip(PROMPTS, YS, YPS, strict=True)
+    ]
+    assert_close(pref.prob(PROMPTS, YS, YPS), expected, "float32", "P", scope="model")
+    prefix = _spec(
+        {"name": "llm_judge", "model": str(judge_model), "answer_tokens": [" 1", " 1 2"]}
     )
-    with pytest.raises(InputError, match="answer_tokens"):
-        build_scorer(spec)
+    with pytest.raises(InputError, match=r"preference\.answer_tokens: .* one is a prefix"):
+        build_scorer(prefix)
 
 
 class _Plugin:

@@ -126,6 +126,29 @@ def _describe(spec: Any) -> str:
     return ", ".join(parts)
 
 
+PROGRESS_BAR_SWITCHES = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+"""Environment switches of the Hugging Face libraries' progress bars (transformers follows
+huggingface_hub's), read when they are imported; launched processes inherit them."""
+
+
+def library_progress_bars(enabled: bool) -> None:
+    """Show or hide the progress bars of transformers, huggingface_hub and datasets (``nlhf
+    run`` hides them unless ``--verbose``): the environment switches for libraries not yet
+    imported and for launched processes, and the libraries' own switches when imported."""
+    import os
+
+    for name in PROGRESS_BAR_SWITCHES:
+        os.environ[name] = "0" if enabled else "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    if "datasets" in sys.modules:
+        import datasets
+
+        (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+
+
 def _prepare(spec: Any) -> None:
     """Let every plugin build the files ``spec`` needs (the ``nlhf_prepare_spec`` hook):
     once per ``nlhf run``, just before training or a distributed launch."""
@@ -217,8 +240,18 @@ def run(
             "torch + `distributed: {engine: deepspeed}`; see docs/distributed.md).",
         ),
     ] = 1,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also show the libraries' progress bars (transformers' 'Loading weights', "
+            "'Writing model shards', datasets); nlhf's own progress and metrics always show.",
+        ),
+    ] = False,
 ) -> None:
     """Run a spec: train, or solve a tabular game, and write outputs."""
+    library_progress_bars(verbose)
     run_spec = _load(spec, overrides)
     if output is not None:
         run_spec.output.dir = str(output)

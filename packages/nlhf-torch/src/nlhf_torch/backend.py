@@ -18,6 +18,9 @@ class TorchBackend:
 
     def __init__(self) -> None:
         from nlhf_torch.kernels import TorchKernels
+        from nlhf_torch.models import skip_deepspeed_probe
+
+        skip_deepspeed_probe()  # no DeepSpeed import when a run does not use it
 
         self.kernels = TorchKernels()
 

@@ -15,6 +15,10 @@ vocabulary mismatch.
 from __future__ import annotations
 
 import copy
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +130,45 @@ def _apply_lora(model: Any, lora: Any) -> Any:
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with peft_quietly():
+        return get_peft_model(model, config)
+
+
+def skip_deepspeed_probe() -> None:
+    """Keep ``save_pretrained`` from importing DeepSpeed in runs that do not use it.
+
+    transformers' ``unwrap_model`` calls accelerate's ``extract_model_from_parallel``, which
+    imports ``deepspeed`` whenever it is installed, only to test ``isinstance(model,
+    DeepSpeedEngine)``; the import costs seconds and DeepSpeed's accelerator probe logs
+    "Setting accelerator to CPU". No DeepSpeed engine can exist before ``deepspeed`` is
+    imported, so the test is skipped exactly then (a DeepSpeed run has imported it already,
+    and is unchanged). Idempotent; patches only that accelerate module's name."""
+    try:
+        from accelerate.utils import other
+    except ImportError:  # transformers then unwraps without accelerate
+        return
+    check = other.is_deepspeed_available
+    if getattr(check, "_nlhf_skips_unimported", False):
+        return
+
+    def is_deepspeed_available() -> bool:
+        return "deepspeed" in sys.modules and check()
+
+    is_deepspeed_available._nlhf_skips_unimported = True  # type: ignore[attr-defined]
+    other.is_deepspeed_available = is_deepspeed_available
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """peft 0.21 reads transformers' deprecated ``model.is_gradient_checkpointing``
+    (``PeftModel.__init__``), which warns ``is_gradient_checkpointing is deprecated``
+    inside peft on every adapter load; only that warning is filtered, nlhf's own code
+    uses ``is_activation_checkpointing``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def load_models(spec: Any, *, policy_path: str | Path | None = None) -> Models:
@@ -160,9 +202,9 @@ def load_models(spec: Any, *, policy_path: str | Path | None = None) -> Models:
         if policy_path is not None:
             from peft import PeftModel
 
-            policy = own_storage(
-                PeftModel.from_pretrained(initial, str(policy_path), is_trainable=True)
-            )
+            with peft_quietly():
+                adapted = PeftModel.from_pretrained(initial, str(policy_path), is_trainable=True)
+            policy = own_storage(adapted)
         else:
             torch.manual_seed(spec.seed)  # LoRA's A matrices are drawn from the seed
             policy = own_storage(_apply_lora(initial, pol.lora))
@@ -199,3 +241,6 @@ def load_models(spec: Any, *, policy_path: str | Path | None = None) -> Models:
         policy = initial
     policy.train()
     return Models(policy=policy, reference=reference, tokenizer=tokenizer)
+
+
+skip_deepspeed_probe()

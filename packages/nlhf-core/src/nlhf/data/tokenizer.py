@@ -8,6 +8,7 @@ tokens a judge template adds), shared by both backends' preference models.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,30 @@ def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
     return chat_template if chat_template is not None else bool(tokenizer.chat_template)
 
 
-def format_prompt(tokenizer: Any, prompt: str, chat_template: bool | None) -> str:
-    """Wrap ``prompt`` in the tokenizer's chat template when asked (default: when it has one)."""
+def format_prompt(
+    tokenizer: Any, prompt: str, chat_template: bool | None, field: str = "policy.chat_template"
+) -> str:
+    """Wrap ``prompt`` as the user turn of the tokenizer's chat template, followed by the
+    assistant's generation prompt, when asked (default: when it has one)."""
     if not uses_chat_template(tokenizer, chat_template):
         return prompt
     if not tokenizer.chat_template:
-        raise InputError(
-            "policy.chat_template: the tokenizer has no chat template; set chat_template: false"
-        )
+        raise InputError(f"{field}: the tokenizer has no chat template; set chat_template: false")
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
+
+
+def chat_wrapper(
+    tokenizer: Any, chat_template: bool | None, field: str
+) -> Callable[[str], str] | None:
+    """``text -> chat-formatted text`` (:func:`format_prompt`) when ``chat_template`` asks
+    for it (default: when the tokenizer has one), else ``None``; e.g. an instruct model's
+    judge text."""
+    if not uses_chat_template(tokenizer, chat_template):
+        return None
+    format_prompt(tokenizer, "", chat_template, field)  # a template that renders, or the error
+    return lambda text: format_prompt(tokenizer, text, chat_template, field)
 
 
 def tokenize_prompts(
@@ -126,11 +140,13 @@ def prepare_scoring_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def answer_ids(tokenizer: Any, answers: tuple[str, str]) -> tuple[list[int], int, int]:
+def answer_ids(
+    tokenizer: Any, answers: tuple[str, str], *, field: str = "preference_training.answer_tokens"
+) -> tuple[list[int], int, int]:
     """Token ids of the shared prefix of the two answers and of their first differing
     tokens: v = logit(first differing token of answer 1) − logit(... of answer 2), read
     after the judge text followed by the shared prefix (e.g. " 1"/" 2" -> "Ġ" + "1"/"2"
-    for a tokenizer without a "Ġ1" token)."""
+    for a tokenizer without a "Ġ1" token). ``field`` names the spec field in errors."""
     a = tokenizer.encode(answers[0], add_special_tokens=False)
     b = tokenizer.encode(answers[1], add_special_tokens=False)
     n = 0
@@ -138,7 +154,7 @@ def answer_ids(tokenizer: Any, answers: tuple[str, str]) -> tuple[list[int], int
         n += 1
     if n == len(a) or n == len(b):
         raise InputError(
-            f"preference_training.answer_tokens: {answers[0]!r} and {answers[1]!r} tokenise to "
+            f"{field}: {answers[0]!r} and {answers[1]!r} tokenise to "
             f"{a} and {b}; one is a prefix of the other, so no token tells them apart. "
             "Pick answers that differ in a token"
         )

@@ -71,23 +71,17 @@ def render_judge(template: str, prompt: str, response_1: str, response_2: str) -
     )
 
 
-def judge_answer_ids(spec: Any, tokenizer: Any) -> tuple[int, int]:
-    """The token ids of an ``llm_judge`` preference's two ``answer_tokens`` under
-    ``tokenizer`` (anything with ``encode(text, add_special_tokens=False)``), after checking
-    that each answer is one token, that they differ, and that ``spec.template`` has the
-    ``{prompt}``, ``{response_1}`` and ``{response_2}`` placeholders."""
-    ids = []
-    for answer in spec.answer_tokens:
-        tok = tokenizer.encode(answer, add_special_tokens=False)
-        if len(tok) != 1:
-            raise InputError(
-                f"preference.answer_tokens: {answer!r} is {len(tok)} tokens for the "
-                f"judge's tokenizer; choose strings that are one token each"
-            )
-        ids.append(tok[0])
-    if ids[0] == ids[1]:
-        raise InputError("preference.answer_tokens: the two answers map to the same token")
+def judge_answer_ids(spec: Any, tokenizer: Any) -> tuple[list[int], int, int]:
+    """An ``llm_judge`` preference's answers under ``tokenizer`` (anything with
+    ``encode(text, add_special_tokens=False)``): the ids of their shared prefix and of
+    their first differing tokens (:func:`nlhf.data.tokenizer.answer_ids`; answers of
+    several tokens each are fine, one being a prefix of the other is refused), after
+    checking that ``spec.template`` has the ``{prompt}``, ``{response_1}`` and
+    ``{response_2}`` placeholders."""
+    from nlhf.data.tokenizer import answer_ids
+
+    ids = answer_ids(tokenizer, tuple(spec.answer_tokens), field="preference.answer_tokens")
     for key in ("prompt", "response_1", "response_2"):
         if "{" + key + "}" not in spec.template:
             raise InputError(f"preference.template: missing the placeholder {{{key}}}")
-    return ids[0], ids[1]
+    return ids

@@ -12,9 +12,11 @@ re-tokenizes them with its own tokenizer.
 - :class:`BradleyTerryScorer` (``bradley_terry_reward``): P = σ(r(x,y) − r(x,y'))
   (Bradley & Terry 1952), r read on ``prompt + response``.
 - :class:`JudgeScorer` (``llm_judge``): a causal LM reads the judge text with y shown as
-  response 1, p(1|y,y') = σ(v), v = ℓ(a₁) − ℓ(a₂) the logits of the two answer tokens;
-  both presentation orders are averaged, P(y≻y'|x) = ½·(p(1|y,y') + 1 − p(1|y',y)), so
-  P(y≻y'|x) + P(y'≻y|x) = 1.
+  response 1 (inside its chat template for instruct models), p(1|y,y') = σ(v),
+  v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) the logits of the two answers' first differing tokens; both
+  presentation orders are averaged, P(y≻y'|x) = ½·(p(1|y,y') + 1 − p(1|y',y)), so
+  P(y≻y'|x) + P(y'≻y|x) = 1, and the position bias ½·(p(1|y,y') + p(1|y',y)) − ½ is
+  reported.
 - :class:`PairwiseScorer` (``pairwise_model``): a trained preference-model directory
   (``task: preference_model`` of either backend), its ``prob`` checked and used as is.
 
@@ -98,6 +100,12 @@ def average_orders(p_first: ArrayLike, p_first_swapped: ArrayLike) -> np.ndarray
     response shown first wins, with y first (``p_first``) and with y' first; swapping y
     and y' gives 1 − P, whatever the judge's position bias."""
     return 0.5 * (np.asarray(p_first, np.float64) + 1.0 - np.asarray(p_first_swapped, np.float64))
+
+
+def position_bias(p_first: ArrayLike, p_first_swapped: ArrayLike) -> np.ndarray:
+    """A judge's position bias per comparison: b = ½·(p(1|y,y') + p(1|y',y)) − ½, how much
+    more than ½ on average the response shown first wins (0 for an order-blind judge)."""
+    return 0.5 * (np.asarray(p_first, np.float64) + np.asarray(p_first_swapped, np.float64)) - 0.5
 
 
 def judge_texts(
@@ -202,13 +210,36 @@ class BradleyTerryScorer:
 
 class JudgeScorer:
     """P(y≻y'|x) = ½·(p(1|y,y') + 1 − p(1|y',y)), p(1|a,b) = σ(v) with v = ``score`` of
-    ``template`` filled with (x, a, b). Each call of ``score`` reads both orders of
-    ⌊``batch_size``/2⌋ comparisons (at least one); ``model`` is the backend's network."""
+    ``template`` filled with (x, a, b) and passed through ``wrap`` (an instruct judge's
+    chat template, :func:`nlhf.data.tokenizer.chat_wrapper`). Each call of ``score`` reads
+    both orders of ⌊``batch_size``/2⌋ comparisons (at least one); ``model`` is the
+    backend's network.
+
+    v is read at the answers' **first differing token** k, after the judge text and their
+    shared prefix: v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) = log p(a₁ᵏ|·) − log p(a₂ᵏ|·) (the softmax
+    normaliser cancels), rather than the full continuation log-probs
+    log p(a₁|·) − log p(a₂|·): one forward per text instead of one per text and answer;
+    the tokens after the branch point are near-deterministic and would only add a length
+    penalty to the longer answer; and it is the read-out of the trained ``head: lm``
+    preference models, so a prompted and a trained judge are the same function.
+
+    :meth:`pop_metrics` gives the judge's mean position bias
+    b = ½·(p(1|y,y') + p(1|y',y)) − ½ ∈ [−½, ½] (0: unbiased; > 0: favours the response
+    shown first, which averaging the orders cancels from P but not from the noise) and the
+    fraction of comparisons whose two orders pick the same winner, since the last call."""
 
     def __init__(
-        self, score: TextScores, *, template: str, batch_size: int, model: object = None
+        self,
+        score: TextScores,
+        *,
+        template: str,
+        batch_size: int,
+        model: object = None,
+        wrap: Callable[[str], str] | None = None,
     ) -> None:
         self.score, self.template, self.batch_size, self.model = score, template, batch_size, model
+        self.wrap = wrap
+        self._bias_sum, self._agree, self._count = 0.0, 0, 0
 
     def has_reward(self) -> bool:
         return False
@@ -226,9 +257,26 @@ class JudgeScorer:
             fwd, bwd = judge_texts(
                 self.template, *(v[i : i + size] for v in (prompts, ys, y_primes))
             )
-            p = sigmoid(score_in_batches(self.score, fwd + bwd, len(fwd) + len(bwd)))
-            out.append(average_orders(p[: len(fwd)], p[len(fwd) :]))
+            texts = fwd + bwd if self.wrap is None else [self.wrap(t) for t in fwd + bwd]
+            p = sigmoid(score_in_batches(self.score, texts, len(texts)))
+            p_fwd, p_bwd = p[: len(fwd)], p[len(fwd) :]
+            self._bias_sum += float(np.sum(position_bias(p_fwd, p_bwd)))
+            self._agree += int(np.sum((p_fwd > 0.5) != (p_bwd > 0.5)))
+            self._count += len(fwd)
+            out.append(average_orders(p_fwd, p_bwd))
         return np.concatenate(out)
+
+    def pop_metrics(self) -> dict[str, float]:
+        """``judge_position_bias`` (mean b) and ``judge_order_agreement`` over the
+        comparisons scored since the last call (empty when there were none); resets."""
+        if not self._count:
+            return {}
+        metrics = {
+            "judge_position_bias": self._bias_sum / self._count,
+            "judge_order_agreement": self._agree / self._count,
+        }
+        self._bias_sum, self._agree, self._count = 0.0, 0, 0
+        return metrics
 
 
 class PairwiseScorer:

@@ -57,6 +57,9 @@ class PolicySpec(Section):
     """The trained policy: a local directory or hub id that ``AutoModelForCausalLM`` loads."""
 
     model: str
+    """Directory or hub id; a packaged model as ``runs/models/<name>``
+    (``smollm2-135m-instruct``; ``all-minilm-l6-v2`` as a ``task: preference_model``
+    backbone), built on first use (docs/real-models.md)."""
     tokenizer: str | None = None
     """Tokenizer path or id (default: ``model``)."""
     dtype: Dtype = "float32"
@@ -71,6 +74,7 @@ class ReferenceSpec(Section):
     policy). Tabular runs: ``probs`` over the responses (default: uniform)."""
 
     model: str | None = None
+    """A causal LM like ``policy.model`` (packaged models included)."""
     dtype: Dtype | None = None
     probs: list[NonNegativeFloat] | None = None
 
@@ -160,17 +164,43 @@ DEFAULT_JUDGE_TEMPLATE = (
 
 
 class LLMJudgePreference(Section):
-    """A causal LM prompted "which is better, 1 or 2?"; P from the logits of the two answer
-    tokens, averaged over both presentation orders (antisymmetric by construction)."""
+    """A causal LM prompted "which is better, 1 or 2?"; P from the logits of the two
+    answers' first differing tokens, averaged over both presentation orders (antisymmetric
+    by construction); ``judge_position_bias`` in the metrics is how much it favours the
+    response shown first (docs/real-models.md)."""
 
     name: Literal["llm_judge"] = "llm_judge"
     model: str
+    """Causal LM directory or hub id; a packaged model as ``runs/models/<name>``
+    (docs/real-models.md), built on first use."""
     tokenizer: str | None = None
     template: str = DEFAULT_JUDGE_TEMPLATE
+    """Judge text with ``{prompt}``, ``{response_1}``, ``{response_2}``."""
+    chat_template: bool | None = None
+    """Send the filled template as the user turn of the judge tokenizer's chat template,
+    followed by the assistant prompt (default: when the tokenizer has one, as for
+    instruct models such as SmolLM2)."""
     answer_tokens: tuple[str, str] = (" 1", " 2")
+    """The two answers; any number of tokens each. v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) at their first
+    differing token k, read after the judge text and their shared prefix (refused when one
+    answer is a prefix of the other)."""
     batch_size: PositiveInt = 8
     max_length: PositiveInt = 2048
     dtype: Dtype = "float32"
+
+    @model_validator(mode="after")
+    def _judge(self) -> LLMJudgePreference:
+        missing = [
+            f for f in ("{prompt}", "{response_1}", "{response_2}") if f not in self.template
+        ]
+        if missing:
+            raise ValueError(
+                f"template: missing placeholder(s) {', '.join(missing)}; the judge text shows "
+                "the prompt and both responses"
+            )
+        if self.answer_tokens[0] == self.answer_tokens[1]:
+            raise ValueError("answer_tokens: the two answers must differ")
+        return self
 
 
 def _http_url(value: str) -> str:

@@ -6,8 +6,9 @@ so both backends give the same numbers (``tests/test_cross_backend_jax_torch_pre
 
 - ``bradley_terry_reward``: a 1-label score head read at the last non-pad token of
   ``prompt + response`` (:class:`nlhf_jax.preference.model.DecoderScorer`).
-- ``llm_judge``: a causal LM, v = ℓ(a₁) − ℓ(a₂) at the last token of the filled template
-  (no special tokens added; one-token answers).
+- ``llm_judge``: a causal LM, v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) at the answers' first differing token,
+  after the filled template (chat-formatted for instruct judges; no special tokens added)
+  and the answers' shared prefix.
 - ``pairwise_model``: a ``task: preference_model`` output directory of either backend
   (:func:`nlhf_jax.preference.model.load_preference_model`).
 - ``oracle``: :class:`nlhf.preference.scorers.OracleScorer`.
@@ -15,7 +16,7 @@ so both backends give the same numbers (``tests/test_cross_backend_jax_torch_pre
 
 from __future__ import annotations
 
-from nlhf.data.tokenizer import load_tokenizer
+from nlhf.data.tokenizer import chat_wrapper, load_tokenizer
 from nlhf.errors import InputError
 from nlhf.preference import scorers as core
 from nlhf.preference.format import judge_answer_ids
@@ -69,22 +70,30 @@ def load_bradley_terry(spec: BradleyTerryPreference) -> BradleyTerryScorer:
 
 
 def load_judge(spec: LLMJudgePreference) -> JudgeScorer:
-    """A causal LM judge: v = ℓ(a₁) − ℓ(a₂) at the end of the filled ``template``."""
+    """A causal LM judge: v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) after the filled ``template`` (in the chat
+    template when ``spec.chat_template`` asks, by default when the tokenizer has one) and
+    the answers' shared prefix (:class:`nlhf.preference.scorers.JudgeScorer`)."""
     field = "preference.tokenizer" if spec.tokenizer else "preference.model"
     tokenizer = load_tokenizer(spec.tokenizer or spec.model, field, scoring=True)
-    answer = judge_answer_ids(spec, tokenizer)
+    suffix, first, second = judge_answer_ids(spec, tokenizer)
+    wrap = chat_wrapper(tokenizer, spec.chat_template, "preference.chat_template")
     model = load_decoder(spec.model, "lm", dtype=spec.dtype, field="preference.model")
     scorer = DecoderScorer(
         model,
         tokenizer,
         head="lm",
-        answer=answer,
+        answer=(first, second),
+        suffix=suffix,
         max_length=spec.max_length,
         add_special_tokens=False,
         batch_size=spec.batch_size,
     )
     return JudgeScorer(
-        scorer.scores, template=spec.template, batch_size=spec.batch_size, model=scorer
+        scorer.scores,
+        template=spec.template,
+        batch_size=spec.batch_size,
+        model=scorer,
+        wrap=wrap,
     )
 
 

@@ -6,9 +6,9 @@ batching live there). Every scorer returns float64 NumPy.
 - ``bradley_terry_reward``: a 1-label sequence classifier, scored by
   :class:`nlhf_torch.preference.model.BradleyTerryModel` (the trained and served models'
   scoring).
-- ``llm_judge``: a causal LM, v = ℓ(a₁) − ℓ(a₂) from
-  :class:`nlhf_torch.preference.model.PairwiseModel` with head ``lm``, without special
-  tokens (the template is the whole input) and one-token answers.
+- ``llm_judge``: a causal LM, v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) at the answers' first differing token
+  from :class:`nlhf_torch.preference.model.PairwiseModel` with head ``lm``, without
+  special tokens (the template, chat-formatted for instruct judges, is the whole input).
 - ``pairwise_model``: :func:`nlhf_torch.preference.serve.from_spec`.
 - ``oracle``: :class:`nlhf.preference.scorers.OracleScorer`.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from nlhf.data.tokenizer import check_model_path, load_tokenizer
+from nlhf.data.tokenizer import chat_wrapper, check_model_path, load_tokenizer
 from nlhf.errors import InputError
 from nlhf.preference import scorers as core
 from nlhf.preference.format import PreferenceConfig, judge_answer_ids
@@ -79,13 +79,16 @@ def load_bradley_terry(spec: BradleyTerryPreference, device: Device = "cpu") -> 
 
 
 def load_judge(spec: LLMJudgePreference, device: Device = "cpu") -> JudgeScorer:
-    """A causal LM judge: v = ℓ(a₁) − ℓ(a₂) at the end of the filled ``template``."""
+    """A causal LM judge: v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) after the filled ``template`` (in the chat
+    template when ``spec.chat_template`` asks, by default when the tokenizer has one) and
+    the answers' shared prefix (:class:`nlhf.preference.scorers.JudgeScorer`)."""
     from nlhf_torch.models import load_causal_lm
 
     field = "preference.tokenizer" if spec.tokenizer else "preference.model"
     tokenizer = load_tokenizer(spec.tokenizer or spec.model, field, scoring=True)
+    judge_answer_ids(spec, tokenizer)  # answers that differ in a token; the placeholders
+    wrap = chat_wrapper(tokenizer, spec.chat_template, "preference.chat_template")
     model = load_causal_lm(spec.model, spec.dtype, "preference.model")
-    judge_answer_ids(spec, tokenizer)  # one token each, distinct; the template's placeholders
     config = PreferenceConfig(
         kind="pairwise",
         head="lm",
@@ -97,7 +100,11 @@ def load_judge(spec: LLMJudgePreference, device: Device = "cpu") -> JudgeScorer:
     judge.add_special_tokens = False
     judge.eval().requires_grad_(False)
     return JudgeScorer(
-        _host_scores(judge), template=spec.template, batch_size=spec.batch_size, model=judge
+        _host_scores(judge),
+        template=spec.template,
+        batch_size=spec.batch_size,
+        model=judge,
+        wrap=wrap,
     )
 
 
