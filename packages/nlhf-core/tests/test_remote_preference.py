@@ -290,3 +290,35 @@ def test_every_backend_builds_the_network_kinds() -> None:
     scorer = build_scorer(spec.preference, {}, backend="any")
     assert isinstance(scorer, RemoteScorer)
     assert isinstance(build_remote_scorer(spec.preference), RemoteScorer)
+
+
+def test_an_unset_key_variable_is_a_located_spec_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nlhf.errors import SpecError
+    from nlhf.spec.load import load_spec
+    from nlhf.spec.preflight import check_preflight
+
+    monkeypatch.delenv("NLHF_TEST_UNSET_KEY", raising=False)
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"policy: {{model: {tmp_path}}}\n"
+        f"data: {{path: {tmp_path / 'p.jsonl'}}}\n"
+        "algorithm: {name: nash_md_pg}\n"
+        "preference:\n"
+        "  name: openai_judge\n"
+        "  base_url: http://127.0.0.1:9/v1\n"
+        "  model: m\n"
+        "  api_key_env: NLHF_TEST_UNSET_KEY\n"
+        f"output: {{dir: {tmp_path / 'out'}}}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        check_preflight(load_spec(path), path)
+    assert any(
+        f"{path}:8:" in issue
+        and "preference.api_key_env" in issue
+        and "NLHF_TEST_UNSET_KEY" in issue
+        for issue in err.value.issues
+    ), err.value.issues
+    monkeypatch.setenv("NLHF_TEST_UNSET_KEY", "k")
+    check_preflight(load_spec(path), path)

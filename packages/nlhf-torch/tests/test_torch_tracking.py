@@ -99,3 +99,42 @@ def test_nash_run_reports_to_all_trackers(tmp_path: Path, monkeypatch: pytest.Mo
     resolved = yaml.safe_load((out / "spec.resolved.yaml").read_text())
     assert offline.config["algorithm"] == resolved["algorithm"]
     assert offline.summary["final/loss"] == summary["final"]["loss"]
+
+
+@pytest.mark.slow
+def test_preference_fit_with_baseline_reports_both(tmp_path: Path) -> None:
+    """``task: preference_model`` with ``compare_baseline``: the fit's records and the
+    Bradley–Terry baseline's (``baseline/…``) reach TensorBoard with their values."""
+    from nlhf_torch.preference.train import train_preference_model
+
+    rows = [
+        {"prompt": f"pick {i}", "chosen": f"apple {i}", "rejected": f"pear {i}"} for i in range(24)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = build_tiny_model(tmp_path / "lm", "llama", corpus=CORPUS, vocab_size=300, seed=2)
+    out = tmp_path / "pm"
+    spec = RunSpec.model_validate(
+        {
+            "task": "preference_model",
+            "policy": {"model": str(model)},
+            "data": {"path": str(data), "eval_fraction": 0.25, "max_length": 256},
+            "preference_training": {"kind": "pairwise", "compare_baseline": True},
+            "training": {"steps": 2, "batch_size": 4, "lr": 1e-3, "eval_every": 1},
+            "output": {"dir": str(out), "report_to": ["tensorboard"]},
+        }
+    )
+    train_preference_model(spec, out)
+    acc = read_tensorboard(out / "tensorboard")
+    for directory, prefix in ((out, ""), (out / "baseline", "baseline/")):
+        records = read_metrics(directory)
+        assert records
+        key = next(k for k, v in records[-1].items() if k != "step" and isinstance(v, float))
+        logged = [r for r in records if isinstance(r.get(key), float)]
+        events = acc.Scalars(prefix + key)
+        np.testing.assert_array_equal(
+            np.array([e.value for e in events], dtype=np.float32),
+            np.array([r[key] for r in logged], dtype=np.float32),
+        )
+    assert "summary/baseline/kind" not in acc.Tags()["scalars"]  # strings stay text
+    assert any(t.startswith("summary/baseline/") for t in acc.Tags()["scalars"])

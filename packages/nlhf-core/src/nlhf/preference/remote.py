@@ -388,6 +388,26 @@ class OpenAIJudgeScorer:
         )
 
 
+def secret_problems(spec: Any) -> list[tuple[tuple[str, ...], str]]:
+    """``(field, message)`` when a ``remote`` / ``openai_judge`` preference names an
+    environment variable for its token or key that is not set (``nlhf validate`` /
+    ``nlhf run`` report it before anything loads)."""
+    preference = getattr(spec, "preference", None)
+    field = {RemotePreference: "token_env", OpenAIJudgePreference: "api_key_env"}.get(
+        type(preference)
+    )
+    env = getattr(preference, field, None) if field else None
+    if env is None or os.environ.get(env):
+        return []
+    return [
+        (
+            ("preference", field),
+            f"the environment variable {env} is not set; export it before the run (the "
+            "secret is read from the environment and never written to outputs)",
+        )
+    ]
+
+
 def build_remote_scorer(preference: Any, **client: Any) -> RemoteScorer | OpenAIJudgeScorer:
     """The scorer of a ``remote`` or ``openai_judge`` preference section (the factory a
     backend's preference builder calls for :data:`REMOTE_PREFERENCES`)."""

@@ -357,6 +357,9 @@ def preflight_problems(
     from nlhf.tracking import tracking_problems
 
     problems += tracking_problems(spec)  # output.report_to: each library installed
+    from nlhf.preference.remote import secret_problems
+
+    problems += secret_problems(spec)  # a token / API key variable that is not set
     output = check_output_dir(spec.output.dir) if outputs else None
     if output is not None:
         problems.append((("output", "dir"), output))
