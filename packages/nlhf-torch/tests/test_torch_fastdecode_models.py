@@ -279,6 +279,22 @@ def test_lora_reference_shares_the_base_weights():
     o_proj = base.model.layers[0].self_attn.o_proj.base_layer.weight
     assert group.layers[0]["o"].w[0].data_ptr() == o_proj.data_ptr()  # the tensor itself
     assert group.embed.data_ptr() == base.model.embed_tokens.weight.data_ptr()
+    # policy (2B rows) and μ (the B y' rows) in two groups share one fused q/k/v copy
+    memo: dict = {}
+    g_pol = fastdecode.FastGroup([policy], rows, MAX_NEW, memo)
+    g_ref = fastdecode.FastGroup([reference], rows[B:], MAX_NEW, memo)
+    assert g_pol.layers[1]["qkv"].w[0] is g_ref.layers[1]["qkv"].w[0]
+    ids, mask = _prompts()
+    kw = dict(beta=BETA, temperature=TEMP, max_new_tokens=MAX_NEW, eos_token_id=EOS)
+    u = torch.rand(2 * B, MAX_NEW, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    fast, slow = (
+        generate_pairs(
+            policy, reference, ids, mask, pad_token_id=PAD, uniforms=u, fast_decode=f, **kw
+        )
+        for f in (True, False)
+    )
+    assert fast.decode_path == "fused"
+    assert torch.equal(fast.y, slow.y) and torch.equal(fast.y_prime, slow.y_prime)
 
 
 def test_lora_bfloat16_matches_hf():

@@ -395,7 +395,13 @@ class _Linear:
     reference, or one model twice) share one matmul over all M·N rows; otherwise the
     weights are stacked for ``bmm`` (``fuse``) or used in place, one matmul per member."""
 
-    def __init__(self, parts: list[list[Any]], adapters: list[bool], fuse: bool) -> None:
+    def __init__(
+        self,
+        parts: list[list[Any]],
+        adapters: list[bool],
+        fuse: bool,
+        memo: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> None:
         bases = [[_base(p) for p in ps] for ps in parts]
         ids = [tuple(id(b.weight) for b in bs) for bs in bases]
         self.shared = all(i == ids[0] for i in ids)
@@ -403,9 +409,14 @@ class _Linear:
         self.has_bias = bases[0][0].bias is not None
         if self.shared:
             bs = bases[0]
-            if fuse and len(bs) > 1:
-                self.w = [torch.cat([b.weight.detach() for b in bs])]
-                self.b = [None if not self.has_bias else torch.cat([b.bias.detach() for b in bs])]
+            if fuse and len(bs) > 1:  # one concatenated copy per call, shared by groups
+                if ids[0] not in memo:
+                    memo[ids[0]] = (
+                        torch.cat([b.weight.detach() for b in bs]),
+                        torch.cat([b.bias.detach() for b in bs]) if self.has_bias else None,
+                    )
+                w, b = memo[ids[0]]
+                self.w, self.b = [w], [b]
             else:
                 self.w = [b.weight.detach() for b in bs]
                 self.b = [None if b.bias is None else b.bias.detach() for b in bs]
@@ -478,7 +489,17 @@ class FastGroup:
     last-position logits.
     """
 
-    def __init__(self, models: list[Any], rows: torch.Tensor, max_new_tokens: int) -> None:
+    def __init__(
+        self,
+        models: list[Any],
+        rows: torch.Tensor,
+        max_new_tokens: int,
+        memo: dict[tuple[int, ...], Any] | None = None,
+    ) -> None:
+        """``memo``: fused q/k/v and gate/up copies by weight identity, shared between the
+        groups of one generation (a LoRA policy and its adapter-off reference decoding
+        different rows then share one copy)."""
+        memo = {} if memo is None else memo
         resolved = [_resolve(m) for m in models]
         hfs = [r.hf for r in resolved]
         adapters = [r.adapter for r in resolved]
@@ -510,10 +531,10 @@ class FastGroup:
             p: dict[str, Any] = {
                 "norms": {k: _stack([n[k].weight for n in norms]).unsqueeze(1) for k in norms[0]},
                 "eps": {k: _eps(v) for k, v in norms[0].items()},
-                "qkv": _Linear([_attn_linears(layer) for layer in ls], adapters, fuse),
-                "o": _Linear([[layer.self_attn.o_proj] for layer in ls], adapters, fuse),
-                "gu": _Linear([_mlp_linears(layer) for layer in ls], adapters, fuse),
-                "down": _Linear([[layer.mlp.down_proj] for layer in ls], adapters, fuse),
+                "qkv": _Linear([_attn_linears(layer) for layer in ls], adapters, fuse, memo),
+                "o": _Linear([[layer.self_attn.o_proj] for layer in ls], adapters, fuse, memo),
+                "gu": _Linear([_mlp_linears(layer) for layer in ls], adapters, fuse, memo),
+                "down": _Linear([[layer.mlp.down_proj] for layer in ls], adapters, fuse, memo),
                 "act": _act(ls[0]),
             }
             for k in ("q_norm", "k_norm"):  # per head: (M, 1, 1, 1, d)
@@ -526,7 +547,7 @@ class FastGroup:
         scale = getattr(hf0.model.embed_tokens, "embed_scale", None)
         self.embed_scale = None if scale is None else scale.to(self.embed.dtype)
         self.norm = _stack([h.model.norm.weight for h in hfs]).unsqueeze(1)
-        self.head = _Linear([[h.lm_head] for h in hfs], [False] * len(hfs), fuse)
+        self.head = _Linear([[h.lm_head] for h in hfs], [False] * len(hfs), fuse, memo)
         self.dtype = self.embed.dtype
         self.logits: torch.Tensor | None = None
 

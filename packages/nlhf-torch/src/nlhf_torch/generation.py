@@ -219,8 +219,12 @@ def _fast_groups(
             f"hf: the fused decode needs {need / gib:.2f} GiB (static KV cache, logits, weight "
             f"copies) but {free / gib:.2f} GiB are free"
         )
+    memo: dict[tuple[int, ...], Any] = {}
     groups = [
-        (fastdecode.FastGroup([s.model for s in bucket], bucket[0].rows, max_new_tokens), bucket)
+        (
+            fastdecode.FastGroup([s.model for s in bucket], bucket[0].rows, max_new_tokens, memo),
+            bucket,
+        )
         for bucket in buckets
     ]
     return groups, "fused"
