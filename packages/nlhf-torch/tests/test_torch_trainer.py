@@ -400,7 +400,7 @@ def test_lora_policy_reference_is_adapter_disabled(
     summary = train_nash(
         make_spec(assets, full, output={"dir": str(full)}, **common), full, plugins=plugins
     )
-    assert summary["decode_path"].startswith("hf: adapted (LoRA/PEFT)")  # says why not fused
+    assert summary["decode_path"] == "fused"  # LoRA policy and adapter-off μ, fused
     ckpt = full / "checkpoints" / "step-2"
     assert (ckpt / "adapter_model.safetensors").exists()
 
@@ -439,3 +439,45 @@ def test_lora_policy_reference_is_adapter_disabled(
     a = load_file(str(ckpt / "adapter_model.safetensors"))
     b = load_file(str(split / "checkpoints/step-2/adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_generation_call_then_micro_batches_takes_the_grad_accum_1_step(
+    assets: dict[str, str], tmp_path: Path, plugins: Any, monkeypatch: Any
+) -> None:
+    """training.generation.batch_size = batch_size: one generate_pairs call of 4 prompts
+    per step, the loss in 2 micro-batches; the same draws, losses and SGD step as
+    grad_accum 1 (the generator stream no longer depends on the micro-batch split)."""
+    from nlhf_torch import trainer as torch_trainer
+
+    calls: list[int] = []
+    original = torch_trainer.generate_pairs
+
+    def spy(policy: Any, reference: Any, input_ids: torch.Tensor, *a: Any, **k: Any) -> Any:
+        calls.append(input_ids.shape[0])
+        return original(policy, reference, input_ids, *a, **k)
+
+    monkeypatch.setattr(torch_trainer, "generate_pairs", spy)
+    training = {
+        "steps": 2,
+        "batch_size": 4,
+        "lr": 0.05,
+        "optimizer": {"name": "sgd"},
+        "max_grad_norm": None,
+        "generation": {"max_new_tokens": 4},
+    }
+    runs = {}
+    for accum, per_call in ((1, None), (2, 4)):
+        out = tmp_path / f"accum{accum}"
+        tr = {**training, "grad_accum": accum}
+        tr["generation"] = {**training["generation"], "batch_size": per_call}
+        spec = make_spec(assets, out, training=tr, output={"dir": str(out)})
+        train_nash(spec, out, plugins=plugins)
+        runs[accum] = (read_metrics(out), load_file(out / "checkpoints/step-2/model.safetensors"))
+    assert calls == [4, 4, 4, 4]  # one call of the whole batch per step, both runs
+    (m1, w1), (m2, w2) = runs[1], runs[2]
+    for a, b in zip(m1, m2, strict=True):
+        assert (a["len_y"], a["len_y_prime"]) == (b["len_y"], b["len_y_prime"])
+        for key in ("loss", "kl", "preference", "score", "grad_norm"):
+            assert_close(b[key], a[key], "float32", key, scope="model")
+    for name, value in w1.items():
+        assert_close(w2[name], value, "float32", name, scope="model")
