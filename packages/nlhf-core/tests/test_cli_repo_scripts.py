@@ -40,7 +40,7 @@ def test_cli_install_pins_torch_before_packages() -> None:
     text = (REPO / "scripts" / "install.sh").read_text(encoding="utf-8")
     assert 'TORCH_PIN="torch==2.13.0"' in text
     first_torch = text.index('"${PIP[@]}" "$TORCH_PIN"\n')
-    editable = text.index("-e packages/nlhf-core")
+    editable = text.index("packages/nlhf-core")  # -e, with its extras (the trackers)
     assert first_torch < editable < text.index('"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}"')
     for package in ("nlhf-torch", "nlhf-jax", "pytest", "ruff", "nox", "matplotlib"):
         assert package in text, package
