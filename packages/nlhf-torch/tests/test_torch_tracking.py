@@ -138,3 +138,35 @@ def test_preference_fit_with_baseline_reports_both(tmp_path: Path) -> None:
         )
     assert "summary/baseline/kind" not in acc.Tags()["scalars"]  # strings stay text
     assert any(t.startswith("summary/baseline/") for t in acc.Tags()["scalars"])
+
+
+@pytest.mark.slow
+def test_llm_evaluation_reports_plot_and_summary(tmp_path: Path) -> None:
+    """``task: evaluate`` on two tiny policies: the win-rate heatmap PNG reaches MLflow as
+    an artifact with its bytes, and the summary's matrix reaches W&B's summary."""
+    from nlhf_torch.evaluate import evaluate_spec
+
+    base = build_tiny_model(tmp_path / "base", "llama", corpus=CORPUS, vocab_size=300, seed=1)
+    other = build_tiny_model(tmp_path / "other", "llama", tokenizer_dir=base, seed=2)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:2]))
+    out = tmp_path / "ev"
+    spec = RunSpec.model_validate(
+        {
+            "task": "evaluate",
+            "policy": {"model": str(base)},
+            "preference": {"name": "oracle", "function": "length"},
+            "data": {"path": str(data)},
+            "training": {"generation": {"max_new_tokens": 3}},
+            "eval": {"policies": ["reference", str(other)]},
+            "output": {"dir": str(out), "report_to": ["mlflow", "wandb"]},
+        }
+    )
+    summary = evaluate_spec(spec, plugins=build_plugins(extra=[_Plugin()]))
+    client, (run,) = mlflow_runs(out / "mlruns")
+    local = Path(client.download_artifacts(run.info.run_id, "plots/winrate.png", str(tmp_path)))
+    assert local.read_bytes() == (out / "plots" / "winrate.png").read_bytes()
+    assert run.data.tags["nlhf.task"] == "evaluate"
+    offline = read_wandb_offline(out / "wandb")
+    assert offline.summary["matrix"] == summary["matrix"]
+    assert offline.exit_code == 0
