@@ -72,8 +72,8 @@ class ToyStepper:
         self.ema_calls: list[float] = []
         self.reduced: list[tuple[list[float], str]] = []
 
-    def sample(self, step: int, micro: int, prompt_ids: list[list[int]], beta: float) -> Samples:
-        self.seen.append((step, micro, prompt_ids, beta))
+    def sample(self, step: int, offset: int, prompt_ids: list[list[int]], beta: float) -> Samples:
+        self.seen.append((step, offset, prompt_ids, beta))
         rows = list(range(len(prompt_ids)))
         if self.world_size > 1:  # this rank's contiguous share
             per = len(prompt_ids) // self.world_size
@@ -81,6 +81,11 @@ class ToyStepper:
         y = [[*prompt_ids[r][: step % 3 + 1], 0] for r in rows]
         yp = [[*prompt_ids[r][:2][::-1], 0] for r in rows]
         return Samples(rows, y, yp)
+
+    def select(self, samples: Samples, start: int, stop: int) -> Samples:
+        assert samples.y_prime is not None
+        rows = list(range(stop - start))
+        return Samples(rows, samples.y[start:stop], samples.y_prime[start:stop])
 
     def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None:
         self.prefs.append(preference)
@@ -279,3 +284,28 @@ def test_progress_counts_steps_and_draws_only_where_asked() -> None:
         shown.advance(2, loss=0.5, gap="1e-3")
         task = shown._bar.tasks[0]
         assert (task.total, task.completed, task.fields["info"]) == (4, 2, "loss 0.5000 gap 1e-3")
+
+
+def test_one_generation_call_feeds_several_micro_batches(tmp_path: Path) -> None:
+    """generation.batch_size = the whole batch: one sampling call of 4 prompts, the loss in
+    2 micro-batches of 2; the record equals the one of per-micro-batch generation."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    per_micro = ToyStepper()
+    want = _loop(_spec(tmp_path / "a"), per_micro).step(1)
+    one_call = ToyStepper()
+    spec = _spec(tmp_path / "b", generation={"batch_size": 4})
+    got = _loop(spec, one_call).step(1)
+    assert [len(s[2]) for s in one_call.seen] == [4] and one_call.seen[0][1] == 0
+    assert [len(s[2]) for s in per_micro.seen] == [2, 2]
+    assert [s[1] for s in per_micro.seen] == [0, 2]  # row offsets in the step's batch
+    assert len(one_call.taus) == 2  # two micro-batches reached the loss
+    for key in ("loss", "len_y", "len_y_prime", "preference", "generated_tokens"):
+        assert_close(got[key], want[key], "float64", key)
+
+
+def test_generation_batch_size_must_hold_whole_micro_batches(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"generation\.batch_size: 3 is not a multiple"):
+        _spec(tmp_path, generation={"batch_size": 3})

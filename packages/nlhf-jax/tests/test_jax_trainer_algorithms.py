@@ -75,13 +75,22 @@ def test_grad_accum_takes_the_same_step_as_one_batch(tiny_ckpts, prompts, tmp_pa
     monkeypatch.setattr(JaxStepper, "sample", spy)
     ckpt = tiny_ckpts["llama"]
     runs = {}
-    for accum in (1, 2):
-        out = tmp_path / f"accum{accum}"
-        spec = _spec(ckpt, prompts, out, tiny_ckpts["llama_rm"], **{"training.grad_accum": accum})
+    for accum, per_call in ((1, None), (2, None), (2, 4)):
+        out = tmp_path / f"accum{accum}-{per_call}"
+        generation = {"max_new_tokens": 4, "batch_size": per_call}
+        over = {"training.grad_accum": accum, "training.generation": generation}
+        spec = _spec(ckpt, prompts, out, tiny_ckpts["llama_rm"], **over)
         train_nash(spec, out)
-        runs[accum] = (read_metrics(out), _params(out))
-    assert sizes == [4, 4, 2, 2, 2, 2]  # 2 steps of one batch, then of two micro-batches
-    (m1, p1), (m2, p2) = runs[1], runs[2]
+        runs[accum, per_call] = (read_metrics(out), _params(out))
+    # 2 steps of one batch; of two micro-batches; of one generation call of the whole batch
+    assert sizes == [4, 4, 2, 2, 2, 2, 4, 4]
+    (m1, p1), (m2, p2) = runs[1, None], runs[2, None]
+    m3, p3 = runs[2, 4]  # generation decoupled from the micro-batches: the same step again
+    for a, c in zip(m1, m3, strict=True):
+        for key in ("loss", "kl", "preference", "score", "len_y", "len_y_prime"):
+            assert_close(c[key], a[key], what=key, scope="model")
+    for k in p1:
+        assert_close(p3[k], p1[k], what=k, scope="model")
     start = load_file(ckpt / "model.safetensors")
     assert max(np.abs(p1[k] - start[k]).max() for k in p1) > 1e-3  # the step did move θ
     for a, b in zip(m1, m2, strict=True):

@@ -4,8 +4,9 @@ checkpoints and the summary).
 
 Randomness: optimiser step s draws uniforms U of shape (2, batch_size, max_new_tokens) from
 ``jax.random.fold_in(key(seed), s)``; row i of the batch samples y from U[0, i] and y' from
-U[1, i] whatever micro-batch it falls in (:func:`step_uniforms`), so ``grad_accum: k``
-samples the same tokens as ``grad_accum: 1`` and takes the same optimizer step. Pairs come
+U[1, i] whatever generation call or micro-batch it falls in (:func:`step_uniforms`), so
+``grad_accum: k`` samples the same tokens as ``grad_accum: 1`` and takes the same
+optimizer step. Pairs come
 from :func:`nlhf_jax.generation.generate_pairs` (one jitted decode loop), whose reference
 logits feed the KL term. Gradients of the micro-batches are summed and scaled by
 1/``grad_accum`` before one optax update (:mod:`nlhf_jax.optim`); with ``grad_accum: 1``
@@ -81,14 +82,18 @@ def left_pad(
     return ids, mask
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def step_uniforms(key: jax.Array, step: int, batch: int, accum: int, tokens: int) -> jax.Array:
-    """The uniforms of optimiser step ``step``, (accum, 2m, T) with m = batch / accum: U ~
-    U[0,1)^(2, batch, T) from ``fold_in(key, step)``; micro-batch k gets rows
-    [U[0, km:(k+1)m]; U[1, km:(k+1)m]] (y then y'), so row i keeps its draws for any k."""
-    u = jax.random.uniform(jax.random.fold_in(key, step), (2, batch, tokens))
-    m = batch // accum
-    return u.reshape(2, accum, m, tokens).transpose(1, 0, 2, 3).reshape(accum, 2 * m, tokens)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def step_uniforms(key: jax.Array, step: int, batch: int, tokens: int) -> jax.Array:
+    """The uniforms of optimiser step ``step``: U ~ U[0,1)^(2, batch, T) from
+    ``fold_in(key, step)``; row i of the batch samples y from U[0, i] and y' from U[1, i]
+    whatever generation call or micro-batch it falls in (:func:`rows_uniforms`)."""
+    return jax.random.uniform(jax.random.fold_in(key, step), (2, batch, tokens))
+
+
+def rows_uniforms(u: jax.Array, offset: int, rows: int) -> jax.Array:
+    """The (2·rows, T) draws of batch rows offset..offset+rows: [U[0, rows]; U[1, rows]]
+    (y then y')."""
+    return jnp.concatenate([u[0, offset : offset + rows], u[1, offset : offset + rows]])
 
 
 def _leaves_to_numpy(tree: Any) -> dict[str, np.ndarray]:
@@ -254,18 +259,16 @@ class JaxStepper:
         return state, opt_state, loss, metrics, grad_norm
 
     # ------------------------------------------------------------------ the stepper
-    def _micro_uniforms(self, step: int, micro: int, rows: int) -> jax.Array:
+    def _rows_uniforms(self, step: int, offset: int, rows: int) -> jax.Array:
         if self.uniforms is not None:
             tokens = self.spec.training.generation.max_new_tokens
-            return jnp.asarray(self.uniforms(step, micro, rows, tokens), jnp.float32)
-        return self._step_uniforms(step)[micro]
+            return jnp.asarray(self.uniforms(step, offset, rows, tokens), jnp.float32)
+        return rows_uniforms(self._step_uniforms(step), offset, rows)
 
     def _step_uniforms(self, step: int) -> jax.Array:
         if self._uniforms is None or self._uniforms[0] != step:
             tr = self.spec.training
-            u = step_uniforms(
-                self.key, step, tr.batch_size, tr.grad_accum, tr.generation.max_new_tokens
-            )
+            u = step_uniforms(self.key, step, tr.batch_size, tr.generation.max_new_tokens)
             self._uniforms = (step, u)
         return self._uniforms[1]
 
@@ -287,7 +290,7 @@ class JaxStepper:
             return self._reference(self.state, self.frozen, self.ref_state)
         return (self.ref_graphdef, (self.ref_state,))
 
-    def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples:
+    def sample(self, step: int, offset: int, prompt_ids: Tokens, beta: float) -> Samples:
         gen = self.spec.training.generation
         ids, mask = self._pad(prompt_ids)
         # already-split (graphdef, states) pairs: no merge + split per step
@@ -307,7 +310,7 @@ class JaxStepper:
             pad_token_id=self.pad,
             opponent=self.rule.opponent,
             opponent_model=ema,
-            uniforms=self._micro_uniforms(step, micro, len(prompt_ids)),
+            uniforms=self._rows_uniforms(step, offset, len(prompt_ids)),
             return_reference_logits=True,
         )
         y, ym, yp, ypm = jax.device_get((pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask))
@@ -322,12 +325,21 @@ class JaxStepper:
             batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
         y_prime = _token_rows(yp, ypm) if self.rule.needs_y_prime else None
         rows = list(range(len(prompt_ids)))
-        return Samples(rows, _token_rows(y, ym), y_prime, (step, micro, batch))
+        return Samples(rows, _token_rows(y, ym), y_prime, (step, offset, batch))
+
+    def select(self, samples: Samples, start: int, stop: int) -> Samples:
+        """Rows start..stop of a generation call: one micro-batch of the loss."""
+        step, offset, batch = samples.payload
+        part = {k: v[start:stop] for k, v in batch.items()}
+        y_prime = samples.y_prime[start:stop] if samples.y_prime is not None else None
+        rows = list(range(stop - start))
+        return Samples(rows, samples.y[start:stop], y_prime, (step, offset + start, part))
 
     def _inputs(self, samples: Samples, preference: np.ndarray, tau: float) -> tuple[Any, ...]:
-        step, micro, batch = samples.payload
+        step, offset, batch = samples.payload
         dkey = None
-        if self.lora is not None and self.lora.dropout > 0:
+        if self.lora is not None and self.lora.dropout > 0:  # one key per micro-batch
+            micro = offset // self.spec.training.micro_batch_size()
             dkey = jax.random.fold_in(jax.random.fold_in(self.key, step), micro + 1)
         return (batch, jnp.asarray(preference, jnp.float32), jnp.float32(tau), dkey)
 

@@ -15,6 +15,7 @@ policy's ``save_pretrained`` output (with LoRA the peft adapter), the tokenizer 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -162,10 +163,10 @@ class TorchStepper:
         }
 
     # ----------------------------------------------------------- the stepper
-    def _sampling(self, step: int, micro: int, rows: int) -> dict[str, Any]:
+    def _sampling(self, step: int, offset: int, rows: int) -> dict[str, Any]:
         if self.uniforms is not None:
             tokens = self.spec.training.generation.max_new_tokens
-            u = self.uniforms(step, micro, rows, tokens)
+            u = self.uniforms(step, offset, rows, tokens)
             return {"uniforms": torch.as_tensor(u, dtype=torch.float64).to(self._device)}
         return {"generator": self.generator}
 
@@ -189,10 +190,28 @@ class TorchStepper:
         self.decode_path = pairs.decode_path
         return pairs
 
-    def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples:
+    def sample(self, step: int, offset: int, prompt_ids: Tokens, beta: float) -> Samples:
         input_ids, attn = left_pad(prompt_ids, self.pad_id, self._device)
-        pairs = self._generate(input_ids, attn, beta, self._sampling(step, micro, len(prompt_ids)))
+        sampling = self._sampling(step, offset, len(prompt_ids))
+        pairs = self._generate(input_ids, attn, beta, sampling)
         return self._samples(list(range(len(prompt_ids))), input_ids, attn, pairs)
+
+    def select(self, samples: Samples, start: int, stop: int) -> Samples:
+        """Rows start..stop of a generation call: one micro-batch of the loss."""
+        input_ids, attn, pairs = samples.payload
+        rows = slice(start, stop)
+        ref = pairs.reference_logits
+        part = dataclasses.replace(
+            pairs,
+            y=pairs.y[rows],
+            y_mask=pairs.y_mask[rows],
+            y_prime=pairs.y_prime[rows],
+            y_prime_mask=pairs.y_prime_mask[rows],
+            reference_logits=None if ref is None else ref[rows],
+        )
+        y_prime = samples.y_prime[rows] if samples.y_prime is not None else None
+        payload = (input_ids[rows], attn[rows], part)
+        return Samples(list(range(stop - start)), samples.y[rows], y_prime, payload)
 
     def _samples(self, rows: list[int], input_ids: Any, attn: Any, pairs: Any) -> Samples:
         y_prime = None
@@ -340,6 +359,15 @@ class DeepSpeedStepper(TorchStepper):
     def _init_engine(self) -> None:
         from nlhf_torch.distributed import init_engine
 
+        tr = self.spec.training
+        if tr.generation_batch_size() != tr.micro_batch_size():
+            raise InputError(
+                f"training.generation.batch_size: under DeepSpeed each rank samples its share "
+                f"of every micro-batch, so generation calls are micro-batches "
+                f"({tr.micro_batch_size()} prompts); remove generation.batch_size or set it to "
+                f"{tr.micro_batch_size()}"
+            )
+
         self.ds = init_engine(self.spec, self.policy, self.params, self.optimizer, self.scheduler)
         self.engine, self.optimizer, self.scheduler = (
             self.ds.engine,
@@ -361,7 +389,7 @@ class DeepSpeedStepper(TorchStepper):
     def _all_finished(self, local: bool) -> bool:
         return self.all_reduce([0.0 if local else 1.0])[0] == 0.0
 
-    def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples:
+    def sample(self, step: int, offset: int, prompt_ids: Tokens, beta: float) -> Samples:
         rows = len(prompt_ids)
         per_rank = rows // self.world_size
         shard = slice(self.rank * per_rank, (self.rank + 1) * per_rank)

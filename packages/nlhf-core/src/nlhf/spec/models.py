@@ -426,6 +426,11 @@ class GenerationSpec(Section):
     """Applied to the (mixed) logits when sampling *and* to the log-probs in the loss."""
     top_k: NonNegativeInt = 0
     """0 = full vocabulary (required for exact Nash-MD-PG gradients)."""
+    batch_size: PositiveInt | None = None
+    """Prompts per generation call of ``task: nash`` (default: the micro-batch,
+    ``batch_size / grad_accum``): size it for decoding throughput; each call's pairs then
+    reach the loss in micro-batches sized for memory. A multiple of the micro-batch size
+    (single process; DeepSpeed ranks generate micro-batches)."""
 
 
 class TrainingSpec(Section):
@@ -453,6 +458,27 @@ class TrainingSpec(Section):
                 f"grad_accum equal micro-batches"
             )
         return None
+
+    def generation_batch_problem(self) -> str | None:
+        """Why ``generation.batch_size`` cannot hold whole micro-batches, or None."""
+        size = self.generation.batch_size
+        if size is None or self.grad_accum_problem() is not None:
+            return None
+        micro = self.batch_size // self.grad_accum
+        if size % micro:
+            return (
+                f"training.generation.batch_size: {size} is not a multiple of the "
+                f"micro-batch size {micro} (batch_size / grad_accum); each generation call "
+                "must hold whole micro-batches"
+            )
+        return None
+
+    def generation_batch_size(self) -> int:
+        """Prompts per generation call: ``generation.batch_size`` (capped at the step's
+        batch), or the micro-batch size."""
+        micro = self.micro_batch_size()
+        size = self.generation.batch_size
+        return micro if size is None else min(size, self.batch_size)
 
     def micro_batch_size(self) -> int:
         """Prompts per micro-batch of a ``task: nash`` step: ``batch_size / grad_accum``,
@@ -595,6 +621,9 @@ class RunSpec(Section):
             grad_accum = self.training.grad_accum_problem()
             if grad_accum is not None:
                 problems.append(grad_accum)
+            generation = self.training.generation_batch_problem()
+            if generation is not None:
+                problems.append(generation)
         if self.task == "preference_model":
             if self.policy is None:
                 problems.append(

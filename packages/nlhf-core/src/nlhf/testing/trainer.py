@@ -90,9 +90,9 @@ class _OraclePlugin:
         register("conformance_length", lambda **kw: LengthOracle())
 
 
-def shared_uniforms(step: int, micro: int, rows: int, tokens: int) -> np.ndarray:
+def shared_uniforms(step: int, offset: int, rows: int, tokens: int) -> np.ndarray:
     """The same (2·rows, tokens) draws for every backend, from NumPy seeded by the step."""
-    return np.random.default_rng([7, step, micro]).uniform(size=(2 * rows, tokens))
+    return np.random.default_rng([7, step, offset]).uniform(size=(2 * rows, tokens))
 
 
 @dataclass

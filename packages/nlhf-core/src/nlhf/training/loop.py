@@ -5,13 +5,15 @@ At optimiser step s = 1..``training.steps`` (0-based schedule step s − 1):
 
 1. the ``batch_size`` prompts of the step are ``batch_indices((s − 1)·batch_size, …)``:
    a permutation seeded by (seed, epoch), a pure function of the step, so resume needs no
-   prompt state; they are split into ``grad_accum`` micro-batches of equal size;
+   prompt state; pairs are generated ``training.generation.batch_size`` prompts at a time
+   (default: one micro-batch) and the loss runs in ``grad_accum`` micro-batches of equal
+   size;
 2. τ_s and β_s come from :func:`nlhf.algorithms.schedules.schedule_value`, the learning
    rate from :func:`nlhf.algorithms.schedules.lr_multiplier`;
 3. for each micro-batch the stepper samples (y, y'); the loop decodes the completions
    (special tokens skipped; EOS was looked for in the completion only, TRL #6802), scores
-   P(y≻y'|x) on the texts (rlhf_pg: P := r − r̄ + ½ with the mean over the whole batch,
-   all ranks) and hands P to the stepper's loss;
+   P(y≻y'|x) on the texts (rlhf_pg: P := r − r̄ + ½, r̄ the mean reward of the pairs
+   generated together, over all ranks) and hands P to the stepper's loss;
 4. the stepper applies one update; metrics are averaged over micro-batches and ranks into
    one record (:data:`RECORD_KEYS`), logged every ``training.log_every`` steps and at the
    end; a checkpoint every ``output.checkpoint_every`` steps and at the end, pruned to
@@ -177,34 +179,41 @@ class NashLoop:
             spec.seed,
             spec.data.shuffle,
         )
-        micro = tr.micro_batch_size()
+        micro, per_call = tr.micro_batch_size(), tr.generation_batch_size()
         tau = schedule_value(self.algo.tau, step - 1, self.total)
         beta = rule.beta(self.algo, step - 1, self.total)
         sums: dict[str, float] = {}
         gen_seconds, gen_tokens = 0.0, 0
-        for k in range(tr.grad_accum):
-            rows = idx[k * micro : (k + 1) * micro]
+        for offset in range(0, tr.batch_size, per_call):
+            rows = idx[offset : offset + per_call]
             g0 = time.perf_counter()
-            samples = stepper.sample(step, k, [self.prompt_ids[i] for i in rows], beta)
+            samples = stepper.sample(step, offset, [self.prompt_ids[i] for i in rows], beta)
             gen_seconds += time.perf_counter() - g0
             prompts = [self.prompts[rows[r]] for r in samples.rows]
             ys = decode(self.tokenizer, samples.y)
-            lengths = [len(t) for t in samples.y]
-            if rule.centred_reward:
+            len_y = np.array([len(t) for t in samples.y], dtype=np.float64)
+            len_yp = None
+            if rule.centred_reward:  # r̄: the pairs generated together, on every rank
                 reward = _float64(self.preference.reward(prompts, ys), len(ys), "reward")
                 total, count = stepper.all_reduce([float(reward.sum()), float(reward.size)])
                 preference = reward - total / count + 0.5
-                _add(sums, "reward", float(reward.mean()))
             else:
                 assert samples.y_prime is not None
                 yps = decode(self.tokenizer, samples.y_prime)
                 preference = _float64(self.preference.prob(prompts, ys, yps), len(ys), "prob")
-                opp_lengths = [len(t) for t in samples.y_prime]
-                _add(sums, "len_y_prime", float(np.mean(opp_lengths)))
-                lengths += opp_lengths
-            _add(sums, "len_y", float(np.mean([len(t) for t in samples.y])))
-            gen_tokens += sum(lengths)
-            stepper.accumulate(samples, preference, tau)
+                len_yp = np.array([len(t) for t in samples.y_prime], dtype=np.float64)
+            gen_tokens += int(len_y.sum() + (len_yp.sum() if len_yp is not None else 0))
+            parts = len(rows) // micro  # micro-batches in this generation call
+            per_part = len(samples.rows) // parts
+            for j in range(parts):
+                cut = slice(j * per_part, (j + 1) * per_part)
+                part = samples if parts == 1 else stepper.select(samples, cut.start, cut.stop)
+                _add(sums, "len_y", float(len_y[cut].mean()))
+                if len_yp is not None:
+                    _add(sums, "len_y_prime", float(len_yp[cut].mean()))
+                if rule.centred_reward:
+                    _add(sums, "reward", float(reward[cut].mean()))
+                stepper.accumulate(part, preference[cut], tau)
         update = stepper.apply()
         if rule.opponent == "model":
             stepper.update_ema(self.algo.ema_decay)

@@ -4,10 +4,11 @@ The loop decides *what* happens at each optimiser step (prompts, β and τ, pref
 metrics, checkpoints); a :class:`NashStepper` decides *how* it is computed on its arrays.
 The unit of work is one optimiser step over ``grad_accum`` micro-batches:
 
-1. ``sample(step, micro, prompt_ids, beta)`` draws y ~ π_θ and y' from the opponent for
-   the prompts of micro-batch ``micro`` (the stepper owns its randomness: torch a seeded
-   ``Generator`` stream, jax ``fold_in(key(seed), step)``), and returns the completion
-   tokens the loop decodes and scores;
+1. ``sample(step, offset, prompt_ids, beta)`` draws y ~ π_θ and y' from the opponent for
+   the batch rows offset.. of one generation call (the stepper owns its randomness: torch
+   a seeded ``Generator`` stream, jax ``fold_in(key(seed), step)`` keyed by row), and
+   returns the completion tokens the loop decodes and scores; ``select`` cuts a call into
+   the micro-batches of the loss;
 2. ``accumulate(samples, preference, tau)`` adds the micro-batch's loss gradient, scaled
    by 1/``grad_accum`` (a backend may defer the work to ``apply``: jax fuses gradient and
    update into one jitted call when ``grad_accum`` is 1);
@@ -35,7 +36,7 @@ Tokens = list[list[int]]
 """Token ids per row (a completion: its sampled tokens up to and including EOS)."""
 
 UniformsFn = Callable[[int, int, int, int], np.ndarray]
-"""``(step, micro, rows, tokens) -> (2·rows, tokens)`` uniforms in [0, 1)."""
+"""``(step, offset, rows, tokens) -> (2·rows, tokens)`` uniforms in [0, 1)."""
 
 
 @dataclass
@@ -105,14 +106,21 @@ class NashStepper(PolicyProbe, Protocol):
     """How pairs were sampled, for ``summary.json``: e.g. ``"fused"`` or ``"hf: <why the
     fused path did not engage>"`` (torch), ``"jax: jitted while_loop"``."""
     uniforms: UniformsFn | None
-    """Test seam of the trainer conformance kit: when set, ``uniforms(step, micro, rows,
+    """Test seam of the trainer conformance kit: when set, ``uniforms(step, offset, rows,
     tokens)`` gives the (2·rows, tokens) draws in [0, 1) (rows of y, then of y') that
     replace the stepper's own stream, so every backend samples the same tokens."""
     preference: Any
     """P(y≻y'|x) on texts: ``prob(prompts, ys, yps)`` and, for rlhf_pg, ``reward(prompts,
     ys)``, each returning float64 NumPy of shape (rows,)."""
 
-    def sample(self, step: int, micro: int, prompt_ids: Tokens, beta: float) -> Samples: ...
+    def sample(self, step: int, offset: int, prompt_ids: Tokens, beta: float) -> Samples:
+        """Pairs for the step's batch rows offset..offset+len(prompt_ids)."""
+        ...
+
+    def select(self, samples: Samples, start: int, stop: int) -> Samples:
+        """Rows start..stop of a generation call's samples: one micro-batch of the loss
+        (used when ``training.generation.batch_size`` spans several micro-batches)."""
+        ...
 
     def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None: ...
 
