@@ -274,10 +274,14 @@ def test_openai_judge_equals_the_in_process_llm_judge(
         top_logprobs=0,  # only the two answer tokens come back
         cache_dir=str(tmp_path / "cache"),
     )
-    scorer = OpenAIJudgeScorer(spec)
+    before = httpx.get(judge_server.url + "/v1/model", timeout=10).json()["batching"]["chat"]
+    scorer = OpenAIJudgeScorer(spec)  # 8 requests, up to 8 in flight (concurrency)
     got = scorer.prob(PROMPTS, YS, YPS)
     assert_close(got, expected, "float32", "openai_judge vs llm_judge", scope="model")
     assert scorer.http.requests == 8
+    after = httpx.get(judge_server.url + "/v1/model", timeout=10).json()["batching"]["chat"]
+    assert after["requests"] - before["requests"] == 8
+    assert after["batches"] - before["batches"] < 8  # concurrent judge calls share forwards
     cached = OpenAIJudgeScorer(spec)
     np.testing.assert_array_equal(cached.prob(PROMPTS, YS, YPS), got)
     assert cached.http.requests == 0

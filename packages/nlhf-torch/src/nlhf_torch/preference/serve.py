@@ -19,9 +19,9 @@ docs/serving.md).
 - ``GET /health`` (no token needed) and ``GET /v1/model`` (kind, head, template, limits,
   batching counters).
 
-Comparisons from concurrent requests are scored together: a :class:`MicroBatcher` collects
-them for up to ``max_wait_ms`` or ``max_batch`` comparisons, then runs one forward in a
-worker thread. The queue is bounded (``max_queue`` comparisons pending: 503 with
+Comparisons (and judge conversations) from concurrent requests are scored together: a
+:class:`MicroBatcher` collects them for up to ``max_wait_ms`` or ``max_batch`` items, then
+runs one forward in a worker thread. The queue is bounded (``max_queue`` comparisons pending: 503 with
 ``Retry-After`` beyond it), as are a request (``max_request`` comparisons, ``max_body_bytes``
 bytes: 413) and each text (``max_text_chars``: 422). Bound beyond loopback, the server
 refuses to start without a token (``--token-env``, default ``NLHF_SERVE_TOKEN``); with a
@@ -147,14 +147,15 @@ class MicroBatcher:
     waiting at most ``max_wait`` seconds after the first, and runs ``fn`` on each batch in
     a worker thread (one at a time: ``lock``). At most ``max_queue`` items are pending."""
 
-    fn: Callable[[list[Any]], Sequence[float]]
+    fn: Callable[[list[Any]], Sequence[Any]]
+    """One result per item (a float for the preference and reward endpoints)."""
     max_batch: int
     max_wait: float
     max_queue: int
     lock: threading.Lock
     stats: BatchStats = field(default_factory=BatchStats)
     pending: int = 0
-    _queue: asyncio.Queue[tuple[Any, asyncio.Future[float]]] | None = None
+    _queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] | None = None
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -167,7 +168,7 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, items: list[Any]) -> list[float]:
+    async def submit(self, items: list[Any]) -> list[Any]:
         if self.pending + len(items) > self.max_queue:
             raise QueueFull
         assert self._queue is not None
@@ -211,9 +212,9 @@ class MicroBatcher:
                 continue
             for (_, fut), value in zip(live, values, strict=True):
                 if not fut.done():
-                    fut.set_result(float(value))
+                    fut.set_result(value)
 
-    def _locked(self, items: list[Any]) -> Sequence[float]:
+    def _locked(self, items: list[Any]) -> Sequence[Any]:
         with self.lock:
             return self.fn(items)
 
@@ -284,11 +285,12 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
-        pref_batcher.start()
-        reward_batcher.start()
+        batchers = (pref_batcher, reward_batcher, chat_batcher)
+        for batcher in batchers:
+            batcher.start()
         yield
-        await pref_batcher.stop()
-        await reward_batcher.stop()
+        for batcher in batchers:
+            await batcher.stop()
 
     app = FastAPI(title="nlhf preference server", version=nlhf.__version__, lifespan=lifespan)
 
@@ -361,6 +363,7 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
             "batching": {
                 "preference": pref_batcher.stats.__dict__,
                 "reward": reward_batcher.stats.__dict__,
+                "chat": chat_batcher.stats.__dict__,
             },
             "nlhf": nlhf.__version__,
         }
@@ -378,23 +381,33 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
         return {"rewards": await batched(reward_batcher, body.items)}
 
     @torch.no_grad()
-    def next_token(messages: list[dict[str, str]], k: int) -> tuple[int, torch.Tensor, list[int]]:
-        """The judge's next-token log-probabilities after the conversation: the tokenizer's
-        chat template with the assistant prompt when it has one, else the last user
-        message; no special tokens added (as ``llm_judge``), then the answers' shared
-        prefix."""
+    def next_tokens(conversations: list[list[dict[str, str]]]) -> list[torch.Tensor]:
+        """The judge's next-token log-probabilities (float64, vocabulary-sized) after each
+        conversation, in one right-padded forward: the tokenizer's chat template with the
+        assistant prompt when it has one, else the last user message; no special tokens
+        added (as ``llm_judge``), then the answers' shared prefix."""
         tok = model.tokenizer
-        if tok.chat_template:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = [m["content"] for m in messages if m["role"] == "user"][-1]
-        ids = tok(text, add_special_tokens=False).input_ids
-        ids = ids[-(model.config.max_length - len(model._suffix)) :] + model._suffix
-        row = torch.tensor([ids], dtype=torch.long, device=model.device)
-        logits = model.model(input_ids=row).logits[0, -1].double()
-        logp = torch.log_softmax(logits, dim=-1)
-        top = torch.topk(logp, k).indices.tolist() if k else []
-        return int(logp.argmax()), logp, top
+        rows = []
+        for messages in conversations:
+            if tok.chat_template:
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            else:
+                text = [m["content"] for m in messages if m["role"] == "user"][-1]
+            ids = tok(text, add_special_tokens=False).input_ids
+            rows.append(ids[-(model.config.max_length - len(model._suffix)) :] + model._suffix)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        logits = model.model(input_ids=ids, attention_mask=mask).logits
+        last = torch.tensor([len(r) - 1 for r in rows], device=model.device)
+        picked = logits[torch.arange(len(rows), device=model.device), last].double()
+        return list(torch.log_softmax(picked, dim=-1).cpu())
+
+    chat_batcher = MicroBatcher(next_tokens, options.max_batch, wait, options.max_queue, lock)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     async def chat(body: ChatRequest) -> dict[str, Any]:
@@ -403,8 +416,9 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
         if not any(m.role == "user" for m in body.messages):
             raise HTTPException(422, "messages: no user message to answer")
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        k = body.top_logprobs if body.logprobs else 0
-        best, logp, top = await asyncio.to_thread(_locked_call, lock, next_token, messages, k)
+        (logp,) = await batched(chat_batcher, [messages])
+        best = int(logp.argmax())
+        top = torch.topk(logp, body.top_logprobs).indices.tolist() if body.top_logprobs else []
         decode = model.tokenizer.decode
 
         def entry(i: int) -> dict[str, Any]:
@@ -432,11 +446,6 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
         }
 
     return app
-
-
-def _locked_call(lock: threading.Lock, fn: Callable[..., Any], *args: Any) -> Any:
-    with lock:
-        return fn(*args)
 
 
 def serve(
