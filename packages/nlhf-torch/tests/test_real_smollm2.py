@@ -135,10 +135,12 @@ def test_nash_md_pg_steps_and_checkpoint_loads_in_transformers(
     assert (ckpt / ("adapter_config.json" if lora else "model.safetensors")).is_file()
     # plain transformers (peft's integration for the adapter), not nlhf's loader
     if lora:
+        from nlhf_torch.models import peft_quietly
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, ckpt)
+        with peft_quietly():  # peft itself reads a deprecated transformers property
+            model = PeftModel.from_pretrained(base, ckpt)
     else:
         model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     model.eval()

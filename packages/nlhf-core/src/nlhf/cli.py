@@ -577,6 +577,9 @@ def get_app(*, plugins: bool = True) -> typer.Typer:
     from nlhf.preference.serve_cli import register as _register_serve
 
     _register_serve(app)  # `serve`: a preference model over HTTP
+    from nlhf.preference.eval_cli import register as _register_preference_eval
+
+    _register_preference_eval(app)  # `preference-eval`: a saved model on a pairs file
     if plugins:
         builtin = len(app.registered_commands)
         _add_plugin_commands(app)
