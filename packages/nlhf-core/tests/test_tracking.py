@@ -268,3 +268,18 @@ def test_mlflow_honours_a_given_tracking_uri(
     _, runs = mlflow_runs(store)
     assert len(runs) == 1
     assert os.environ["MLFLOW_TRACKING_URI"] == store.resolve().as_uri()
+
+
+def test_a_tracker_that_cannot_start_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow pointed at a store URI it has no store for: the run stops before anything
+    trains, naming the tracker; the trackers opened before it are closed."""
+    from nlhf.errors import NLHFError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    out = tmp_path / "run"
+    with pytest.raises(NLHFError, match=r"output\.report_to: mlflow could not start"):
+        train_spec(tabular_spec(out, ["tensorboard", "mlflow"]), out)
+    assert read_metrics(out) == []
+    assert tracking.active(out) is None

@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -327,7 +327,8 @@ def _mlflow_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in key)[:250]
 
 
-TRACKERS: dict[str, type[Tracker]] = {
+#: name -> constructor(directory, task, resumed_from)
+TRACKERS: dict[str, Callable[..., Tracker]] = {
     "tensorboard": TensorBoardTracker,
     "wandb": WandbTracker,
     "mlflow": MLflowTracker,
@@ -394,20 +395,26 @@ def open_trackers(
 ) -> Trackers:
     """Open every tracker of ``spec.output.report_to`` for the run directory ``output``
     and log the resolved spec; raises :class:`~nlhf.errors.InputError` (with the install
-    hint) when a library is missing."""
-    from nlhf.errors import InputError
+    hint) when a library is missing, :class:`~nlhf.errors.NLHFError` when a tracker
+    cannot start (those opened before it are closed)."""
+    from nlhf.errors import InputError, NLHFError
 
     output = Path(output)
     problems = tracking_problems(spec)
     if problems:
         raise InputError("; ".join(f"output.report_to.{loc[-1]}: {m}" for loc, m in problems))
     opened = Trackers(output, [])
-    try:
-        for name in dict.fromkeys(spec.output.report_to):
+    for name in dict.fromkeys(spec.output.report_to):
+        try:
             opened.trackers.append(TRACKERS[name](output / TRACKING_DIRS[name], task, resumed_from))
-    except BaseException:
-        opened.close(failed=True)
-        raise
+        except BaseException as exc:
+            opened.close(failed=True)
+            if not isinstance(exc, Exception):
+                raise
+            raise NLHFError(
+                f"output.report_to: {name} could not start ({type(exc).__name__}: {exc}); "
+                "fix its settings (docs/tracking.md) or remove it from output.report_to"
+            ) from exc
     opened.log_config(spec.model_dump(mode="json"))
     return opened
 
