@@ -1,6 +1,8 @@
-"""nox sessions for nlhf. They reuse the repository's ./.venv (created by
-``bash scripts/install.sh``, run first by every session and a fast no-op when up to date)
-instead of building one virtualenv per session, so torch is never reinstalled.
+"""nox sessions for nlhf.
+
+Daily work: these sessions reuse the repository's ./.venv (created by
+``bash scripts/install.sh``, run first by each of them and a fast no-op when up to date),
+so torch is never reinstalled.
 
     nox -s lint                    # ruff check + ruff format --check
     nox -s unit                    # core, torch and jax package tests + cross-backend tests
@@ -8,11 +10,30 @@ instead of building one virtualenv per session, so torch is never reinstalled.
     nox -s conformance             # the conformance kit, per backend
     nox -s "conformance(backend='numpy')"
     nox -s e2e                     # end-to-end runs (-m slow)
+    nox -s typecheck               # mypy over nlhf core (config: [tool.mypy] in pyproject.toml)
     nox -s bench                   # benchmarks/run.py
+
+Slim installs: each ``slim`` session builds its own virtualenv with uv (``pip install uv``
+into .venv), installs only one package and what it declares (non-editable, so packaging is
+tested too) plus pytest (core: its ``test`` extra), and runs that package's fast tests and
+the conformance kit for its backend. They catch a dependency that only the fat .venv
+provides.
+
+    nox -s slim                                     # every combination below
+    nox -s "slim(python='3.11', package='core')"    # nlhf-core alone, kit for numpy
+    nox -s "slim(python='3.11', package='torch')"   # core + nlhf-torch, kit for torch
+    nox -s "slim(python='3.11', package='jax')"     # core + nlhf-jax, kit for jax
+    nox -s "slim(python='3.13', package='jax')"     # core and jax also on 3.12 and 3.13
+
+torch runs on Python 3.11 only: it is pinned to the CPU wheel ``torch==2.13.0+cpu``
+(an unpinned torch pulls a multi-GB CUDA build), and the CPU wheel available here is
+cp311 only. It comes from ``$PIP_FIND_LINKS`` (a local wheel directory) when set,
+otherwise from the PyTorch CPU index.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -26,6 +47,29 @@ PACKAGES = {
     "cross": "tests",  # cross-backend tests (the conformance kit has its own session)
 }
 BACKENDS = ["numpy", "torch", "jax"]
+
+#: slim(package): what is installed (besides nlhf-core) and which tests run.
+SLIM = {
+    "core": ([], ["packages/nlhf-core/tests", "tests/conformance/test_conformance_numpy.py"]),
+    "torch": (
+        ["packages/nlhf-torch", "torch==2.13.0+cpu"],
+        ["packages/nlhf-torch/tests", "tests/conformance/test_conformance_torch.py"],
+    ),
+    "jax": (
+        ["packages/nlhf-jax"],
+        ["packages/nlhf-jax/tests", "tests/conformance/test_conformance_jax.py"],
+    ),
+}
+SLIM_MATRIX = [
+    ("3.11", "core"),
+    ("3.12", "core"),
+    ("3.13", "core"),
+    ("3.11", "torch"),  # the CPU torch wheel is cp311 only (see the module docstring)
+    ("3.11", "jax"),
+    ("3.12", "jax"),
+    ("3.13", "jax"),
+]
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 nox.options.sessions = ["lint", "unit", "conformance"]
 nox.options.default_venv_backend = "none"
@@ -68,6 +112,31 @@ def e2e(session: nox.Session) -> None:
     """End-to-end runs (tests marked slow)."""
     _install(session)
     _pytest(session, "-m", "slow", "-q")
+
+
+@nox.session(venv_backend="none")
+def typecheck(session: nox.Session) -> None:
+    """mypy over nlhf core (packages/nlhf-core/src/nlhf), configured in pyproject.toml."""
+    _install(session)
+    session.run(PYTHON, "-m", "pip", "install", "-q", "mypy", "types-PyYAML", external=True)
+    paths = session.posargs or ["packages/nlhf-core/src/nlhf"]
+    session.run(PYTHON, "-m", "mypy", *paths, external=True)
+
+
+@nox.session(venv_backend="uv")
+@nox.parametrize(("python", "package"), SLIM_MATRIX)
+def slim(session: nox.Session, package: str) -> None:
+    """One package in a fresh virtualenv: its declared dependencies only, then its fast
+    tests and the conformance kit for its backend (posargs replace the test paths)."""
+    extra, tests = SLIM[package]
+    core = "packages/nlhf-core[test]" if package == "core" else "packages/nlhf-core"
+    links = os.environ.get("PIP_FIND_LINKS")
+    source = ["--find-links", links] if links else ["--extra-index-url", TORCH_CPU_INDEX]
+    if package == "torch":
+        extra = [*extra, *source]
+    session.install(core, *extra, "pytest")
+    tests = session.posargs or tests
+    session.run("python", "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *tests)
 
 
 @nox.session(venv_backend="none")
