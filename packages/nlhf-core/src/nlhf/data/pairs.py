@@ -23,9 +23,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nlhf.errors import InputError
+
+if TYPE_CHECKING:
+    from nlhf.spec.models import DataSpec
 
 ASSISTANT_TAG = "\n\nAssistant:"
 PAIR_FORMATS = ("auto", "preference", "hh_rlhf")
@@ -125,7 +128,7 @@ def _check_label(value: Any, row: int, path: str) -> float:
 class _Budget:
     """Token (or character) budget and the truncation policy of ``DataSpec``."""
 
-    def __init__(self, spec: Any, codec: TextCodec | None, reserve: int, joint: bool) -> None:
+    def __init__(self, spec: DataSpec, codec: TextCodec | None, reserve: int, joint: bool) -> None:
         self.policy = spec.truncation
         self.max_length = spec.max_length - reserve
         self.max_prompt = spec.max_prompt_length

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nlhf.data.source import load_rows, require_columns
 from nlhf.errors import InputError
+
+if TYPE_CHECKING:
+    from nlhf.spec.models import DataSpec
 
 ASSISTANT_TAG = "\n\nAssistant:"
 BUILTIN_FORMATS = ("auto", "prompt", "preference", "hh_rlhf")
@@ -67,7 +70,7 @@ def _detect(columns: list[str], path: str) -> str:
     )
 
 
-def load_prompts(data_spec: Any) -> list[str]:
+def load_prompts(data_spec: DataSpec) -> list[str]:
     """Return the prompts of ``data_spec`` (a :class:`nlhf.spec.DataSpec`), in file order.
 
     Errors (:class:`InputError`): empty dataset, missing ``prompt`` column (naming the

@@ -8,9 +8,12 @@ is treated as a hub dataset name (needs network).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nlhf.errors import InputError
+
+if TYPE_CHECKING:
+    from nlhf.spec.models import DataSpec
 
 _BUILDERS = {
     ".json": "json",
@@ -25,7 +28,7 @@ def builder_for(path: Path) -> str | None:
     return _BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
-def load_rows(spec: Any, *, split: str | None = None) -> Any:
+def load_rows(spec: DataSpec, *, split: str | None = None) -> Any:
     """Return the ``datasets.Dataset`` for ``spec`` (a :class:`nlhf.spec.DataSpec`),
     with the column mapping applied, ``limit`` applied, and at least one row."""
     try:
@@ -77,7 +80,7 @@ def load_rows(spec: Any, *, split: str | None = None) -> Any:
     return ds
 
 
-def require_columns(ds: Any, needed: list[str], *, spec: Any, hint: str = "") -> None:
+def require_columns(ds: Any, needed: list[str], *, spec: DataSpec, hint: str = "") -> None:
     """Raise a clear error naming the columns found when ``needed`` are missing."""
     missing = [c for c in needed if c not in ds.column_names]
     if missing:

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from nlhf.evaluation.tabular import split_name, unique_names
 from nlhf.evaluation.winrate import WinRateMatrix, matrix_from_outcomes
 from nlhf.runio import atomic_write_text, latest_checkpoint, write_json
 from nlhf.training.progress import Progress
+
+if TYPE_CHECKING:
+    from nlhf.spec.models import RunSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 RESPONSE_KEYS = (
@@ -121,7 +124,7 @@ def _run_spec(run_dir: Path | None) -> Any:
         return None
 
 
-def complete_spec(spec: Any, entries: list[PolicyEntry]) -> Any:
+def complete_spec(spec: RunSpec, entries: list[PolicyEntry]) -> RunSpec:
     """Fill ``policy``, ``preference``, ``data`` and ``training.generation`` from the first
     run directory's resolved spec when the evaluation spec omits them."""
     base = next((s for e in entries if (s := _run_spec(e.run_dir)) is not None), None)
@@ -200,7 +203,7 @@ class EvalBackend:
     """Raise on a completed spec the backend cannot run, before any model loads."""
 
 
-def _resolve(spec: Any) -> tuple[Any, list[PolicyEntry], str]:
+def _resolve(spec: RunSpec) -> tuple[RunSpec, list[PolicyEntry], str]:
     """(completed spec, entries with unique names, reference path)."""
     if spec.eval is None or not spec.eval.policies:
         raise InputError("eval.policies: list the checkpoints or run directories to compare")
@@ -209,6 +212,7 @@ def _resolve(spec: Any) -> tuple[Any, list[PolicyEntry], str]:
         None if r else resolve_policy(e) for e, r in zip(spec.eval.policies, is_ref, strict=True)
     ]
     spec = complete_spec(spec, [e for e in found if e is not None])
+    assert spec.eval is not None and spec.policy is not None  # checked above / by complete_spec
     ref_path = spec.reference.model or spec.policy.model
     entries = [
         x if x is not None else resolve_policy(e, reference=ref_path)
@@ -235,7 +239,7 @@ def policy_stats(entry: PolicyEntry, rows: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[str, Any]:
+def evaluate_llm(spec: RunSpec, output: Path | None, backend: EvalBackend) -> dict[str, Any]:
     """Run a ``task: evaluate`` spec (module docstring); write ``winrate.csv``,
     ``winrate.json``, ``summary.json``, ``spec.resolved.yaml``, ``responses/``,
     ``comparisons/`` and (``output.plots``) ``plots/winrate.{png,svg}``; return the
@@ -246,6 +250,9 @@ def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[s
 
     start = time.perf_counter()
     spec, entries, ref_path = _resolve(spec)
+    # _resolve raised an InputError unless every section below is set
+    assert spec.eval is not None and spec.policy is not None
+    assert spec.data is not None and spec.preference is not None
     if backend.check is not None:
         backend.check(spec)
     names = [e.name for e in entries]
@@ -276,7 +283,7 @@ def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[s
     k = len(entries)
     with Progress(k + k * (k - 1) // 2, "evaluate") as bar:  # sample each policy, compare each pair
         for entry in entries:
-            bar.advance(policy=entry.name)
+            bar.advance(policy=entry.name)  # type: ignore[arg-type]  # str info
             stream = policy_stream(spec.seed, entry.name)
             policy_id = [str(entry.path.resolve()), fingerprint(entry.path), stream]
             h = content_hash({"policy": policy_id, **sampling})
@@ -306,7 +313,7 @@ def evaluate_llm(spec: Any, output: Path | None, backend: EvalBackend) -> dict[s
         new_cells = 0
         for i in range(k):
             for j in range(i + 1, k):
-                bar.advance(pair=f"{entries[i].name} vs {entries[j].name}")
+                bar.advance(pair=f"{entries[i].name} vs {entries[j].name}")  # type: ignore[arg-type]  # str info
                 fwd = out / "comparisons" / f"{hashes[i]}-{hashes[j]}-{pref_hash}.json"
                 bwd = out / "comparisons" / f"{hashes[j]}-{hashes[i]}-{pref_hash}.json"
                 if fwd.is_file():

@@ -14,10 +14,13 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nlhf.errors import InputError
 from nlhf.formatting import flatten, format_value
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;
@@ -135,12 +138,13 @@ def build_report(run_dir: Path, output: Path | None = None, *, title: str | None
         )
 
     if records:
+        curves: Figure | None
         try:
-            fig = plots.training_curves(records, title=run_dir.name)
+            curves = plots.training_curves(records, title=run_dir.name)
         except InputError:
-            fig = None
-        if fig is not None:
-            png = plots.save_figure(fig, plot_dir / "training_curves")[0]
+            curves = None
+        if curves is not None:
+            png = plots.save_figure(curves, plot_dir / "training_curves")[0]
             sections.append(
                 f"<h2>Training curves</h2><p class=note>{len(records)} records from "
                 f"metrics.jsonl</p>" + _img(Path(png), "training curves")

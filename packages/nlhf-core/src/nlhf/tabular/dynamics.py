@@ -300,8 +300,8 @@ def schedules(
         if algorithm != "mpo":
             _check_eta_tau(e, tau_t, t)
         etas[t], taus[t] = e, tau_t
-    t = np.arange(steps)
-    refresh = (t > 0) & (t % magnet_every == 0) if magnet_every else np.zeros(steps, bool)
+    ts = np.arange(steps)
+    refresh = (ts > 0) & (ts % magnet_every == 0) if magnet_every else np.zeros(steps, bool)
     return Schedules(etas, taus, refresh)
 
 

@@ -149,6 +149,8 @@ def game_from_spec(spec: RunSpec) -> Game:
         return random_game(pref.size or DEFAULT_RANDOM_SIZE, seed)
     if pref.seed is not None:
         raise InputError(f"preference.seed: applies only to `game: random` (game is {pref.game})")
+    if pref.game is None:
+        raise InputError("preference: give `game` (bt3, dice, rps, population, random) or `matrix`")
     return GAMES[pref.game]()
 
 

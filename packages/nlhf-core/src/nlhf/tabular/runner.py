@@ -13,10 +13,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from nlhf.algorithms.params import _TabularFields
 from nlhf.algorithms.schedules import Schedule
 from nlhf.errors import NLHFError
 from nlhf.tabular import dynamics
@@ -66,9 +67,12 @@ def resolve(spec: RunSpec) -> TabularProblem:
     mu = validate_reference(spec.reference.probs, game.size, where="reference.probs")
     algo = spec.algorithm
     magnet_every = None
+    eta: float | Literal["auto"]
     if algo is None:  # e.g. `task: evaluate`: solve the unregularised game
         name, tau, eta, steps, log_every = "nash_md", 0.0, "auto", dynamics.DEFAULT_STEPS, None
     else:
+        # RunSpec refuses an LLM algorithm with a tabular preference
+        assert isinstance(algo, _TabularFields), algo.name
         name, tau, eta = algo.name, getattr(algo, "tau", 0.0), algo.eta
         steps = 1 if name == "best_response" else (algo.steps or dynamics.DEFAULT_STEPS)
         log_every = algo.log_every
@@ -231,7 +235,7 @@ def train_spec(
                         writer.log(last)
                 played = sums[-1]
                 log_pi = rows[-1]
-                bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")
+                bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")  # type: ignore[arg-type]  # str info: Progress takes it
         policy = np.exp(log_pi)
         summary: dict[str, Any] = {
             "backend": backend,
