@@ -315,6 +315,12 @@ def test_unsupported_adapters_and_models_keep_a_reason():
         LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]),
     )
     assert "modules_to_save" in fastdecode.unsupported_reason(saved)
+    from peft import PrefixTuningConfig
+
+    prefix = get_peft_model(
+        _model("llama", 0), PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM")
+    )
+    assert "peft adapter type" in fastdecode.unsupported_reason(prefix)
     long = _config("phi3")
     long.rope_parameters = {
         "rope_type": "longrope",
@@ -371,3 +377,76 @@ def test_memory_check_falls_back_with_its_reason(monkeypatch):
         pad_token_id=PAD,
     )
     assert out.decode_path == "fused"
+
+
+ZERO3_SCRIPT = """
+import os, sys, json
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0", DS_ACCELERATOR="cpu")
+import torch, deepspeed
+from transformers import AutoModelForCausalLM
+from nlhf_torch import fastdecode
+from nlhf_torch.generation import generate_pairs
+
+deepspeed.init_distributed(dist_backend="gloo")
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+reference = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+cfg = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 2,
+       "zero_optimization": {"stage": 3}}
+engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+policy = engine.module
+ids = torch.tensor([[1, 5, 6, 7, 8], [1, 1, 9, 10, 11]])
+mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+u = torch.rand(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+kw = dict(beta=0.5, max_new_tokens=5, temperature=1.0, eos_token_id=None, pad_token_id=0,
+          uniforms=u, return_reference_logits=True)
+before = all(p.numel() == 0 for p in policy.parameters())
+fast = generate_pairs(policy, reference, ids, mask, fast_decode=True, **kw)
+released = all(p.numel() == 0 for p in policy.parameters())  # before the HF path runs
+slow = generate_pairs(policy, reference, ids, mask, fast_decode=False, **kw)
+print(json.dumps({
+    "reason": fastdecode.unsupported_reason(policy),
+    "partitioned": fastdecode.partitioned(policy),
+    "path": [fast.decode_path, slow.decode_path],
+    "same_tokens": bool(torch.equal(fast.y, slow.y) and torch.equal(fast.y_prime, slow.y_prime)),
+    "ref_max_diff": float((fast.reference_logits - slow.reference_logits).abs().max()),
+    "partitioned_before": before,
+    "released": released,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_policy_is_gathered_once_and_released(tmp_path):
+    """A ZeRO-3 engine's partitioned policy decodes fused: its parameters are gathered for
+    the generation and partitioned again afterwards; tokens equal the HF path (which
+    fetches parameters module by module through ZeRO-3's hooks)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(_config("qwen3")).save_pretrained(tmp_path / "m")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    script = tmp_path / "zero3.py"
+    script.write_text(ZERO3_SCRIPT)
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "m"), port],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["reason"] is None and out["partitioned"] and out["partitioned_before"]
+    assert out["path"][0] == "fused" and out["path"][1].startswith("hf")
+    assert out["same_tokens"]
+    assert out["ref_max_diff"] <= tolerance("float32", "model").atol
+    assert out["released"]

@@ -46,11 +46,16 @@ allocates — those copies plus the static KV cache of every group — is estima
 device's free memory. (A former ``MAX_PARAMS = 200M`` cap existed because every weight was
 copied per call; copies are now confined to small models.)
 
+DeepSpeed: ZeRO 1/2 engines keep whole parameters and decode as they are; ZeRO-3
+partitioned parameters are gathered once per generation (:func:`gathered`,
+``deepspeed.zero.GatheredParameters``) and partitioned again when it ends, instead of
+ZeRO-3's module-by-module fetch and release on every forward of the HF path.
+
 Everything else takes the HF path with a precise reason (:func:`unsupported_reason`,
-recorded as a run's ``decode_path``): other architectures, DoRA/merged/biased LoRA and
-``modules_to_save``, DeepSpeed ZeRO-3 partitioned parameters, modules with forward hooks
-other than a DeepSpeed engine's own two on the root (so ZeRO 1/2 engines decode fast),
-dynamic/longrope rope, ``pretraining_tp``.
+recorded as a run's ``decode_path``): other architectures, peft adapters other than LoRA,
+DoRA/merged/biased LoRA and ``modules_to_save``, modules with forward hooks other than a
+DeepSpeed engine's own (its two root hooks, ZeRO-3's offload hooks), dynamic/longrope
+rope, ``pretraining_tp``.
 On by default; ``NLHF_FAST_DECODE=0`` turns the fast path off (the HF path runs).
 """
 
@@ -109,6 +114,7 @@ class _Resolved:
 
     hf: Any
     adapter: bool
+    peft: Any = None
 
 
 def _resolve(model: Any) -> _Resolved:
@@ -117,9 +123,10 @@ def _resolve(model: Any) -> _Resolved:
     from nlhf_torch.models import AdapterDisabled
 
     if isinstance(model, AdapterDisabled):
-        return _Resolved(_resolve(model._policy[0]).hf, adapter=False)
-    if hasattr(model, "peft_config"):
-        return _Resolved(model.get_base_model(), adapter=True)
+        inner = _resolve(model._policy[0])
+        return _Resolved(inner.hf, adapter=False, peft=inner.peft)
+    if type(model).__module__.startswith("peft.") and hasattr(model, "get_base_model"):
+        return _Resolved(model.get_base_model(), adapter=True, peft=model)
     return _Resolved(model, adapter=False)
 
 
@@ -167,7 +174,7 @@ def unsupported_reason(model: Any) -> str | None:
     reproduces its forward exactly (recorded as a run's ``decode_path``)."""
     try:
         res = _resolve(model)
-        peft = res.hf is not model
+        peft = res.peft is not None
         hf = res.hf
         name = type(hf).__name__
         cfg = hf.config
@@ -175,6 +182,9 @@ def unsupported_reason(model: Any) -> str | None:
             fused = ", ".join(sorted(_CLASSES))
             return f"architecture {name} (fused: {fused})"
         if peft:
+            kinds = {str(c.peft_type) for c in res.peft.peft_config.values()}
+            if kinds - {"LORA", "PeftType.LORA"}:
+                return f"peft adapter type {', '.join(sorted(kinds))} (fused: LoRA)"
             for mod in hf.modules():
                 if type(mod).__name__ == "ModulesToSaveWrapper":
                     return "peft modules_to_save (a trained copy of a whole module)"
@@ -191,11 +201,12 @@ def unsupported_reason(model: Any) -> str | None:
             return "logit scaling"
         params = list(hf.named_parameters())
         dtype, device = hf.lm_head.weight.dtype, hf.lm_head.weight.device
+        zero3 = partitioned(hf)
         for pname, p in params:
-            if hasattr(p, "ds_id"):
-                return "DeepSpeed ZeRO-3 partitioned parameters"
+            if zero3 and not hasattr(p, "ds_id"):
+                return "ZeRO-3 with parameters outside DeepSpeed's partitioning"
             lora = peft and ".lora_" in pname  # peft keeps adapters in float32 by default
-            if (p.dtype != dtype and not lora) or p.device != device or p.numel() == 0:
+            if (p.dtype != dtype and not lora) or p.device != device or _numel(p) == 0:
                 return "parameters of mixed dtypes or devices"
         if dtype not in _DTYPES:
             return (
@@ -217,7 +228,7 @@ def unsupported_reason(model: Any) -> str | None:
                 return "an MLP without an activation module"
         roots = (model, hf) if peft else (model,)
         for mod in hf.modules():
-            if _foreign_hooks(mod, root=mod in roots):
+            if _foreign_hooks(mod, root=mod in roots, zero3=zero3):
                 return "forward hooks on the model"
         return None
     except Exception as exc:  # an unexpected model layout: the HF path is always correct
@@ -228,15 +239,56 @@ def _deepspeed_engine_hook(hook: Any) -> bool:
     return getattr(hook, "__qualname__", "").startswith("DeepSpeedEngine.")
 
 
-def _foreign_hooks(module: torch.nn.Module, *, root: bool) -> bool:
+def _zero3_hook(hook: Any) -> bool:
+    """A hook of ZeRO-3's parameter offload (``deepspeed.runtime.zero``), also when wrapped
+    by ``deepspeed.utils.nvtx.instrument_w_nvtx``."""
+    if getattr(hook, "__module__", "") == "deepspeed.utils.nvtx":
+        cells = [c.cell_contents for c in hook.__closure__ or ()]
+        hook = next((c for c in cells if callable(c)), hook)
+    return getattr(hook, "__module__", "").startswith("deepspeed.runtime.zero.")
+
+
+def _foreign_hooks(module: torch.nn.Module, *, root: bool, zero3: bool = False) -> bool:
     """Whether ``module`` has forward hooks the fast path would skip. The two hooks a
     DeepSpeed engine puts on its root module are exempt: they keep timers and the flops
     profiler, cast fp16 inputs and flag ZeRO-3 parameter discovery, none of which concerns
-    a ZeRO 1/2 sampling pass (ZeRO-3 is refused by the ``ds_id`` check)."""
+    a sampling pass; so are ZeRO-3's per-module fetch/release hooks on a partitioned model,
+    whose work :func:`gathered` does once for the whole generation."""
     hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
     if root:
         hooks = [h for h in hooks if not _deepspeed_engine_hook(h)]
+    if zero3:
+        hooks = [h for h in hooks if not _zero3_hook(h)]
     return bool(hooks)
+
+
+def partitioned(model: Any) -> bool:
+    """Whether ``model`` holds DeepSpeed ZeRO-3 partitioned parameters (``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in _resolve(model).hf.parameters())
+
+
+def _shape(p: torch.Tensor) -> tuple[int, ...]:
+    """A parameter's shape, its full shape when ZeRO-3 partitions it (``ds_shape``)."""
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
+def _numel(p: torch.Tensor) -> int:
+    """Elements of a parameter, its full size when ZeRO-3 partitions it (``ds_numel``)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def gathered(models: list[Any]) -> Any:
+    """A context gathering the ZeRO-3 partitioned parameters of ``models`` once (every rank
+    enters it together, as every rank calls the generator) and partitioning them again on
+    exit (``deepspeed.zero.GatheredParameters``); a no-op without ZeRO-3."""
+    import contextlib
+
+    params = {id(p): p for m in models for p in _resolve(m).hf.parameters() if hasattr(p, "ds_id")}
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None)
 
 
 def _eps(norm: Any) -> float:
@@ -271,7 +323,7 @@ def signature(model: Any) -> tuple[Any, ...]:
     layer = hf.model.layers[0]
     attn = layer.self_attn
     mods = [*_attn_linears(layer), attn.o_proj, *_mlp_linears(layer), layer.mlp.down_proj]
-    shapes = tuple((tuple(_base(m).weight.shape), _base(m).bias is not None) for m in mods)
+    shapes = tuple((_shape(_base(m).weight), _base(m).bias is not None) for m in mods)
     norms = [n for lyr in hf.model.layers for n in _layer_norms(lyr).values()]
     eps = tuple(_eps(n) for n in [*norms, hf.model.norm])
     return (
@@ -283,7 +335,7 @@ def signature(model: Any) -> tuple[Any, ...]:
         float(attn.scaling),
         shapes,
         hf.lm_head.bias is not None,
-        tuple(hf.lm_head.weight.shape),
+        _shape(hf.lm_head.weight),
         eps,
         tuple(_windows(hf)),
         tuple(_rope_keys(hf)),
@@ -319,7 +371,7 @@ def _base(mod: Any) -> torch.nn.Linear:
 
 
 def _n_params(hf: Any) -> int:
-    return sum(p.numel() for p in hf.parameters())
+    return sum(_numel(p) for p in hf.parameters())
 
 
 def memory_needed(
@@ -327,9 +379,10 @@ def memory_needed(
 ) -> int:
     """Bytes the fused path allocates for groups ``models`` (each a list of members) serving
     ``rows[g]`` rows: the static KV cache 2·layers·M·R·kv·(P+T)·d, the last-position logits
-    M·R·V (and as many again for the sampler), and, for models of at most
-    :data:`FUSE_MAX_PARAMS` parameters, the stacked/fused weight copies (at most the
-    members' own parameters)."""
+    M·R·V (and as many again for the sampler), for models of at most
+    :data:`FUSE_MAX_PARAMS` parameters the stacked/fused weight copies (at most the
+    members' own parameters), and the gathered weights of ZeRO-3 partitioned models.
+    Shapes are read from the configs, so partitioned (empty) parameters count in full."""
     total = 0
     for members, r in zip(models, rows, strict=True):
         hf = _resolve(members[0]).hf
@@ -339,11 +392,13 @@ def memory_needed(
         m = len(members)
         kv = 2 * len(hf.model.layers) * m * r * int(cfg.num_key_value_heads)
         total += kv * (prompt_len + max_new_tokens) * int(attn.head_dim) * size
-        total += 2 * m * r * int(hf.lm_head.weight.shape[0]) * 4
+        total += 2 * m * r * int(hf.lm_head.out_features) * 4
         distinct = {id(_resolve(x).hf): _resolve(x).hf for x in members}
         for model in distinct.values():
             n = _n_params(model)
             if n <= FUSE_MAX_PARAMS:
+                total += n * size
+            if partitioned(model):  # gathered whole for the generation
                 total += n * size
     return total
 

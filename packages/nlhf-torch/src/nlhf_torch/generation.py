@@ -43,6 +43,7 @@ docs/distributed.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,11 +186,12 @@ def _gather(
 
 
 def _fast_groups(
-    streams: list[_Stream], max_new_tokens: int, prompt_len: int
+    streams: list[_Stream], max_new_tokens: int, prompt_len: int, gather: ExitStack
 ) -> tuple[list[tuple[fastdecode.FastGroup, list[_Stream]]] | None, str]:
     """Streams grouped for the fused decoder (same rows, same architecture → one stacked
     group) and ``"fused"``, or None and ``"hf: <why>"`` when any model needs the HF path
-    or the fused path's static KV cache and weight copies exceed the free memory."""
+    or the fused path's static KV cache and weight copies exceed the free memory. ZeRO-3
+    partitioned parameters are gathered once into ``gather`` (released when it closes)."""
     models = {id(s.model): s.model for s in streams}
     for m in models.values():
         reason = fastdecode.unsupported_reason(m)
@@ -212,13 +214,26 @@ def _fast_groups(
         prompt_len,
         max_new_tokens,
     )
-    free = fastdecode.free_memory(streams[0].rows.device)
-    if free is not None and need > free:
+    device = streams[0].rows.device
+    free = fastdecode.free_memory(device)
+    too_big = free is not None and need > free
+    zero3 = any(fastdecode.partitioned(m) for m in models.values())
+    if zero3 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([int(too_big)], device=device)  # every rank gathers, or none
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        too_big = bool(flag.item())
+    if too_big:
         gib = 2**30
+        where = (
+            f"{free / gib:.2f} GiB are free"
+            if free is not None and need > free
+            else ("another rank lacks that much free memory")
+        )
         return None, (
             f"hf: the fused decode needs {need / gib:.2f} GiB (static KV cache, logits, weight "
-            f"copies) but {free / gib:.2f} GiB are free"
+            f"copies) but {where}"
         )
+    gather.enter_context(fastdecode.gathered(list(models.values())))
     memo: dict[tuple[int, ...], Any] = {}
     groups = [
         (
@@ -324,9 +339,10 @@ def generate_pairs(
     was_training = [(s.model, s.model.training) for s in streams]
     for s in streams:
         s.model.eval()
+    gather = ExitStack()
     try:
         groups, decode_path = (
-            _fast_groups(streams, max_new_tokens, input_ids.shape[1])
+            _fast_groups(streams, max_new_tokens, input_ids.shape[1], gather)
             if fast_decode
             else (None, "hf: NLHF_FAST_DECODE=0 or fast_decode=False")
         )
@@ -404,6 +420,7 @@ def generate_pairs(
                     s.drop_finished(finished)
                 forward_calls += s.step(tok, full_mask)
     finally:
+        gather.close()  # ZeRO-3: partition the gathered parameters again
         for model, mode in was_training:
             model.train(mode)
 
