@@ -208,6 +208,21 @@ def test_architecture_matches_hf(arch):
     _check_parity(policy, reference, "float64")
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "phi3"])
+def test_large_model_path_uses_the_parameters_in_place(arch, monkeypatch):
+    """Above FUSE_MAX_PARAMS nothing is stacked or concatenated: each member's matmuls read
+    its own parameter tensors (Phi-3's fused qkv_proj as it is); tokens still match."""
+    monkeypatch.setattr(fastdecode, "FUSE_MAX_PARAMS", 0)
+    policy, reference = _model(arch, 0), _model(arch, 1)
+    group = fastdecode.FastGroup([policy, reference], torch.arange(2 * B), MAX_NEW)
+    qkv = group.layers[0]["qkv"]
+    assert not qkv.shared and not qkv.fuse
+    attn = reference.model.layers[0].self_attn
+    own = attn.qkv_proj.weight if arch == "phi3" else attn.q_proj.weight
+    assert qkv.w[1][0].data_ptr() == own.data_ptr()
+    _check_parity(policy, reference, "float64")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_architecture_bfloat16_matches_hf(arch):
