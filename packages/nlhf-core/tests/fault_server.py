@@ -7,7 +7,8 @@ of ``/v1/preference``, ``/v1/model`` and ``/v1/chat/completions`` do: ``ok`` (pr
 ``p``; a chat verdict with logprobs ln p / ln(1 − p) for "1" / "2"), ``status`` (HTTP N
 with ``Retry-After: S`` for the next ``count`` requests, then ok), ``malformed`` (a body of
 the wrong shape), ``garbage`` (not JSON), ``slow`` (sleep S seconds first, ``count``
-times), ``text`` (a chat verdict "2" without logprobs). ``GET /stats`` counts requests.
+times), ``text`` (a chat verdict "2" without logprobs); ``/v1/model`` always answers, with
+``max_request`` as its limit. ``GET /stats`` counts requests.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 app = FastAPI()
-STATE: dict[str, Any] = {"mode": "ok", "count": 0, "delay": 0.0, "status": 503, "p": 0.25}
+STATE: dict[str, Any] = {
+    "mode": "ok",
+    "count": 0,
+    "delay": 0.0,
+    "status": 503,
+    "p": 0.25,
+    "max_request": 256,
+}
 SEEN: dict[str, int] = {}
 
 
@@ -64,7 +72,8 @@ async def misbehave(path: str) -> Any:
 
 @app.get("/v1/model")
 async def model() -> Any:
-    return await misbehave("model") or {"kind": "pairwise", "head": "lm"}
+    SEEN["model"] = SEEN.get("model", 0) + 1  # always answers: the faults hit the scoring
+    return {"kind": "pairwise", "head": "lm", "limits": {"max_request": int(STATE["max_request"])}}
 
 
 @app.post("/v1/preference")

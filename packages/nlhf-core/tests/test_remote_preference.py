@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def control(server: Any, **state: Any) -> None:
-    base = {"mode": "ok", "count": 0, "delay": 0.0, "status": 503, "p": 0.25}
+    base = {"mode": "ok", "count": 0, "delay": 0.0, "status": 503, "p": 0.25, "max_request": 256}
     httpx.post(server.url + "/control", json={**base, **state}, timeout=10).raise_for_status()
 
 
@@ -70,6 +70,14 @@ def test_remote_scores_in_batches(server: Any) -> None:
     np.testing.assert_array_equal(scorer.prob(X, A, B), [0.25, 0.25, 0.25])
     assert seen(server, "preference") == 2  # 3 comparisons, 2 per request
     assert scorer.has_reward() is False
+
+
+def test_requests_respect_the_servers_limit(server: Any) -> None:
+    control(server, max_request=2)
+    scorer = remote(server, batch_size=64)
+    np.testing.assert_array_equal(scorer.prob(X, A, B), [0.25] * 3)
+    assert seen(server, "preference") == 2  # 3 comparisons, at most 2 per request
+    assert seen(server, "model") == 1  # asked once
 
 
 def test_transient_5xx_is_retried(server: Any) -> None:

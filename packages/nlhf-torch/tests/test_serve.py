@@ -167,10 +167,10 @@ def test_request_limits(judge_server: Any) -> None:
     assert post(judge_server, "/v1/preference", {"comparisons": []}).status_code == 422
     bad = {"comparisons": [{"prompt": "x", "response_a": "a"}]}
     assert post(judge_server, "/v1/preference", bad).status_code == 422
-    with pytest.raises(RemotePreferenceError, match="HTTP 413"):
-        RemoteScorer(RemotePreference(url=judge_server.url, batch_size=64)).prob(
-            PROMPTS * 3, YS * 3, YPS * 3
-        )
+    scorer = RemoteScorer(RemotePreference(url=judge_server.url, batch_size=64))
+    assert scorer.request_size() == 8  # capped by the server's --max-request
+    assert scorer.prob(PROMPTS * 3, YS * 3, YPS * 3).shape == (12,)
+    assert scorer.http.requests == 1 + 2  # /v1/model, then 12 comparisons in 8 + 4
 
 
 def test_the_queue_is_bounded() -> None:

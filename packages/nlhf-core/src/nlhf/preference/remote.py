@@ -199,12 +199,20 @@ class RemoteScorer:
     def has_reward(self) -> bool:
         return self.info()["kind"] == "bradley_terry"
 
+    def request_size(self) -> int:
+        """Comparisons per request: ``batch_size``, capped by the server's ``max_request``
+        (from ``/v1/model``) so that no request is refused for its size."""
+        limit = (self.info().get("limits") or {}).get("max_request")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
+            return min(self.spec.batch_size, limit)
+        return self.spec.batch_size
+
     def prob(
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
     ) -> np.ndarray:
         prompts, ys, y_primes = check_comparisons(prompts, ys, y_primes)
         out: list[float] = []
-        size = self.spec.batch_size
+        size = self.request_size()
         for i in range(0, len(prompts), size):
             chunk = [
                 {"prompt": x, "response_a": a, "response_b": b}
@@ -229,7 +237,7 @@ class RemoteScorer:
                 f"at {self.spec.url} is pairwise; serve a Bradley–Terry reward model"
             )
         out: list[float] = []
-        size = self.spec.batch_size
+        size = self.request_size()
         for i in range(0, len(prompts), size):
             items = [
                 {"prompt": x, "response": y}

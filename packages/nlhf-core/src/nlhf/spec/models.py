@@ -229,7 +229,8 @@ class RemotePreference(Section):
     backoff: PositiveFloat = 0.5
     """Seconds before the first retry; doubled each retry (a Retry-After header wins)."""
     batch_size: PositiveInt = 64
-    """Comparisons per request (the server batches across clients)."""
+    """Comparisons per request, at most the server's ``max_request`` (the server batches
+    across clients)."""
 
     @field_validator("url")
     @classmethod
