@@ -576,6 +576,7 @@ class FastGroup:
         half = self.dtype_of(hf0) in (torch.float16, torch.bfloat16)
         eager = getattr(cfg, "_attn_implementation", None) == "eager"
         self.softmax_dtype = torch.float32 if half or eager else None
+        self.sdpa_prefill = getattr(cfg, "_attn_implementation", None) == "sdpa"
         self.windows = _windows(hf0)
         self.rope_keys = _rope_keys(hf0)
         self.eps_final = _eps(hf0.model.norm)
@@ -638,9 +639,19 @@ class FastGroup:
         """softmax(cap(q kᵀ · scaling) + mask) v per KV head: q (M, R, nh, S, d), keys/values
         (M, R, kv, L, d), additive mask (R, 1, S, L); the softmax in float32 for
         half-precision models and wherever transformers runs its eager attention
-        (``softmax(dtype=float32)``, even for float64 models)."""
+        (``softmax(dtype=float32)``, even for float64 models). The prefill of a model that
+        transformers runs with SDPA uses ``scaled_dot_product_attention`` too."""
         m, r, nh, s, d = q.shape
         nkv, g, n_keys = self.n_kv, nh // self.n_kv, keys.shape[3]
+        if s > 1 and self.sdpa_prefill:  # prefill: memory-efficient kernels where HF uses them
+            return F.scaled_dot_product_attention(
+                q.reshape(m * r, nh, s, d),
+                keys.reshape(m * r, nkv, n_keys, d),
+                values.reshape(m * r, nkv, n_keys, d),
+                attn_mask=mask.repeat(m, 1, 1, 1),
+                scale=self.scaling,
+                enable_gqa=nh != nkv,
+            ).view(m, r, nh, s, d)
         qg = q.reshape(m * r, nkv, g * s, d)
         scores = qg @ keys.reshape(m * r, nkv, n_keys, d).mT
         scores = scores.view(m, r, nkv, g, s, n_keys) * self.scaling
