@@ -50,6 +50,10 @@ def _config(arch: str):
         return tf.LlamaConfig(**SMALL)
     if arch == "qwen2":
         return tf.Qwen2Config(**SMALL, attention_bias=True)
+    if arch == "qwen2-sliding":
+        return tf.Qwen2Config(
+            **SMALL, use_sliding_window=True, sliding_window=WINDOW, layer_types=SLIDING[::-1]
+        )
     if arch == "qwen3":
         return tf.Qwen3Config(**SMALL)
     if arch == "qwen3-sliding":
@@ -198,7 +202,7 @@ def test_half_precision_matches_hf(arch, dtype):
     _check_parity(policy, reference, dtype)
 
 
-ARCHS = ["qwen3", "qwen3-sliding", "mistral", "gemma2", "gemma3", "phi3"]
+ARCHS = ["qwen2-sliding", "qwen3", "qwen3-sliding", "mistral", "gemma2", "gemma3", "phi3"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
