@@ -11,6 +11,7 @@ so torch is never reinstalled.
     nox -s "conformance(backend='numpy')"
     nox -s e2e                     # end-to-end runs (-m slow)
     nox -s typecheck               # mypy over nlhf core (config: [tool.mypy] in pyproject.toml)
+    nox -s docs                    # mkdocs build --strict of the docs site (mkdocs.yml)
     nox -s bench                   # benchmarks/run.py
 
 Slim installs: each ``slim`` session builds its own virtualenv with uv (``pip install uv``
@@ -34,6 +35,7 @@ otherwise from the PyTorch CPU index.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import nox
@@ -137,6 +139,17 @@ def slim(session: nox.Session, package: str) -> None:
     session.install(core, *extra, "pytest")
     tests = session.posargs or tests
     session.run("python", "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *tests)
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """The docs site (mkdocs.yml): mkdocs build --strict into a temporary directory, so a
+    broken link, anchor or nav entry fails. Preview it with ``.venv/bin/mkdocs serve``."""
+    _install(session)
+    session.run(PYTHON, "-m", "pip", "install", "-q", "-r", "docs/requirements.txt", external=True)
+    site = tempfile.mkdtemp(prefix="nlhf-site-")
+    session.run(PYTHON, "-m", "mkdocs", "build", "--strict", "--site-dir", site, external=True)
+    session.log(f"site built in {site}")
 
 
 @nox.session(venv_backend="none")

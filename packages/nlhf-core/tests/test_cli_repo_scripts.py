@@ -45,6 +45,7 @@ def test_cli_install_pins_torch_before_packages() -> None:
     for package in ("nlhf-torch", "nlhf-jax", "pytest", "ruff", "nox", "matplotlib"):
         assert package in text, package
     assert "examples/nlhf-example-backend" in text
+    assert "-r docs/requirements.txt" in text  # the docs site's tools (mkdocs.yml)
 
 
 @pytest.mark.parametrize("script", ["scripts/install.sh", "scripts/test.sh", ".ci/run"])
@@ -71,7 +72,7 @@ def test_cli_nox_sessions() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     names = set(nox.registry.get())
-    assert {"lint", "unit", "conformance", "e2e", "bench"} <= names
+    assert {"lint", "unit", "conformance", "e2e", "bench", "docs"} <= names
     assert set(module.PACKAGES) == {"core", "torch", "jax", "cross"}
     assert module.BACKENDS == ["numpy", "torch", "jax"]
     for test_dir in module.PACKAGES.values():

@@ -35,3 +35,10 @@ def test_spec_docs_cover_every_section_and_field() -> None:
     assert "## TabularPreference" in text and "## NashMDPG" in text
     for name in TabularPreference.model_fields:
         assert f"| `{name}` |" in text, name
+
+
+def test_spec_docs_do_not_inherit_pydantic_docstrings() -> None:
+    """A model without its own docstring gets none, not pydantic BaseModel's."""
+    text = _generator().render()
+    assert "A base class for creating Pydantic models" not in text
+    assert "concepts/models.md" not in text
