@@ -72,6 +72,8 @@ SLIM_MATRIX = [
     ("3.13", "jax"),
 ]
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: test tools of the backend slims (core's remote-preference fault server runs on uvicorn)
+TEST_TOOLS = ["pytest", "fastapi", "uvicorn"]
 
 nox.options.sessions = ["lint", "unit", "conformance"]
 nox.options.default_venv_backend = "none"
@@ -136,7 +138,7 @@ def slim(session: nox.Session, package: str) -> None:
     source = ["--find-links", links] if links else ["--extra-index-url", TORCH_CPU_INDEX]
     if package == "torch":
         extra = [*extra, *source]
-    session.install(core, *extra, "pytest")
+    session.install(core, *extra, *(["pytest"] if package == "core" else TEST_TOOLS))
     tests = session.posargs or tests
     session.run("python", "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *tests)
 
