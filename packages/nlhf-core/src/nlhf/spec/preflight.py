@@ -344,16 +344,17 @@ def preflight_problems(
 ) -> list[tuple[Loc, str]]:
     """Every problem of ``spec`` on this installation and machine: an oracle that no
     installed plugin registers (or options it does not take), an encoder model where a
-    causal LM is needed (:func:`nlhf.packaged.role_problems`), the output directory
+    causal LM is needed or a packaged model whose package is not installed
+    (:func:`nlhf.packaged.model_problems`), the output directory
     (unless ``outputs`` is false: ``nlhf solve`` writes none), and memory."""
     problems: list[tuple[Loc, str]] = []
     if isinstance(spec.preference, OraclePreference):
         from nlhf.spec.load import oracle_problems
 
         problems += oracle_problems(spec.preference.function, spec.preference.options)
-    from nlhf.packaged import role_problems
+    from nlhf.packaged import model_problems
 
-    problems += role_problems(spec)  # an encoder where a causal LM is needed
+    problems += model_problems(spec)  # an encoder as a causal LM; a packaged model missing
     from nlhf.tracking import tracking_problems
 
     problems += tracking_problems(spec)  # output.report_to: each library installed
