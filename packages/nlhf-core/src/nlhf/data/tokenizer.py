@@ -8,6 +8,7 @@ tokens a judge template adds), shared by both backends' preference models.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,17 +70,37 @@ def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
     return chat_template if chat_template is not None else bool(tokenizer.chat_template)
 
 
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def dialogue_messages(prompt: str) -> list[dict[str, str]]:
+    """The chat messages of ``prompt``. An HH-RLHF dialogue prefix (what ``data.format:
+    hh_rlhf`` makes: ``"\\n\\nHuman: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:"``) becomes
+    its alternating user / assistant turns, the final empty ``Assistant:`` left to the
+    template's generation prompt; any other text is one user turn."""
+    if not (prompt.startswith("\n\nHuman:") and prompt.endswith("\n\nAssistant:")):
+        return [{"role": "user", "content": prompt}]
+    parts = HH_TURN.split(prompt)[1:]  # role, text, role, text, ..., "Assistant", ""
+    turns = [(HH_ROLES[parts[i]], parts[i + 1].strip()) for i in range(0, len(parts), 2)]
+    roles = [role for role, _ in turns[:-1]]
+    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+        return [{"role": "user", "content": prompt}]  # not alternating: leave it whole
+    return [{"role": role, "content": text} for role, text in turns[:-1]]
+
+
 def format_prompt(
     tokenizer: Any, prompt: str, chat_template: bool | None, field: str = "policy.chat_template"
 ) -> str:
-    """Wrap ``prompt`` as the user turn of the tokenizer's chat template, followed by the
-    assistant's generation prompt, when asked (default: when it has one)."""
+    """Render ``prompt`` with the tokenizer's chat template, followed by the assistant's
+    generation prompt, when asked (default: when it has one): one user turn, or the turns
+    of an HH-RLHF dialogue (:func:`dialogue_messages`)."""
     if not uses_chat_template(tokenizer, chat_template):
         return prompt
     if not tokenizer.chat_template:
         raise InputError(f"{field}: the tokenizer has no chat template; set chat_template: false")
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        dialogue_messages(prompt), tokenize=False, add_generation_prompt=True
     )
 
 
