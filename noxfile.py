@@ -29,7 +29,8 @@ provides.
 torch runs on Python 3.11 only: it is pinned to the CPU wheel ``torch==2.13.0+cpu``
 (an unpinned torch pulls a multi-GB CUDA build), and the CPU wheel available here is
 cp311 only. It comes from ``$PIP_FIND_LINKS`` (a local wheel directory) when set,
-otherwise from the PyTorch CPU index.
+otherwise from the PyTorch CPU index. The interpreters must be on PATH (with pyenv:
+``pyenv shell 3.11 3.12 3.13``); a missing one is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ TEST_TOOLS = ["pytest", "fastapi", "uvicorn"]
 
 nox.options.sessions = ["lint", "unit", "conformance"]
 nox.options.default_venv_backend = "none"
+nox.options.error_on_missing_interpreters = True  # a slim session never passes by skipping
 
 
 def _install(session: nox.Session) -> None:
