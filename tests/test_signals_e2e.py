@@ -6,6 +6,7 @@ timings, and the final weights, bit for bit)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -185,3 +186,90 @@ def test_sigkill_during_a_checkpoint_write_resumes_exactly(
     assert leftovers  # the killed temp dir is there until the next start cleans it
     _resume_and_compare(spec_file, backend, out, straight[backend])
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------- DeepSpeed ZeRO-2, 2 ranks
+DS = ("--nproc", "2", "--set", "distributed={engine: deepspeed, zero_stage: 2}")
+
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import os, signal
+    from pathlib import Path
+
+    if os.environ.get("NLHF_TEST_KILL_AT") and os.environ.get("RANK") == "0":
+        import nlhf.runio as runio
+
+        original = runio.write_manifest
+
+        def killed(directory):
+            if Path(directory).name.startswith(os.environ["NLHF_TEST_KILL_AT"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(directory)
+
+        runio.write_manifest = killed
+    """
+)
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    parent = psutil.Process(pid)
+    for proc in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def straight_deepspeed(spec_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("straight-ds") / "run"
+    subprocess.run(_cmd(spec_file, "torch", out, *DS), check=True, env=_env(), timeout=900)
+    return out
+
+
+def _resume_deepspeed(spec: Path, out: Path, straight: Path) -> None:
+    cmd = _cmd(spec, "torch", out, *DS, "--resume")
+    subprocess.run(cmd, check=True, env=_env(), timeout=900)
+    assert _strip(read_metrics(out)) == _strip(read_metrics(straight))
+    for name, value in _weights(straight).items():
+        np.testing.assert_array_equal(_weights(out)[name], value, err_msg=name)
+
+
+def test_deepspeed_sigterm_stops_every_rank_at_one_checkpoint_and_resumes_exactly(
+    spec_file: Path, straight_deepspeed: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = _start_and_wait(_cmd(spec_file, "torch", out, *DS), out, 2)
+    proc.send_signal(signal.SIGTERM)  # to `nlhf run`, which relays one SIGTERM to the ranks
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.count("SIGTERM received") == 2  # each rank, once
+    assert "stopped after step" in stderr
+    _resume_deepspeed(spec_file, out, straight_deepspeed)
+
+
+def test_deepspeed_sigkill_between_steps_resumes_exactly(
+    spec_file: Path, straight_deepspeed: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = _start_and_wait(_cmd(spec_file, "torch", out, *DS), out, 3)
+    _kill_tree(proc.pid)
+    proc.communicate(timeout=60)
+    assert list_checkpoints(out)
+    _resume_deepspeed(spec_file, out, straight_deepspeed)
+
+
+def test_deepspeed_sigkill_during_a_checkpoint_write_resumes_exactly(
+    spec_file: Path, straight_deepspeed: Path, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {**_env(), "NLHF_TEST_KILL_AT": ".step-3.", "PYTHONPATH": str(site)}
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        _cmd(spec_file, "torch", out, *DS), env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode != 0
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2]  # no half-written step-3
+    _resume_deepspeed(spec_file, out, straight_deepspeed)

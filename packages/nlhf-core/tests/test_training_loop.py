@@ -309,3 +309,20 @@ def test_generation_batch_size_must_hold_whole_micro_batches(tmp_path: Path) -> 
 
     with pytest.raises(ValidationError, match=r"generation\.batch_size: 3 is not a multiple"):
         _spec(tmp_path, generation={"batch_size": 3})
+
+
+def test_a_preference_s_own_metrics_reach_the_record(tmp_path: Path) -> None:
+    """A judge reports its position bias through ``pop_metrics``; the loop averages it
+    over the micro-batches like every other metric."""
+
+    class BiasedJudge(LengthPreference):
+        calls = 0
+
+        def pop_metrics(self) -> dict[str, float]:
+            BiasedJudge.calls += 1
+            return {"judge_position_bias": 0.1 * BiasedJudge.calls}
+
+    stepper = ToyStepper()
+    stepper.preference = BiasedJudge()
+    record = _loop(_spec(tmp_path), stepper).step(1)
+    assert_close(record["judge_position_bias"], (0.1 + 0.2) / 2, "float64", "bias")

@@ -118,11 +118,13 @@ def test_launch_command_passes_arguments_on(
     spec = _spec(tmp_path, "unused", tmp_path / "out")
     seen: dict[str, Any] = {}
 
-    def fake_run(argv: list[str], env: dict[str, str], check: bool) -> Any:
+    def fake_launcher(argv: list[str], env: dict[str, str]) -> int:
         seen.update(argv=argv, env=env)
-        return subprocess.CompletedProcess(argv, 0)
+        return 0
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    import nlhf.cli
+
+    monkeypatch.setattr(nlhf.cli, "_run_launcher", fake_launcher)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = ["run", str(spec), "-b", "torch", "--nproc", "4", "--set", "seed=9"]
     args += ["--set", "training.lr=0.5", "-o", str(tmp_path / "elsewhere"), "--resume"]
@@ -147,9 +149,7 @@ def test_launch_command_passes_arguments_on(
     ]
     assert seen["env"]["DS_ACCELERATOR"] == "cpu"
     # a failing launch is reported with its exit status
-    monkeypatch.setattr(
-        subprocess, "run", lambda argv, env, check: subprocess.CompletedProcess(argv, 3)
-    )
+    monkeypatch.setattr(nlhf.cli, "_run_launcher", lambda argv, env: 3)
     result = runner.invoke(_app(), ["run", str(spec), "-b", "torch", "--nproc", "2"])
     assert result.exit_code == 3
     assert "2-process run failed (exit 3)" in result.output

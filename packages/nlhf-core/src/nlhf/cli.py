@@ -302,7 +302,6 @@ def _launch(
     ``launch_command(spec, path, nproc, overrides=, output=, resume=)`` method returning
     ``(argv, extra env)``); returns the launcher's exit status."""
     import os
-    import subprocess
 
     launch = getattr(engine, "launch_command", None)
     if not callable(launch):
@@ -318,12 +317,40 @@ def _launch(
     )
     _err().print(f"nlhf: {' '.join(argv)}", markup=False)
     _prepare(run_spec)  # in this process, so that the launched ones find the files
-    code = subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
+    code = _run_launcher(argv, {**os.environ, **env})
     if code == 0:
         _out().print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
     else:
         _err().print(f"error: {nproc}-process run failed (exit {code}); see the log above")
     return code
+
+
+def _run_launcher(argv: list[str], env: dict[str, str]) -> int:
+    """Run the launcher in its own session and relay signals: the first SIGTERM or SIGINT
+    becomes one SIGTERM to the launcher, which passes it to every rank (each finishes its
+    step, the ranks write one checkpoint together, and exit); a second one kills the whole
+    process group at once. Returns the launcher's status, or 128 + the signal relayed."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def relay(signum: int, frame: object) -> None:
+        if received:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return 128 + received[0] if received else code
 
 
 @report_errors
@@ -573,7 +600,7 @@ def get_app(*, plugins: bool = True) -> typer.Typer:
     app.command()(solve)
     from nlhf.evaluation.cli import register as _register_eval
 
-    _register_eval(app)  # `eval` and `report` (issue 7)
+    _register_eval(app)  # `eval` and `report`
     from nlhf.preference.serve_cli import register as _register_serve
 
     _register_serve(app)  # `serve`: a preference model over HTTP

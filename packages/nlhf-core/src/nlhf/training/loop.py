@@ -202,6 +202,10 @@ class NashLoop:
                 yps = decode(self.tokenizer, samples.y_prime)
                 preference = _float64(self.preference.prob(prompts, ys, yps), len(ys), "prob")
                 len_yp = np.array([len(t) for t in samples.y_prime], dtype=np.float64)
+                report = getattr(self.preference, "pop_metrics", None)  # e.g. a judge's bias
+                if callable(report):
+                    for key, value in report().items():  # counted once per micro-batch
+                        _add(sums, key, float(value) * (len(rows) // micro))
             gen_tokens += int(len_y.sum() + (len_yp.sum() if len_yp is not None else 0))
             parts = len(rows) // micro  # micro-batches in this generation call
             per_part = len(samples.rows) // parts
