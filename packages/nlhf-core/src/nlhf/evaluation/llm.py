@@ -283,7 +283,7 @@ def evaluate_llm(spec: RunSpec, output: Path | None, backend: EvalBackend) -> di
     k = len(entries)
     with Progress(k + k * (k - 1) // 2, "evaluate") as bar:  # sample each policy, compare each pair
         for entry in entries:
-            bar.advance(policy=entry.name)  # type: ignore[arg-type]  # str info
+            bar.advance(policy=entry.name)
             stream = policy_stream(spec.seed, entry.name)
             policy_id = [str(entry.path.resolve()), fingerprint(entry.path), stream]
             h = content_hash({"policy": policy_id, **sampling})
@@ -313,7 +313,7 @@ def evaluate_llm(spec: RunSpec, output: Path | None, backend: EvalBackend) -> di
         new_cells = 0
         for i in range(k):
             for j in range(i + 1, k):
-                bar.advance(pair=f"{entries[i].name} vs {entries[j].name}")  # type: ignore[arg-type]  # str info
+                bar.advance(pair=f"{entries[i].name} vs {entries[j].name}")
                 fwd = out / "comparisons" / f"{hashes[i]}-{hashes[j]}-{pref_hash}.json"
                 bwd = out / "comparisons" / f"{hashes[j]}-{hashes[i]}-{pref_hash}.json"
                 if fwd.is_file():

@@ -235,7 +235,7 @@ def train_spec(
                         writer.log(last)
                 played = sums[-1]
                 log_pi = rows[-1]
-                bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")  # type: ignore[arg-type]  # str info: Progress takes it
+                bar.update(s + len(rows), gap=f"{last['duality_gap']:.2e}")
         policy = np.exp(log_pi)
         summary: dict[str, Any] = {
             "backend": backend,

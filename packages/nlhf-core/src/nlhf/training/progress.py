@@ -49,7 +49,7 @@ class Progress:
             )
         return self
 
-    def advance(self, steps: int = 1, **info: float | None) -> None:
+    def advance(self, steps: int = 1, **info: float | str | None) -> None:
         """Move ``steps`` forward and show ``info``."""
         self.done += steps
         if self._bar is not None:
@@ -60,7 +60,7 @@ class Progress:
             )
             self._bar.update(self._task, advance=steps, info=text)
 
-    def update(self, completed: int, **info: float | None) -> None:
+    def update(self, completed: int, **info: float | str | None) -> None:
         """Set the position to ``completed`` (for loops that count in larger strides)."""
         self.advance(completed - self.done, **info)
 
