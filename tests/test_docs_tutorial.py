@@ -33,6 +33,8 @@ def _lines(text: str, sampled: bool) -> list[str]:
         line = " ".join(re.sub(r"[\u2500-\u257f]", " ", line).split())
         if not line or any(key in line for key in TIMING):
             continue
+        if line.startswith("quickstart: building"):  # first use on a fresh clone only
+            continue
         if sampled and re.search(r"\d", FIXED.sub("", line)):
             continue
         lines.append(line)
