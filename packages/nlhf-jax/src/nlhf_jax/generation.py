@@ -20,9 +20,10 @@ What makes it fast (docs/architecture.md §6), all inside one ``jax.jit``:
 
 Randomness: ``uniforms[row, step]`` (rows 0..B−1 = y, B..2B−1 = y'), consumed by inverse
 CDF exactly like :func:`nlhf_jax.kernels.sample`, or drawn from a PRNG ``key`` as
-``jax.random.uniform(key, (2B, max_new_tokens))``. Same conventions as
-:func:`nlhf_torch.generation.generate_pairs`, so both backends draw the same tokens from
-the same uniforms.
+``jax.random.uniform(key, (2B, max_new_tokens))``. These are the conventions of the
+``PairGenerator`` Protocol (:mod:`nlhf.algorithms.protocols`), which every backend's
+sampler follows, so the backends draw the same tokens from the same uniforms (the
+conformance kit's ``test_generate_pairs``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Preference models on the Flax NNX decoder (paper §3), trained by ``task:
 preference_model``: the texts of :mod:`nlhf.preference.scorers`, and the same
-tokenization, truncation and read-out position as :mod:`nlhf_torch.preference.model`, so
-both backends give the same numbers (``tests/test_cross_backend_jax_torch_preferences.py``).
+tokenization, truncation and read-out position as every backend's preference model
+(:mod:`nlhf.preference.format`), so the backends give the same numbers (``tests/test_cross_backend_jax_torch_preferences.py``).
 
 - :class:`PreferenceModel` ``kind="pairwise"``: P_θ(y≻y'|x) = σ(v_θ(x,y,y') − v_θ(x,y',y)),
   antisymmetric by construction. ``head="lm"``: v = logit(a₁) − logit(a₂), the first
@@ -19,7 +19,7 @@ length buckets (powers of two) so the jitted forward compiles once per bucket; t
 read-out is the last real token (``lm``) or, as transformers' sequence-classification
 pooling, the rightmost token that is not ``pad_token_id`` (``classification``). A saved
 directory (``config.json`` + ``model.safetensors`` + tokenizer + ``nlhf_preference.json``)
-loads in :func:`nlhf_torch.preference.model.load_preference_model` and vice versa.
+loads on any backend (:meth:`nlhf.preference.format.PreferenceConfig.for_directory`).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class DecoderScorer:
 
 class PreferenceModel(DecoderScorer):
     """A decoder + tokenizer + :class:`PreferenceConfig` giving z = v_fwd − v_bwd and
-    P = σ(z), as :class:`nlhf_torch.preference.model.PreferenceModel`.
+    P = σ(z) (the model of :mod:`nlhf.preference.format`).
 
     With ``lora_config`` (the decoder has LoRA layers, :mod:`nlhf_jax.lora`) the trainable
     parameters are the adapters' A, B and, for a ``classification`` head, the score head

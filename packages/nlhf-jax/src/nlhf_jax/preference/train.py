@@ -1,5 +1,5 @@
-"""``task: preference_model`` on the jax backend (paper §3), as on torch
-(:mod:`nlhf_torch.preference.train`): the same spec fields, data split and truncation
+"""``task: preference_model`` on the jax backend (paper §3), on the run set-up of
+:mod:`nlhf.preference.run` every backend shares: the same spec fields, data split and truncation
 (:func:`nlhf.data.pairs.load_pairs`), batches (:func:`nlhf.data.pairs.pair_batch_indices`),
 loss, optimiser, metrics (:mod:`nlhf.preference.metrics`) and run outputs
 (:mod:`nlhf.preference.run`).
