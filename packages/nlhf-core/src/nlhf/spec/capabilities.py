@@ -532,7 +532,16 @@ def require(
             caps = capabilities_of(backend)  # a test's plugin set without the backends
     if caps is None:
         return
-    problems = check_capabilities(
+    problems = _check_against_all(spec, caps, backend, nproc, plugins)
+    if problems:
+        raise SpecError([str(p) for p in problems])
+
+
+def _check_against_all(
+    spec: RunSpec, caps: Capabilities, backend: str, nproc: int, plugins: Plugins | None
+) -> list[Problem]:
+    """:func:`check_capabilities`, with the other registered backends to suggest."""
+    return check_capabilities(
         spec,
         caps,
         backend,
@@ -540,8 +549,6 @@ def require(
         plugins=plugins,
         others=lambda: declared_capabilities(plugins),
     )
-    if problems:
-        raise SpecError([str(p) for p in problems])
 
 
 def check_spec_file(
@@ -561,14 +568,7 @@ def check_spec_file(
     caps = capabilities_of(backend, plugins)
     if caps is None:
         return None
-    problems = check_capabilities(
-        spec,
-        caps,
-        backend,
-        nproc=nproc,
-        plugins=plugins,
-        others=lambda: declared_capabilities(plugins),
-    )
+    problems = _check_against_all(spec, caps, backend, nproc, plugins)
     if not problems:
         return caps
     from nlhf.spec.load import apply_overrides, format_problems, parse_yaml
