@@ -607,6 +607,9 @@ def get_app(*, plugins: bool = True) -> typer.Typer:
     from nlhf.preference.eval_cli import register as _register_preference_eval
 
     _register_preference_eval(app)  # `preference-eval`: a saved model on a pairs file
+    from nlhf.export import register as _register_export
+
+    _register_export(app)  # `export`: a merged model directory to publish
     if plugins:
         builtin = len(app.registered_commands)
         _add_plugin_commands(app)

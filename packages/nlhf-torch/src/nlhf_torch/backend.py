@@ -51,6 +51,12 @@ class TorchBackend:
             return evaluate_spec(spec, Path(output))
         raise NLHFError(f"task {spec.task!r} is not supported by the torch backend yet")
 
+    def export_model(self, model_dir: Path, dest: Path, spec: Any) -> None:
+        """``nlhf export``: the merged policy of a checkpoint (:mod:`nlhf_torch.export`)."""
+        from nlhf_torch.export import export_model
+
+        export_model(model_dir, dest, spec)
+
     def launch_command(
         self,
         spec: Any,

@@ -289,7 +289,11 @@ class NashLoop:
             spec=self.spec.model_dump(mode="json"),
         )
         final = checkpoint_dir(self.output, step)
-        self.stepper.save(final, state.write)
+        from nlhf.modelcard import checkpoint_files  # trainer state + README.md model card
+
+        self.stepper.save(
+            final, checkpoint_files(state.write, self.spec, self.output, step, self.backend)
+        )
         if self.is_main:
             prune_checkpoints(self.output, self.spec.output.keep_last)
         self.last_checkpoint = final
