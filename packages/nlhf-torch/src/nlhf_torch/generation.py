@@ -53,7 +53,13 @@ from nlhf.algorithms.generation import Opponent, check_generation_args
 from nlhf_torch import fastdecode
 from nlhf_torch.kernels import mixture_logprobs, sample
 
-__all__ = ["PairGeneration", "generate_pairs", "position_ids_from_mask", "sequence_logits"]
+__all__ = [
+    "PairGeneration",
+    "generate_pairs",
+    "position_ids_from_mask",
+    "sequence_hidden",
+    "sequence_logits",
+]
 
 
 @dataclass
@@ -100,6 +106,29 @@ def sequence_logits(
         logits_to_keep=t + 1,
     )
     return out.logits[:, :-1]
+
+
+def sequence_hidden(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The LM head's inputs of :func:`sequence_logits`: final hidden states (B, T, H) (after
+    the last norm) predicting each completion token, from one forward of the model's
+    decoder (``get_decoder()``, peft adapters included), for
+    :func:`nlhf_torch.kernels.chunked_token_logprobs`."""
+    ids = torch.cat([prompt_ids, completion_ids.to(prompt_ids.dtype)], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+    t = completion_ids.shape[1]
+    out = model.get_decoder()(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, -t - 1 : -1]
 
 
 class _Stream:

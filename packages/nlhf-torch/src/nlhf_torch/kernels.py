@@ -9,6 +9,8 @@ the sampling temperature: log π(·) = log_softmax(logits / T).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +23,18 @@ if TYPE_CHECKING:  # keep this module importable without pydantic
 
 __all__ = [
     "TorchKernels",
+    "chunked_sequence_logprobs",
+    "chunked_token_logprobs",
     "dpo_loss",
+    "exact_terms",
     "kl",
+    "kl_from_logprobs",
     "mixture_logprobs",
     "nash_md_pg_loss",
+    "nash_md_pg_loss_from_logprobs",
     "offline_ipo_loss",
     "online_ipo_loss",
+    "online_ipo_loss_from_logprobs",
     "preference_loss",
     "sample",
     "sequence_logprobs",
@@ -92,6 +100,76 @@ def sequence_logprobs(
     return (lp * mask.to(lp.dtype)).sum(-1)
 
 
+def _chunk_terms(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    softcap: float | None,
+    temperature: float,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    reference_logits: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = _float(head(hidden))
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    lp = logp.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    if reference_logits is None:
+        return lp, torch.zeros_like(lp)
+    logq = torch.log_softmax(_float(reference_logits) / temperature, dim=-1)
+    return lp, exact_terms(logp, logq)
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    tokens: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    *,
+    softcap: float | None = None,
+    reference_logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_n|·) (B, T) from the final hidden states (B, T, H) without holding the
+    B×T×V logits: positions go through ``head`` (the LM head module, tied or LoRA-adapted
+    as it is) ``chunk`` at a time, ℓ = head(h) (Gemma 2/3: ℓ ← c·tanh(ℓ/c), ``softcap`` c),
+    log_softmax(ℓ/T) gathered at y. With ``reference_logits`` (B, T, V) also the exact KL
+    terms Σ_v π(v)(log π(v) − log μ(v)) per position (:func:`exact_terms`), else None.
+    Under autograd each chunk runs in ``torch.utils.checkpoint`` (non-reentrant), so the
+    backward recomputes its logits instead of storing them: B·chunk·V logits at a time.
+    Equal to :func:`token_logprobs` of the full logits up to summation order."""
+    from torch.utils.checkpoint import checkpoint
+
+    step = functools.partial(_chunk_terms, head, softcap, temperature)
+    lps, exacts = [], []
+    for start in range(0, tokens.shape[1], chunk):
+        cut = slice(start, start + chunk)
+        ref = None if reference_logits is None else reference_logits[:, cut]
+        args = (hidden[:, cut], tokens[:, cut], ref)
+        if torch.is_grad_enabled():
+            lp, ex = checkpoint(step, *args, use_reentrant=False)
+        else:
+            lp, ex = step(*args)
+        lps.append(lp)
+        exacts.append(ex)
+    exact = torch.cat(exacts, dim=1) if reference_logits is not None else None
+    return torch.cat(lps, dim=1), exact
+
+
+def chunked_sequence_logprobs(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    *,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """log π(y|x) = Σ_n m_n log π(y_n|·) (B,) by :func:`chunked_token_logprobs`."""
+    lp, _ = chunked_token_logprobs(hidden, head, tokens, temperature, chunk, softcap=softcap)
+    return (lp * mask.to(lp.dtype)).sum(-1)
+
+
 def kl(
     policy_logits: torch.Tensor,
     reference_logits: torch.Tensor,
@@ -116,14 +194,37 @@ def kl(
         raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {_KL_ESTIMATORS}")
     logp = torch.log_softmax(_float(policy_logits) / temperature, dim=-1)
     logq = torch.log_softmax(_float(reference_logits) / temperature, dim=-1)
-    m = mask.to(logp.dtype)
     if estimator == "exact":
-        per_pos = (logp.exp() * (logp - logq)).sum(-1)
-        value = (per_pos * m).sum(-1)
-        return value, value
+        return kl_from_logprobs(None, None, mask, estimator, exact_terms(logp, logq))
     idx = tokens.long().unsqueeze(-1)
     lp = logp.gather(-1, idx).squeeze(-1)
     lq = logq.gather(-1, idx).squeeze(-1)
+    return kl_from_logprobs(lp, lq, mask, estimator)
+
+
+def exact_terms(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Σ_v π(v|·)(log π(v|·) − log μ(v|·)) at each position, from log-probs (..., V)."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def kl_from_logprobs(
+    lp: torch.Tensor | None,
+    lq: torch.Tensor | None,
+    mask: torch.Tensor,
+    estimator: KLEstimator,
+    exact: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`kl` from per-token log-probs ``lp`` = log π_θ(y_n|·), ``lq`` = log μ(y_n|·)
+    (B, T) — or, for ``exact``, from the per-position full-vocabulary KL ``exact`` (B, T)
+    (:func:`exact_terms`; e.g. from :func:`chunked_token_logprobs`)."""
+    if estimator == "exact":
+        if exact is None:
+            raise ValueError("the exact KL estimator needs the per-position terms `exact`")
+        value = (exact * mask.to(exact.dtype)).sum(-1)
+        return value, value
+    if lp is None or lq is None:
+        raise ValueError(f"the {estimator} KL estimator needs token log-probs lp and lq")
+    m = mask.to(lp.dtype)
     ratio = (lp - lq) * m
     if estimator == "k3":
         value = ((torch.exp(-ratio) - 1.0 + ratio) * m).sum(-1)
@@ -151,9 +252,21 @@ def nash_md_pg_loss(
     ``kl_surrogate``, ``preference`` = mean P, ``logprob`` = mean log π_θ(y_b).
     """
     seq_lp = sequence_logprobs(policy_logits, tokens, mask, temperature)
+    kl_terms = kl(policy_logits, reference_logits, tokens, mask, estimator, temperature)
+    return nash_md_pg_loss_from_logprobs(seq_lp, kl_terms, preference, tau)
+
+
+def nash_md_pg_loss_from_logprobs(
+    seq_lp: torch.Tensor,
+    kl_terms: tuple[torch.Tensor, torch.Tensor],
+    preference: torch.Tensor,
+    tau: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`nash_md_pg_loss` from log π_θ(y_b|x_b) (B,) and the ``(surrogate, value)`` of
+    :func:`kl` / :func:`kl_from_logprobs` (the chunked path, :func:`chunked_token_logprobs`)."""
+    surrogate, value = kl_terms
     p = torch.as_tensor(preference, device=seq_lp.device).to(seq_lp.dtype).detach()
     score = -(p - 0.5) * seq_lp
-    surrogate, value = kl(policy_logits, reference_logits, tokens, mask, estimator, temperature)
     loss = (score + tau * surrogate).mean()
     metrics = {
         "score": score.mean().detach(),
@@ -186,6 +299,19 @@ def online_ipo_loss(
     lq_y = sequence_logprobs(reference_logits_y.detach(), y, y_mask, temperature)
     lp_p = sequence_logprobs(logits_y_prime, y_prime, y_prime_mask, temperature)
     lq_p = sequence_logprobs(reference_logits_y_prime.detach(), y_prime, y_prime_mask, temperature)
+    return online_ipo_loss_from_logprobs(lp_y, lq_y, lp_p, lq_p, preference, tau)
+
+
+def online_ipo_loss_from_logprobs(
+    lp_y: torch.Tensor,
+    lq_y: torch.Tensor,
+    lp_p: torch.Tensor,
+    lq_p: torch.Tensor,
+    preference: torch.Tensor,
+    tau: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`online_ipo_loss` from the sequence log-probs (B,) of π_θ and μ on y and y'."""
+    lq_y, lq_p = lq_y.detach(), lq_p.detach()
     p = torch.as_tensor(preference, device=lp_y.device).to(lp_y.dtype).detach()
     sign = torch.where(p >= 0.5, 1.0, -1.0).to(lp_y.dtype)
     margin = sign * ((lp_y - lq_y) - (lp_p - lq_p))

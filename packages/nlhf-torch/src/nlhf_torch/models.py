@@ -91,6 +91,35 @@ def check_vocab(tokenizer: Any, model: Any, *, tokenizer_field: str, model_field
         )
 
 
+CHUNKED_LOGPROB_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+)
+"""Model types whose logits are ``lm_head(decoder(x))`` (Gemma 2/3 then soft-capped), the
+form :func:`nlhf_torch.kernels.chunked_token_logprobs` computes in chunks."""
+
+
+def logprob_head(model: Any) -> tuple[torch.nn.Module, float | None] | str:
+    """(LM head module, final-logit soft-cap c or None) of a causal LM in
+    :data:`CHUNKED_LOGPROB_MODEL_TYPES` — tied embeddings and a LoRA-adapted head are the
+    module as it is — or why its logits are not known to take that form."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in CHUNKED_LOGPROB_MODEL_TYPES:
+        return (
+            f"model_type {model_type!r} is not known to compute its logits as lm_head(final "
+            f"hidden state) (chunked log-probs cover {', '.join(CHUNKED_LOGPROB_MODEL_TYPES)})"
+        )
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return model.get_output_embeddings(), (float(softcap) if softcap else None)
+
+
 class AdapterDisabled(torch.nn.Module):
     """μ of a LoRA policy: calls the policy with its adapter disabled (TRL #2781: not
     ``get_base_model()``, whose layers still run the adapter)."""

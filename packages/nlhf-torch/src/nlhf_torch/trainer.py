@@ -14,6 +14,7 @@ policy's ``save_pretrained`` output (with LoRA the peft adapter), the tokenizer 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -34,8 +35,8 @@ from nlhf.training.protocols import Tokens, UniformsFn
 from nlhf_torch import kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
 from nlhf_torch.distributed import describe_run
-from nlhf_torch.generation import generate_pairs, sequence_logits
-from nlhf_torch.models import load_models
+from nlhf_torch.generation import generate_pairs, sequence_hidden, sequence_logits
+from nlhf_torch.models import load_models, logprob_head
 from nlhf_torch.optim import build_optimizer, build_scheduler
 from nlhf_torch.preference.scorers import build_scorer
 
@@ -107,6 +108,15 @@ class TorchStepper:
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self.preference = build_scorer(spec.preference, self._device, plugins=plugins)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        tr = spec.training
+        if tr.gradient_checkpointing:  # transformers' decoder layers, peft adapters included
+            self.policy.activation_checkpointing_enable(  # gradient_checkpointing_enable < 5
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        head = logprob_head(self.policy) if tr.logprob_chunk != "off" else None
+        if isinstance(head, str) and isinstance(tr.logprob_chunk, int):
+            raise InputError(f"training.logprob_chunk: {head}; set logprob_chunk: off")
+        self._logprob_head = head if isinstance(head, tuple) else None
         if self.params and not self.master_weights:
             check_training_dtype(
                 self.params[0].dtype, self._device.type, optimizer=spec.training.optimizer.name
@@ -219,8 +229,74 @@ class TorchStepper:
             y_prime = token_rows(pairs.y_prime, pairs.y_prime_mask)
         return Samples(rows, token_rows(pairs.y, pairs.y_mask), y_prime, (input_ids, attn, pairs))
 
+    def _compute(self) -> contextlib.AbstractContextManager[Any]:
+        """``training.precision``: bf16-mixed runs the loss's forward in ``torch.autocast``
+        (bfloat16 matmuls; the kernels' log-softmax upcasts to float32) over float32
+        parameters, so gradients and optimizer state stay float32."""
+        if self.spec.training.precision == "bf16-mixed":
+            return torch.autocast(device_type=self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _logprob_chunk(self, completions: torch.Tensor) -> int | None:
+        if self._logprob_head is None:
+            return None
+        vocab = int(self._logprob_head[0].weight.shape[0])
+        rows, positions = completions.shape
+        return self.spec.training.logprob_chunk_size(rows, positions, vocab)
+
+    def _chunked_logprobs(
+        self, input_ids: Any, attn: Any, y: Any, ym: Any, chunk: int, reference_logits: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token log-probs (B, T) of the trained policy (and exact KL terms against
+        ``reference_logits``) without B×T×V logits (:func:`kernels.chunked_token_logprobs`)."""
+        assert self._logprob_head is not None
+        head, softcap = self._logprob_head
+        hidden = sequence_hidden(self.train_model, input_ids, attn, y, ym)
+        temp = self.spec.training.generation.temperature
+        return kernels.chunked_token_logprobs(
+            hidden, head, y, temp, chunk, softcap=softcap, reference_logits=reference_logits
+        )
+
     def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None:
         input_ids, attn, pairs = samples.payload
+        chunk = self._logprob_chunk(pairs.y)
+        with self._compute():
+            if chunk is None:
+                loss, metrics = self._loss(input_ids, attn, pairs, preference, tau)
+            else:
+                loss, metrics = self._chunked_loss(input_ids, attn, pairs, preference, tau, chunk)
+        self._backward(loss)
+        self._losses.append(float(loss.detach()))
+        self._metrics.append({k: float(v) for k, v in metrics.items()})
+
+    def _chunked_loss(
+        self, input_ids: Any, attn: Any, pairs: Any, preference: np.ndarray, tau: float, chunk: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`_loss` through :meth:`_chunked_logprobs` (``training.logprob_chunk``)."""
+        temp = self.spec.training.generation.temperature
+        pref = torch.as_tensor(preference, dtype=torch.float64).to(self._device)
+        ref = pairs.reference_logits
+        estimator = getattr(self.algo, "kl_estimator", "sampled")
+        exact_ref = ref if self.rule.loss != "online_ipo" and estimator == "exact" else None
+        lp, exact = self._chunked_logprobs(input_ids, attn, pairs.y, pairs.y_mask, chunk, exact_ref)
+        seq_lp = (lp * pairs.y_mask.to(lp.dtype)).sum(-1)
+        if self.rule.loss == "online_ipo":
+            yp, ypm = pairs.y_prime, pairs.y_prime_mask
+            lp_p, _ = self._chunked_logprobs(input_ids, attn, yp, ypm, chunk, None)
+            with torch.no_grad():
+                ref_p = sequence_logits(self.reference, input_ids, attn, yp, ypm)
+                lq_p = kernels.sequence_logprobs(ref_p, yp, ypm, temp)
+                lq_y = kernels.sequence_logprobs(ref, pairs.y, pairs.y_mask, temp)
+            seq_lp_p = (lp_p * ypm.to(lp_p.dtype)).sum(-1)
+            return kernels.online_ipo_loss_from_logprobs(seq_lp, lq_y, seq_lp_p, lq_p, pref, tau)
+        lq = None if exact is not None else kernels.token_logprobs(ref, pairs.y, temp)
+        kl_terms = kernels.kl_from_logprobs(lp, lq, pairs.y_mask, estimator, exact)
+        return kernels.nash_md_pg_loss_from_logprobs(seq_lp, kl_terms, pref, tau)
+
+    def _loss(
+        self, input_ids: Any, attn: Any, pairs: Any, preference: np.ndarray, tau: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The algorithm's loss kernel on the full logits of one micro-batch."""
         temp = self.spec.training.generation.temperature
         logits = sequence_logits(self.train_model, input_ids, attn, pairs.y, pairs.y_mask)
         pref = torch.as_tensor(preference, dtype=torch.float64).to(self._device)
@@ -256,9 +332,7 @@ class TorchStepper:
                 temp,
                 self.algo.kl_estimator,
             )
-        self._backward(loss)
-        self._losses.append(float(loss.detach()))
-        self._metrics.append({k: float(v) for k, v in metrics.items()})
+        return loss, metrics
 
     def _backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
@@ -360,6 +434,19 @@ class DeepSpeedStepper(TorchStepper):
         from nlhf_torch.distributed import init_engine
 
         tr = self.spec.training
+        if tr.precision == "bf16-mixed":
+            raise InputError(
+                "training.precision: under DeepSpeed, bf16 compute with float32 master weights "
+                "is the engine's own bf16 mode: set policy.dtype: bfloat16 (the engine keeps "
+                "float32 master weights and optimizer state) and precision: pure"
+            )
+        if isinstance(tr.logprob_chunk, int):
+            raise InputError(
+                "training.logprob_chunk: the chunked log-probs run on the model's decoder "
+                "outside the DeepSpeed engine's forward; set logprob_chunk: off (or auto, which "
+                "is off under DeepSpeed)"
+            )
+        self._logprob_head = None
         if tr.generation_batch_size() != tr.micro_batch_size():
             raise InputError(
                 f"training.generation.batch_size: under DeepSpeed each rank samples its share "

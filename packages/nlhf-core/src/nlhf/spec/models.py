@@ -434,6 +434,13 @@ class GenerationSpec(Section):
     (single process; DeepSpeed ranks generate micro-batches)."""
 
 
+AUTO_CHUNK_MIN_VOCAB = 32768
+"""``logprob_chunk: auto`` chunks vocabularies at least this large (Llama 3: 128256,
+Qwen2: 151936, Gemma: 256000, SmolLM2: 49152)."""
+AUTO_CHUNK_LOGITS = 2**22
+"""Logits per chunk under ``logprob_chunk: auto`` (16 MiB of float32)."""
+
+
 class TrainingSpec(Section):
     steps: PositiveInt = 100
     batch_size: PositiveInt = 8
@@ -449,6 +456,24 @@ class TrainingSpec(Section):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     log_every: PositiveInt = 1
     eval_every: PositiveInt | None = None
+    gradient_checkpointing: bool = False
+    """Recompute each decoder block's activations during the backward pass instead of
+    storing them (torch: transformers' ``gradient_checkpointing_enable``, non-reentrant;
+    jax: ``nnx.remat`` around each block): activation memory of one block for about one
+    more forward of the loss."""
+    precision: Literal["pure", "bf16-mixed"] = "pure"
+    """``pure``: the loss's forward and backward run in the parameters' own dtype
+    (``policy.dtype``). ``bf16-mixed``: they run in bfloat16 (torch: ``torch.autocast``;
+    jax: a bfloat16 copy of the parameters per forward) while the parameters (master
+    weights), their gradients and the optimizer state stay float32; needs ``policy.dtype:
+    float32``. Sampling runs in ``policy.dtype`` either way. Under DeepSpeed write
+    ``policy.dtype: bfloat16`` instead: its engine already keeps float32 master weights."""
+    logprob_chunk: PositiveInt | Literal["auto", "off"] = "auto"
+    """Completion positions per chunk of the loss's log-softmax: hidden states go through
+    the LM head ``logprob_chunk`` positions at a time and each chunk's logits are
+    recomputed in the backward pass, so B×T×V logits are never held at once
+    (:meth:`logprob_chunk_size`). ``off``: one full-logits forward. ``auto``: chunks of
+    about 2²² logits for vocabularies of at least 32768 tokens, else ``off``."""
 
     def grad_accum_problem(self) -> str | None:
         """Why ``batch_size / grad_accum`` is not a whole micro-batch size, or None."""
@@ -480,6 +505,18 @@ class TrainingSpec(Section):
         micro = self.micro_batch_size()
         size = self.generation.batch_size
         return micro if size is None else min(size, self.batch_size)
+
+    def logprob_chunk_size(self, rows: int, positions: int, vocab: int) -> int | None:
+        """Positions per log-softmax chunk for ``rows`` × ``positions`` completion tokens
+        over ``vocab`` logits, or None for the full-logits path (``logprob_chunk``)."""
+        setting = self.logprob_chunk
+        if setting == "off":
+            return None
+        if setting == "auto":
+            if vocab < AUTO_CHUNK_MIN_VOCAB:
+                return None
+            setting = max(1, AUTO_CHUNK_LOGITS // (rows * vocab))
+        return None if setting >= positions else int(setting)
 
     def micro_batch_size(self) -> int:
         """Prompts per micro-batch of a ``task: nash`` step: ``batch_size / grad_accum``,
@@ -625,6 +662,13 @@ class RunSpec(Section):
             generation = self.training.generation_batch_problem()
             if generation is not None:
                 problems.append(generation)
+            policy_dtype = self.policy.dtype if self.policy is not None else "float32"
+            if self.training.precision == "bf16-mixed" and policy_dtype != "float32":
+                problems.append(
+                    f"training.precision: bf16-mixed keeps float32 master weights, so it "
+                    f"needs policy.dtype: float32 (got {policy_dtype}); set policy.dtype: "
+                    f"float32, or precision: pure to train in {policy_dtype} throughout"
+                )
         if self.task == "preference_model":
             if self.policy is None:
                 problems.append(
