@@ -30,6 +30,12 @@ class InputError(NLHFError, ValueError):
     """User-provided data (a matrix, a dataset, a model path) is invalid."""
 
 
+class PreferenceUnavailableError(NLHFError):
+    """The preference gave no usable answer (a server down or failing after every retry).
+    The Nash loop then abandons the step, checkpoints the last finished one and re-raises,
+    so ``--resume`` continues exactly once the preference answers again."""
+
+
 class RunDirError(InputError):
     """The output directory conflicts with the run: it holds another run's outputs, or the
     checkpoint being resumed does not match the spec (docs/resume.md). The CLI exits 2."""

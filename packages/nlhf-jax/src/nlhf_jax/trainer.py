@@ -384,6 +384,13 @@ class JaxStepper:
             lambda e, p: decay * e + (1 - decay) * p, self.ema_state, self.state
         )
 
+    def sampling_state(self) -> None:
+        """None: the draws are ``fold_in(key(seed), step)``, a pure function of the step."""
+        return None
+
+    def abandon_step(self, sampling_state: None) -> None:
+        self._pending, self._grads, self._outputs = [], None, []
+
     def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
         return [float(v) for v in values]
 

@@ -515,6 +515,16 @@ class DeepSpeedStepper(TorchStepper):
             with self.ds.gathered([p]):
                 p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
+    def sampling_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def abandon_step(self, sampling_state: torch.Tensor) -> None:
+        """Under DeepSpeed the engine's partial gradients stay in its buffers: they are not
+        part of a checkpoint, and the run stops after writing one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._losses, self._metrics = [], []
+        self.generator.set_state(sampling_state)
+
     def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
         return self.ds.all_reduce(values, op)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from nlhf.errors import InputError, NLHFError
+from nlhf.errors import InputError, PreferenceUnavailableError
 from nlhf.preference.format import render_judge
 from nlhf.preference.scorers import (
     average_orders,
@@ -55,7 +55,7 @@ MAX_RETRY_AFTER = 60.0
 """Longest ``Retry-After`` honoured (seconds)."""
 
 
-class RemotePreferenceError(NLHFError):
+class RemotePreferenceError(PreferenceUnavailableError):
     """A preference server did not give a usable answer after every retry."""
 
 

@@ -11,6 +11,10 @@ injected uniforms for every backend (``NashStepper.uniforms``), and check:
 - ``summary.json``: exactly :data:`nlhf.training.loop.SUMMARY_KEYS`;
 - resume: 2 steps, then ``--resume`` to 3, equals the uninterrupted run bit for bit
   (metrics other than timings, and the final weights);
+- a preference outage (:class:`nlhf.errors.PreferenceUnavailableError` in the middle of
+  step 3, after one micro-batch's gradient, with no periodic checkpoints and the
+  stepper's own random stream): the step is abandoned, step 2 is checkpointed, and
+  ``--resume`` equals the uninterrupted run bit for bit;
 - against another backend (torch, else jax, when installed): the same record keys
   and summary keys, and every metric value within the model-scope tolerance
   (:func:`nlhf.testing.tolerances.tolerance`): same tokens, same preferences, same losses,
@@ -31,6 +35,7 @@ import numpy as np
 import pytest
 
 import nlhf
+from nlhf.errors import PreferenceUnavailableError
 from nlhf.testing.tolerances import assert_close
 from nlhf.training.protocols import PolicyProbe
 
@@ -38,6 +43,7 @@ TRAINER_CASES = (
     "test_trainer_metrics_schema",
     "test_trainer_summary_schema",
     "test_trainer_resume_equals_uninterrupted",
+    "test_trainer_preference_outage_resumes_exactly",
     "test_trainer_matches_reference_backend",
 )
 
@@ -84,10 +90,26 @@ class LengthOracle:
         }
 
 
+class FlakyLengthOracle(LengthOracle):
+    """:class:`LengthOracle` that is unavailable at its ``fail_at``-th call (1-based)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise PreferenceUnavailableError("conformance: the preference server is down")
+        return super().__call__(prompts, ys, yps)
+
+
 class _OraclePlugin:
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+
     @nlhf.hookimpl
     def nlhf_register_oracles(self, register: Any) -> None:
-        register("conformance_length", lambda **kw: LengthOracle())
+        register("conformance_length", lambda **kw: FlakyLengthOracle(self.fail_at))
 
 
 def shared_uniforms(step: int, offset: int, rows: int, tokens: int) -> np.ndarray:
@@ -103,8 +125,20 @@ class TrainerRun:
 
 
 def _run(
-    backend: str, root: Path, name: str, model: Path, data: Path, steps: int, resume: bool = False
+    backend: str,
+    root: Path,
+    name: str,
+    model: Path,
+    data: Path,
+    steps: int,
+    resume: bool = False,
+    *,
+    shared: bool = True,
+    checkpoint_every: int | None = 1,
+    fail_at: int | None = None,
 ) -> TrainerRun:
+    """``steps`` steps of the kit's spec; ``shared``: the backend-independent uniforms
+    (else the stepper's own stream); ``fail_at``: the oracle call that is unavailable."""
     from safetensors.numpy import load_file
 
     from nlhf.plugins import build_plugins, get_backend
@@ -129,17 +163,18 @@ def _run(
                 "optimizer": {"name": "sgd"},
                 "generation": {"max_new_tokens": 4, "temperature": 1.0},
             },
-            "output": {"dir": str(out), "checkpoint_every": 1},
+            "output": {"dir": str(out), "checkpoint_every": checkpoint_every},
         }
     )
     impl = get_backend(backend)
 
     def make(spec: Any, checkpoint: Path | None, plugins: Any) -> Any:
         stepper = impl.make_nash_stepper(spec, checkpoint, plugins)
-        stepper.uniforms = shared_uniforms
+        if shared:
+            stepper.uniforms = shared_uniforms
         return stepper
 
-    plugins = build_plugins(extra=[_OraclePlugin()])
+    plugins = build_plugins(extra=[_OraclePlugin(fail_at)])
     loop = NashLoop(spec, out, make, backend=backend, resume=resume, plugins=plugins)
     summary = loop.run()
     weights = load_file(out / "checkpoints" / f"step-{steps}" / "model.safetensors")
@@ -219,6 +254,31 @@ class TrainerConformance:
             "float64",
             "seconds_per_step after resume",
         )
+
+    def test_trainer_preference_outage_resumes_exactly(
+        self, trainer_inputs: tuple[Path, Path, Path]
+    ) -> None:
+        from nlhf.runio import list_checkpoints
+        from nlhf.training.loop import TIMING_KEYS
+
+        root, model, data = trainer_inputs
+        own = {"shared": False, "checkpoint_every": None}
+        straight = _run(self.backend, root, "own-stream", model, data, 3, **own)
+        # 2 generation calls per step: call 6 is step 3's second, after one micro-batch
+        with pytest.raises(PreferenceUnavailableError) as err:
+            _run(self.backend, root, "outage", model, data, 3, fail_at=6, **own)
+        message = str(err.value)
+        assert "server is down" in message and "step 3 was abandoned" in message
+        assert "holds step 2" in message and "--resume" in message
+        assert [step for step, _ in list_checkpoints(root / "outage")] == [2]
+        resumed = _run(self.backend, root, "outage", model, data, 3, resume=True, **own)
+        assert resumed.summary["resumed_from"] == 2
+        for a, b in zip(straight.records, resumed.records, strict=True):
+            assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
+                k: v for k, v in b.items() if k not in TIMING_KEYS
+            }
+        for name, value in straight.weights.items():
+            np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
 
     def test_trainer_matches_reference_backend(
         self, trainer_inputs: tuple[Path, Path, Path], straight: TrainerRun

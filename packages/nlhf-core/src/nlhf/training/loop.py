@@ -23,7 +23,10 @@ At optimiser step s = 1..``training.steps`` (0-based schedule step s − 1):
 
 A non-finite loss or gradient norm stops the run before anything is checkpointed. SIGTERM
 or SIGINT finishes the current step, writes a checkpoint and exits with 128 + signal; a
-second signal exits at once.
+second signal exits at once. A preference that gives no usable answer
+(:class:`nlhf.errors.PreferenceUnavailableError`, e.g. a server down after its retries, on
+any rank) abandons the step, checkpoints the last finished one and re-raises: ``--resume``
+continues exactly once the preference answers again.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ import numpy as np
 from nlhf.algorithms.schedules import lr_multiplier, schedule_value
 from nlhf.data.prompts import batch_indices, load_prompts
 from nlhf.data.tokenizer import tokenize_prompts
-from nlhf.errors import InputError, NLHFError
+from nlhf.errors import InputError, NLHFError, PreferenceUnavailableError
 from nlhf.runio import (
     MetricsWriter,
     checkpoint_dir,
@@ -194,13 +197,13 @@ class NashLoop:
             len_y = np.array([len(t) for t in samples.y], dtype=np.float64)
             len_yp = None
             if rule.centred_reward:  # r̄: the pairs generated together, on every rank
-                reward = _float64(self.preference.reward(prompts, ys), len(ys), "reward")
+                reward = self._score(self.preference.reward, (prompts, ys), "reward")
                 total, count = stepper.all_reduce([float(reward.sum()), float(reward.size)])
                 preference = reward - total / count + 0.5
             else:
                 assert samples.y_prime is not None
                 yps = decode(self.tokenizer, samples.y_prime)
-                preference = _float64(self.preference.prob(prompts, ys, yps), len(ys), "prob")
+                preference = self._score(self.preference.prob, (prompts, ys, yps), "prob")
                 len_yp = np.array([len(t) for t in samples.y_prime], dtype=np.float64)
                 report = getattr(self.preference, "pop_metrics", None)  # e.g. a judge's bias
                 if callable(report):
@@ -253,6 +256,28 @@ class NashLoop:
         self.elapsed += seconds
         self.generated_tokens += gen_tokens
         return record
+
+    def _score(
+        self, call: Callable[..., Any], texts: tuple[list[str], ...], what: str
+    ) -> np.ndarray:
+        """``call(*texts)``, the preference's answer for this process's rows, as float64;
+        when it is unavailable on any rank, every rank raises
+        :class:`PreferenceUnavailableError` at the same point."""
+        failure: PreferenceUnavailableError | None = None
+        values = None
+        try:
+            values = call(*texts)
+        except PreferenceUnavailableError as err:
+            failure = err
+        if self.stepper.world_size > 1:
+            failed = self.stepper.all_reduce([float(failure is not None)], "max")[0]
+            if failed and failure is None:
+                failure = PreferenceUnavailableError(
+                    "the preference of another rank gave no usable answer (see its log)"
+                )
+        if failure is not None:
+            raise failure
+        return _float64(values, len(texts[1]), what)
 
     def _check_finite(self, step: int, loss: float, grad_norm: float | None) -> None:
         bad = [
@@ -331,7 +356,12 @@ class NashLoop:
         )
         with writer as log, progress, self._signals():
             for step in range(self.start_step + 1, self.total + 1):
-                last = self.step(step)
+                sampling = self.stepper.sampling_state()
+                try:
+                    last = self.step(step)
+                except PreferenceUnavailableError as err:
+                    err.args = (f"{err}\nnlhf: {self._abandon(step, sampling, saved_at)}",)
+                    raise
                 if log is not None and (step % spec.training.log_every == 0 or step == self.total):
                     log.log(last)
                 progress.advance(loss=last["loss"], kl=last.get("kl"))
@@ -343,6 +373,23 @@ class NashLoop:
         if saved_at != self.total:
             self.checkpoint(self.total)
         return self._summary(last)
+
+    def _abandon(self, step: int, sampling: Any, saved_at: int | None) -> str:
+        """Undo step ``step``, checkpoint step − 1 (unless saved already or nothing ran) and
+        say where the run can resume."""
+        self.stepper.abandon_step(sampling)
+        done = step - 1
+        if done > self.start_step and saved_at != done:
+            self.checkpoint(done)
+        if self.last_checkpoint is None:
+            return (
+                f"step {step} was abandoned; no step finished, so there is nothing to resume: "
+                "rerun once the preference answers again"
+            )
+        return (
+            f"step {step} was abandoned; checkpoint {self.last_checkpoint} holds step {done}; "
+            "continue with `nlhf run SPEC --resume` once the preference answers again"
+        )
 
     def _summary(self, last: dict[str, Any]) -> dict[str, Any]:
         summary: dict[str, Any] = {

@@ -16,6 +16,10 @@ The unit of work is one optimiser step over ``grad_accum`` micro-batches:
    the per-micro-batch losses, the loss kernel's metrics and the gradient norm;
 4. ``update_ema(decay)`` (nash_ema_pg) moves the opponent θ̄ ← d·θ̄ + (1 − d)·θ.
 
+A step that cannot finish (the preference is unavailable) is undone with
+``abandon_step(sampling_state())``, the state taken before its first ``sample``: the loop
+then checkpoints the previous step, which a resume replays bit for bit.
+
 Several processes (DeepSpeed ranks) each run the same loop; ``rank``/``world_size`` and
 ``all_reduce`` let the loop average metrics and gate files on rank 0, and a stepper
 samples only its rows of each micro-batch (``Samples.rows``).
@@ -127,6 +131,17 @@ class NashStepper(PolicyProbe, Protocol):
     def apply(self) -> Update: ...
 
     def update_ema(self, decay: float) -> None: ...
+
+    def sampling_state(self) -> Any:
+        """What ``sample`` consumes and a checkpoint saves (torch: the generator's state;
+        None where the draws are a pure function of the step, as on jax)."""
+        ...
+
+    def abandon_step(self, sampling_state: Any) -> None:
+        """Undo the current step before ``apply``: drop its accumulated gradients, losses
+        and metrics and restore ``sampling_state``, so a checkpoint written next holds the
+        previous step exactly."""
+        ...
 
     def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
         """Sum (or max) over processes, float64; the identity in a single process."""
