@@ -121,6 +121,16 @@ EVAL_DS = ["task=evaluate", "algorithm=null", "eval.policies=[a]", "distributed.
         ("torch", [*RLHF_JUDGE[:1], "preference={name: bradley_terry_reward, path: rm}"], None),
         (
             "torch",
+            [
+                "distributed={engine: deepspeed}",
+                "training.grad_accum=2",
+                "training.generation.batch_size=32",
+            ],
+            "training.generation.batch_size: under DeepSpeed each rank samples its share of "
+            "every micro-batch, so generation calls are micro-batches",
+        ),
+        (
+            "torch",
             EVAL_DS,
             "distributed.engine: 'deepspeed' is not supported by backend 'torch' "
             "for task 'evaluate' (supported: none)",

@@ -23,6 +23,8 @@ Cross-field rules (Munos et al., arXiv:2312.00886, §7 for the algorithms):
 - ``batch_size / grad_accum`` prompts form a micro-batch; it must be whole and, on a
   ``distributed: {engine: jax}`` mesh, divisible by the product of the mesh axes the
   backend splits batches over (``batch_axes``).
+- under ``distributed: {engine: deepspeed}`` each rank samples its share of every
+  micro-batch, so ``training.generation.batch_size`` must be the micro-batch (or unset).
 - ``--nproc N > 1`` needs a task in ``launch_tasks`` and an engine in ``launch_engines``;
   tabular runs are single-process.
 """
@@ -386,6 +388,14 @@ def _batches(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
         yield Problem(tuple(head.split(".")), message)
         return
     dist = spec.distributed
+    generation = spec.training.generation_batch_size()
+    if dist.engine == "deepspeed" and generation != micro:
+        yield Problem(
+            ("training", "generation", "batch_size"),
+            f"under DeepSpeed each rank samples its share of every micro-batch, so "
+            f"generation calls are micro-batches ({micro} prompts); remove "
+            f"generation.batch_size or set it to {micro}",
+        )
     if not isinstance(dist, JaxMeshSpec) or "jax" not in ctx.caps.engines_for("nash"):
         return
     ways = math.prod(dist.mesh.get(axis, 1) for axis in ctx.caps.batch_axes)
