@@ -14,6 +14,11 @@ from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE
 CONFIG_NAME = "nlhf_preference.json"
 Kind = Literal["pairwise", "bradley_terry"]
 Head = Literal["lm", "classification"]
+Pooling = Literal["model", "mean"]
+"""How a ``classification`` head reads the sequence: ``model``, the architecture's own
+read-out (BERT: the pooled ``[CLS]`` token; decoders: the last non-pad token); ``mean``, the
+attention-masked mean of the last hidden states (the pooling sentence encoders such as
+all-MiniLM-L6-v2 are trained with, Reimers & Gurevych 2019, arXiv:1908.10084)."""
 
 
 @dataclass
@@ -25,6 +30,7 @@ class PreferenceConfig:
     template: str = DEFAULT_JUDGE_TEMPLATE
     answer_tokens: tuple[str, str] = (" 1", " 2")
     max_length: int = 1024
+    pooling: Pooling = "model"
     format_version: int = 1
 
     def save(self, directory: Path) -> None:

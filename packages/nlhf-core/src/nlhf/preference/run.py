@@ -80,6 +80,7 @@ def prepare_preference_run(
         template=pt.template,
         answer_tokens=tuple(pt.answer_tokens),
         max_length=spec.data.max_length,
+        pooling=pt.pooling,
     )
     tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
     data = load_pairs(
@@ -131,7 +132,10 @@ def run_preference_training(
         )
         if run.training.compare_baseline:
             bt = PreferenceConfig(
-                kind="bradley_terry", head="classification", max_length=run.config.max_length
+                kind="bradley_terry",
+                head="classification",
+                max_length=run.config.max_length,
+                pooling=run.config.pooling,
             )
             summary["baseline"] = fit(
                 spec, output / "baseline", bt, run.data, resume=resume, label="bradley_terry"

@@ -320,6 +320,11 @@ class PreferenceTrainingSpec(Section):
     """Judge prompt with ``{prompt}``, ``{response_1}``, ``{response_2}`` (pairwise only)."""
     answer_tokens: tuple[str, str] = (" 1", " 2")
     """Continuations whose first differing tokens give v (``head: lm`` only)."""
+    pooling: Literal["model", "mean"] = "model"
+    """``head: classification`` only: what the score head reads, ``model`` (the
+    architecture's own read-out: BERT's pooled ``[CLS]``, a decoder's last non-pad token)
+    or ``mean`` (the masked mean of the last hidden states, how sentence encoders such as
+    all-MiniLM-L6-v2 are trained)."""
     compare_baseline: bool = False
 
     @model_validator(mode="after")
@@ -328,6 +333,8 @@ class PreferenceTrainingSpec(Section):
             self.head = "lm" if self.kind == "pairwise" else "classification"
         if self.kind == "bradley_terry" and self.head != "classification":
             raise ValueError("head: a `bradley_terry` reward model needs `head: classification`")
+        if self.pooling == "mean" and self.head != "classification":
+            raise ValueError("pooling: `mean` applies to `head: classification` only")
         if self.kind == "bradley_terry" and self.compare_baseline:
             raise ValueError("compare_baseline: applies to `kind: pairwise` (BT is the baseline)")
         if self.kind == "pairwise":

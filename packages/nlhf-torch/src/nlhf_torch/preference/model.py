@@ -9,6 +9,11 @@
 - :class:`BradleyTerryModel`: a reward r_θ(x,y) (1-label sequence classification on
   ``prompt + response``) with P = σ(r(x,y) − r(x,y')) (Bradley & Terry 1952).
 
+A ``classification`` head reads the architecture's own pooled output (``pooling="model"``)
+or, with ``pooling="mean"``, the masked mean h̄ = Σₜ mₜ hₜ / Σₜ mₜ of the last hidden
+states through the model's linear score head (``classifier`` / ``score``), the read-out
+sentence encoders are trained with (Reimers & Gurevych 2019, arXiv:1908.10084).
+
 Both expose ``pair_logits(prompts, ys, y_primes) -> z`` (differentiable, P = σ(z)) and
 ``prob(...) -> list[float]``. A model directory holds the transformers checkpoint
 (safetensors), its tokenizer and ``nlhf_preference.json`` (kind, head, template, answer
@@ -94,6 +99,14 @@ class PreferenceModel(torch.nn.Module):
             else:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[rows, last].float()
             return logits[:, self._id_1] - logits[:, self._id_2]
+        if self.config.pooling == "mean":
+            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1)
+            dropout = getattr(self.model, "dropout", None)
+            if isinstance(dropout, torch.nn.Dropout):
+                pooled = dropout(pooled)
+            return score_head(self.model)(pooled).float()[:, 0]
         out = self.model(input_ids=ids, attention_mask=mask).logits.float()
         return out[:, 0]
 
@@ -185,6 +198,21 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def score_head(model: Any) -> torch.nn.Linear:
+    """The linear 1-label score head of a sequence classifier (``classifier`` for the BERT
+    family, ``score`` for decoders), which ``pooling="mean"`` applies to h̄; an error for
+    heads that do their own pooling (RoBERTa's, DeBERTa's)."""
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear) and head.in_features == model.config.hidden_size:
+            return head
+    raise InputError(
+        f"preference_training.pooling: `mean` needs a linear score head on the hidden states "
+        f"(`classifier` or `score`); {type(model).__name__} has none (its head pools by "
+        "itself); use `pooling: model`"
+    )
+
+
 def _model_class(head: Head) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -225,6 +253,8 @@ def build_preference_model(
             model = _model_class(config.head).from_pretrained(str(model_path), **kwargs)
     except (OSError, ValueError) as exc:
         raise InputError(f"{field}: could not load {model_path}: {exc}") from exc
+    if config.pooling == "mean":
+        score_head(model)
     return _wrap(model.to(device), tokenizer, config)
 
 
