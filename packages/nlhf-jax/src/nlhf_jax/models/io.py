@@ -32,11 +32,20 @@ _DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloa
 
 
 def load_config(path: str | Path) -> DecoderConfig:
+    """The :class:`DecoderConfig` of a model directory; an architecture or setting the
+    decoder does not reproduce is an :class:`InputError` located at its ``config.json``."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise InputError(f"no config.json in {path} (expected a Hugging Face model directory)")
-    return DecoderConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+    try:
+        return DecoderConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+    except InputError as exc:  # located: FILE: field: message
+        raise InputError(f"{cfg_file}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"{cfg_file}: not a decoder config ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
@@ -128,7 +137,7 @@ def _head_of(cfg: DecoderConfig) -> Head:
 def load_model(
     path: str | Path, *, dtype: str | Any = "float32", head: Head | None = None
 ) -> DecoderLM:
-    """Load a Llama/Qwen2 checkpoint directory (``head`` defaults to its ``architectures``)."""
+    """Load a checkpoint directory of one of :data:`~nlhf_jax.models.decoder.ARCHITECTURES` (``head`` defaults to its ``architectures``)."""
     cfg = load_config(path)
     jdtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     return from_hf_state_dict(cfg, read_safetensors(path), head or _head_of(cfg), jdtype)
