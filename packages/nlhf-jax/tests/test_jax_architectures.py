@@ -392,3 +392,24 @@ def test_transformers_4_style_configs_are_read():
     assert qwen.layer_windows == (None,) * 6
     mistral = DecoderConfig.from_dict(dict(base, model_type="mistral", sliding_window=None))
     assert mistral.layer_windows == (None,) * 6
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_sequence_classification_matches_transformers(tmp_path, arch):
+    """``<Arch>ForSequenceClassification`` directories (Gemma 3: the text classifier) load
+    as the jax classifier and score the last non-pad token as transformers does."""
+    torch.manual_seed(7)
+    config = hf_config(arch)
+    config.num_labels = 1
+    hf = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    hf.save_pretrained(tmp_path)
+    model = load_model(tmp_path)
+    cls = model.config.architecture.sequence_classification
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [cls]
+    ids, mask = _batch(seed=6)
+    want = np.zeros((ids.shape[0], 1))
+    for r in range(ids.shape[0]):
+        with torch.no_grad():
+            want[r] = hf(torch.tensor(ids[r, mask[r] == 1][None])).logits[0].double().numpy()
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)), np.float64)
+    assert_close(got, want, "float32", f"{arch} scores", scope="model")

@@ -60,8 +60,10 @@ class Architecture:
     """How one ``model_type`` departs from Llama, and the transformers config defaults
     that matter when ``config.json`` omits a field."""
 
-    class_prefix: str
-    """transformers class name prefix (``Qwen3`` → ``Qwen3ForCausalLM``)."""
+    causal_lm: str
+    """transformers' causal LM class (``architectures`` of its ``config.json``)."""
+    sequence_classification: str
+    """transformers' sequence classification class."""
     qkv_bias: bool | None = None
     """q/k/v projection bias (None: the config's ``attention_bias``)."""
     o_bias: bool | None = None
@@ -81,29 +83,33 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("Llama"),
+    "llama": Architecture("LlamaForCausalLM", "LlamaForSequenceClassification"),
     "qwen2": Architecture(
-        "Qwen2",
+        "Qwen2ForCausalLM",
+        "Qwen2ForSequenceClassification",
         qkv_bias=True,
         o_bias=False,
         windows="layer_types",
         defaults=(("sliding_window", 4096), ("max_window_layers", 28)),
     ),
     "qwen3": Architecture(
-        "Qwen3",
+        "Qwen3ForCausalLM",
+        "Qwen3ForSequenceClassification",
         qk_norm=True,
         windows="layer_types",
         defaults=(("head_dim", 128), ("sliding_window", 4096), ("max_window_layers", 28)),
     ),
     "mistral": Architecture(
-        "Mistral",
+        "MistralForCausalLM",
+        "MistralForSequenceClassification",
         qkv_bias=False,
         o_bias=False,
         windows="all",
         defaults=(("sliding_window", 4096),),
     ),
     "gemma2": Architecture(
-        "Gemma2",
+        "Gemma2ForCausalLM",
+        "Gemma2ForSequenceClassification",
         gemma=True,
         windows="layer_types",
         attn_softcap=True,
@@ -119,7 +125,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
     ),
     "gemma3_text": Architecture(
-        "Gemma3",
+        "Gemma3ForCausalLM",
+        "Gemma3TextForSequenceClassification",
         gemma=True,
         qk_norm=True,
         windows="layer_types",
@@ -135,7 +142,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
     ),
     "phi3": Architecture(
-        "Phi3",
+        "Phi3ForCausalLM",
+        "Phi3ForSequenceClassification",
         qkv_bias=False,
         o_bias=False,
         fused=True,
