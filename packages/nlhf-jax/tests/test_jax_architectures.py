@@ -103,6 +103,7 @@ def hf_config(arch: str):
             sliding_window=WINDOW,
             layer_types=SLIDING,
             final_logit_softcapping=2.5,
+            attn_logit_softcapping=1.5,  # set, but transformers' Gemma 3 never applies it
             rope_parameters={
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
                 "full_attention": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
