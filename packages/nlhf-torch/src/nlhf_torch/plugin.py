@@ -21,6 +21,9 @@ CAPABILITIES = Capabilities(
         "pairwise_model",
         "remote",
     ),
+    encoder_backbones=True,  # nlhf_torch.preference.model: any AutoModelForSequenceClassification
+    mean_pooling=True,
+    frozen_layers=True,
     engines={"nash": ("none", "deepspeed"), "preference_model": ("none", "deepspeed")},
     lora=("nash",),  # PEFT adapters on the Nash policy; preference models train every weight
     dtypes=("float32", "float64", "bfloat16", "float16"),

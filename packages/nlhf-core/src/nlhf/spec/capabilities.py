@@ -105,6 +105,13 @@ class Capabilities(BaseModel):
     object then has ``launch_command``, :class:`nlhf.algorithms.protocols.DistributedLaunch`)."""
     launch_engines: tuple[str, ...] = ()
     """``distributed.engine`` values such a launch needs."""
+    encoder_backbones: bool = False
+    """``task: preference_model`` on an encoder ``policy.model`` (BERT family, e.g. the
+    packaged all-MiniLM-L6-v2; :func:`nlhf.packaged.model_kind`)."""
+    mean_pooling: bool = False
+    """``preference_training.pooling: mean`` (the masked mean of the last hidden states)."""
+    frozen_layers: bool = False
+    """``preference_training.frozen_layers > 0`` (the lowest blocks stay fixed)."""
 
     @model_validator(mode="after")
     def _known_names(self) -> Capabilities:
@@ -442,7 +449,37 @@ def _launch(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
         )
 
 
-_LLM_RULES = (_preference, _algorithm, _engine, _dtypes, _sampling, _lora, _batches)
+def _backbone(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
+    """A preference model's backbone and read-out: encoders and mean pooling are declared."""
+    if spec.task != "preference_model" or spec.policy is None:
+        return
+    from nlhf.packaged import model_kind
+
+    path = spec.policy.model
+    if not ctx.caps.encoder_backbones and model_kind(path) == "encoder":
+        yield Problem(
+            ("policy", "model"),
+            f"{path} is an encoder (bidirectional, e.g. BERT); backend {ctx.backend!r} trains "
+            "preference models on decoder (causal LM) backbones only; use a decoder such as "
+            "runs/models/smollm2-135m-instruct" + ctx.elsewhere(lambda b, c: c.encoder_backbones),
+        )
+    pt = spec.preference_training
+    if pt is not None and pt.pooling == "mean" and not ctx.caps.mean_pooling:
+        yield Problem(
+            ("preference_training", "pooling"),
+            f"'mean' is not supported by backend {ctx.backend!r} (its classification heads "
+            "read the model's own pooled output); use `pooling: model`"
+            + ctx.elsewhere(lambda b, c: c.mean_pooling),
+        )
+    if pt is not None and pt.frozen_layers and not ctx.caps.frozen_layers:
+        yield Problem(
+            ("preference_training", "frozen_layers"),
+            f"{pt.frozen_layers} is not supported by backend {ctx.backend!r} (it trains every "
+            "parameter); set frozen_layers: 0" + ctx.elsewhere(lambda b, c: c.frozen_layers),
+        )
+
+
+_LLM_RULES = (_preference, _algorithm, _engine, _dtypes, _sampling, _lora, _batches, _backbone)
 
 
 def check_capabilities(

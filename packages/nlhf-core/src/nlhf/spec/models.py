@@ -325,6 +325,9 @@ class PreferenceTrainingSpec(Section):
     architecture's own read-out: BERT's pooled ``[CLS]``, a decoder's last non-pad token)
     or ``mean`` (the masked mean of the last hidden states, how sentence encoders such as
     all-MiniLM-L6-v2 are trained)."""
+    frozen_layers: NonNegativeInt = 0
+    """The backbone's embeddings and its first ``frozen_layers`` transformer blocks stay
+    fixed; only the blocks above and the head train (0: every parameter trains)."""
     compare_baseline: bool = False
 
     @model_validator(mode="after")

@@ -304,8 +304,7 @@ def _classifier_config(cfg: DecoderConfig, pad_token_id: int) -> DecoderConfig:
     """``cfg`` as a 1-label ``<Arch>ForSequenceClassification`` (what transformers saves
     for ``from_pretrained(.., num_labels=1, pad_token_id=..)``)."""
     raw = dict(cfg.raw)
-    prefix = {"llama": "Llama", "qwen2": "Qwen2"}[cfg.model_type]
-    raw.update(architectures=[f"{prefix}ForSequenceClassification"], pad_token_id=pad_token_id,
+    raw.update(architectures=[cfg.architecture.sequence_classification], pad_token_id=pad_token_id,
                id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})  # fmt: skip
     raw.pop("num_labels", None)
     return dataclasses.replace(cfg, num_labels=1, pad_token_id=pad_token_id, raw=raw)
@@ -418,6 +417,12 @@ def load_preference_model(
     check_model_dir(path, field)
     path = Path(path).expanduser()
     config = PreferenceConfig.for_directory(path, field)
+    if config.pooling != "model":
+        raise InputError(
+            f"{field}: {path} was trained with pooling {config.pooling!r}, which the jax "
+            "backend does not implement (its score heads read the last non-pad token); load "
+            "it with the torch backend (--backend torch)"
+        )
     tokenizer = load_tokenizer(path, field, scoring=True)
     model = load_decoder(path, config.head, dtype=dtype, pad_token_id=tokenizer.pad_token_id,
                          field=field)  # fmt: skip

@@ -213,6 +213,39 @@ def score_head(model: Any) -> torch.nn.Linear:
     )
 
 
+def freeze_lower_layers(model: Any, n: int) -> None:
+    """Fix the embeddings and the first ``n`` transformer blocks of ``model``'s backbone
+    (``preference_training.frozen_layers``): every backbone parameter registered before
+    its block list (BERT's ``embeddings``, a decoder's ``embed_tokens``), then blocks
+    0..n−1. The blocks above, final norms, poolers and the head still train; autograd
+    then stops at block n, so the backward pass costs only the trained blocks."""
+    if n == 0:
+        return
+    base = model.base_model
+    depth = getattr(model.config, "num_hidden_layers", None)
+    blocks = next(
+        (m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth),
+        None,
+    )
+    if blocks is None:
+        raise InputError(
+            f"preference_training.frozen_layers: found no list of {depth} transformer blocks "
+            f"in {type(model).__name__}; set frozen_layers: 0"
+        )
+    if n > len(blocks):
+        raise InputError(
+            f"preference_training.frozen_layers: {n} exceeds the {len(blocks)} transformer "
+            f"blocks of {type(model).__name__}; use at most {len(blocks)}"
+        )
+    in_blocks = {id(p) for p in blocks.parameters()}
+    for param in base.parameters():
+        if id(param) in in_blocks:
+            break
+        param.requires_grad_(False)
+    for block in blocks[:n]:
+        block.requires_grad_(False)
+
+
 def _model_class(head: Head) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

@@ -5,7 +5,8 @@ Trains a :class:`~nlhf_torch.preference.model.PairwiseModel` (or a Bradley–Ter
 reward model) by cross-entropy over both presentation orders,
 loss = mean_b −[p_b log σ(z_b) + (1−p_b) log σ(−z_b)], z = v(x,y_w,y_l) − v(x,y_l,y_w)
 (:func:`nlhf_torch.kernels.preference_loss`), with AdamW, gradient accumulation and
-clipping. Held-out metrics: accuracy, log-loss, ECE and the antisymmetry error
+clipping; ``preference_training.frozen_layers`` fixes the backbone's embeddings and lowest
+blocks (:func:`~nlhf_torch.preference.model.freeze_lower_layers`). Held-out metrics: accuracy, log-loss, ECE and the antisymmetry error
 max |P(y≻y') + P(y'≻y) − 1| (scored in separate calls). Writes
 ``spec.resolved.yaml``, ``metrics.jsonl``, ``checkpoints/step-N/`` (model, tokenizer,
 ``nlhf_preference.json``, ``trainer_state.pt``), ``model/`` and ``summary.json``.
@@ -49,6 +50,7 @@ from nlhf_torch.preference.model import (
     PreferenceConfig,
     PreferenceModel,
     build_preference_model,
+    freeze_lower_layers,
     load_preference_model,
 )
 
@@ -155,6 +157,8 @@ def fit(
             tokenizer_path=spec.policy.tokenizer,
             dtype=spec.policy.dtype,
         )
+    pt = spec.preference_training
+    freeze_lower_layers(model.model, pt.frozen_layers if pt is not None else 0)
     n = len(data.train)
     per_epoch = math.ceil(n / tr.batch_size)
     total = min(tr.steps, tr.epochs * per_epoch)
