@@ -257,8 +257,8 @@ def test_cli_in_a_fresh_interpreter_imports_no_framework() -> None:
     assert "CODE 0" in outs[1]
     table = outs[1].split("what each backend runs")[1]
     for row in (
-        "none, deepspeed (nash, preference_model); none (evaluate)",  # torch
-        "none, jax (nash, preference_model); none (evaluate)",  # jax
+        "none, deepspeed (nash, preference_model); none (evaluate, offline)",  # torch
+        "none, jax (nash, preference_model); none (evaluate, offline)",  # jax
         "deepspeed (nash, preference_model)",  # torch --nproc N
         "float32, bfloat16, float16",  # jax dtypes
         "nash: nash_md, omd, self_play, best_response",  # tabular
@@ -291,6 +291,8 @@ MEANT_FOR = {
     "quickstart.yaml": ("torch", "jax"),
     "compare-algorithms.yaml": ("torch", "jax"),
     "preference-hh.yaml": ("torch", "jax"),
+    "offline-dpo.yaml": ("torch", "jax"),
+    "offline-ipo.yaml": ("torch", "jax"),
 }
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
 CASES = [

@@ -51,6 +51,7 @@ RUN_OUTPUTS = (
     "checkpoints",
     "model",
     "baseline",
+    "reference_logprobs.json",
     "winrate.csv",
     "winrate.json",
     "responses",

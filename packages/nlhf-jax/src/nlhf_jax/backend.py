@@ -31,6 +31,13 @@ class JaxBackend:
 
         return make_stepper(spec, checkpoint, plugins)
 
+    def make_offline_stepper(self, spec: Any, checkpoint: Path | None, total_steps: int) -> Any:
+        """The :class:`nlhf.training.offline.OfflineStepper` of a ``task: offline`` spec
+        (DPO / IPO on pairs; :func:`nlhf_jax.offline.make_offline_stepper`)."""
+        from nlhf_jax.offline import make_offline_stepper
+
+        return make_offline_stepper(spec, checkpoint, total_steps)
+
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         require(spec, self.name, self.capabilities)
         if spec.task == "nash":
@@ -45,11 +52,15 @@ class JaxBackend:
             from nlhf_jax.preference.train import train_preference_model
 
             return train_preference_model(spec, Path(output), resume=resume)
+        if spec.task == "offline":
+            from nlhf_jax.offline import train_offline
+
+            return train_offline(spec, Path(output), resume=resume)
         if spec.task == "evaluate":
             from nlhf_jax.evaluate import evaluate_spec
 
             return evaluate_spec(spec, Path(output))
         raise NLHFError(
             f"task {spec.task!r} is not supported by the jax backend yet (supported: nash, "
-            "preference_model, evaluate); use --backend torch"
+            "preference_model, evaluate, offline); use --backend torch"
         )

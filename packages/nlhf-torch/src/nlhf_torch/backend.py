@@ -31,6 +31,13 @@ class TorchBackend:
 
         return make_stepper(spec, checkpoint, plugins)
 
+    def make_offline_stepper(self, spec: Any, checkpoint: Path | None, total_steps: int) -> Any:
+        """The :class:`nlhf.training.offline.OfflineStepper` of a ``task: offline`` spec
+        (DPO / IPO on pairs; :func:`nlhf_torch.offline.make_offline_stepper`)."""
+        from nlhf_torch.offline import make_offline_stepper
+
+        return make_offline_stepper(spec, checkpoint, total_steps)
+
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         require(spec, self.name, self.capabilities)
         if spec.task == "nash":
@@ -45,6 +52,10 @@ class TorchBackend:
             from nlhf_torch.preference.train import train_preference_model
 
             return train_preference_model(spec, Path(output), resume=resume)
+        if spec.task == "offline":
+            from nlhf_torch.offline import train_offline
+
+            return train_offline(spec, Path(output), resume=resume)
         if spec.task == "evaluate":
             from nlhf_torch.evaluate import evaluate_spec
 

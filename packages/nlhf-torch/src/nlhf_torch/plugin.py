@@ -9,7 +9,7 @@ from nlhf.algorithms.params import LLM_ALGORITHMS, TABULAR_ALGORITHMS
 from nlhf.spec.capabilities import Capabilities
 
 CAPABILITIES = Capabilities(
-    tasks=("nash", "preference_model", "evaluate"),
+    tasks=("nash", "preference_model", "evaluate", "offline"),
     tabular_tasks=("nash",),
     algorithms=LLM_ALGORITHMS,
     tabular_algorithms=TABULAR_ALGORITHMS,

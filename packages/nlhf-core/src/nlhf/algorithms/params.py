@@ -6,6 +6,7 @@ Tabular algorithms (run by every backend on a preference matrix):
 update, its ``eta: auto`` and the convergence it comes with).
 LLM algorithms (torch/jax backends, paper §7): ``nash_md_pg``, ``nash_ema_pg``,
 ``self_play``, ``best_response``, ``rlhf_pg``, ``online_ipo``.
+Offline algorithms (``task: offline``, trained on fixed preference pairs): ``dpo``, ``ipo``.
 ``self_play`` and ``best_response`` exist in both families; fields marked
 *tabular* or *LLM* apply to one family only (the spec validator says so).
 """
@@ -39,6 +40,7 @@ LLM_ALGORITHMS = (
     "rlhf_pg",
     "online_ipo",
 )
+OFFLINE_ALGORITHMS = ("dpo", "ipo")
 
 
 class _Params(BaseModel):
@@ -241,6 +243,27 @@ class SPPO(_TabularFields):
     """*LLM*: K responses per prompt for the estimate P̂(y ≻ π_t) of SPPO's squared loss."""
 
 
+class DPO(_Params):
+    """DPO on fixed pairs (Rafailov et al. 2023, "Direct preference optimization", eq. 7):
+    loss = −log σ(τ·h), h = log π/μ(y_w) − log π/μ(y_l); ``tau`` is the paper's β, the
+    strength of the KL regulariser towards μ (τ here, as in every nlhf algorithm)."""
+
+    name: Literal["dpo"] = "dpo"
+    tau: PositiveFloat
+    """KL strength (DPO's β), e.g. 0.1."""
+
+
+class IPO(_Params):
+    """IPO on fixed pairs (Azar et al. 2023, "A general theoretical paradigm to understand
+    learning from human preferences", arXiv 2310.12036, the sampled IPO loss):
+    loss = (h − 1/(2τ))², h as in :class:`DPO`, whose minimum, pair by pair, is at
+    h = 1/(2τ)."""
+
+    name: Literal["ipo"] = "ipo"
+    tau: PositiveFloat
+    """KL strength τ, e.g. 0.1 (target margin 1/(2τ))."""
+
+
 AlgorithmSpec = Annotated[
     NashMD
     | OMD
@@ -254,6 +277,8 @@ AlgorithmSpec = Annotated[
     | NashMDPG
     | NashEMAPG
     | RLHFPG
-    | OnlineIPO,
+    | OnlineIPO
+    | DPO
+    | IPO,
     Field(discriminator="name"),
 ]

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from nlhf.plugins import Plugins
 
 Loc = tuple[str | int, ...]
-Task = Literal["nash", "preference_model", "evaluate"]
+Task = Literal["nash", "preference_model", "evaluate", "offline"]
 ENGINES = ("none", "deepspeed", "jax")
 LLM_PREFERENCES = tuple(name for name in BUILTIN_PREFERENCES if name != "tabular")
 NO_SCALAR_REWARD = ("llm_judge", "pairwise_model")
@@ -74,7 +74,7 @@ class Capabilities(BaseModel):
 
     tasks: tuple[Task, ...] = ()
     """``task`` values of LLM specs (a policy model): ``nash``, ``preference_model``,
-    ``evaluate``."""
+    ``evaluate``, ``offline``."""
     tabular_tasks: tuple[Task, ...] = ()
     """``task`` values of tabular specs (``preference: {name: tabular}``)."""
     algorithms: tuple[str, ...] = ()

@@ -21,6 +21,7 @@ from pydantic import (
 
 from nlhf.algorithms.params import (
     LLM_ALGORITHMS,
+    OFFLINE_ALGORITHMS,
     TABULAR_ALGORITHMS,
     AlgorithmSpec,
 )
@@ -608,7 +609,10 @@ class RunSpec(Section):
     """Root of a run spec (``spec_version: 1``)."""
 
     spec_version: Literal[1] = 1
-    task: Literal["nash", "preference_model", "evaluate"] = "nash"
+    task: Literal["nash", "preference_model", "evaluate", "offline"] = "nash"
+    """``nash``: a Nash run (LLM or tabular); ``preference_model``: train P(y≻y'|x) on
+    pairs; ``evaluate``: win-rates between policies; ``offline``: DPO / IPO on pairs
+    (docs/algorithms.md)."""
     seed: Seed = 0
     policy: PolicySpec | None = None
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
@@ -642,8 +646,42 @@ class RunSpec(Section):
                     f"reference.probs: has {len(self.reference.probs)} entries but the "
                     f"preference has {n} responses; give one probability per response"
                 )
-        if self.is_tabular and self.algorithm is not None:
-            if self.algorithm.name not in TABULAR_ALGORITHMS:
+        if self.algorithm is not None and self.algorithm.name in OFFLINE_ALGORITHMS:
+            if self.task != "offline":
+                problems.append(
+                    f"algorithm.name: {self.algorithm.name!r} trains offline on preference pairs; "
+                    "use `task: offline` (with the pairs in `data`)"
+                )
+        elif self.task == "offline" and self.algorithm is not None:
+            problems.append(
+                f"algorithm.name: `task: offline` trains {' or '.join(OFFLINE_ALGORITHMS)} on "
+                f"preference pairs, not {self.algorithm.name!r}"
+            )
+        if self.task == "offline":
+            if self.algorithm is None:
+                problems.append(
+                    "algorithm: a `task: offline` spec needs an `algorithm` section, e.g. "
+                    "{name: dpo, tau: 0.1}"
+                )
+            if self.policy is None:
+                problems.append("policy: `task: offline` needs `policy.model` (the LM to train)")
+            if self.data is None:
+                problems.append(
+                    "data: `task: offline` needs preference pairs (prompt, chosen, rejected) "
+                    "in `data`"
+                )
+            if self.preference is not None:
+                problems.append(
+                    "preference: `task: offline` learns from the pairs' labels, not a preference "
+                    "model; remove `preference`"
+                )
+            if self.reference.probs is not None:
+                problems.append("reference.probs: only tabular runs take `probs`")
+            grad_accum = self.training.grad_accum_problem()
+            if grad_accum is not None:
+                problems.append(grad_accum)
+        if self.task != "offline" and self.is_tabular and self.algorithm is not None:
+            if self.algorithm.name not in (*TABULAR_ALGORITHMS, *OFFLINE_ALGORITHMS):
                 problems.append(
                     f"algorithm.name: {self.algorithm.name!r} is an LLM algorithm; with a tabular "
                     f"preference use one of {', '.join(TABULAR_ALGORITHMS)}"
@@ -653,7 +691,7 @@ class RunSpec(Section):
             if self.reference.model is not None:
                 problems.append("reference.model: tabular runs take `reference.probs`")
         elif self.task == "nash" and self.preference is not None and self.algorithm is not None:
-            if self.algorithm.name not in LLM_ALGORITHMS:
+            if self.algorithm.name not in (*LLM_ALGORITHMS, *OFFLINE_ALGORITHMS):
                 problems.append(
                     f"algorithm.name: {self.algorithm.name!r} is tabular; with preference "
                     f"{self.preference.name!r} use one of {', '.join(LLM_ALGORITHMS)}"

@@ -1,0 +1,133 @@
+"""``task: offline``: the spec rules and bad pairs data give located errors; the reference
+cache file round-trips bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nlhf.errors import InputError, SpecError
+from nlhf.spec.load import load_spec
+from nlhf.spec.models import RunSpec
+from nlhf.testing.offline import build_offline_fixture
+from nlhf.training import offline
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_offline_fixture(tmp_path_factory.mktemp("offline"))
+
+
+def spec_text(
+    fx: dict[str, Path], algorithm: str = "{name: dpo, tau: 0.1}", extra: str = ""
+) -> str:
+    return (
+        "spec_version: 1\ntask: offline\n"
+        f"policy: {{model: {fx['policy']}}}\n"
+        f"data: {{path: {fx['pairs']}, format: preference}}\n"
+        f"algorithm: {algorithm}\n" + extra
+    )
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    return [str(i) for i in err.value.issues]
+
+
+def test_dpo_without_tau_is_located(fixture: dict[str, Path], tmp_path: Path) -> None:
+    issues = problems(tmp_path, spec_text(fixture, "{name: dpo}"))
+    assert issues == [f"{tmp_path / 'spec.yaml'}:5:1: algorithm.tau: required field is missing"]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra", "fragment"),
+    [
+        ("{name: nash_md_pg}", "", "`task: offline` trains dpo or ipo on preference pairs"),
+        (
+            "{name: dpo, tau: 0.1}",
+            "preference: {name: oracle, function: population}\n",
+            "preference: `task: offline` learns from the pairs' labels",
+        ),
+    ],
+)
+def test_offline_spec_rules(
+    fixture: dict[str, Path], tmp_path: Path, algorithm: str, extra: str, fragment: str
+) -> None:
+    assert any(fragment in i for i in problems(tmp_path, spec_text(fixture, algorithm, extra)))
+
+
+def test_dpo_under_task_nash_is_refused(fixture: dict[str, Path], tmp_path: Path) -> None:
+    text = spec_text(fixture).replace("task: offline", "task: nash")
+    text += "preference: {name: oracle, function: population}\n"
+    assert any("use `task: offline`" in i for i in problems(tmp_path, text))
+
+
+def _pairs_spec(fx: dict[str, Path], path: Path) -> RunSpec:
+    return RunSpec.model_validate(
+        {
+            "task": "offline",
+            "policy": {"model": str(fx["policy"])},
+            "data": {"path": str(path), "format": "preference"},
+            "algorithm": {"name": "ipo", "tau": 0.1},
+        }
+    )
+
+
+def _tokenizer(fx: dict[str, Path]):  # type: ignore[no-untyped-def]
+    from nlhf.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(fx["policy"])
+
+
+def test_empty_pairs_file(fixture: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(InputError, match=r"^data.path: .*empty.jsonl is empty \(no pairs\)"):
+        offline.load_offline_pairs(_pairs_spec(fixture, empty), _tokenizer(fixture))
+
+
+def test_missing_column(fixture: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "chosen": " a", "answer": " b"}) + "\n")
+    with pytest.raises(InputError, match="rejected") as err:
+        offline.load_offline_pairs(_pairs_spec(fixture, bad), _tokenizer(fixture))
+    assert str(err.value).startswith("data")
+
+
+def test_soft_labels_are_refused_and_zero_labels_swap(
+    fixture: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = [
+        {"prompt": "x", "chosen": " a", "rejected": " b", "label": 0.0},
+        {"prompt": "y", "chosen": " c", "rejected": " d", "label": 1.0},
+    ]
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs, _, _ = offline.load_offline_pairs(_pairs_spec(fixture, path), _tokenizer(fixture))
+    swapped = {p.prompt: (p.chosen, p.rejected) for p in pairs.train}
+    assert swapped == {"x": (" b", " a"), "y": (" c", " d")}
+    rows[0]["label"] = 0.7
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="soft label"):
+        offline.load_offline_pairs(_pairs_spec(fixture, path), _tokenizer(fixture))
+
+
+def test_cache_file_round_trips_bit_exact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    values = offline.ReferenceLogprobs(*(rng.standard_normal(n) * 50 for n in (5, 5, 2, 2)))
+    offline.write_reference_cache(tmp_path, {"key": "k1"}, values)
+    offline._MEMORY.clear()
+    read, on_disk = offline.load_reference_cache(tmp_path, "k1")
+    assert on_disk and read is not None
+    for a, b in zip(
+        (read.chosen, read.eval_rejected), (values.chosen, values.eval_rejected), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert offline.load_reference_cache(tmp_path, "other") == (None, False)
