@@ -23,6 +23,7 @@ from rich.table import Table
 import nlhf
 from nlhf.errors import NLHFError, SpecError
 from nlhf.formatting import flatten, format_value
+from nlhf.multinode import Nodes, check_nodes
 
 SPEC_ERROR_EXIT = 2
 ERROR_EXIT = 1
@@ -188,14 +189,20 @@ def _front_checks(
     overrides: Sequence[str] | None,
     nproc: int,
     output: Path | None,
+    *,
+    outputs: bool = True,
 ) -> str:
     """Every problem ``validate`` and ``run`` find before any model loads, at once (one
-    :class:`SpecError`): this machine (:func:`_preflight`), then the backend's
-    capabilities (:func:`_check_backend`, whose note is returned)."""
+    :class:`SpecError`): this machine (:func:`_preflight`; ``outputs=False``, on a node
+    that writes no files: not the output directory), then the backend's capabilities
+    (:func:`_check_backend`, whose note is returned)."""
     issues: list[str] = []
     checked = ""
     try:
-        _preflight(run_spec, spec, overrides, output)
+        if outputs:
+            _preflight(run_spec, spec, overrides, output)
+        else:
+            _check_memory(run_spec, spec, overrides)
     except SpecError as exc:
         issues += exc.issues
     try:
@@ -240,6 +247,25 @@ def run(
             "torch + `distributed: {engine: deepspeed}`; see docs/distributed.md).",
         ),
     ] = 1,
+    nnodes: Annotated[
+        int,
+        typer.Option(
+            "--nnodes",
+            help="Machines in a multi-node launch; run the same command on each with its "
+            "--node-rank (docs/distributed.md).",
+        ),
+    ] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="This machine's index, 0 .. nnodes-1.")
+    ] = 0,
+    master_addr: Annotated[
+        str | None,
+        typer.Option("--master-addr", help="Address of node 0, reachable from every node."),
+    ] = None,
+    master_port: Annotated[
+        str | None,
+        typer.Option("--master-port", help="Free TCP port on node 0 (default 29500)."),
+    ] = None,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -251,6 +277,8 @@ def run(
     ] = False,
 ) -> None:
     """Run a spec: train, or solve a tabular game, and write outputs."""
+    import contextlib
+
     library_progress_bars(verbose)
     run_spec = _load(spec, overrides)
     if output is not None:
@@ -260,22 +288,39 @@ def run(
         from nlhf.errors import InputError
 
         raise InputError(f"--nproc must be >= 1, got {nproc}")
-    _front_checks(run_spec, name, spec, overrides, nproc, output)
+    nodes = check_nodes(nnodes, node_rank, master_addr, master_port)
+    launched = nproc > 1 or nodes.explicit
+    if nodes.explicit:
+        _check_multinode_backend(name, nodes)
+    owner = nodes.owns_outputs and _owns_outputs(run_spec)
+    world = nodes.world_size(nproc)
+    _front_checks(run_spec, name, spec, overrides, world, output, outputs=owner)
     engine = _backend(name)
     out_dir = Path(run_spec.output.dir)
     from nlhf.runio import claim_output_dir
 
-    # the one owner of out_dir (docs/resume.md); launched processes do not claim it again
-    with claim_output_dir(run_spec, out_dir, resume=resume, overwrite=overwrite):
-        if nproc > 1:
+    # the one owner of out_dir (docs/resume.md); launched processes and the other nodes
+    # of a multi-node run do not claim it
+    claim = (
+        claim_output_dir(run_spec, out_dir, resume=resume, overwrite=overwrite)
+        if owner
+        else contextlib.nullcontext()
+    )
+    with claim:
+        if launched:
             raise typer.Exit(
-                _launch(engine, name, run_spec, spec, nproc, overrides, output, resume, out_dir)
+                _launch(
+                    engine, name, run_spec, spec, nproc, overrides, output, resume, out_dir, nodes
+                )
             )
         _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name} -> {out_dir}")
         _prepare(run_spec)
         _check_memory(run_spec, spec, overrides)  # again: prepare may have built the model
         summary = engine.train(run_spec, out_dir, resume=resume) or {}
     console = _out()
+    if not owner:
+        console.print(f"nlhf: this process is done; process 0 writes the outputs to {out_dir}")
+        return
     headline = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
     if headline:
         table = Table(title="summary", show_header=False)
@@ -285,6 +330,31 @@ def run(
             table.add_row(key, format_value(value))
         console.print(table)
     console.print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
+
+
+def _owns_outputs(run_spec: Any) -> bool:
+    """Whether this process writes the run directory: not a jax process with
+    ``distributed.process_id`` > 0 (each such process is started by its own ``nlhf run``)."""
+    return not getattr(run_spec.distributed, "process_id", None)
+
+
+def _check_multinode_backend(name: str, nodes: Nodes) -> None:
+    """``--nnodes``/``--master-addr`` need a backend whose launch takes them."""
+    from nlhf.errors import InputError
+    from nlhf.spec.capabilities import capabilities_of
+
+    try:
+        caps = capabilities_of(name)
+    except NLHFError:
+        return  # an unknown backend is reported by _backend
+    if caps is None or caps.launch_tasks:
+        return
+    raise InputError(
+        f"--nnodes {nodes.count}: backend {name!r} has no multi-node launch; drop --nnodes, "
+        "--node-rank, --master-addr and --master-port (the torch backend launches "
+        "DeepSpeed runs on several nodes; a jax run joins several hosts through its spec: "
+        "distributed.coordinator_address, num_processes, process_id, see docs/distributed.md)"
+    )
 
 
 def _launch(
@@ -297,10 +367,13 @@ def _launch(
     output: Path | None,
     resume: bool,
     out_dir: Path,
+    nodes: Nodes | None = None,
 ) -> int:
     """Re-run ``spec`` on ``nproc`` processes with the backend's launch command (a
     ``launch_command(spec, path, nproc, overrides=, output=, resume=)`` method returning
-    ``(argv, extra env)``); returns the launcher's exit status."""
+    ``(argv, extra env)``; on several nodes also ``nodes=``, :class:`nlhf.multinode.Nodes`);
+    returns the launcher's exit status."""
+    import inspect
     import os
 
     launch = getattr(engine, "launch_command", None)
@@ -309,19 +382,32 @@ def _launch(
             f"--nproc {nproc}: backend {name!r} has no distributed launch; run with --nproc 1 "
             "(the torch backend launches DeepSpeed runs)"
         )
-    argv, env = launch(
-        run_spec, spec, nproc, overrides=list(overrides or ()), output=output, resume=resume
-    )
-    _err().print(
-        f"nlhf: {spec}: {_describe(run_spec)} on backend {name}, {nproc} processes -> {out_dir}"
-    )
+    extra: dict[str, Any] = {}
+    where, failed = f"{nproc} processes", f"{nproc}-process run failed"
+    if nodes is not None and nodes.explicit:
+        if "nodes" not in inspect.signature(launch).parameters:
+            raise NLHFError(
+                f"--nnodes {nodes.count}: backend {name!r} launches on one machine only; "
+                "drop --nnodes, --node-rank, --master-addr and --master-port"
+            )
+        extra["nodes"] = nodes
+        where = (
+            f"node {nodes.rank} of {nodes.count}, {nproc} processes here, "
+            f"{nodes.world_size(nproc)} in all"
+        )
+        failed = f"node {nodes.rank} of {nodes.count}: the run failed"
+    args = {"overrides": list(overrides or ()), "output": output, "resume": resume, **extra}
+    argv, env = launch(run_spec, spec, nproc, **args)
+    _err().print(f"nlhf: {spec}: {_describe(run_spec)} on backend {name}, {where} -> {out_dir}")
     _err().print(f"nlhf: {' '.join(argv)}", markup=False)
     _prepare(run_spec)  # in this process, so that the launched ones find the files
     code = _run_launcher(argv, {**os.environ, **env})
-    if code == 0:
+    if code != 0:
+        _err().print(f"error: {failed} (exit {code}); see the log above")
+    elif nodes is None or nodes.owns_outputs:
         _out().print(f"outputs: {out_dir} (summary.json, metrics.jsonl, spec.resolved.yaml)")
     else:
-        _err().print(f"error: {nproc}-process run failed (exit {code}); see the log above")
+        _out().print(f"nlhf: node {nodes.rank} is done; node 0 writes the outputs to {out_dir}")
     return code
 
 

@@ -40,6 +40,10 @@ class JaxBackend:
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
         require(spec, self.name, self.capabilities)
+        if getattr(spec.distributed, "multihost", False):  # one of several jax processes
+            from nlhf_jax.multihost import train
+
+            return train(spec, Path(output), resume=resume)
         if spec.task == "nash":
             if spec.is_tabular:
                 from nlhf_jax.tabular import train_tabular

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import NLHFError
+from nlhf.multinode import Nodes
 from nlhf.spec.capabilities import require
 
 from nlhf_torch.plugin import CAPABILITIES
@@ -77,23 +78,26 @@ class TorchBackend:
         overrides: Sequence[str] = (),
         output: str | Path | None = None,
         resume: bool = False,
+        nodes: Nodes | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         """``(argv, extra environment)`` that runs ``spec_path`` on ``nproc`` local
-        processes under torch's elastic launcher (``nlhf run --nproc N``); needs
+        processes under torch's elastic launcher (``nlhf run --nproc N``; with ``nodes``,
+        this machine's share of a multi-node run, ``--nnodes N --node-rank R``); needs
         ``distributed.engine: deepspeed`` and a task in ``capabilities.launch_tasks``
         (:func:`nlhf.spec.capabilities.require`). ``DS_ACCELERATOR=cpu`` when there is no CUDA.
         The DeepSpeed config is built here first, so a batch that ``nproc`` does not
         divide or a conflicting JSON is one clear error instead of N failing processes."""
         from nlhf_torch.distributed import launch_command, launch_env
 
-        require(spec, self.name, self.capabilities, nproc=nproc)  # engine, task
+        world = nproc if nodes is None else nodes.world_size(nproc)
+        require(spec, self.name, self.capabilities, nproc=world)  # engine, task
         import importlib.util
 
         from nlhf_torch.distributed import DEEPSPEED_MISSING, build_deepspeed_config
 
         if importlib.util.find_spec("deepspeed") is None:
             raise NLHFError(DEEPSPEED_MISSING)
-        build_deepspeed_config(spec, nproc)  # batch layout, JSON conflicts: before any launch
+        build_deepspeed_config(spec, world)  # batch layout, JSON conflicts: before any launch
         extra: list[str] = []
         for item in overrides:
             extra += ["--set", item]
@@ -103,6 +107,6 @@ class TorchBackend:
             extra.append("--resume")
         import torch
 
-        return launch_command(str(spec_path), nproc, extra), launch_env(
+        return launch_command(str(spec_path), nproc, extra, nodes), launch_env(
             cpu=not torch.cuda.is_available()
         )

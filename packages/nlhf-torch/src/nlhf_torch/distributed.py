@@ -12,6 +12,7 @@ CPU recipe (CI, laptops; docs/distributed.md)::
     DS_BUILD_OPS=0 pip install 'nlhf-torch[deepspeed]'
     nlhf run spec.yaml --backend torch --nproc 2      # sets DS_ACCELERATOR=cpu without CUDA
     DS_ACCELERATOR=cpu torchrun --nproc_per_node=2 -m nlhf_torch.launch spec.yaml
+    nlhf run spec.yaml --nnodes 2 --node-rank R --master-addr HOST --nproc 8   # on each node
 
 Processes join with ``deepspeed.init_distributed(dist_backend="gloo")`` (see
 :func:`dist_backend`), the optimizer is a torch optimizer passed to
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import InputError, NLHFError
+from nlhf.multinode import Nodes
 from nlhf.runio import atomic_directory
 from nlhf.spec import RunSpec
 from nlhf.spec.models import DeepSpeedSpec
@@ -399,18 +401,38 @@ def dist_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def launch_command(spec_path: str, nproc: int, extra: Sequence[str] = ()) -> list[str]:
-    """The command line that runs ``spec_path`` on ``nproc`` local processes: torch's
-    elastic launcher (``torchrun``) starting :mod:`nlhf_torch.launch` in each;
-    ``extra`` (``--set``, ``--output``, ``--resume``) is passed on to every process."""
+def launch_command(
+    spec_path: str, nproc: int, extra: Sequence[str] = (), nodes: Nodes | None = None
+) -> list[str]:
+    """The command line that runs ``spec_path`` on ``nproc`` processes of this machine:
+    torch's elastic launcher (``torchrun``) starting :mod:`nlhf_torch.launch` in each;
+    ``extra`` (``--set``, ``--output``, ``--resume``) is passed on to every process.
+
+    One machine: ``--standalone`` (a local rendezvous on a free port). With ``nodes``
+    (``nlhf run --nnodes N --node-rank R --master-addr H --master-port P``): the static
+    rendezvous, ``--rdzv-backend=static``, at ``H:P``. Static, not c10d, because it gives
+    node R the global ranks R·nproc … R·nproc + nproc − 1 (c10d ignores ``--node-rank``
+    and numbers the nodes in the order they arrive), so global rank 0, the only writer,
+    runs on node 0, the node that claimed the output directory; the price is a fixed
+    node count (no elastic scaling, which a DeepSpeed run cannot use anyway)."""
     if nproc < 1:
         raise InputError(f"--nproc must be >= 1, got {nproc}")
+    if nodes is None or not nodes.explicit:
+        where = ["--standalone", f"--nproc_per_node={nproc}"]
+    else:
+        where = [
+            f"--nnodes={nodes.count}",
+            f"--node-rank={nodes.rank}",
+            f"--nproc-per-node={nproc}",
+            "--rdzv-backend=static",
+            f"--master-addr={nodes.master_addr}",
+            f"--master-port={nodes.master_port}",
+        ]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
+        *where,
         "-m",
         "nlhf_torch.launch",
         spec_path,

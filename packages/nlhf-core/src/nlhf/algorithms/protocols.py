@@ -267,7 +267,10 @@ class Backend(Protocol):
 class DistributedLaunch(Protocol):
     """Optional extra of a :class:`Backend`: how ``nlhf run --nproc N`` (N > 1) starts
     the run on N local processes (the torch backend: torch's elastic launcher running
-    ``nlhf_torch.launch`` under DeepSpeed). Backends without it refuse ``--nproc > 1``."""
+    ``nlhf_torch.launch`` under DeepSpeed). Backends without it refuse ``--nproc > 1``.
+    A ``nodes`` keyword (:class:`nlhf.multinode.Nodes`) makes it a multi-node launch
+    (``nlhf run --nnodes N --node-rank R --master-addr H``); without one, ``--nnodes`` is
+    refused."""
 
     def launch_command(
         self,
@@ -279,6 +282,7 @@ class DistributedLaunch(Protocol):
         output: str | Path | None = None,
         resume: bool = False,
     ) -> tuple[list[str], dict[str, str]]:
-        """``(argv, extra environment)`` of the launcher; raise a located error when
-        ``spec`` cannot run distributed (e.g. no ``distributed`` engine)."""
+        """``(argv, extra environment)`` of the launcher (this machine's ``nproc``
+        processes); raise a located error when ``spec`` cannot run distributed (e.g. no
+        ``distributed`` engine)."""
         ...

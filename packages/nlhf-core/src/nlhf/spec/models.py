@@ -560,11 +560,77 @@ class DeepSpeedSpec(Section):
 
 class JaxMeshSpec(Section):
     """jax: a device mesh, e.g. ``mesh: {data: 2, fsdp: 2, tensor: 1}``; parameters are
-    sharded by ``rules`` (parameter-path regex -> partition spec axes)."""
+    sharded by ``rules`` (parameter-path regex -> partition spec axes). Several hosts:
+    ``coordinator_address``, ``num_processes`` and ``process_id`` (all three, or none)
+    join this process to the others with ``jax.distributed.initialize`` before the mesh
+    is built; the mesh then spans every process's devices (docs/distributed.md)."""
 
     engine: Literal["jax"] = "jax"
     mesh: dict[str, PositiveInt] = Field(default_factory=lambda: {"data": 1})
     rules: list[tuple[str, list[str | None]]] = Field(default_factory=list)
+    coordinator_address: str | None = None
+    """``HOST:PORT`` of process 0, reachable from every process (its coordinator service
+    listens on PORT)."""
+    num_processes: PositiveInt | None = None
+    """jax processes in the run (usually one per host)."""
+    process_id: NonNegativeInt | None = None
+    """This process, 0 .. num_processes − 1; process 0 writes the outputs. Give it per
+    host with ``--set distributed.process_id=$SLURM_NODEID``."""
+    initialization_timeout: PositiveInt = 300
+    """Seconds to wait for every process to join (jax's default)."""
+
+    @property
+    def multihost(self) -> bool:
+        """The spec joins several processes (``jax.distributed.initialize``)."""
+        return self.coordinator_address is not None
+
+    @model_validator(mode="after")
+    def _hosts(self) -> JaxMeshSpec:
+        given = {
+            "coordinator_address": self.coordinator_address,
+            "num_processes": self.num_processes,
+            "process_id": self.process_id,
+        }
+        missing = [name for name, value in given.items() if value is None]
+        if len(missing) not in (0, 3):
+            have = ", ".join(name for name in given if name not in missing)
+            raise ValueError(
+                "; ".join(
+                    f"{name}: needed with {have} (a multi-host run gives coordinator_address, "
+                    "num_processes and process_id; a one-process run none of them)"
+                    for name in missing
+                )
+            )
+        problems: list[str] = []
+        if self.coordinator_address is not None:
+            problem = coordinator_problem(self.coordinator_address)
+            if problem is not None:
+                problems.append(f"coordinator_address: {problem}")
+        n, rank = self.num_processes, self.process_id
+        if n is not None and rank is not None and rank >= n:
+            problems.append(
+                f"process_id: {rank} is out of range for num_processes {n}; give 0 .. {n - 1}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def coordinator_problem(address: str) -> str | None:
+    """Why ``address`` is not ``HOST:PORT`` (``[IPv6]:PORT``) with PORT in 1..65535, or None."""
+    host, sep, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    bare_ipv6 = ":" in host and not bracketed
+    if not sep or not host or bare_ipv6 or any(c.isspace() for c in host):
+        return (
+            f"{address!r} is not HOST:PORT; give process 0's address and a free port, e.g. "
+            "10.0.0.1:1234 (an IPv6 address in brackets: [fd00::1]:1234)"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {port!r} of {address!r} is not an integer in 1..65535, e.g. 10.0.0.1:1234"
+    return None
 
 
 DistributedSpec = Annotated[
