@@ -38,16 +38,23 @@ L = max_ij |P_ij − ½| (the Lipschitz constant of π ↦ Pπ from ‖·‖₁ 
   π_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η Pπ_t)   (play: prediction = the last gradient Pπ_t);
   π̂_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η Pπ_{t+1})   (update with the observed gradient).
   This is the regularised optimistic MWU of Cen et al. (2021); ``eta: auto`` =
-  min(1/(2τ + 2L), 1/(4L)), its step for a linear last-iterate rate.
+  min(1/(2τ + 2L), 1/(4L)), its step for a linear last-iterate rate. (The ONPO paper,
+  "Improving LLM General Preference Alignment via Optimistic Online Mirror Descent",
+  proves a duality gap O(1/T) for the average policy π̄_T; the last-iterate rate here is
+  Cen et al.'s.)
 - ``inpo`` (Zhang et al., ICLR 2025, arXiv 2407.00617: online mirror descent on the
   regularised game, which INPO's pairwise loss implements without win-rate estimates):
   π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_t) with a constant η. ``eta: auto`` =
   τ/(τ² + L²): the step η is MMD's step η' = η/(1 − ητ) (the two updates are the same map),
-  and η' ≤ τ/L² is MMD's condition for a linear last-iterate rate.
+  and η' ≤ τ/L² is MMD's condition for a linear last-iterate rate. With both steps
+  ``auto``, η' = τ/L² is ``mpo``'s step, so ``inpo`` and ``mpo`` without magnet refreshes
+  produce the same iterates.
 - ``sppo`` (Wu et al. 2024, arXiv 2405.00675: multiplicative weights on P(y ≻ π_t), no
   KL term): π_{t+1}(y) ∝ π_t(y) exp(η P(y ≻ π_t)). Its guarantee is for the average
   iterate π̄_T = (1/T) Σ_{t<T} π_t (duality gap O(√(ln n / T)) with ``eta: auto`` =
   √(8 ln n / T)); the last iterate cycles on non-transitive games. The runner reports both.
+  With τ = 0 and ``eta: auto``, ``omd`` and ``self_play`` take the same step on the same
+  update, so all three produce the same iterates.
 
 Every update with an exponent 1 − η_t τ needs η_t τ ≤ 1 (``mpo``'s exponent 1/(1+ητ) does
 not). When L = 0 (every P_ij = ½) any η converges and ``auto`` takes 1/τ (1 when τ = 0).
