@@ -37,6 +37,12 @@ FROZEN_CASES = frozenset(
         "test_offline_ipo_grad",
         "test_dpo_loss",
         "test_dpo_grad",
+        "test_sppo_loss",
+        "test_sppo_grad",
+        "test_inpo_loss",
+        "test_inpo_grad",
+        "test_egpo_loss",
+        "test_egpo_grad",
     }
 )
 

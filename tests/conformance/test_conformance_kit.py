@@ -143,6 +143,39 @@ class OfflineGradThroughReference(R.NumpyKernels):
         return np.mean((h - 1.0 / (2.0 * tau)) ** 2), {}
 
 
+class SPPOGradThroughAnchor(R.NumpyKernels):
+    """π_t's log-probs not detached: the loss then pulls π_t too (and its value at
+    θ = θ_t is unchanged, so only the gradient case can tell)."""
+
+    def sppo_loss(self, policy, anchor, win_rate, eta):  # type: ignore[override]
+        return np.mean((policy - anchor - eta * (win_rate - 0.5)) ** 2), {
+            "log_ratio": np.mean(np.real(policy - anchor)),
+            "win_rate_gap": np.mean(np.abs(np.real(win_rate) - 0.5)),
+        }
+
+
+class SPPOUncentredWinRate(R.NumpyKernels):
+    """The target η·P̂ instead of η(P̂ − ½) (the log-partition constant dropped)."""
+
+    def sppo_loss(self, policy, anchor, win_rate, eta):  # type: ignore[override]
+        return R.sppo_loss(policy, anchor, np.asarray(win_rate) + 0.5, eta)
+
+
+class INPOWithoutAnchor(R.NumpyKernels):
+    """log π_t's (1 − ητ) term dropped: the DPO/IPO-like margin against μ only."""
+
+    def inpo_loss(self, py, pyp, ay, ayp, ry, ryp, p, tau, eta):  # type: ignore[override]
+        return R.inpo_loss(py, pyp, np.zeros_like(ay), np.zeros_like(ayp), ry, ryp, p, tau, eta)
+
+
+class EGPOHardLabel(R.NumpyKernels):
+    """Online IPO's hard-label target 1/(2τ) on the pair ordered by P, not (P − ½)/τ."""
+
+    def egpo_loss(self, py, pyp, ry, ryp, p, tau):  # type: ignore[override]
+        s = np.where(np.real(p) >= 0.5, 1.0, -1.0)
+        return R.egpo_loss(py, pyp, ry, ryp, 0.5 + s / 2, tau)
+
+
 def _fails(method: str, kernels: Any, **kwargs: Any) -> None:
     with pytest.raises(AssertionError):
         getattr(_Kit(), method)(kernels, **kwargs)
@@ -179,6 +212,19 @@ def test_kit_catches_known_offline_loss_bugs() -> None:
     _fails("test_offline_ipo_grad", OfflineGradThroughReference())
     _Kit().test_offline_ipo_grad(R.NumpyKernels())  # and the oracle passes
     _Kit().test_dpo_grad(R.NumpyKernels())
+
+
+def test_kit_catches_known_game_family_bugs() -> None:
+    _fails("test_sppo_grad", SPPOGradThroughAnchor())
+    _Kit().test_sppo_loss(SPPOGradThroughAnchor())  # its value is right: only ∇ tells
+    for case in ("test_sppo_loss", "test_sppo_grad"):
+        _fails(case, SPPOUncentredWinRate())
+    for case in ("test_inpo_loss", "test_inpo_grad"):
+        _fails(case, INPOWithoutAnchor())
+    for case in ("test_egpo_loss", "test_egpo_grad"):
+        _fails(case, EGPOHardLabel())
+    for case in ("sppo", "inpo", "egpo"):  # and the oracle passes
+        getattr(_Kit(), f"test_{case}_grad")(R.NumpyKernels())
 
 
 def test_kit_passes_the_oracle_itself() -> None:

@@ -55,6 +55,11 @@ def test_dpo_without_tau_is_located(fixture: dict[str, Path], tmp_path: Path) ->
             "preference: {name: oracle, function: population}\n",
             "preference: `task: offline` learns from the pairs' labels",
         ),
+        (
+            "{name: ipo, tau: 0.1}",
+            "training: {eval_every: 5}\n",
+            "training.eval_every: `task: offline` scores its held-out pairs once",
+        ),
     ],
 )
 def test_offline_spec_rules(

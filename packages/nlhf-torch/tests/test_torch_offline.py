@@ -136,6 +136,10 @@ def test_cache_key_follows_reference_and_data(fixture: dict[str, Path], tmp_path
     spec = make_spec(fixture, out)
     loop = offline_loop(spec, out, backend="torch")
     key = loop.cache_record["key"]
+    elsewhere = tmp_path / "elsewhere"
+    second = offline_loop(make_spec(fixture, elsewhere), elsewhere, backend="torch")
+    assert not second.cache_computed  # the same key in this process: from memory
+    assert json.loads((elsewhere / offline.CACHE_FILE).read_text())["key"] == key  # and saved
     other = make_spec(fixture, out, **{"reference.model": str(fixture["policy"])})
     assert offline_loop(other, out, backend="torch").cache_computed  # another μ: recomputed
     data = tmp_path / "pairs.jsonl"
@@ -220,7 +224,9 @@ def test_ipo_drives_margin_to_closed_form(tmp_path: Path) -> None:
 
 
 def test_run_directory_is_an_eval_policy(fixture: dict[str, Path], tmp_path: Path) -> None:
-    """The run directory resolves to its final checkpoint, which transformers loads."""
+    """The run directory resolves to its final checkpoint, which transformers loads and a
+    win-rate evaluation samples from (its data and policy taken from the run's spec)."""
+    from nlhf.plugins import get_backend
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
@@ -234,3 +240,16 @@ def test_run_directory_is_an_eval_policy(fixture: dict[str, Path], tmp_path: Pat
     assert set(json.loads((out / "summary.json").read_text())) == set(offline.SUMMARY_KEYS)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert set(record) == set(offline.RECORD_KEYS)
+    evaluation = RunSpec.model_validate(
+        {
+            "task": "evaluate",
+            "eval": {"policies": [f"dpo={out}", "reference"], "num_prompts": 2},
+            "preference": {"name": "oracle", "function": "population"},
+            "training": {"generation": {"max_new_tokens": 4}},
+            "output": {"dir": str(tmp_path / "eval")},
+        }
+    )
+    result = get_backend("torch").train(evaluation, tmp_path / "eval")
+    assert result["policies"] == ["dpo", "reference"]
+    assert result["per_policy"]["dpo"]["checkpoint"] == summary["checkpoint"]
+    assert result["per_policy"]["dpo"]["kl_to_reference"] != 0.0  # the trained policy moved

@@ -28,6 +28,8 @@ from nlhf.algorithms.params import KLEstimator
 __all__ = [
     "JaxKernels",
     "dpo_loss",
+    "egpo_loss",
+    "inpo_loss",
     "kl",
     "mixture_logprobs",
     "nash_md_pg_loss",
@@ -44,6 +46,7 @@ _KL_ESTIMATORS = ("sampled", "k3", "exact")
 
 def _float(x: jax.Array) -> jax.Array:
     """Half-precision logits are upcast to float32; float32/float64 are kept."""
+    "sppo_loss",
     x = jnp.asarray(x)
     return x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x
 
@@ -345,3 +348,67 @@ class JaxKernels:
             with jax.enable_x64(True):
                 return jax.grad(fn)(x)
         return jax.grad(fn)(x)
+def sppo_loss(
+    policy: jax.Array, anchor: jax.Array, win_rate: jax.Array, eta: Any
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SPPO (Wu et al. 2024, arXiv 2405.00675; protocols.SPPOObjective): loss =
+    mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², the anchor log π_t under
+    stop-gradient. Metrics (no gradient): ``log_ratio``, ``win_rate_gap`` (mean |P̂ − ½|)."""
+    sg = jax.lax.stop_gradient
+    policy = jnp.asarray(policy)
+    ratio = policy - sg(jnp.asarray(anchor).astype(policy.dtype))
+    gap = sg(jnp.asarray(win_rate).astype(policy.dtype)) - 0.5
+    loss = jnp.mean((ratio - eta * gap) ** 2)
+    return loss, {"log_ratio": sg(jnp.mean(ratio)), "win_rate_gap": jnp.mean(jnp.abs(gap))}
+
+
+def inpo_loss(
+    policy_y: jax.Array,
+    policy_y_prime: jax.Array,
+    anchor_y: jax.Array,
+    anchor_y_prime: jax.Array,
+    reference_y: jax.Array,
+    reference_y_prime: jax.Array,
+    preference: jax.Array,
+    tau: Any,
+    eta: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """INPO (Zhang et al., ICLR 2025, arXiv 2407.00617; protocols.INPOObjective):
+    h_t = log π_θ(y)/π_θ(y') − ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y'),
+    loss = mean_b (h_t − η(P_b − ½))²; π_t and μ under stop-gradient. Metrics:
+    ``preference``, ``margin`` (mean h_t), ``kl`` (mean log π_θ/μ(y))."""
+    sg = jax.lax.stop_gradient
+    py, pyp = jnp.asarray(policy_y), jnp.asarray(policy_y_prime)
+    anchor = sg((jnp.asarray(anchor_y) - jnp.asarray(anchor_y_prime)).astype(py.dtype))
+    reference = sg((jnp.asarray(reference_y) - jnp.asarray(reference_y_prime)).astype(py.dtype))
+    h = (py - pyp) - eta * tau * reference - (1.0 - eta * tau) * anchor
+    p = sg(jnp.asarray(preference).astype(py.dtype))
+    loss = jnp.mean((h - eta * (p - 0.5)) ** 2)
+    kl_y = sg(jnp.mean(py - jnp.asarray(reference_y).astype(py.dtype)))
+    return loss, {"preference": jnp.mean(p), "margin": sg(jnp.mean(h)), "kl": kl_y}
+
+
+def egpo_loss(
+    policy_y: jax.Array,
+    policy_y_prime: jax.Array,
+    reference_y: jax.Array,
+    reference_y_prime: jax.Array,
+    preference: jax.Array,
+    tau: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """EGPO (Zhou et al., COLM 2025, arXiv 2503.08942; protocols.EGPOObjective):
+    h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)², μ under
+    stop-gradient. Metrics: ``preference``, ``margin`` (mean h), ``kl`` (mean log π_θ/μ(y))."""
+    sg = jax.lax.stop_gradient
+    py, pyp = jnp.asarray(policy_y), jnp.asarray(policy_y_prime)
+    ratio_y = py - sg(jnp.asarray(reference_y).astype(py.dtype))
+    h = ratio_y - (pyp - sg(jnp.asarray(reference_y_prime).astype(py.dtype)))
+    p = sg(jnp.asarray(preference).astype(py.dtype))
+    loss = jnp.mean((h - (p - 0.5) / tau) ** 2)
+    return loss, {"preference": jnp.mean(p), "margin": sg(jnp.mean(h)), "kl": sg(jnp.mean(ratio_y))}
+
+
+    # protocols.GameFamilyLosses
+    sppo_loss = staticmethod(_x64_if_needed(sppo_loss))
+    inpo_loss = staticmethod(_x64_if_needed(inpo_loss))
+    egpo_loss = staticmethod(_x64_if_needed(egpo_loss))

@@ -26,7 +26,9 @@ __all__ = [
     "chunked_sequence_logprobs",
     "chunked_token_logprobs",
     "dpo_loss",
+    "egpo_loss",
     "exact_terms",
+    "inpo_loss",
     "kl",
     "kl_from_logprobs",
     "mixture_logprobs",
@@ -38,6 +40,7 @@ __all__ = [
     "preference_loss",
     "sample",
     "sequence_logprobs",
+    "sppo_loss",
     "token_logprobs",
 ]
 
@@ -378,6 +381,66 @@ def dpo_loss(
     return -F.logsigmoid(beta * h).mean(), _pair_metrics(h, chosen, rejected)
 
 
+def sppo_loss(
+    policy: torch.Tensor, anchor: torch.Tensor, win_rate: torch.Tensor, eta: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SPPO (Wu et al. 2024, arXiv 2405.00675; protocols.SPPOObjective): loss =
+    mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², the anchor log π_t detached.
+    Metrics (detached): ``log_ratio`` (mean log π_θ/π_t), ``win_rate_gap`` (mean |P̂ − ½|)."""
+    ratio = policy - anchor.detach().to(policy.dtype)
+    gap = torch.as_tensor(win_rate, device=policy.device).to(policy.dtype).detach() - 0.5
+    loss = ((ratio - eta * gap) ** 2).mean()
+    return loss, {"log_ratio": ratio.mean().detach(), "win_rate_gap": gap.abs().mean()}
+
+
+def inpo_loss(
+    policy_y: torch.Tensor,
+    policy_y_prime: torch.Tensor,
+    anchor_y: torch.Tensor,
+    anchor_y_prime: torch.Tensor,
+    reference_y: torch.Tensor,
+    reference_y_prime: torch.Tensor,
+    preference: torch.Tensor,
+    tau: float,
+    eta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """INPO (Zhang et al., ICLR 2025, arXiv 2407.00617; protocols.INPOObjective):
+    h_t = log π_θ(y)/π_θ(y') − ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y'),
+    loss = mean_b (h_t − η(P_b − ½))²; π_t and μ detached. Metrics (detached):
+    ``preference``, ``margin`` (mean h_t), ``kl`` (mean log π_θ/μ(y))."""
+    dtype = policy_y.dtype
+    anchor = (anchor_y - anchor_y_prime).detach().to(dtype)
+    reference = (reference_y - reference_y_prime).detach().to(dtype)
+    h = (policy_y - policy_y_prime) - eta * tau * reference - (1.0 - eta * tau) * anchor
+    p = torch.as_tensor(preference, device=h.device).to(dtype).detach()
+    loss = ((h - eta * (p - 0.5)) ** 2).mean()
+    kl_y = (policy_y - reference_y.detach().to(dtype)).mean().detach()
+    return loss, {"preference": p.mean(), "margin": h.mean().detach(), "kl": kl_y}
+
+
+def egpo_loss(
+    policy_y: torch.Tensor,
+    policy_y_prime: torch.Tensor,
+    reference_y: torch.Tensor,
+    reference_y_prime: torch.Tensor,
+    preference: torch.Tensor,
+    tau: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """EGPO (Zhou et al., COLM 2025, arXiv 2503.08942; protocols.EGPOObjective):
+    h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)², μ detached.
+    Metrics (detached): ``preference``, ``margin`` (mean h), ``kl`` (mean log π_θ/μ(y))."""
+    dtype = policy_y.dtype
+    ratio_y = policy_y - reference_y.detach().to(dtype)
+    h = ratio_y - (policy_y_prime - reference_y_prime.detach().to(dtype))
+    p = torch.as_tensor(preference, device=h.device).to(dtype).detach()
+    loss = ((h - (p - 0.5) / tau) ** 2).mean()
+    return loss, {
+        "preference": p.mean(),
+        "margin": h.mean().detach(),
+        "kl": ratio_y.mean().detach(),
+    }
+
+
 _DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,
@@ -402,6 +465,10 @@ class TorchKernels:
     # protocols.OfflinePairLosses
     offline_ipo_loss = staticmethod(offline_ipo_loss)
     dpo_loss = staticmethod(dpo_loss)
+    # protocols.GameFamilyLosses
+    sppo_loss = staticmethod(sppo_loss)
+    inpo_loss = staticmethod(inpo_loss)
+    egpo_loss = staticmethod(egpo_loss)
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)

@@ -411,6 +411,145 @@ def dpo_loss_grad(
     return g, -g
 
 
+# ------------------------------------------------- the game family: SPPO, INPO, EGPO
+# These kernels take sequence log-probs (B,) (:func:`sequence_logprobs`); π_t (``anchor``,
+# the policy at the start of the step) and μ (``reference``) carry no gradient.
+
+
+def sppo_loss(
+    policy: Any, anchor: Any, win_rate: Any, eta: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """SPPO (Wu et al. 2024, arXiv 2405.00675): the paper's squared-loss objective on
+    responses sampled from π_t (the loss of its Algorithm 1; equation number not checked
+    here), per response:
+    loss = mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², P̂_b the estimated win
+    rate P̂(y_b ≻ π_t). Metrics: ``log_ratio`` (mean log π_θ/π_t), ``win_rate_gap``
+    (mean |P̂ − ½|)."""
+    ratio = _arr(policy) - sg(_arr(anchor))
+    target = eta * (np.real(_arr(win_rate)) - 0.5)
+    metrics = {
+        "log_ratio": np.mean(np.real(ratio)),
+        "win_rate_gap": np.mean(np.abs(target)) / eta,
+    }
+    return np.mean((ratio - target) ** 2), metrics
+
+
+def sppo_loss_grad(policy: Any, anchor: Any, win_rate: Any, eta: float) -> np.ndarray:
+    """∂ SPPO loss / ∂ log π_θ(y_b) = 2·(log π_θ/π_t(y_b) − η(P̂_b − ½))/B (none to π_t)."""
+    ratio = np.real(_arr(policy) - _arr(anchor))
+    return 2.0 * (ratio - eta * (np.real(_arr(win_rate)) - 0.5)) / ratio.size
+
+
+def _inpo_margin(
+    policy_y: Any,
+    policy_y_prime: Any,
+    anchor_y: Any,
+    anchor_y_prime: Any,
+    reference_y: Any,
+    reference_y_prime: Any,
+    tau: float,
+    eta: float,
+) -> np.ndarray:
+    """h_t = log π_θ(y)/π_θ(y') − ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y')."""
+    anchor = sg(_arr(anchor_y)) - sg(_arr(anchor_y_prime))
+    reference = sg(_arr(reference_y)) - sg(_arr(reference_y_prime))
+    policy = _arr(policy_y) - _arr(policy_y_prime)
+    return policy - eta * tau * reference - (1.0 - eta * tau) * anchor
+
+
+def inpo_loss(
+    policy_y: Any,
+    policy_y_prime: Any,
+    anchor_y: Any,
+    anchor_y_prime: Any,
+    reference_y: Any,
+    reference_y_prime: Any,
+    preference: Any,
+    tau: float,
+    eta: float,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """INPO (Zhang et al., ICLR 2025, arXiv 2407.00617): the paper's pairwise loss L_t(π)
+    on pairs sampled from π_t (the loss of its Algorithm 1; equation number not checked
+    here):
+    loss = mean_b (h_t(y_b, y'_b) − η·(P_b − ½))² with h_t of :func:`_inpo_margin`,
+    the expectation over the label y_w ~ Bernoulli(P) of the paper's (h_t(y_w, y_l) −
+    η/2)², up to a constant. Its minimiser is π ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)).
+    Metrics: ``preference`` (mean P), ``margin`` (mean h_t), ``kl`` (mean log π_θ/μ(y))."""
+    h = _inpo_margin(
+        policy_y, policy_y_prime, anchor_y, anchor_y_prime, reference_y, reference_y_prime, tau, eta
+    )
+    p = np.real(_arr(preference))
+    kl_y = np.real(_arr(policy_y) - _arr(reference_y))
+    metrics = {"preference": np.mean(p), "margin": np.mean(np.real(h)), "kl": np.mean(kl_y)}
+    return np.mean((h - eta * (p - 0.5)) ** 2), metrics
+
+
+def inpo_loss_grad(
+    policy_y: Any,
+    policy_y_prime: Any,
+    anchor_y: Any,
+    anchor_y_prime: Any,
+    reference_y: Any,
+    reference_y_prime: Any,
+    preference: Any,
+    tau: float,
+    eta: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(∂/∂ log π_θ(y), ∂/∂ log π_θ(y')) of the INPO loss: ±2·(h_t − η(P − ½))/B."""
+    h = np.real(
+        _inpo_margin(
+            policy_y,
+            policy_y_prime,
+            anchor_y,
+            anchor_y_prime,
+            reference_y,
+            reference_y_prime,
+            tau,
+            eta,
+        )
+    )
+    g = 2.0 * (h - eta * (np.real(_arr(preference)) - 0.5)) / h.size
+    return g, -g
+
+
+def egpo_loss(
+    policy_y: Any,
+    policy_y_prime: Any,
+    reference_y: Any,
+    reference_y_prime: Any,
+    preference: Any,
+    tau: float,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """EGPO's loss (Zhou et al., COLM 2025, arXiv 2503.08942): the online IPO form that
+    the paper's practical extragradient step minimises, as in the authors' code
+    (``ExtragradientTrainer._compute_losses``, github.com/zhourunlong/EGPO); with
+    h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)².
+    Metrics: ``preference`` (mean P), ``margin`` (mean h), ``kl`` (mean log π_θ/μ(y))."""
+    ratio_y = _arr(policy_y) - sg(_arr(reference_y))
+    h = ratio_y - (_arr(policy_y_prime) - sg(_arr(reference_y_prime)))
+    p = np.real(_arr(preference))
+    metrics = {
+        "preference": np.mean(p),
+        "margin": np.mean(np.real(h)),
+        "kl": np.mean(np.real(ratio_y)),
+    }
+    return np.mean((h - (p - 0.5) / tau) ** 2), metrics
+
+
+def egpo_loss_grad(
+    policy_y: Any,
+    policy_y_prime: Any,
+    reference_y: Any,
+    reference_y_prime: Any,
+    preference: Any,
+    tau: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(∂/∂ log π_θ(y), ∂/∂ log π_θ(y')) of the EGPO loss: ±2·(h_b − (P_b − ½)/τ)/B."""
+    h = np.real(_arr(policy_y) - _arr(reference_y) - _arr(policy_y_prime) + _arr(reference_y_prime))
+    g = 2.0 * (h - (np.real(_arr(preference)) - 0.5) / tau) / h.size
+    return g, -g
+
+
 # --------------------------------------------------------------------- tabular
 
 
@@ -497,6 +636,9 @@ class NumpyKernels:
     online_ipo_loss = staticmethod(online_ipo_loss)
     offline_ipo_loss = staticmethod(offline_ipo_loss)
     dpo_loss = staticmethod(dpo_loss)
+    sppo_loss = staticmethod(sppo_loss)
+    inpo_loss = staticmethod(inpo_loss)
+    egpo_loss = staticmethod(egpo_loss)
 
     # PairGenerator: the float64 NumPy forward of nlhf.testing.numpy_lm
     def load_causal_lm(self, path: str | Path, dtype: str = "float64") -> Any:

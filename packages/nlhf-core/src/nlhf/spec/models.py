@@ -743,6 +743,11 @@ class RunSpec(Section):
                 )
             if self.reference.probs is not None:
                 problems.append("reference.probs: only tabular runs take `probs`")
+            if self.training.eval_every is not None:
+                problems.append(
+                    "training.eval_every: `task: offline` scores its held-out pairs once, after "
+                    "the last step (summary.json `eval`); remove eval_every"
+                )
             grad_accum = self.training.grad_accum_problem()
             if grad_accum is not None:
                 problems.append(grad_accum)

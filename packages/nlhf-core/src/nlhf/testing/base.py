@@ -24,6 +24,10 @@ checkpoints (:mod:`nlhf.testing.tiny_models`) and must draw, from the same injec
 uniforms, the tokens of the float64 NumPy forward (:mod:`nlhf.testing.numpy_lm`); the
 uniforms stay ``SAMPLER_MARGIN`` away from every CDF boundary, so rounding cannot flip one.
 
+The game-family losses (``test_sppo_*``, ``test_inpo_*``, ``test_egpo_*``) need the
+optional :class:`nlhf.algorithms.protocols.GameFamilyLosses`; their inputs are sequence
+log-probs of sampled pairs under π_θ, π_t and μ (:func:`nlhf.testing.cases.game_family_inputs`).
+
 The offline pair losses (``test_offline_ipo_*``, ``test_dpo_*``) need the optional
 :class:`nlhf.algorithms.protocols.OfflinePairLosses`; their inputs are sequence log-probs
 of (y_w, y_l) under π_θ and the cached μ, with two rows at |β·h| = 150.
@@ -47,7 +51,7 @@ import numpy as np
 import pytest
 
 from nlhf.algorithms import numpy_oracle
-from nlhf.algorithms.protocols import Kernels, OfflinePairLosses, PairGenerator
+from nlhf.algorithms.protocols import GameFamilyLosses, Kernels, OfflinePairLosses, PairGenerator
 from nlhf.testing import cases
 from nlhf.testing.tolerances import assert_close
 
@@ -73,6 +77,12 @@ EXPECTED_CASES: tuple[str, ...] = (
     "test_offline_ipo_grad",
     "test_dpo_loss",
     "test_dpo_grad",
+    "test_sppo_loss",
+    "test_sppo_grad",
+    "test_inpo_loss",
+    "test_inpo_grad",
+    "test_egpo_loss",
+    "test_egpo_grad",
 )
 
 ESTIMATORS = numpy_oracle.ESTIMATORS
@@ -128,6 +138,15 @@ class BackendConformance:
             pytest.fail(
                 f"the kernels of backend {self.backend!r} do not implement OfflinePairLosses "
                 "(offline_ipo_loss, dpo_loss); declare the gap in xfails with a reason"
+            )
+        return kernels
+
+    @pytest.fixture
+    def game_losses(self, kernels: Any) -> Any:
+        if not isinstance(kernels, GameFamilyLosses):
+            pytest.fail(
+                f"the kernels of backend {self.backend!r} do not implement GameFamilyLosses "
+                "(sppo_loss, inpo_loss, egpo_loss); declare the gap in xfails with a reason"
             )
         return kernels
 
@@ -501,6 +520,98 @@ class BackendConformance:
     def test_dpo_grad(self, offline_losses: Any) -> None:
         """∂loss/∂ log π(y_w) = −β·σ(−β·h_b)/B = −∂loss/∂ log π(y_l); none to μ."""
         self._offline_grad(offline_losses, "dpo_loss", cases.offline_pair_inputs(self.dtype).beta)
+
+    # ------------------------------------------- the game family: SPPO, INPO, EGPO
+
+    def _game(self, kernels: Any, name: str, i: cases.GameFamilyInputs) -> tuple[list, list]:
+        """(backend args, oracle args) of kernel ``name``, positionally; the first
+        entries are the policy log-probs that carry the gradient."""
+        arrays = {
+            "sppo_loss": (i.policy_y, i.anchor_y, i.win_rate),
+            "inpo_loss": _inpo_numpy(i),
+            "egpo_loss": (
+                i.policy_y,
+                i.policy_y_prime,
+                i.reference_y,
+                i.reference_y_prime,
+                i.preference,
+            ),
+        }[name]
+        scalars = {"sppo_loss": (i.eta,), "inpo_loss": (i.tau, i.eta), "egpo_loss": (i.tau,)}
+        put = [self.put(kernels, a) for a in arrays]
+        return [*put, *scalars[name]], [*arrays, *scalars[name]]
+
+    def _game_loss(self, kernels: Any, name: str) -> None:
+        i = cases.game_family_inputs(self.dtype)
+        args, oracle = self._game(kernels, name, i)
+        loss, metrics = getattr(kernels, name)(*args)
+        e_loss, e_metrics = getattr(numpy_oracle, name)(*oracle)
+        self.check(self.get(kernels, loss), e_loss, name)
+        for key, expected in e_metrics.items():
+            assert key in metrics, f"metric {key!r} missing; got {sorted(metrics)}"
+            self.check(self.get(kernels, metrics[key]), expected, f"{name} metric {key}")
+
+    def _game_grad(self, kernels: Any, name: str, trained: tuple[str, ...]) -> None:
+        """∇ with respect to every log-prob argument: the oracle's for the ``trained``
+        ones (π_θ), zero for π_t and μ."""
+        i = cases.game_family_inputs(self.dtype)
+        args, oracle = self._game(kernels, name, i)
+        fn = getattr(kernels, name)
+        expected = getattr(numpy_oracle, f"{name}_grad")(*oracle)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        pi, pt, mu = "log π_θ", "log π_t", "log μ"
+        names = {
+            "sppo_loss": (f"{pi}(y)", f"{pt}(y)"),
+            "inpo_loss": tuple(f"{m}({y})" for m in (pi, pt, mu) for y in ("y", "y'")),
+            "egpo_loss": (f"{pi}(y)", f"{pi}(y')", f"{mu}(y)", f"{mu}(y')"),
+        }[name]
+        for k, what in enumerate(names):
+
+            def loss(x: Any, k: int = k) -> Any:
+                return fn(*args[:k], x, *args[k + 1 :])[0]
+
+            g = self.get(kernels, kernels.grad(loss, args[k]))
+            want = expected[k] if k < len(trained) else np.zeros(len(i.policy_y))
+            self.check(g, want, f"∂ {name} / ∂ {what}")
+
+    def test_sppo_loss(self, game_losses: Any) -> None:
+        """loss = mean (log π_θ/π_t(y) − η(P̂ − ½))²; metrics log_ratio, win_rate_gap."""
+        self._game_loss(game_losses, "sppo_loss")
+
+    def test_sppo_grad(self, game_losses: Any) -> None:
+        """∂loss/∂ log π_θ(y) = 2(log π_θ/π_t − η(P̂ − ½))/B; none to log π_t."""
+        self._game_grad(game_losses, "sppo_loss", ("policy",))
+
+    def test_inpo_loss(self, game_losses: Any) -> None:
+        """loss = mean (h_t − η(P − ½))², h_t with the (ητ, 1 − ητ) mixture of μ and π_t
+        log-ratios; metrics preference, margin, kl."""
+        self._game_loss(game_losses, "inpo_loss")
+
+    def test_inpo_grad(self, game_losses: Any) -> None:
+        """±2(h_t − η(P − ½))/B to log π_θ(y), log π_θ(y'); none to π_t or μ."""
+        self._game_grad(game_losses, "inpo_loss", ("policy_y", "policy_y_prime"))
+
+    def test_egpo_loss(self, game_losses: Any) -> None:
+        """loss = mean (h − (P − ½)/τ)², h = log π/μ(y) − log π/μ(y'); metrics
+        preference, margin, kl."""
+        self._game_loss(game_losses, "egpo_loss")
+
+    def test_egpo_grad(self, game_losses: Any) -> None:
+        """±2(h − (P − ½)/τ)/B to log π_θ(y), log π_θ(y'); none to μ."""
+        self._game_grad(game_losses, "egpo_loss", ("policy_y", "policy_y_prime"))
+
+
+def _inpo_numpy(i: cases.GameFamilyInputs) -> tuple[np.ndarray, ...]:
+    """The positional log-prob and preference arguments of the INPO loss (before τ, η)."""
+    return (
+        i.policy_y,
+        i.policy_y_prime,
+        i.anchor_y,
+        i.anchor_y_prime,
+        i.reference_y,
+        i.reference_y_prime,
+        i.preference,
+    )
 
 
 def _pair_numpy(i: cases.OfflinePairInputs) -> tuple[np.ndarray, ...]:

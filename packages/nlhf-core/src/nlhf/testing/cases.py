@@ -225,3 +225,34 @@ def generation_inputs(root: Path) -> GenerationInputs:
         policy, reference, ids, mask, eos, pad, beta, temperature, steps, expected
     )
     return _GENERATION[root]
+
+
+@dataclass(frozen=True)
+class GameFamilyInputs:
+    """Sequence log-probs of sampled pairs (y, y') under π_θ, π_t (the policy at the start
+    of the step) and μ, with P(y ≻ y'), SPPO's estimated win rates P̂(y ≻ π_t), τ and η:
+    the inputs of the sppo, inpo and egpo kernels."""
+
+    policy_y: np.ndarray  # (B,) log π_θ(y|x)
+    policy_y_prime: np.ndarray  # (B,) log π_θ(y'|x)
+    anchor_y: np.ndarray  # (B,) log π_t(y|x)
+    anchor_y_prime: np.ndarray  # (B,) log π_t(y'|x)
+    reference_y: np.ndarray  # (B,) log μ(y|x)
+    reference_y_prime: np.ndarray  # (B,) log μ(y'|x)
+    preference: np.ndarray  # (B,) P(y ≻ y'): above, at and below ½
+    win_rate: np.ndarray  # (B,) P̂(y ≻ π_t) ∈ [0, 1]
+    tau: float
+    eta: float
+
+
+def game_family_inputs(dtype: str) -> GameFamilyInputs:
+    rng = np.random.default_rng(SEED + 7)
+    b = 6
+    py, pyp = -rng.uniform(2.0, 8.0, size=b), -rng.uniform(2.0, 8.0, size=b)
+    # π_t, μ near π_θ but not equal: every term of INPO's h_t matters
+    ay, ayp = py + rng.normal(0.0, 0.3, size=b), pyp + rng.normal(0.0, 0.3, size=b)
+    ry, ryp = py + rng.normal(0.0, 0.6, size=b), pyp + rng.normal(0.0, 0.6, size=b)
+    preference = np.array([0.9, 0.5, 0.2, 0.65, 0.05, 0.4])
+    win_rate = np.array([0.8, 0.5, 0.1, 0.6, 0.35, 1.0])
+    arrays = (rounded(a, dtype) for a in (py, pyp, ay, ayp, ry, ryp, preference, win_rate))
+    return GameFamilyInputs(*arrays, tau=0.3, eta=1.7)
