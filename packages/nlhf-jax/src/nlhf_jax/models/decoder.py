@@ -40,7 +40,9 @@ raise :class:`~nlhf.errors.InputError` naming the field, the value and what is s
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -263,19 +265,14 @@ class DecoderConfig:
                 "for other architectures"
             )
         arch = ARCHITECTURES[model_type]
-        g = {**dict(arch.defaults), **{k: v for k, v in d.items() if v is not None}}
-        if model_type == "gemma2" and "attn_logit_softcapping" in d:  # null turns it off
-            g["attn_logit_softcapping"] = d["attn_logit_softcapping"]
-        for key in ("final_logit_softcapping", "sliding_window"):
-            if key in d and d[key] is None:
-                g[key] = None
+        g = {**dict(arch.defaults), **d}  # an explicit null stays null, as in transformers
         act_key = "hidden_activation" if arch.gemma and "hidden_activation" in g else "hidden_act"
         act = g.get(act_key, "silu")
         if act not in ACTIVATIONS:
             raise _unsupported(model_type, act_key, act, ", ".join(ACTIVATIONS))
         if g.get("use_bidirectional_attention"):
             raise _unsupported(model_type, "use_bidirectional_attention", True, "false")
-        if int(g.get("pretraining_tp", 1)) != 1:
+        if int(g.get("pretraining_tp") or 1) != 1:
             raise _unsupported(model_type, "pretraining_tp", g["pretraining_tp"], "1")
         heads = int(d["num_attention_heads"])
         n_layers = int(d["num_hidden_layers"])
@@ -419,6 +416,30 @@ def _activation(name: str, x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=name == "gelu_pytorch_tanh")
 
 
+_MATMUL_DTYPE: list[Any] = [None]
+
+
+@contextlib.contextmanager
+def matmul_dtype(dtype: Any) -> Iterator[None]:
+    """Inside (at trace time), linear layers and the tied LM head multiply in ``dtype``
+    with float32 accumulation and return the activations' dtype: ``torch.autocast``'s
+    rule for matmuls, which ``training.precision: bf16-mixed`` uses for the loss."""
+    _MATMUL_DTYPE.append(dtype)
+    try:
+        yield
+    finally:
+        _MATMUL_DTYPE.pop()
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x·w in x's dtype, or in the :func:`matmul_dtype` with float32 accumulation."""
+    low = _MATMUL_DTYPE[-1]
+    if low is None:
+        return x @ w.astype(x.dtype)
+    out = jnp.matmul(x.astype(low), w.astype(low), preferred_element_type=jnp.float32)
+    return out.astype(x.dtype)
+
+
 class Linear(nnx.Module):
     """y = x·kernel + bias with kernel (in, out) — the transpose of torch ``weight``."""
 
@@ -427,7 +448,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), dtype)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.kernel[...].astype(x.dtype)
+        y = _matmul(x, self.kernel[...])
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
@@ -658,7 +679,7 @@ class DecoderForCausalLM(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:
-            out = hidden @ self.model.embed_tokens[...].astype(hidden.dtype).T
+            out = _matmul(hidden, self.model.embed_tokens[...].T)
         else:
             out = self.lm_head(hidden)
         return _softcap(out, self.config.final_logit_softcapping)
