@@ -9,6 +9,7 @@ times of all rounds are pooled into a median.
     .venv/bin/python benchmarks/run.py              # tiny workload, 2 rounds, everything
     .venv/bin/python benchmarks/run.py --large      # 8 layers, hidden 512, 128 new tokens
     .venv/bin/python benchmarks/run.py --smoke      # 2 steps, nlhf only (tests)
+    .venv/bin/python benchmarks/run.py --workload tabular-family   # every tabular algorithm
     nox -s bench -- --rounds 3
 
 The TRL baseline lives in ``benchmarks/.trl-venv`` (created on first use: torch 2.13.0
@@ -214,9 +215,35 @@ def print_tabular(t: dict[str, Any]) -> None:
         )
 
 
+def tabular_family(args: argparse.Namespace) -> dict[str, Any]:
+    """``--workload tabular-family``: benchmarks/tabular_family.py in a child process
+    (one BLAS thread per ``--threads``), results in ``<out-dir>/tabular-family.json``;
+    ``--smoke`` runs its seconds-long variant (``tabular-family-smoke.json``, no figures)."""
+    name = "tabular-family-smoke" if args.smoke else "tabular-family"
+    out = Path(args.out_dir) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(args.assets_dir) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    cmd = [sys.executable, str(HERE / "tabular_family.py"), "--out", str(out)]
+    cmd += ["--smoke", "--no-figures"] if args.smoke else []
+    code, wall, rss = run_child(cmd, child_env(args.threads), log, args.timeout)
+    failures = [] if code == 0 and out.exists() else [f"{name}: exit {code} (see {log})"]
+    print(log.read_text()[-4000:])
+    print(f"{name}: exit {code}, wall {wall:.0f} s, peak RSS {rss:.0f} MiB; results: {out}")
+    return {"workload": name, "wall_seconds": wall, "peak_rss_mb": rss, "failures": failures}
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--workload",
+        choices=("nash", "tabular-family"),
+        default="nash",
+        help="nash: the LLM trainers and tabular solvers (default); tabular-family: the "
+        "convergence benchmark of every tabular algorithm (benchmarks/tabular_family.py)",
+    )
     ap.add_argument("--smoke", action="store_true", help="2 steps, nlhf only, small tabular")
     ap.add_argument("--large", action="store_true", help="8 layers, hidden 512, 128 tokens")
     ap.add_argument("--rounds", type=int, default=2, help="A B A B repetitions")
@@ -234,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--assets-dir", default=str(ROOT / "runs" / "bench-assets"))
     args = ap.parse_args(argv)
+    if args.workload == "tabular-family":
+        return tabular_family(args)
 
     w = LARGE if args.large else TINY
     if args.smoke:
