@@ -82,7 +82,8 @@ EVAL_DS = ["task=evaluate", "algorithm=null", "eval.policies=[a]", "distributed.
             "torch",
             PREF_LORA,
             "--set policy.lora.r=4: policy.lora: LoRA is not supported by "
-            "backend 'torch' for task 'preference_model' (LoRA tasks: nash); remove policy.lora to "
+            "backend 'torch' for task 'preference_model' (LoRA tasks: nash, offline); remove "
+            "policy.lora to "
             "train every parameter; use --backend jax",
         ),
         ("jax", PREF_LORA, None),

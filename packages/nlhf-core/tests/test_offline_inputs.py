@@ -136,3 +136,31 @@ def test_cache_file_round_trips_bit_exact(tmp_path: Path) -> None:
     ):
         np.testing.assert_array_equal(a, b)
     assert offline.load_reference_cache(tmp_path, "other") == (None, False)
+
+
+def test_lora_capabilities_are_checked_before_loading(fixture: dict[str, Path]) -> None:
+    """torch trains a LoRA adapter offline (μ = the base with the adapter off, so no
+    reference.model); jax refuses policy.lora for task offline, pointing at torch."""
+    from nlhf.spec.capabilities import capabilities_of, check_capabilities
+
+    def spec(**reference: str) -> RunSpec:
+        return RunSpec.model_validate(
+            {
+                "task": "offline",
+                "policy": {"model": str(fixture["policy"]), "lora": {"r": 4}},
+                "reference": reference,
+                "data": {"path": str(fixture["pairs"])},
+                "algorithm": {"name": "dpo", "tau": 0.1},
+            }
+        )
+
+    torch_caps, jax_caps = capabilities_of("torch"), capabilities_of("jax")
+    assert torch_caps is not None and jax_caps is not None
+    assert check_capabilities(spec(), torch_caps, "torch") == []
+    jax = check_capabilities(spec(), jax_caps, "jax", others={"torch": torch_caps})
+    assert [str(p) for p in jax] == [
+        "policy.lora: LoRA is not supported by backend 'jax' for task 'offline' (LoRA tasks: "
+        "nash, preference_model); remove policy.lora to train every parameter; use --backend torch"
+    ]
+    with_reference = check_capabilities(spec(model=str(fixture["reference"])), torch_caps, "torch")
+    assert [p.path for p in with_reference] == [("reference", "model")]

@@ -253,3 +253,47 @@ def test_run_directory_is_an_eval_policy(fixture: dict[str, Path], tmp_path: Pat
     assert result["policies"] == ["dpo", "reference"]
     assert result["per_policy"]["dpo"]["checkpoint"] == summary["checkpoint"]
     assert result["per_policy"]["dpo"]["kl_to_reference"] != 0.0  # the trained policy moved
+
+
+@pytest.mark.slow
+def test_lora_reference_is_the_base_and_resume_is_bit_exact(
+    fixture: dict[str, Path], tmp_path: Path
+) -> None:
+    """policy.lora: μ is the base model with the adapter off (its cached log-probs are the
+    NumPy forward of the base checkpoint), and a resumed run's adapter equals the straight
+    run's bit for bit (LoRA dropout draws from the checkpointed RNG streams)."""
+    pytest.importorskip("peft")
+    from safetensors.numpy import load_file
+
+    changes = {
+        "reference.model": None,
+        "policy.lora": {"r": 4, "alpha": 8.0, "dropout": 0.1},
+        "output.checkpoint_every": 2,
+        "training.lr": 0.05,
+    }
+    loop = offline_loop(
+        make_spec(fixture, tmp_path / "a", **changes), tmp_path / "a", backend="torch"
+    )
+    base = NumpyLM.load(fixture["policy"])
+    t = loop.train_tokens
+    assert_close(
+        loop.reference.chosen,
+        numpy_pair_logprobs(base, t.prompt, t.chosen, 1.0),
+        "float32",
+        "log μ(y_w) of the base",
+        scope="model",
+    )
+    loop.run()
+    short = make_spec(fixture, tmp_path / "b", **changes, **{"training.steps": 2})
+    offline.run_offline(short, tmp_path / "b", backend="torch")
+    offline.run_offline(
+        make_spec(fixture, tmp_path / "b", **changes), tmp_path / "b", backend="torch", resume=True
+    )
+    name = "adapter_model.safetensors"
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step-4" / name))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step-4" / name))
+    initial = load_file(str(tmp_path / "b" / "checkpoints" / "step-2" / name))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert any(not np.array_equal(a[k], initial[k]) for k in a)  # steps 3-4 moved the adapter

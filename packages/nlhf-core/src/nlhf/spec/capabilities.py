@@ -377,7 +377,11 @@ def _lora(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
             f"tasks: {_names(ctx.caps.lora)}); remove policy.lora to train every parameter"
             + ctx.elsewhere(lambda b, c: task in c.lora),
         )
-    elif task == "nash" and spec.reference.model and not ctx.caps.lora_with_reference_model:
+    elif (
+        task in ("nash", "offline")
+        and spec.reference.model
+        and not ctx.caps.lora_with_reference_model
+    ):
         yield Problem(
             ("reference", "model"),
             "with policy.lora the reference is the policy with its adapter disabled; "
