@@ -297,3 +297,39 @@ def test_lora_reference_is_the_base_and_resume_is_bit_exact(
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert any(not np.array_equal(a[k], initial[k]) for k in a)  # steps 3-4 moved the adapter
+
+
+def test_sigterm_checkpoints_and_the_resume_is_bit_exact(
+    fixture: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGTERM during step 2 (no checkpoint cadence): the step finishes, checkpoint step-2
+    is written, the run exits 128 + 15; its resume ends where the uninterrupted run does."""
+    import os
+    import signal
+
+    from safetensors.numpy import load_file
+
+    straight = offline.run_offline(
+        make_spec(fixture, tmp_path / "a"), tmp_path / "a", backend="torch"
+    )
+    loop = offline_loop(make_spec(fixture, tmp_path / "b"), tmp_path / "b", backend="torch")
+    step = loop.step
+
+    def interrupted(n: int) -> dict[str, Any]:
+        if n == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(n)
+
+    loop.step = interrupted  # type: ignore[method-assign]
+    with pytest.raises(SystemExit) as exit_code:
+        loop.run()
+    assert exit_code.value.code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-2"]
+    resumed = offline.run_offline(
+        make_spec(fixture, tmp_path / "b"), tmp_path / "b", backend="torch", resume=True
+    )
+    assert resumed["resumed_from"] == 2
+    a = load_file(str(Path(straight["checkpoint"]) / "model.safetensors"))
+    b = load_file(str(Path(resumed["checkpoint"]) / "model.safetensors"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
