@@ -16,11 +16,14 @@ Gemma's (1 + w), the q/k norms and Qwen2's biases all matter) and saved with
   only change if the cached logits move its interval by half its probability), and the
   reference logits along y equal transformers' forward;
 - LoRA: peft adapters on the same transformers model (fused ``qkv_proj`` /
-  ``gate_up_proj`` for Phi-3) loaded into the jax model give peft's logits.
+  ``gate_up_proj`` for Phi-3) loaded into the jax model give peft's logits;
+- bfloat16: no less accurate than transformers' own bfloat16 forward;
+- the jax trainer: two ``task: nash`` steps whose checkpoint transformers loads.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -294,7 +297,8 @@ def test_cached_decode_matches_the_uncached_forward(hf_models, arch):
     _check_decode(hf_models, arch)
 
 
-@pytest.mark.parametrize("arch", ["phi3", pytest.param("gemma3", marks=pytest.mark.slow)])
+@pytest.mark.slow  # ≈ 7 s on 2 shared cores, most of it importing peft
+@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
 def test_peft_lora_adapters_give_peft_logits(hf_models, tmp_path, arch):
     """peft LoRA on every linear layer (Phi-3: the fused qkv_proj and gate_up_proj), A and
     B random: the jax model with the adapter loaded gives peft's logits, and with the
@@ -481,3 +485,21 @@ def test_jax_trainer_runs_the_architecture(tmp_path, arch, lora):
     assert_close(got[live], want[live], "float32", f"{arch} trained logits", scope="model")
     before = _jax_logits(load_model(model_dir), ids, mask)
     assert np.abs(got[live] - before[live]).max() > 1e-3  # training moved the logits
+
+
+@pytest.mark.slow  # ≈ 3–12 s each on 2 shared cores (bfloat16 kernels compile anew)
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "qwen3", "phi3"])
+def test_bfloat16_is_as_accurate_as_transformers(hf_models, arch):
+    """bfloat16 weights: against the same weights in float64 (transformers' forward), the
+    jax model's error is within 2× transformers' own bfloat16 error at worst and 1.5× on
+    average (the two round differently; Gemma's norm and embedding-scale casts matter)."""
+    hf, path = hf_models(arch)
+    ids, mask = _batch(seed=9)
+    live = mask == 1
+    exact = hf_logits(copy.deepcopy(hf).to(torch.float64), ids, mask)
+    half = hf_logits(copy.deepcopy(hf).to(torch.bfloat16), ids, mask)
+    got = _jax_logits(load_model(path, dtype="bfloat16"), ids, mask)
+    err, err_hf = np.abs(got - exact)[live], np.abs(half - exact)[live]
+    assert err.max() <= 2 * err_hf.max(), (err.max(), err_hf.max())
+    assert err.mean() <= 1.5 * err_hf.mean(), (err.mean(), err_hf.mean())
+    assert err.mean() <= tolerance("bfloat16", "model").atol, err.mean()
