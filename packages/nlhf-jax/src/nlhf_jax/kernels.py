@@ -38,6 +38,7 @@ __all__ = [
     "preference_loss",
     "sample",
     "sequence_logprobs",
+    "sppo_loss",
     "token_logprobs",
 ]
 
@@ -46,7 +47,6 @@ _KL_ESTIMATORS = ("sampled", "k3", "exact")
 
 def _float(x: jax.Array) -> jax.Array:
     """Half-precision logits are upcast to float32; float32/float64 are kept."""
-    "sppo_loss",
     x = jnp.asarray(x)
     return x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x
 
@@ -251,103 +251,6 @@ def dpo_loss(
     return -jnp.mean(jax.nn.log_sigmoid(beta * h)), _pair_metrics(h, chosen, rejected)
 
 
-# ----------------------------------------------------------------------- Kernels object
-
-_DTYPES = {
-    "float64": np.float64,
-    "float32": np.float32,
-    "float16": np.float16,
-    "bfloat16": jnp.bfloat16,
-    "int64": np.int64,
-    "int32": np.int32,
-    "bool": np.bool_,
-}
-
-
-def _is_64bit(x: Any) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and np.dtype(dtype).itemsize == 8
-
-
-def _x64_if_needed(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` under ``jax.enable_x64(True)`` when any argument is a 64-bit array."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        leaves = jax.tree_util.tree_leaves((args, kwargs))
-        if any(_is_64bit(x) for x in leaves):
-            with jax.enable_x64(True):
-                return fn(*args, **kwargs)
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-class JaxKernels:
-    """The kernel set of the jax backend (protocols.Kernels); float64 via scoped x64."""
-
-    preference_loss = staticmethod(_x64_if_needed(preference_loss))
-    mixture_logprobs = staticmethod(_x64_if_needed(mixture_logprobs))
-    sample = staticmethod(_x64_if_needed(sample))
-    kl = staticmethod(_x64_if_needed(kl))
-    nash_md_pg_loss = staticmethod(_x64_if_needed(nash_md_pg_loss))
-    sequence_logprobs = staticmethod(_x64_if_needed(sequence_logprobs))
-    online_ipo_loss = staticmethod(_x64_if_needed(online_ipo_loss))
-    # protocols.OfflinePairLosses
-    offline_ipo_loss = staticmethod(_x64_if_needed(offline_ipo_loss))
-    dpo_loss = staticmethod(_x64_if_needed(dpo_loss))
-
-    # protocols.PairGenerator: the production model and sampler of the jax backend
-    def load_causal_lm(self, path: str | Path, dtype: str = "float32") -> Any:
-        """:func:`nlhf_jax.models.load_model` (float64 under scoped x64)."""
-        from nlhf_jax.models import load_model
-
-        if dtype == "float64":
-            with jax.enable_x64(True):
-                return load_model(path, dtype=dtype)
-        return load_model(path, dtype=dtype)
-
-    def generate_pairs(
-        self, policy: Any, reference: Any, input_ids: Any, attention_mask: Any, **kwargs: Any
-    ) -> Any:
-        """:func:`nlhf_jax.generation.generate_pairs` (under scoped x64 for float64
-        uniforms; token ids are int32 in any case)."""
-        from nlhf_jax.generation import generate_pairs
-
-        ids, mask = (np.asarray(a).astype(np.int32) for a in (input_ids, attention_mask))
-        if _is_64bit(kwargs.get("uniforms")):
-            with jax.enable_x64(True):
-                return generate_pairs(policy, reference, ids, mask, **kwargs)
-        return generate_pairs(policy, reference, ids, mask, **kwargs)
-
-    def sequence_logits(self, model: Any, *args: Any) -> jax.Array:
-        """:func:`nlhf_jax.generation.sequence_logits` (token ids and masks as int32)."""
-        from nlhf_jax.generation import sequence_logits
-
-        arrays = [np.asarray(a).astype(np.int32) for a in args]
-        if _is_64bit(model.model.embed_tokens[...]):
-            with jax.enable_x64(True):
-                return sequence_logits(model, *arrays)
-        return sequence_logits(model, *arrays)
-
-    def asarray(self, x: Any, dtype: str = "float64") -> jax.Array:
-        """NumPy / Python data → a jax array of ``dtype`` (64-bit under scoped x64)."""
-        np_dtype = _DTYPES[str(dtype)]
-        arr = np.asarray(x).astype(np_dtype)
-        if _is_64bit(arr):
-            with jax.enable_x64(True):
-                return jnp.asarray(arr)
-        return jnp.asarray(arr)
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return np.asarray(x)
-
-    def grad(self, fn: Callable[[jax.Array], Any], x: jax.Array) -> jax.Array:
-        """∂fn(x)/∂x for a scalar fn, by ``jax.grad``."""
-        if _is_64bit(x):
-            with jax.enable_x64(True):
-                return jax.grad(fn)(x)
-        return jax.grad(fn)(x)
 def sppo_loss(
     policy: jax.Array, anchor: jax.Array, win_rate: jax.Array, eta: Any
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -408,7 +311,104 @@ def egpo_loss(
     return loss, {"preference": jnp.mean(p), "margin": sg(jnp.mean(h)), "kl": sg(jnp.mean(ratio_y))}
 
 
+# ----------------------------------------------------------------------- Kernels object
+
+_DTYPES = {
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": jnp.bfloat16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+}
+
+
+def _is_64bit(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and np.dtype(dtype).itemsize == 8
+
+
+def _x64_if_needed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` under ``jax.enable_x64(True)`` when any argument is a 64-bit array."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if any(_is_64bit(x) for x in leaves):
+            with jax.enable_x64(True):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class JaxKernels:
+    """The kernel set of the jax backend (protocols.Kernels); float64 via scoped x64."""
+
+    preference_loss = staticmethod(_x64_if_needed(preference_loss))
+    mixture_logprobs = staticmethod(_x64_if_needed(mixture_logprobs))
+    sample = staticmethod(_x64_if_needed(sample))
+    kl = staticmethod(_x64_if_needed(kl))
+    nash_md_pg_loss = staticmethod(_x64_if_needed(nash_md_pg_loss))
+    sequence_logprobs = staticmethod(_x64_if_needed(sequence_logprobs))
+    online_ipo_loss = staticmethod(_x64_if_needed(online_ipo_loss))
+    # protocols.OfflinePairLosses
+    offline_ipo_loss = staticmethod(_x64_if_needed(offline_ipo_loss))
+    dpo_loss = staticmethod(_x64_if_needed(dpo_loss))
     # protocols.GameFamilyLosses
     sppo_loss = staticmethod(_x64_if_needed(sppo_loss))
     inpo_loss = staticmethod(_x64_if_needed(inpo_loss))
     egpo_loss = staticmethod(_x64_if_needed(egpo_loss))
+
+    # protocols.PairGenerator: the production model and sampler of the jax backend
+    def load_causal_lm(self, path: str | Path, dtype: str = "float32") -> Any:
+        """:func:`nlhf_jax.models.load_model` (float64 under scoped x64)."""
+        from nlhf_jax.models import load_model
+
+        if dtype == "float64":
+            with jax.enable_x64(True):
+                return load_model(path, dtype=dtype)
+        return load_model(path, dtype=dtype)
+
+    def generate_pairs(
+        self, policy: Any, reference: Any, input_ids: Any, attention_mask: Any, **kwargs: Any
+    ) -> Any:
+        """:func:`nlhf_jax.generation.generate_pairs` (under scoped x64 for float64
+        uniforms; token ids are int32 in any case)."""
+        from nlhf_jax.generation import generate_pairs
+
+        ids, mask = (np.asarray(a).astype(np.int32) for a in (input_ids, attention_mask))
+        if _is_64bit(kwargs.get("uniforms")):
+            with jax.enable_x64(True):
+                return generate_pairs(policy, reference, ids, mask, **kwargs)
+        return generate_pairs(policy, reference, ids, mask, **kwargs)
+
+    def sequence_logits(self, model: Any, *args: Any) -> jax.Array:
+        """:func:`nlhf_jax.generation.sequence_logits` (token ids and masks as int32)."""
+        from nlhf_jax.generation import sequence_logits
+
+        arrays = [np.asarray(a).astype(np.int32) for a in args]
+        if _is_64bit(model.model.embed_tokens[...]):
+            with jax.enable_x64(True):
+                return sequence_logits(model, *arrays)
+        return sequence_logits(model, *arrays)
+
+    def asarray(self, x: Any, dtype: str = "float64") -> jax.Array:
+        """NumPy / Python data → a jax array of ``dtype`` (64-bit under scoped x64)."""
+        np_dtype = _DTYPES[str(dtype)]
+        arr = np.asarray(x).astype(np_dtype)
+        if _is_64bit(arr):
+            with jax.enable_x64(True):
+                return jnp.asarray(arr)
+        return jnp.asarray(arr)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def grad(self, fn: Callable[[jax.Array], Any], x: jax.Array) -> jax.Array:
+        """∂fn(x)/∂x for a scalar fn, by ``jax.grad``."""
+        if _is_64bit(x):
+            with jax.enable_x64(True):
+                return jax.grad(fn)(x)
+        return jax.grad(fn)(x)

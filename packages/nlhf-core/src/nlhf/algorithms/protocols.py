@@ -172,6 +172,70 @@ class OfflinePairLosses(Protocol):
     dpo_loss: DPOObjective
 
 
+class SPPOObjective(Protocol):
+    """SPPO (Wu et al. 2024, arXiv 2405.00675), the squared loss on responses y_b ~ π_t:
+    loss = mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², with sequence log-probs
+    (B,) (:class:`SequenceLogprobs`), ``anchor`` = log π_t (the policy at the start of the
+    step) carrying no gradient and P̂_b ≈ P(y_b ≻ π_t) the win rate estimated from K
+    samples (:func:`nlhf.training.algorithms.sppo_win_rates`). Returns ``(loss,
+    metrics)``; metrics (no gradient) hold ``log_ratio`` (mean log π_θ/π_t) and
+    ``win_rate_gap`` (mean |P̂ − ½|)."""
+
+    def __call__(
+        self, policy: Array, anchor: Array, win_rate: Array, eta: float
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+class INPOObjective(Protocol):
+    """INPO's pairwise loss (Zhang et al., ICLR 2025, arXiv 2407.00617) on y, y' ~ π_t,
+    from sequence log-probs (B,):
+    h_t = log π_θ(y)/π_θ(y') − ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y'),
+    loss = mean_b (h_t,b − η·(P_b − ½))² (the paper's (h_t(y_w, y_l) − η/2)² in
+    expectation over the label y_w ~ Bernoulli(P), up to a constant). π_t (``anchor_*``)
+    and μ (``reference_*``) carry no gradient. Returns ``(loss, metrics)``; metrics hold
+    ``preference`` (mean P), ``margin`` (mean h_t), ``kl`` (mean log π_θ/μ(y))."""
+
+    def __call__(
+        self,
+        policy_y: Array,
+        policy_y_prime: Array,
+        anchor_y: Array,
+        anchor_y_prime: Array,
+        reference_y: Array,
+        reference_y_prime: Array,
+        preference: Array,
+        tau: float,
+        eta: float,
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+class EGPOObjective(Protocol):
+    """EGPO's loss (Zhou et al., COLM 2025, arXiv 2503.08942; the online IPO form of its
+    extragradient step, as in the authors' code) from sequence log-probs (B,):
+    h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)²; μ carries no
+    gradient. Returns ``(loss, metrics)`` with the metrics of :class:`INPOObjective`."""
+
+    def __call__(
+        self,
+        policy_y: Array,
+        policy_y_prime: Array,
+        reference_y: Array,
+        reference_y_prime: Array,
+        preference: Array,
+        tau: float,
+    ) -> tuple[Array, dict[str, Array]]: ...
+
+
+@runtime_checkable
+class GameFamilyLosses(Protocol):
+    """Optional extra of a backend's :class:`Kernels`: the loss kernels of the LLM forms of
+    sppo, inpo/onpo and egpo (mpo trains with :class:`NashMDPGObjective`)."""
+
+    sppo_loss: SPPOObjective
+    inpo_loss: INPOObjective
+    egpo_loss: EGPOObjective
+
+
 @runtime_checkable
 class PairSample(Protocol):
     """Pairs drawn by :class:`PairGenerator`: ``y``/``y_prime`` (B, T') token ids, ``pad``
