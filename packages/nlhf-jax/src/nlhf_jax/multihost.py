@@ -17,9 +17,9 @@ processes. Covered: ``task: nash`` (:func:`train`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nlhf.errors import InputError, NLHFError
 from nlhf.spec.models import DistributedSpec, JaxMeshSpec, RunSpec
@@ -151,7 +151,24 @@ class MultiHostStepper(JaxStepper):
 
     def __init__(self, spec: RunSpec, checkpoint: Path | None, plugins: Any = None) -> None:
         super().__init__(spec, checkpoint, plugins)
+        import jax
+
         self.rank = process_index()
+        # processes running this loop; world_size stays 1: every process holds the whole
+        # batch's values, and the loop divides its summed metrics by world_size
+        self.processes = jax.process_count()
+
+    def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
+        """``sum``: the values themselves (each process computed the whole batch);
+        ``max``: the largest over the processes (the slowest process's timings), a
+        collective (``multihost_utils.process_allgather``)."""
+        if op == "sum":
+            return [float(v) for v in values]
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        rows = multihost_utils.process_allgather(np.asarray(values, dtype=np.float32))
+        return [float(v) for v in np.asarray(rows).max(axis=0)]
 
     def save(self, final: Path, write_core: Callable[[Path], None]) -> None:
         live = (self.state, self.frozen, self.opt_state, self.ema_state)
