@@ -269,12 +269,11 @@ class NashLoop:
             values = call(*texts)
         except PreferenceUnavailableError as err:
             failure = err
-        if self.stepper.world_size > 1:
-            failed = self.stepper.all_reduce([float(failure is not None)], "max")[0]
-            if failed and failure is None:
-                failure = PreferenceUnavailableError(
-                    "the preference of another rank gave no usable answer (see its log)"
-                )
+        failed = self.stepper.all_reduce([float(failure is not None)], "max")[0]  # all ranks
+        if failed and failure is None:
+            failure = PreferenceUnavailableError(
+                "the preference of another process gave no usable answer (see its log)"
+            )
         if failure is not None:
             raise failure
         return _float64(values, len(texts[1]), what)
@@ -450,10 +449,8 @@ class NashLoop:
                 signal.signal(sig, old)
 
     def _stop_requested(self) -> int | None:
-        local = float(self._signal or 0)
-        if self.stepper.world_size > 1:  # every rank stops at the same step
-            local = self.stepper.all_reduce([local], "max")[0]
-        return int(local) or None
+        # every process stops at the same step (one process: the max is its own value)
+        return int(self.stepper.all_reduce([float(self._signal or 0)], "max")[0]) or None
 
     def _stop(self, step: int, saved: bool) -> dict[str, Any]:
         signum = self._stop_requested() or signal.SIGTERM
