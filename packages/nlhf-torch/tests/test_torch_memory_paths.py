@@ -14,7 +14,7 @@ import nlhf
 import numpy as np
 import pytest
 import torch
-from nlhf.errors import InputError
+from nlhf.errors import InputError, NLHFError
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
 from nlhf.spec.models import TrainingSpec
@@ -423,6 +423,40 @@ def test_bf16_mixed_needs_float32_policy(assets: dict[str, str], tmp_path: Path)
             policy={"model": assets["model"], "dtype": "bfloat16"},
             training={"precision": "bf16-mixed"},
         )
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"precision": "bf16-mixed"}, r"training.precision: under DeepSpeed.*policy.dtype: bf"),
+        ({"logprob_chunk": 8}, r"training.logprob_chunk: the chunked .* DeepSpeed"),
+    ],
+)
+def test_deepspeed_refuses_what_its_engine_does_itself(
+    assets: dict[str, str], tmp_path: Path, training: dict[str, Any], message: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        make_spec(assets, tmp_path, training=training, distributed={"engine": "deepspeed"})
+    make_spec(assets, tmp_path, distributed={"engine": "deepspeed"})  # auto / pure: fine
+
+
+def test_spec_problems_are_located(assets: dict[str, str], tmp_path: Path) -> None:
+    """`nlhf validate` reports the field with its file position (nlhf.spec.load)."""
+    from nlhf.spec.load import load_spec
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"policy: {{model: {assets['model']}, dtype: bfloat16}}\n"
+        "preference: {name: oracle, function: length}\n"
+        f"data: {{path: {assets['data']}}}\n"
+        "algorithm: {name: nash_md_pg}\n"
+        "training:\n  precision: bf16-mixed\n"
+    )
+    with pytest.raises(NLHFError) as info:
+        load_spec(path)
+    assert f"{path}:6:" in str(info.value) and "training.precision: bf16-mixed" in str(info.value)
 
 
 def test_explicit_chunk_on_an_unknown_architecture_is_refused(

@@ -41,7 +41,7 @@ from nlhf.algorithms.generation import Opponent, check_generation_args
 from nlhf_jax.kernels import mixture_logprobs, sample
 from nlhf_jax.models.decoder import positions_from_mask
 
-__all__ = ["PairGeneration", "generate_pairs", "sequence_logits"]
+__all__ = ["PairGeneration", "generate_pairs", "sequence_hidden", "sequence_logits"]
 
 
 @dataclass
@@ -72,6 +72,23 @@ def sequence_logits(
     t = completion_ids.shape[1]
     logits, _ = model(ids, mask)
     return logits[:, -t - 1 : -1]
+
+
+def sequence_hidden(
+    model: Any,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    completion_ids: jax.Array,
+    completion_mask: jax.Array,
+) -> jax.Array:
+    """The LM head's inputs of :func:`sequence_logits`: final hidden states (B, T, H)
+    predicting each completion token (``model.model``; ``model.logits`` maps them to
+    logits), for :func:`nlhf_jax.kernels.chunked_token_logprobs`."""
+    ids = jnp.concatenate([prompt_ids, completion_ids.astype(prompt_ids.dtype)], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask.astype(prompt_mask.dtype)], axis=1)
+    t = completion_ids.shape[1]
+    hidden, _ = model.model(ids, mask)
+    return hidden[:, -t - 1 : -1]
 
 
 def _prefill(model: Any, ids: jax.Array, mask: jax.Array, length: int, rows: int):

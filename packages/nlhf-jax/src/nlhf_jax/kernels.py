@@ -27,14 +27,20 @@ from nlhf.algorithms.params import KLEstimator
 
 __all__ = [
     "JaxKernels",
+    "chunked_sequence_logprobs",
+    "chunked_token_logprobs",
     "dpo_loss",
     "egpo_loss",
+    "exact_terms",
     "inpo_loss",
     "kl",
+    "kl_from_logprobs",
     "mixture_logprobs",
     "nash_md_pg_loss",
+    "nash_md_pg_loss_from_logprobs",
     "offline_ipo_loss",
     "online_ipo_loss",
+    "online_ipo_loss_from_logprobs",
     "preference_loss",
     "sample",
     "sequence_logprobs",
@@ -93,6 +99,69 @@ def sequence_logprobs(
     return jnp.sum(lp * jnp.asarray(mask).astype(lp.dtype), axis=-1)
 
 
+def chunked_token_logprobs(
+    hidden: jax.Array,
+    head: Callable[[jax.Array], jax.Array],
+    tokens: jax.Array,
+    temperature: Any,
+    chunk: int,
+    *,
+    softcap: float | None = None,
+    reference_logits: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """log π(y_n|·) (B, T) from the final hidden states (B, T, H) without holding the
+    B×T×V logits: ``jax.lax.map`` over chunks of ``chunk`` positions (the last one
+    padded), each under ``jax.checkpoint`` so the backward recomputes its logits:
+    ℓ = head(h) (the model's ``logits``, Gemma's soft-cap included; or c·tanh(ℓ/c) with
+    ``softcap`` c), log_softmax(ℓ/T) gathered at y. With ``reference_logits`` (B, T, V)
+    also the exact KL terms per position (:func:`exact_terms`), else None. The torch
+    backend's ``chunked_token_logprobs`` is the same computation."""
+    b, t = tokens.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t
+
+    def chunks(x: jax.Array) -> jax.Array:  # (B, T, ...) -> (n, B, chunk, ...)
+        widths = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
+        x = jnp.pad(x, widths).reshape(b, n, chunk, *x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
+
+    @jax.checkpoint
+    def one(args: tuple[jax.Array, jax.Array, jax.Array | None]) -> tuple[jax.Array, jax.Array]:
+        h, tok, ref = args
+        logits = _float(head(h))
+        if softcap is not None:
+            logits = jnp.tanh(logits / softcap) * softcap
+        logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+        lp = jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
+        if ref is None:
+            return lp, jnp.zeros_like(lp)
+        logq = jax.nn.log_softmax(_float(ref) / temperature, axis=-1)
+        return lp, exact_terms(logp, logq)
+
+    ref = None if reference_logits is None else chunks(reference_logits)
+    lp, exact = jax.lax.map(one, (chunks(hidden), chunks(jnp.asarray(tokens)), ref))
+
+    def unchunk(x: jax.Array) -> jax.Array:
+        return jnp.moveaxis(x, 0, 1).reshape(b, n * chunk)[:, :t]
+
+    return unchunk(lp), (None if reference_logits is None else unchunk(exact))
+
+
+def chunked_sequence_logprobs(
+    hidden: jax.Array,
+    head: Callable[[jax.Array], jax.Array],
+    tokens: jax.Array,
+    mask: jax.Array,
+    temperature: Any,
+    chunk: int,
+    *,
+    softcap: float | None = None,
+) -> jax.Array:
+    """log π(y|x) = Σ_n m_n log π(y_n|·) (B,) by :func:`chunked_token_logprobs`."""
+    lp, _ = chunked_token_logprobs(hidden, head, tokens, temperature, chunk, softcap=softcap)
+    return jnp.sum(lp * jnp.asarray(mask).astype(lp.dtype), axis=-1)
+
+
 def kl(
     policy_logits: jax.Array,
     reference_logits: jax.Array,
@@ -116,14 +185,37 @@ def kl(
         raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {_KL_ESTIMATORS}")
     logp = jax.nn.log_softmax(_float(policy_logits) / temperature, axis=-1)
     logq = jax.nn.log_softmax(_float(reference_logits) / temperature, axis=-1)
-    m = jnp.asarray(mask).astype(logp.dtype)
     if estimator == "exact":
-        per_pos = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
-        value = jnp.sum(per_pos * m, axis=-1)
-        return value, value
+        return kl_from_logprobs(None, None, mask, estimator, exact_terms(logp, logq))
     idx = jnp.asarray(tokens)[..., None]
     lp = jnp.take_along_axis(logp, idx, axis=-1)[..., 0]
     lq = jnp.take_along_axis(logq, idx, axis=-1)[..., 0]
+    return kl_from_logprobs(lp, lq, mask, estimator)
+
+
+def exact_terms(logp: jax.Array, logq: jax.Array) -> jax.Array:
+    """Σ_v π(v|·)(log π(v|·) − log μ(v|·)) at each position, from log-probs (..., V)."""
+    return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+def kl_from_logprobs(
+    lp: jax.Array | None,
+    lq: jax.Array | None,
+    mask: jax.Array,
+    estimator: KLEstimator,
+    exact: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`kl` from per-token log-probs ``lp`` = log π_θ(y_n|·), ``lq`` = log μ(y_n|·)
+    (B, T) — or, for ``exact``, from the per-position full-vocabulary KL ``exact`` (B, T)
+    (:func:`exact_terms`; e.g. from :func:`chunked_token_logprobs`)."""
+    if estimator == "exact":
+        if exact is None:
+            raise ValueError("the exact KL estimator needs the per-position terms `exact`")
+        value = jnp.sum(exact * jnp.asarray(mask).astype(exact.dtype), axis=-1)
+        return value, value
+    if lp is None or lq is None:
+        raise ValueError(f"the {estimator} KL estimator needs token log-probs lp and lq")
+    m = jnp.asarray(mask).astype(lp.dtype)
     ratio = (lp - lq) * m
     if estimator == "k3":
         value = jnp.sum((jnp.exp(-ratio) - 1.0 + ratio) * m, axis=-1)
@@ -149,9 +241,18 @@ def nash_md_pg_loss(
     Metrics (no gradient): ``score`` = mean_b −(P_b − ½)·log π_θ(y_b), ``kl`` = mean KL
     value, ``kl_surrogate``, ``preference`` = mean P, ``logprob`` = mean log π_θ(y_b)."""
     seq_lp = sequence_logprobs(policy_logits, tokens, mask, temperature)
+    kl_terms = kl(policy_logits, reference_logits, tokens, mask, estimator, temperature)
+    return nash_md_pg_loss_from_logprobs(seq_lp, kl_terms, preference, tau)
+
+
+def nash_md_pg_loss_from_logprobs(
+    seq_lp: jax.Array, kl_terms: tuple[jax.Array, jax.Array], preference: jax.Array, tau: Any
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`nash_md_pg_loss` from log π_θ(y_b|x_b) (B,) and the ``(surrogate, value)`` of
+    :func:`kl` / :func:`kl_from_logprobs` (the chunked path, :func:`chunked_token_logprobs`)."""
+    surrogate, value = kl_terms
     p = jax.lax.stop_gradient(jnp.asarray(preference).astype(seq_lp.dtype))
     score = -(p - 0.5) * seq_lp
-    surrogate, value = kl(policy_logits, reference_logits, tokens, mask, estimator, temperature)
     loss = jnp.mean(score + tau * surrogate)
     sg = jax.lax.stop_gradient
     metrics = {
@@ -186,6 +287,20 @@ def online_ipo_loss(
     lq_y = sequence_logprobs(sg(reference_logits_y), y, y_mask, temperature)
     lp_p = sequence_logprobs(logits_y_prime, y_prime, y_prime_mask, temperature)
     lq_p = sequence_logprobs(sg(reference_logits_y_prime), y_prime, y_prime_mask, temperature)
+    return online_ipo_loss_from_logprobs(lp_y, lq_y, lp_p, lq_p, preference, tau)
+
+
+def online_ipo_loss_from_logprobs(
+    lp_y: jax.Array,
+    lq_y: jax.Array,
+    lp_p: jax.Array,
+    lq_p: jax.Array,
+    preference: jax.Array,
+    tau: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`online_ipo_loss` from the sequence log-probs (B,) of π_θ and μ on y and y'."""
+    sg = jax.lax.stop_gradient
+    lq_y, lq_p = sg(lq_y), sg(lq_p)
     p = sg(jnp.asarray(preference).astype(lp_y.dtype))
     sign = jnp.where(p >= 0.5, 1.0, -1.0).astype(lp_y.dtype)
     margin = sign * ((lp_y - lq_y) - (lp_p - lq_p))

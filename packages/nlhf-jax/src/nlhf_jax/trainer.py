@@ -24,6 +24,7 @@ peft adapter files), the tokenizer, ``optimizer.safetensors`` (optax state leave
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,8 +43,9 @@ from nlhf.training import Samples, Update, rule_for, run_nash
 from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_jax import kernels, lora
-from nlhf_jax.generation import generate_pairs, sequence_logits
+from nlhf_jax.generation import generate_pairs, sequence_hidden, sequence_logits
 from nlhf_jax.models import load_model, save_model
+from nlhf_jax.models.decoder import matmul_dtype
 from nlhf_jax.optim import build_optimizer
 from nlhf_jax.preference.scorers import build_scorer
 
@@ -141,6 +143,8 @@ class JaxStepper:
                 dtype=spec.reference.dtype or dtype,
                 head="causal_lm",
             )
+        # training.gradient_checkpointing: nnx.remat around each decoder layer (before split)
+        self.policy.model.remat = tr.gradient_checkpointing
         pol = spec.policy
         self.tokenizer = load_tokenizer(
             pol.tokenizer or pol.model,
@@ -220,6 +224,11 @@ class JaxStepper:
             model = self._model(s, frozen)
             if dkey is not None:
                 model = lora.with_lora_dropout(model, dkey)
+            chunk = self._logprob_chunk(y)
+            if chunk is not None:
+                return self._chunked_loss(
+                    model, batch, ref_p if ipo else None, pref, tau, chunk, estimator
+                )
             logits = sequence_logits(model, ids, mask, y, ym)
             if ipo:
                 logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
@@ -238,8 +247,50 @@ class JaxStepper:
                 )
             return kernels.nash_md_pg_loss(logits, ref_logits, y, ym, pref, tau, temp, estimator)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
+        with self._compute():
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state)
         return loss, metrics, grads
+
+    def _compute(self) -> contextlib.AbstractContextManager[None]:
+        """``training.precision: bf16-mixed``: the loss's matmuls take bfloat16 inputs with
+        float32 accumulation (:func:`nlhf_jax.models.decoder.matmul_dtype`, torch.autocast's
+        rule) while norms, softmaxes and the residual stream stay float32; the casts are
+        differentiated, so gradients, optimizer state and parameters stay float32."""
+        if self.spec.training.precision == "bf16-mixed":
+            return matmul_dtype(jnp.bfloat16)
+        return contextlib.nullcontext()
+
+    def _logprob_chunk(self, completions: Any) -> int | None:
+        rows, positions = completions.shape
+        vocab = self.policy.config.vocab_size
+        return self.spec.training.logprob_chunk_size(rows, positions, vocab)
+
+    def _chunked_loss(self, model, batch, ref_p, pref, tau, chunk, estimator):
+        """The loss of ``_loss_grads`` from :func:`kernels.chunked_token_logprobs` over
+        the model's hidden states (``training.logprob_chunk``): no B×T×V policy logits.
+        ``ref_p``: μ's logits of y′ (online IPO) or None."""
+        temp = self.spec.training.generation.temperature
+        ids, mask, y, ym, ref = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
+
+        def token_logprobs(comp, cmask, reference_logits):
+            hidden = sequence_hidden(model, ids, mask, comp, cmask)
+            return kernels.chunked_token_logprobs(
+                hidden, model.logits, comp, temp, chunk, reference_logits=reference_logits
+            )
+
+        exact_ref = ref if ref_p is None and estimator == "exact" else None
+        lp, exact = token_logprobs(y, ym, exact_ref)
+        seq_lp = jnp.sum(lp * ym.astype(lp.dtype), axis=-1)
+        if ref_p is not None:
+            yp, ypm = batch["yp"], batch["ypm"]
+            lp_p, _ = token_logprobs(yp, ypm, None)
+            seq_lp_p = jnp.sum(lp_p * ypm.astype(lp_p.dtype), axis=-1)
+            lq_y = kernels.sequence_logprobs(ref, y, ym, temp)
+            lq_p = kernels.sequence_logprobs(ref_p, yp, ypm, temp)
+            return kernels.online_ipo_loss_from_logprobs(seq_lp, lq_y, seq_lp_p, lq_p, pref, tau)
+        lq = None if exact is not None else kernels.token_logprobs(ref, y, temp)
+        kl_terms = kernels.kl_from_logprobs(lp, lq, ym, estimator, exact)
+        return kernels.nash_md_pg_loss_from_logprobs(seq_lp, kl_terms, pref, tau)
 
     def _apply(self, state, opt_state, grads, scale):
         """One optax update with the accumulated gradients × ``scale`` (1 / grad_accum)."""

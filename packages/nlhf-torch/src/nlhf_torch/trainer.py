@@ -434,19 +434,7 @@ class DeepSpeedStepper(TorchStepper):
         from nlhf_torch.distributed import init_engine
 
         tr = self.spec.training
-        if tr.precision == "bf16-mixed":
-            raise InputError(
-                "training.precision: under DeepSpeed, bf16 compute with float32 master weights "
-                "is the engine's own bf16 mode: set policy.dtype: bfloat16 (the engine keeps "
-                "float32 master weights and optimizer state) and precision: pure"
-            )
-        if isinstance(tr.logprob_chunk, int):
-            raise InputError(
-                "training.logprob_chunk: the chunked log-probs run on the model's decoder "
-                "outside the DeepSpeed engine's forward; set logprob_chunk: off (or auto, which "
-                "is off under DeepSpeed)"
-            )
-        self._logprob_head = None
+        self._logprob_head = None  # logprob_chunk: auto is off (spec: no explicit chunk)
         if tr.generation_batch_size() != tr.micro_batch_size():
             raise InputError(
                 f"training.generation.batch_size: under DeepSpeed each rank samples its share "

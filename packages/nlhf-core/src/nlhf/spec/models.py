@@ -529,6 +529,30 @@ class TrainingSpec(Section):
             setting = max(1, AUTO_CHUNK_LOGITS // (rows * vocab))
         return None if setting >= positions else int(setting)
 
+    def memory_problems(self, policy: PolicySpec | None, engine: str) -> list[str]:
+        """What ``precision`` and ``logprob_chunk`` cannot do with this policy and engine."""
+        problems = []
+        dtype = policy.dtype if policy is not None else "float32"
+        if self.precision == "bf16-mixed" and dtype != "float32":
+            problems.append(
+                f"training.precision: bf16-mixed keeps float32 master weights, so it needs "
+                f"policy.dtype: float32 (got {dtype}); set policy.dtype: float32, or "
+                f"precision: pure to train in {dtype} throughout"
+            )
+        if engine == "deepspeed" and self.precision == "bf16-mixed":
+            problems.append(
+                "training.precision: under DeepSpeed, bf16 compute with float32 master "
+                "weights is the engine's own bf16 mode: set policy.dtype: bfloat16 (the "
+                "engine keeps float32 master weights and optimizer state) and precision: pure"
+            )
+        if engine == "deepspeed" and isinstance(self.logprob_chunk, int):
+            problems.append(
+                "training.logprob_chunk: the chunked log-probs run on the model's decoder "
+                "outside the DeepSpeed engine's forward; set logprob_chunk: off (or auto, "
+                "which is off under DeepSpeed)"
+            )
+        return problems
+
     def micro_batch_size(self) -> int:
         """Prompts per micro-batch of a ``task: nash`` step: ``batch_size / grad_accum``,
         which must divide exactly (every micro-batch the same size, so the mean of the
@@ -781,13 +805,7 @@ class RunSpec(Section):
             generation = self.training.generation_batch_problem()
             if generation is not None:
                 problems.append(generation)
-            policy_dtype = self.policy.dtype if self.policy is not None else "float32"
-            if self.training.precision == "bf16-mixed" and policy_dtype != "float32":
-                problems.append(
-                    f"training.precision: bf16-mixed keeps float32 master weights, so it "
-                    f"needs policy.dtype: float32 (got {policy_dtype}); set policy.dtype: "
-                    f"float32, or precision: pure to train in {policy_dtype} throughout"
-                )
+            problems += self.training.memory_problems(self.policy, self.distributed.engine)
         if self.task == "preference_model":
             if self.policy is None:
                 problems.append(

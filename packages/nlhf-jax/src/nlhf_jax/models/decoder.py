@@ -602,8 +602,9 @@ class DecoderModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, offset=cfg.gemma)
         self.config = cfg
         self.remat = False
-        """Each layer under ``nnx.remat`` (``training.gradient_checkpointing``): its
-        activations are recomputed in the backward pass. Set before ``nnx.split``."""
+        """Each layer under ``nnx.remat`` in forwards without a cache
+        (``training.gradient_checkpointing``): its activations are recomputed in the
+        backward pass. Set before ``nnx.split``."""
 
     def __call__(
         self,
@@ -658,7 +659,8 @@ class DecoderModel(nnx.Module):
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else cache[i]
             cos, sin = layer_rope[i]
-            call = nnx.remat(DecoderLayer.__call__) if self.remat else DecoderLayer.__call__
+            remat = self.remat and cache is None  # decoding with a cache has no backward
+            call = nnx.remat(DecoderLayer.__call__) if remat else DecoderLayer.__call__
             x, kv = call(layer, x, cos, sin, allowed[cfg.window(i)], kv, cache_index)
             new_cache.append(kv)
         return self.norm(x), (None if cache is None else tuple(new_cache))
