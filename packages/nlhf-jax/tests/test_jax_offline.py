@@ -89,3 +89,38 @@ def test_resume_is_bit_exact(fixture: dict[str, Path], tmp_path: Path) -> None:
         for d in ("a", "b")
     ]
     assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_lora_reference_is_the_base_and_resume_is_bit_exact(
+    fixture: dict[str, Path], tmp_path: Path
+) -> None:
+    """policy.lora: μ is the base model with the adapter off (its cached log-probs are the
+    NumPy forward of the base checkpoint), and a resumed run's adapter equals the straight
+    run's bit for bit (dropout keys from the seed, the update and the micro-batch)."""
+    from nlhf.testing.offline import numpy_pair_logprobs
+    from safetensors.numpy import load_file
+
+    def spec(out: Path, steps: int = 4) -> RunSpec:
+        data = make_spec(fixture, out, steps=steps, grad_accum=3, lr=0.05).model_dump()
+        data["reference"]["model"] = None
+        data["policy"]["lora"] = {"r": 4, "alpha": 8.0, "dropout": 0.1}
+        return RunSpec.model_validate(data)
+
+    loop = offline_loop(spec(tmp_path / "a"), tmp_path / "a", backend="jax")
+    base, t = NumpyLM.load(fixture["policy"]), loop.train_tokens
+    expected = numpy_pair_logprobs(base, t.prompt, t.rejected, 1.0)
+    assert_close(
+        loop.reference.rejected, expected, "float32", "log μ(y_l) of the base", scope="model"
+    )
+    loop.run()
+    offline.run_offline(spec(tmp_path / "b", steps=2), tmp_path / "b", backend="jax")
+    offline.run_offline(spec(tmp_path / "b"), tmp_path / "b", backend="jax", resume=True)
+    name = "adapter_model.safetensors"
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step-4" / name))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step-4" / name))
+    half = load_file(str(tmp_path / "b" / "checkpoints" / "step-2" / name))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert any(not np.array_equal(a[k], half[k]) for k in a)

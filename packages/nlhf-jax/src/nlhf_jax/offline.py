@@ -9,7 +9,10 @@ compilations, repeat), :func:`nlhf_jax.generation.sequence_logits`; log-probs at
 generation temperature. The loss is :func:`nlhf_jax.kernels.dpo_loss` or
 :func:`~nlhf_jax.kernels.offline_ipo_loss` with the cached reference log-probs; the
 micro-batches' gradients, each times its weight, are summed before one optax update
-(:mod:`nlhf_jax.optim`: torch's clipping and AdamW). Checkpoints are a Nash run's
+(:mod:`nlhf_jax.optim`: torch's clipping and AdamW). With ``policy.lora``
+(:mod:`nlhf_jax.lora`) the optimizer trains the adapters only, μ is the policy with its
+adapter off, and each micro-batch's dropout key is ``fold_in(fold_in(key(seed), update),
+micro-batch)`` (the update count resumes from the checkpoint: the same masks). Checkpoints are a Nash run's
 (:mod:`nlhf_jax.trainer`): ``config.json`` + ``model.safetensors`` (transformers loads
 them), the tokenizer and ``optimizer.safetensors``; core adds ``trainer_state.json``.
 """
@@ -29,10 +32,10 @@ from nlhf.data.tokenizer import load_tokenizer
 from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.models import RunSpec
-from nlhf.training import Update
+from nlhf.training import TrainerState, Update
 from nlhf.training.offline import PairTokens, run_offline
 
-from nlhf_jax import kernels
+from nlhf_jax import kernels, lora
 from nlhf_jax.generation import sequence_logits
 from nlhf_jax.models import load_model, save_model, to_hf_state_dict
 from nlhf_jax.optim import build_optimizer
@@ -73,20 +76,32 @@ class JaxOfflineStepper:
             kernels.dpo_loss if spec.algorithm.name == "dpo" else kernels.offline_ipo_loss
         )
         pol, tr = spec.policy, spec.training
-        policy = load_model(checkpoint or pol.model, dtype=pol.dtype, head="causal_lm")
-        reference = load_model(
-            spec.reference.model or pol.model,
-            dtype=spec.reference.dtype or pol.dtype,
-            head="causal_lm",
-        )
+        self.lora = pol.lora
+        self.key = jax.random.key(spec.seed)
+        reference = None
+        if self.lora is not None:  # μ = the policy with its adapter off: no second model
+            policy = load_model(pol.model, dtype=pol.dtype, head="causal_lm")
+            if checkpoint is not None:
+                policy = lora.load_adapter(policy, checkpoint)
+            else:
+                policy = lora.apply_lora(policy, self.lora, seed=spec.seed)
+        else:
+            policy = load_model(checkpoint or pol.model, dtype=pol.dtype, head="causal_lm")
+            reference = load_model(
+                spec.reference.model or pol.model,
+                dtype=spec.reference.dtype or pol.dtype,
+                head="causal_lm",
+            )
         self.tokenizer = load_tokenizer(
             pol.tokenizer or pol.model,
             "policy.tokenizer" if pol.tokenizer else "policy.model",
             trust_remote_code=pol.trust_remote_code,
         )
         self.pad = self.tokenizer.pad_token_id
-        self.graphdef, self.state, self.frozen = nnx.split(policy, nnx.Param, ...)
-        self.ref_graphdef, self.ref_state = nnx.split(reference)
+        # state: what the optimizer trains (all parameters, or the LoRA A/B); frozen: the rest
+        trainable = lora.LORA_FILTER if self.lora is not None else nnx.Param
+        self.graphdef, self.state, self.frozen = nnx.split(policy, trainable, ...)
+        self.ref_graphdef, self.ref_state = nnx.split(reference) if reference else (None, None)
         self.device = str(jax.devices()[0])
         leaves = jax.tree.leaves(self.state)
         if leaves:
@@ -101,6 +116,8 @@ class JaxOfflineStepper:
             tensors = load_file(Path(checkpoint) / OPTIMIZER_FILE)
             self.opt_state = _leaves_from_numpy(self.opt_state, tensors)
         self.temperature = tr.generation.temperature
+        self._updates = TrainerState.read(checkpoint).step if checkpoint is not None else 0
+        self._micro = 0
         self._grads: Any = None
         self._outputs: list[tuple[Any, Any]] = []
         self._grad_fn = jax.jit(self._loss_grads)
@@ -116,14 +133,25 @@ class JaxOfflineStepper:
     def _policy_logprobs(self, state: Any, frozen: Any, batch: dict[str, Any]) -> jax.Array:
         return self._logprobs(nnx.merge(self.graphdef, state, frozen), batch)
 
-    def _reference_logprobs(self, ref_state: Any, batch: dict[str, Any]) -> jax.Array:
-        return self._logprobs(nnx.merge(self.ref_graphdef, ref_state), batch)
+    def _reference_logprobs(
+        self, state: Any, frozen: Any, ref_state: Any, batch: dict[str, Any]
+    ) -> jax.Array:
+        """μ: the reference model, or with LoRA the policy with its adapter off (the same
+        arrays; never the adapted model, TRL #2781)."""
+        if self.lora is not None:
+            model = lora.without_adapter(nnx.merge(self.graphdef, state, frozen))
+        else:
+            model = nnx.merge(self.ref_graphdef, ref_state)
+        return self._logprobs(model, batch)
 
-    def _loss_grads(self, state, frozen, batch, ref_c, ref_r, tau, weight):
-        """Loss, metrics and weight × ∇θ of one micro-batch."""
+    def _loss_grads(self, state, frozen, batch, ref_c, ref_r, tau, weight, dkey):
+        """Loss, metrics and weight × ∇θ of one micro-batch (``dkey``: LoRA dropout masks)."""
 
         def loss_fn(s):
-            logprobs = self._policy_logprobs(s, frozen, batch)
+            model = nnx.merge(self.graphdef, s, frozen)
+            if dkey is not None:
+                model = lora.with_lora_dropout(model, dkey)
+            logprobs = self._logprobs(model, batch)
             rows = ref_c.shape[0]
             return self.loss_fn(logprobs[:rows], logprobs[rows:], ref_c, ref_r, tau)
 
@@ -154,7 +182,7 @@ class JaxOfflineStepper:
         if model == "policy":
             logprobs = self._policy_fn(self.state, self.frozen, batch)
         else:
-            logprobs = self._reference_fn(self.ref_state, batch)
+            logprobs = self._reference_fn(self.state, self.frozen, self.ref_state, batch)
         values = np.asarray(jax.device_get(logprobs), np.float64)
         return values[: len(pairs)], values[len(pairs) :]
 
@@ -166,6 +194,10 @@ class JaxOfflineStepper:
         weight: float,
     ) -> None:
         ref_c, ref_r = (jnp.asarray(r, jnp.float32) for r in reference)
+        dkey = None
+        if self.lora is not None and self.lora.dropout > 0:  # one key per micro-batch
+            self._micro += 1
+            dkey = jax.random.fold_in(jax.random.fold_in(self.key, self._updates), self._micro)
         loss, metrics, grads = self._grad_fn(
             self.state,
             self.frozen,
@@ -174,6 +206,7 @@ class JaxOfflineStepper:
             ref_r,
             jnp.float32(tau),
             jnp.float32(weight),
+            dkey,
         )
         self._grads = grads if self._grads is None else jax.tree.map(jnp.add, self._grads, grads)
         self._outputs.append((loss, metrics))
@@ -184,6 +217,7 @@ class JaxOfflineStepper:
         )
         outputs, grad_norm = jax.device_get((self._outputs, grad_norm))
         self._grads, self._outputs = None, []
+        self._updates, self._micro = self._updates + 1, 0
         return Update(
             losses=[float(loss) for loss, _ in outputs],
             metrics=[{k: float(v) for k, v in m.items()} for _, m in outputs],
@@ -195,6 +229,10 @@ class JaxOfflineStepper:
         parameter name in torch layout (test seam)."""
         if self._grads is None:
             return {}
+        if self.lora is not None:
+            return {
+                k: v.astype(np.float64) for k, v in lora.adapter_state_dict(self._grads).items()
+            }
         return {k: v.astype(np.float64) for k, v in to_hf_state_dict(self._grads).items()}
 
     def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
@@ -213,7 +251,11 @@ class JaxOfflineStepper:
         from safetensors.numpy import save_file
 
         with atomic_directory(final) as tmp:
-            save_model(nnx.merge(self.graphdef, self.state, self.frozen), tmp)
+            model = nnx.merge(self.graphdef, self.state, self.frozen)
+            if self.lora is not None:  # the adapter, as torch/peft save it
+                lora.save_adapter(model, tmp, self.lora, self.spec.policy.model)
+            else:
+                save_model(model, tmp)
             self.tokenizer.save_pretrained(tmp)
             save_file(_leaves_to_numpy(self.opt_state), tmp / OPTIMIZER_FILE)
             write_core(tmp)

@@ -22,7 +22,7 @@ CAPABILITIES = Capabilities(
         "remote",
     ),
     engines={"nash": ("none", "jax"), "preference_model": ("none", "jax")},
-    lora=("nash", "preference_model"),
+    lora=("nash", "preference_model", "offline"),
     # float64 needs jax_enable_x64, a global switch nlhf never flips (nlhf_jax.kernels)
     dtypes=("float32", "bfloat16", "float16"),
     batch_axes=("data", "fsdp"),  # nlhf_jax.sharding.BATCH_AXES
