@@ -78,6 +78,7 @@ def _config(arch: str):
             sliding_window=WINDOW,
             layer_types=SLIDING,
             final_logit_softcapping=2.5,
+            attn_logit_softcapping=0.5,  # kept in the config, never applied by Gemma 3
         )
     if arch == "phi3":
         return tf.Phi3Config(

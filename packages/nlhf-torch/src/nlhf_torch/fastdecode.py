@@ -298,6 +298,14 @@ def _eps(norm: Any) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", None)))
 
 
+def _attn_softcap(cfg: Any) -> float | None:
+    """tanh soft-capping of the attention scores: Gemma 2 applies
+    ``attn_logit_softcapping``; Gemma 3 keeps the field but transformers never applies it."""
+    if getattr(cfg, "model_type", None) != "gemma2":
+        return None
+    return getattr(cfg, "attn_logit_softcapping", None)
+
+
 def _windows(hf: Any) -> list[int | None]:
     """Per-layer sliding window (None: full attention) as transformers' masks apply it."""
     cfg = hf.config
@@ -342,7 +350,7 @@ def signature(model: Any) -> tuple[Any, ...]:
         eps,
         tuple(_windows(hf)),
         tuple(_rope_keys(hf)),
-        getattr(cfg, "attn_logit_softcapping", None),
+        _attn_softcap(cfg),
         getattr(cfg, "final_logit_softcapping", None),
         float(getattr(hf.model.embed_tokens, "scalar_embed_scale", 1.0)),
         type(_act(layer)).__name__,
@@ -574,7 +582,7 @@ class FastGroup:
         self.scaling = float(attn0.scaling)
         self.n_layers = len(hf0.model.layers)
         self.gemma = getattr(cfg, "model_type", None) in _GEMMA
-        self.attn_softcap = getattr(cfg, "attn_logit_softcapping", None) if self.gemma else None
+        self.attn_softcap = _attn_softcap(cfg)
         self.final_softcap = getattr(cfg, "final_logit_softcapping", None) if self.gemma else None
         half = self.dtype_of(hf0) in (torch.float16, torch.bfloat16)
         eager = getattr(cfg, "_attn_implementation", None) == "eager"
