@@ -25,6 +25,8 @@ provides.
     nox -s "slim(python='3.11', package='torch')"   # core + nlhf-torch, kit for torch
     nox -s "slim(python='3.11', package='jax')"     # core + nlhf-jax, kit for jax
     nox -s "slim(python='3.13', package='jax')"     # core and jax also on 3.12 and 3.13
+    nox -s slim_lowest                              # each package at its lowest declared versions
+    nox -s "slim_lowest(package='torch')"
 
 torch runs on Python 3.11 only: it is pinned to the CPU wheel ``torch==2.13.0+cpu``
 (an unpinned torch pulls a multi-GB CUDA build), and the CPU wheel available here is
@@ -74,7 +76,7 @@ SLIM_MATRIX = [
 ]
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 #: test tools of the backend slims (core's remote-preference fault server runs on uvicorn)
-TEST_TOOLS = ["pytest", "fastapi", "uvicorn"]
+TEST_TOOLS = ["pytest>=8", "fastapi>=0.110", "uvicorn>=0.29"]  # the ranges of nlhf-core[test]
 
 nox.options.sessions = ["lint", "unit", "conformance"]
 nox.options.default_venv_backend = "none"
@@ -140,9 +142,56 @@ def slim(session: nox.Session, package: str) -> None:
     source = ["--find-links", links] if links else ["--extra-index-url", TORCH_CPU_INDEX]
     if package == "torch":
         extra = [*extra, *source]
-    session.install(core, *extra, *(["pytest"] if package == "core" else TEST_TOOLS))
+    tools = ["pytest>=8"] if package == "core" else TEST_TOOLS
+    session.install(core, *extra, *tools)
     tests = session.posargs or tests
     session.run("python", "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *tests)
+
+
+@nox.session(venv_backend="uv", python="3.11")
+@nox.parametrize("package", list(SLIM))
+def slim_lowest(session: nox.Session, package: str) -> None:
+    """``slim`` at the low end of every range the packages declare: their requirements
+    (core's ``test`` extra included) resolved with uv's ``--resolution lowest-direct`` from
+    wheels only (``--no-build``: the lowest release that has a wheel for this Python), then
+    the packages themselves without dependencies, then the same tests. A lower bound that
+    no longer works fails here; the upper ends are what ``slim`` resolves."""
+    extra, tests = SLIM[package]
+    paths = ["packages/nlhf-core", *(e for e in extra if e.startswith("packages/"))]
+    pins = [e for e in extra if not e.startswith("packages/")]
+    requirements = _declared(paths[0], "test" if package == "core" else "")
+    requirements += [r for path in paths[1:] for r in _declared(path)]
+    tools = ["pytest>=8"] if package == "core" else TEST_TOOLS
+    links = os.environ.get("PIP_FIND_LINKS")
+    source = ["--find-links", links] if links else ["--extra-index-url", TORCH_CPU_INDEX]
+    session.install(
+        "--resolution", "lowest-direct", "--no-build", *source, *requirements, *pins, *tools
+    )
+    session.install("--no-deps", *paths)
+    tests = session.posargs or tests
+    session.run("python", "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *tests)
+
+
+def _declared(path: str, extra: str = "") -> list[str]:
+    """The requirements ``path``'s pyproject declares (and those of its ``extra``, with the
+    package's own extras it names expanded), other nlhf packages left out."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / path / "pyproject.toml").read_text("utf-8"))["project"]
+    optional = project.get("optional-dependencies", {})
+    name = project["name"]
+
+    def expand(requirements: list[str]) -> list[str]:
+        out = []
+        for req in requirements:
+            if req.startswith(f"{name}["):
+                for item in req[len(name) + 1 : -1].split(","):
+                    out += expand(optional[item])
+            elif not req.startswith("nlhf-"):
+                out.append(req)
+        return out
+
+    return expand(project["dependencies"] + (optional[extra] if extra else []))
 
 
 @nox.session(venv_backend="none")

@@ -18,6 +18,7 @@ DIALOGUE = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I sleep be
 
 @pytest.fixture(scope="module")
 def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
+    pytest.importorskip("transformers", reason="chat templates render through transformers")
     from nlhf.testing.tiny_models import build_tokenizer
 
     tok = load_tokenizer(build_tokenizer(tmp_path_factory.mktemp("tok") / "tok"))

@@ -99,6 +99,7 @@ def test_an_encoder_where_a_causal_lm_is_needed_is_a_problem_of_that_field(
 
 
 def test_validate_locates_an_encoder_policy(tmp_path: Path) -> None:
+    pytest.importorskip("nlhf_torch", reason="validate --backend torch needs nlhf-torch")
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         "task: nash\n"
@@ -209,6 +210,7 @@ def test_a_missing_package_says_how_to_install_it(tmp_path: Path) -> None:
 def test_validate_locates_a_packaged_model_whose_package_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip("nlhf_torch", reason="validate --backend torch needs nlhf-torch")
     absent = PackagedModel(
         name="absent-lm",
         requirement="nlhf-absent-weights==0.1",
@@ -252,6 +254,7 @@ def test_a_zip_member_outside_the_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_real_minilm_package_unzips_to_a_bert_encoder(tmp_path: Path) -> None:
+    pytest.importorskip(MINILM.module, reason=f"needs {MINILM.requirement} (scripts/install.sh)")
     target = tmp_path / "models" / MINILM.name
     packaged.build_packaged_model(MINILM, target)
     config = json.loads((target / "config.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import subprocess
 import sys
 import types
@@ -148,4 +149,7 @@ def test_plugins_installed_builtins_register_lazily() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     names = proc.stdout.strip().split(",")
-    assert {"torch", "jax"} <= set(names)
+    installed = {name for name in ("torch", "jax") if importlib.util.find_spec(f"nlhf_{name}")}
+    if not installed:
+        pytest.skip("neither nlhf-torch nor nlhf-jax is installed: no framework plugin to load")
+    assert installed <= set(names)

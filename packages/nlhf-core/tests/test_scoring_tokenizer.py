@@ -87,6 +87,7 @@ def test_load_tokenizer_plain_and_for_scoring(tmp_path: Path) -> None:
 
 
 def test_load_tokenizer_errors_name_the_field(tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason="without it load_tokenizer says to install it")
     with pytest.raises(InputError, match=r"preference\.tokenizer: model path not found"):
         load_tokenizer(tmp_path / "missing", "preference.tokenizer", scoring=True)
     (tmp_path / "empty").mkdir()

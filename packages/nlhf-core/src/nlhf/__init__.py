@@ -6,7 +6,12 @@ plugin system (``nlhf.hookspecs``, ``nlhf.plugins``, ``nlhf.registry``) and the
 CLI (``nlhf.cli``). Core never imports torch or jax.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:  # the installed distribution's version, set from the repository's VERSION file
+    __version__ = _metadata.version("nlhf-core")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 from nlhf.hookspecs import hookimpl
 
