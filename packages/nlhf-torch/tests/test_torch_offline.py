@@ -333,3 +333,17 @@ def test_sigterm_checkpoints_and_the_resume_is_bit_exact(
     b = load_file(str(Path(resumed["checkpoint"]) / "model.safetensors"))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_resume_refuses_pairs_that_lost_rows(fixture: dict[str, Path], tmp_path: Path) -> None:
+    """A checkpoint past the run's last step, because the pairs file lost rows since it was
+    written, is refused with what changed."""
+    from nlhf.errors import InputError
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(fixture["pairs"].read_text())
+    spec = make_spec(fixture, tmp_path / "run", **{"data.path": str(data)})
+    offline.run_offline(spec, tmp_path / "run", backend="torch")  # 4 steps: 2 epochs of 6 pairs
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(InputError, match=r"at step 4, past this run's 2 steps .* over 3 pairs"):
+        offline_loop(spec, tmp_path / "run", backend="torch", resume=True)

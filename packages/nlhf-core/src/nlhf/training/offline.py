@@ -436,7 +436,7 @@ class OfflineLoop(NashLoop):
         resume: bool = False,
     ) -> None:
         check_offline_task(spec)
-        assert spec.algorithm is not None
+        assert spec.algorithm is not None and spec.data is not None
         self.spec, self.output, self.backend = spec, Path(output), backend
         self.algo = spec.algorithm
         self.tau = float(self.algo.tau)  # type: ignore[union-attr]
@@ -460,7 +460,8 @@ class OfflineLoop(NashLoop):
             raise InputError(
                 f"--resume: the checkpoint is at step {self.start_step}, past this run's "
                 f"{self.total} steps (training.epochs {tr.epochs} × {self.steps_per_epoch} "
-                f"steps per epoch, training.steps {tr.steps}); raise training.epochs"
+                f"steps per epoch over {n} pairs): has {spec.data.path} lost pairs since the "
+                "checkpoint was written? Resume with the pairs it was trained on"
             )
         self.lr_factor = lr_multiplier(tr.lr_schedule, tr.warmup_steps, self.total)
         self.stepper: OfflineStepper = make_stepper(spec, checkpoint, self.total)  # type: ignore[assignment]
