@@ -7,8 +7,8 @@
 #   bash scripts/install.sh --if-needed  # skip when .venv is up to date (stamp file)
 #
 # The stamp (.venv/.nlhf-install-stamp) holds a hash of every pyproject.toml, of this
-# script and of docs/requirements.txt, so editing a dependency or this file triggers a
-# reinstall.
+# script, of docs/requirements.txt and of VERSION (the installed packages' version), so
+# editing a dependency, the version or this file triggers a reinstall.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,9 +20,13 @@ stamp() {
   {
     find . \( -name .venv -o -name .nox -o -name .git -o -name node_modules -o -name '.trl-venv' \) -prune \
       -o -name pyproject.toml -type f -print | LC_ALL=C sort | xargs cat
-    cat scripts/install.sh docs/requirements.txt
+    cat scripts/install.sh docs/requirements.txt VERSION
   } | sha256sum | cut -d' ' -f1
 }
+
+# Debian's headless Chromium for the browser test of `nlhf report`, checked on every call
+# (apt-get only as root; otherwise it says how to install it)
+bash scripts/install-chromium.sh
 
 if [[ "${1:-}" == "--if-needed" ]]; then
   if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp)" ]]; then
