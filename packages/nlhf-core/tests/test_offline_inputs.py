@@ -166,3 +166,24 @@ def test_lora_capabilities_are_checked_before_loading(fixture: dict[str, Path]) 
                 "remove reference.model",
             )
         ]
+
+
+def test_memory_estimate_covers_offline_runs(fixture: dict[str, Path]) -> None:
+    """nlhf validate's memory lower bound counts an offline micro-batch: B·T·V·4 bytes of
+    logits at least (B pairs, T = data.max_length, V from the model's config.json)."""
+    from nlhf.spec import preflight
+
+    spec = RunSpec.model_validate(
+        {
+            "task": "offline",
+            "policy": {"model": str(fixture["policy"])},
+            "data": {"path": str(fixture["pairs"]), "max_length": 512},
+            "algorithm": {"name": "dpo", "tau": 0.1},
+            "training": {"batch_size": 64},
+        }
+    )
+    vocab = json.loads((fixture["policy"] / "config.json").read_text())["vocab_size"]
+    [estimate] = preflight.estimate_memory(spec)
+    assert estimate.total >= 64 * 512 * vocab * 4
+    [(field, message)] = preflight.memory_problems(spec, available=2**20)
+    assert field == ("training", "batch_size") and "lower training.batch_size" in message

@@ -19,8 +19,9 @@ head size (``head_dim``, else ``hidden_size / num_attention_heads``):
 - the KV cache of one sampled batch: 2·L·B·T·H_kv·s bytes (K and V; s = bytes of ``dtype``);
 - the model's weight files, which are loaded at least once.
 
-Preference scorers (``preference.batch_size`` × ``max_length``) and ``task: preference_model``
-(``training.batch_size`` × ``data.max_length``, both presentation orders) count the same
+Preference scorers (``preference.batch_size`` × ``max_length``), ``task: preference_model``
+(``training.batch_size`` × ``data.max_length``, both presentation orders) and ``task:
+offline`` (the same sizes: the chosen and rejected rows of each pair) count the same
 terms. A tabular game of n responses needs 4·n²·8 bytes: P, A = P − ½, and the Newton
 matrices J and A·D of :func:`nlhf.tabular.solvers.regularized_nash`.
 
@@ -273,7 +274,8 @@ def estimate_memory(spec: RunSpec) -> list[MemoryEstimate]:
                 "training.generation.max_new_tokens or data.max_prompt_length",
             )
         )
-    if spec.task == "preference_model" and spec.policy is not None and data is not None:
+    pairs_task = spec.task in ("preference_model", "offline")  # both score 2 rows per pair
+    if pairs_task and spec.policy is not None and data is not None:
         lm_head = spec.preference_training is None or spec.preference_training.head == "lm"
         blame = _largest_ratio(
             [(("training", "batch_size"), rows, 8), (("data", "max_length"), data.max_length, 512)]
