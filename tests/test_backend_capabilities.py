@@ -287,6 +287,25 @@ def test_cli_validate_locates_problems_in_the_file(tmp_path: Path) -> None:
     )
 
 
+def test_model_types_are_checked_before_loading(tmp_path: Path) -> None:
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text('{"model_type": "gpt2"}')
+    spec = tmp_path / "gpt2.yaml"
+    text = QUICKSTART.read_text()
+    spec.write_text(text + f"reference: {{model: {gpt2}}}\n")
+    line = len(text.splitlines()) + 1
+    app = cli.get_app(plugins=False)
+    result = runner.invoke(app, ["validate", str(spec), "-b", "jax"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == (
+        f"{spec}:{line}:20: reference.model: {gpt2} is a 'gpt2' model; backend 'jax' loads "
+        "the model types gemma2, gemma3_text, llama, mistral, phi3, qwen2, qwen3; use "
+        "--backend torch"
+    )
+    assert runner.invoke(app, ["validate", str(spec), "-b", "torch"]).exit_code == 0
+
+
 # --------------------------------------------------------------- the example specs
 MEANT_FOR = {
     "quickstart.yaml": ("torch", "jax"),
@@ -294,6 +313,10 @@ MEANT_FOR = {
     "preference-hh.yaml": ("torch", "jax"),
     "offline-dpo.yaml": ("torch", "jax"),
     "offline-ipo.yaml": ("torch", "jax"),
+    **{
+        f"quickstart-{name}.yaml": ("torch", "jax")
+        for name in ("sppo", "inpo", "onpo", "mpo", "egpo")
+    },
 }
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
 CASES = [

@@ -104,17 +104,20 @@ class PopulationOracle:
 
         Per distinct prompt x: π(·|x) and μ(·|x) exactly (teacher-forced, at the sampling
         temperature, renormalised over the answers), π*_τ = softmax(log μ + Pπ*_τ/τ)
-        (:func:`nlhf.tabular.solvers.regularized_nash`) with τ at the last step, and a
+        (:func:`nlhf.tabular.solvers.regularized_nash`) with τ at the last step (the
+        maximal lottery when τ = 0 or the algorithm has none, as sppo), and a
         sampled estimate of π; reports their means over prompts and the mean total
         variations. ``rlhf_optimum`` is μ·exp(r/τ) normalised, the KL-regularised reward
         maximiser. ``probe`` is the trainer's backend-agnostic view of π and μ
         (:class:`nlhf.training.PolicyProbe`), so the summary is the same on every backend.
         """
         from nlhf.algorithms.schedules import schedule_value
-        from nlhf.tabular.solvers import regularized_nash
+        from nlhf.tabular.solvers import maximal_lottery, regularized_nash
 
         temp = spec.training.generation.temperature
-        tau = schedule_value(spec.algorithm.tau, spec.training.steps - 1, spec.training.steps)
+        # sppo has no τ: its target is the unregularised game's NE, the maximal lottery
+        tau_at = getattr(spec.algorithm, "tau", 0.0)
+        tau = schedule_value(tau_at, spec.training.steps - 1, spec.training.steps)
         tok = probe.tokenizer
         uniq = list(dict.fromkeys(prompts))
         p_ids = [tok(x)["input_ids"] for x in uniq]
@@ -144,7 +147,10 @@ class PopulationOracle:
         sampled /= n
         pi_x = pi / pi.sum(1, keepdims=True)
         mu_x = mu / mu.sum(1, keepdims=True)
-        ne_x = np.stack([regularized_nash(self.P, m, tau) for m in mu_x])
+        if tau > 0:
+            ne_x = np.stack([regularized_nash(self.P, m, tau) for m in mu_x])
+        else:
+            ne_x = np.stack([maximal_lottery(self.P, progress=None) for _ in mu_x])
         pi_m, mu_m, ne_m, samp_m = (a.mean(0) for a in (pi_x, mu_x, ne_x, sampled))
         rl = mu_m * np.exp(self.rewards / tau) if tau > 0 else None
         names = [a.strip() for a in self.answers]

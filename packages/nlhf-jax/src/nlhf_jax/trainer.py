@@ -40,6 +40,7 @@ from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.models import RunSpec
 from nlhf.training import Samples, Update, rule_for, run_nash
+from nlhf.training.algorithms import sample_layout, sppo_pairs, sppo_win_rates
 from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_jax import kernels, lora
@@ -51,6 +52,13 @@ from nlhf_jax.preference.scorers import build_scorer
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 EMA_FILE = "ema.safetensors"
+GAME_FILES = {
+    "magnet": "magnet.safetensors",  # mpo: the magnet's trainable state
+    "previous_grad": "previous_grad.safetensors",  # onpo: g_{t−1}
+    "anchor": "anchor.safetensors",  # egpo: θ_t during a half step
+    "anchor_optimizer": "anchor_optimizer.safetensors",  # egpo: its optimizer state
+}
+"""The game family's stepper state (nlhf.training.algorithms), each file only when set."""
 
 PROMPT_BUCKET = 8  # prompts are left-padded to a multiple of this many tokens
 
@@ -178,6 +186,9 @@ class JaxStepper:
         self.tx = build_optimizer(tr, tr.steps)
         self.opt_state = self.tx.init(self.state)
         self.ema_state = self.state if self.rule.opponent == "model" else None
+        # the game family's state (nlhf.training.algorithms), all of it checkpointed
+        self.game: dict[str, Any] = dict.fromkeys(GAME_FILES)
+        self._step = 0  # the step being sampled and trained
         self.key = jax.random.key(spec.seed)
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -186,7 +197,7 @@ class JaxStepper:
         self._pending: list[tuple[Any, ...]] = []
         self._grads: Any = None
         self._outputs: list[tuple[Any, Any]] = []
-        static = ("estimator", "ipo")
+        static = ("estimator", "kind")
         self._grad_fn = jax.jit(self._loss_grads, static_argnames=static)
         self._apply_fn = jax.jit(self._apply)
         self._fused_fn = jax.jit(self._fused, static_argnames=static)
@@ -197,6 +208,10 @@ class JaxStepper:
         self.opt_state = _leaves_from_numpy(self.opt_state, load_file(checkpoint / OPTIMIZER_FILE))
         if self.ema_state is not None:
             self.ema_state = _leaves_from_numpy(self.ema_state, load_file(checkpoint / EMA_FILE))
+        for key, name in GAME_FILES.items():
+            if (checkpoint / name).exists():
+                like = self.opt_state if key == "anchor_optimizer" else self.state
+                self.game[key] = _leaves_from_numpy(like, load_file(checkpoint / name))
 
     # ------------------------------------------------------------------ models
     def _model(self, state: Any, frozen: Any) -> Any:
@@ -211,27 +226,39 @@ class JaxStepper:
         return nnx.merge(self.ref_graphdef, ref_state)
 
     # ------------------------------------------------------------------ jitted pieces
-    def _loss_grads(self, state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, ipo):
-        """Loss, metrics and ∇θ of one micro-batch (the loss kernel of the algorithm table;
-        ``dkey``: LoRA dropout masks)."""
+    def _loss_grads(self, state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, kind):
+        """Loss, metrics and ∇θ of one micro-batch (the loss kernel ``kind`` of the
+        algorithm table; ``dkey``: LoRA dropout masks)."""
         temp = self.spec.training.generation.temperature
+        sg = jax.lax.stop_gradient
         ids, mask, y, ym, ref_logits = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
-        if ipo:
+        pairwise = kind in ("online_ipo", "egpo", "inpo")
+        if pairwise or kind == "sppo":
             reference = self._reference(state, frozen, ref_state)
+        if pairwise:
             ref_p = sequence_logits(reference, ids, mask, batch["yp"], batch["ypm"])
+        if kind == "sppo":  # the responses include y' rows: μ's logits of all of them
+            ref_logits = sequence_logits(reference, ids, mask, y, ym)
 
         def loss_fn(s):
             model = self._model(s, frozen)
             if dkey is not None:
                 model = lora.with_lora_dropout(model, dkey)
             chunk = self._logprob_chunk(y)
-            if chunk is not None:
-                return self._chunked_loss(
-                    model, batch, ref_p if ipo else None, pref, tau, chunk, estimator
-                )
+            if chunk is not None and kind in ("nash_md_pg", "online_ipo"):
+                ipo_ref = ref_p if kind == "online_ipo" else None
+                return self._chunked_loss(model, batch, ipo_ref, pref, tau, chunk, estimator)
             logits = sequence_logits(model, ids, mask, y, ym)
-            if ipo:
+            if kind == "sppo":
+                lp = kernels.sequence_logprobs(logits, y, ym, temp)
+                lq = kernels.sequence_logprobs(ref_logits, y, ym, temp)
+                loss, metrics = kernels.sppo_loss(lp, sg(lp), pref, self.algo.eta)
+                extra = {"kl": jnp.mean(lp - lq), "logprob": jnp.mean(lp)}
+                extra["preference"] = batch["pair_preference"]
+                return loss, {**metrics, **{k: sg(v) for k, v in extra.items()}}
+            if pairwise:
                 logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
+            if kind == "online_ipo":
                 return kernels.online_ipo_loss(
                     logits,
                     ref_logits,
@@ -244,6 +271,16 @@ class JaxStepper:
                     pref,
                     tau,
                     temp,
+                )
+            if pairwise:  # egpo, inpo/onpo: on sequence log-probs
+                lp_y = kernels.sequence_logprobs(logits, y, ym, temp)
+                lp_p = kernels.sequence_logprobs(logits_p, batch["yp"], batch["ypm"], temp)
+                lq_y = kernels.sequence_logprobs(ref_logits, y, ym, temp)
+                lq_p = kernels.sequence_logprobs(ref_p, batch["yp"], batch["ypm"], temp)
+                if kind == "egpo":
+                    return kernels.egpo_loss(lp_y, lp_p, lq_y, lq_p, pref, tau)
+                return kernels.inpo_loss(
+                    lp_y, lp_p, sg(lp_y), sg(lp_p), lq_y, lq_p, pref, tau, self.algo.eta
                 )
             return kernels.nash_md_pg_loss(logits, ref_logits, y, ym, pref, tau, temp, estimator)
 
@@ -300,11 +337,11 @@ class JaxStepper:
         return optax.apply_updates(state, updates), opt_state, grad_norm
 
     def _fused(
-        self, state, opt_state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, ipo
+        self, state, opt_state, frozen, ref_state, batch, pref, tau, dkey, *, estimator, kind
     ):
         """``grad_accum: 1``: gradients and update in one jitted call (one dispatch)."""
         loss, metrics, grads = self._loss_grads(
-            state, frozen, ref_state, batch, pref, tau, dkey, estimator=estimator, ipo=ipo
+            state, frozen, ref_state, batch, pref, tau, dkey, estimator=estimator, kind=kind
         )
         state, opt_state, grad_norm = self._apply(state, opt_state, grads, 1.0)
         return state, opt_state, loss, metrics, grad_norm
@@ -341,7 +378,16 @@ class JaxStepper:
             return self._reference(self.state, self.frozen, self.ref_state)
         return (self.ref_graphdef, (self.ref_state,))
 
+    def _sampling_reference(self) -> Any:
+        """μ, or mpo's magnet once refreshed: its logits feed the KL term."""
+        if self.game["magnet"] is not None:
+            return (self.graphdef, (self.game["magnet"], self.frozen))
+        return self._split_reference()
+
     def sample(self, step: int, offset: int, prompt_ids: Tokens, beta: float) -> Samples:
+        self._step = step
+        if self.rule.loss == "sppo":
+            return self._sample_k(step, offset, prompt_ids)
         gen = self.spec.training.generation
         ids, mask = self._pad(prompt_ids)
         # already-split (graphdef, states) pairs: no merge + split per step
@@ -351,7 +397,7 @@ class JaxStepper:
             ema = (self.graphdef, (self.ema_state, self.frozen))
         pairs = generate_pairs(
             policy,
-            self._split_reference(),
+            self._sampling_reference(),
             ids,
             mask,
             beta=beta,
@@ -372,15 +418,76 @@ class JaxStepper:
             "ym": pairs.y_mask,
             "ref": pairs.reference_logits,
         }
-        if self.rule.loss == "online_ipo":
+        if self.rule.loss in ("online_ipo", "egpo", "inpo"):
             batch.update(yp=pairs.y_prime, ypm=pairs.y_prime_mask)
         y_prime = _token_rows(yp, ypm) if self.rule.needs_y_prime else None
         rows = list(range(len(prompt_ids)))
         return Samples(rows, _token_rows(y, ym), y_prime, (step, offset, batch))
 
+    def _sample_k(self, step: int, offset: int, prompt_ids: Tokens) -> Samples:
+        """sppo: K = ``num_samples`` responses per prompt from one pair-sampler call over
+        the prompts repeated ⌈K/2⌉ times (:func:`nlhf.training.algorithms.sample_layout`);
+        the rows handed to the loop are every pair of each prompt's responses. Copy j of
+        batch row r draws from column j·batch_size + r of the step's uniforms."""
+        gen, n = self.spec.training.generation, len(prompt_ids)
+        k = self.rule.num_samples(self.algo)
+        m, layout = sample_layout(n, k)
+        ids, mask = self._pad(list(prompt_ids) * m)
+        if self.uniforms is not None:
+            u = jnp.asarray(self.uniforms(step, offset, n * m, gen.max_new_tokens), jnp.float32)
+        else:
+            batch_size = self.spec.training.batch_size
+            draws = step_uniforms(self.key, step, batch_size * m, gen.max_new_tokens)
+            cols = np.array([j * batch_size + offset + i for j in range(m) for i in range(n)])
+            u = jnp.concatenate([draws[0, cols], draws[1, cols]])
+        policy = (self.graphdef, (self.state, self.frozen))
+        pairs = generate_pairs(
+            policy,
+            self._split_reference(),
+            ids,
+            mask,
+            beta=0.0,
+            max_new_tokens=gen.max_new_tokens,
+            temperature=gen.temperature,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            opponent="policy",
+            uniforms=u,
+        )
+        drawn = jax.device_get((pairs.y, pairs.y_prime, pairs.y_mask, pairs.y_prime_mask))
+        tokens, masks = np.stack(drawn[:2]), np.stack(drawn[2:])  # (2, n·m, T')
+        rows_of = np.array([row for row, _ in layout])
+        which = np.array([w for _, w in layout])
+        comp, cmask = tokens[which, rows_of], masks[which, rows_of]
+        responses = _token_rows(comp, cmask)
+        batch = {
+            "ids": jnp.asarray(np.asarray(ids)[rows_of]),
+            "mask": jnp.asarray(np.asarray(mask)[rows_of]),
+            "y": jnp.asarray(comp),
+            "ym": jnp.asarray(cmask),
+            "ref": jnp.zeros((len(layout), 1, 1), jnp.float32),  # unused: μ is run on all rows
+        }
+        rows, ys, yps = [], [], []
+        for i in range(n):
+            for a, b in sppo_pairs(k):
+                rows.append(i)
+                ys.append(responses[i * k + a])
+                yps.append(responses[i * k + b])
+        generated = int(cmask.sum())
+        return Samples(rows, ys, yps, (step, offset, batch), generated_tokens=generated)
+
     def select(self, samples: Samples, start: int, stop: int) -> Samples:
         """Rows start..stop of a generation call: one micro-batch of the loss."""
         step, offset, batch = samples.payload
+        if self.rule.loss == "sppo":  # rows are pairs; the batch holds K rows per prompt
+            k = self.rule.num_samples(self.algo)
+            per = len(sppo_pairs(k))
+            first, last = start // per, stop // per
+            part = {key: v[first * k : last * k] for key, v in batch.items()}
+            rows = [r - first for r in samples.rows[start:stop]]
+            assert samples.y_prime is not None
+            payload = (step, offset + first, part)
+            return Samples(rows, samples.y[start:stop], samples.y_prime[start:stop], payload)
         part = {k: v[start:stop] for k, v in batch.items()}
         y_prime = samples.y_prime[start:stop] if samples.y_prime is not None else None
         rows = list(range(stop - start))
@@ -388,6 +495,10 @@ class JaxStepper:
 
     def _inputs(self, samples: Samples, preference: np.ndarray, tau: float) -> tuple[Any, ...]:
         step, offset, batch = samples.payload
+        if self.rule.loss == "sppo":  # the kernel's P̂(y ≻ π_t) per response
+            k = self.rule.num_samples(self.algo)
+            batch = {**batch, "pair_preference": jnp.float32(np.mean(preference))}
+            preference = sppo_win_rates(preference, k)
         dkey = None
         if self.lora is not None and self.lora.dropout > 0:  # one key per micro-batch
             micro = offset // self.spec.training.micro_batch_size()
@@ -395,18 +506,27 @@ class JaxStepper:
         return (batch, jnp.asarray(preference, jnp.float32), jnp.float32(tau), dkey)
 
     def _static(self) -> dict[str, Any]:
-        return {
-            "estimator": getattr(self.algo, "kl_estimator", "sampled"),
-            "ipo": self.rule.loss == "online_ipo",
-        }
+        return {"estimator": getattr(self.algo, "kl_estimator", "sampled"), "kind": self.rule.loss}
+
+    def _egpo_full_step(self) -> bool:
+        """egpo: whether the current step is a full step (even; odd steps are half steps)."""
+        return self.rule.mechanics == "extragradient" and self._step % 2 == 0
+
+    def _trained_state(self) -> tuple[Any, Any]:
+        """(θ, optimizer state) the step's gradient is taken at and applied to: egpo's
+        full step uses θ_t and its optimizer state (the anchor), else the current ones."""
+        if self._egpo_full_step():
+            assert self.game["anchor"] is not None, "egpo: a full step without its half step"
+            return self.game["anchor"], self.game["anchor_optimizer"]
+        return self.state, self.opt_state
 
     def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None:
         inputs = self._inputs(samples, preference, tau)
-        if self.accum == 1:  # deferred: apply() runs gradient and update in one call
+        if self.accum == 1 and self.rule.mechanics in (None, "magnet"):  # one fused call
             self._pending.append(inputs)
             return
         loss, metrics, grads = self._grad_fn(
-            self.state, self.frozen, self.ref_state, *inputs, **self._static()
+            self._trained_state()[0], self.frozen, self.ref_state, *inputs, **self._static()
         )
         self._grads = grads if self._grads is None else jax.tree.map(jnp.add, self._grads, grads)
         self._outputs.append((loss, metrics))
@@ -419,9 +539,10 @@ class JaxStepper:
             )
             self._outputs.append((loss, metrics))
         else:
-            self.state, self.opt_state, grad_norm = self._apply_fn(
-                self.state, self.opt_state, self._grads, jnp.float32(1.0 / self.accum)
-            )
+            self.state, self.opt_state, grad_norm = self._apply_game()
+        every = getattr(self.algo, "magnet_every", None)
+        if self.rule.mechanics == "magnet" and every is not None and self._step % every == 0:
+            self.game["magnet"] = self.state  # mpo: m ← θ (arrays are immutable: a snapshot)
         outputs, grad_norm = jax.device_get((self._outputs, grad_norm))
         self._pending, self._grads, self._outputs = [], None, []
         return Update(
@@ -429,6 +550,26 @@ class JaxStepper:
             metrics=[{k: float(v) for k, v in m.items()} for _, m in outputs],
             grad_norm=float(grad_norm),
         )
+
+    def _apply_game(self) -> tuple[Any, Any, Any]:
+        """The update of the accumulated gradients, with the game family's mechanics:
+        onpo hands 2·g_t − g_{t−1} to the optimizer; egpo's half step keeps θ_t and its
+        optimizer state, its full step updates those."""
+        mechanics, scale = self.rule.mechanics, jnp.float32(1.0 / self.accum)
+        grads = self._grads
+        if mechanics == "optimistic":
+            grads = jax.tree.map(lambda g: g * scale, grads)
+            previous, self.game["previous_grad"] = self.game["previous_grad"], grads
+            if previous is not None:
+                grads = jax.tree.map(lambda g, h: 2.0 * g - h, grads, previous)
+            scale = jnp.float32(1.0)
+        state, opt_state = self._trained_state()
+        if mechanics == "extragradient":
+            if self._egpo_full_step():
+                self.game["anchor"] = self.game["anchor_optimizer"] = None
+            else:
+                self.game["anchor"], self.game["anchor_optimizer"] = state, opt_state
+        return self._apply_fn(state, opt_state, grads, scale)
 
     def update_ema(self, decay: float) -> None:
         self.ema_state = jax.tree.map(
@@ -463,6 +604,9 @@ class JaxStepper:
             save_file(_leaves_to_numpy(self.opt_state), tmp / OPTIMIZER_FILE)
             if self.ema_state is not None:
                 save_file(_leaves_to_numpy(self.ema_state), tmp / EMA_FILE)
+            for key, name in GAME_FILES.items():
+                if self.game[key] is not None:
+                    save_file(_leaves_to_numpy(self.game[key]), tmp / name)
             write_core(tmp)
 
     # ------------------------------------------------------------------ probe

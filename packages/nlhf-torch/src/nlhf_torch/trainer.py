@@ -30,6 +30,7 @@ from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.models import RunSpec
 from nlhf.training import Samples, TrainerState, Update, rule_for, run_nash
+from nlhf.training.algorithms import sample_layout, sppo_pairs, sppo_win_rates
 from nlhf.training.protocols import Tokens, UniformsFn
 
 from nlhf_torch import kernels
@@ -126,6 +127,11 @@ class TorchStepper:
         self.ema = None
         if self.rule.opponent == "model":
             self.ema = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        # the game family's state (nlhf.training.algorithms), all of it checkpointed
+        self.magnet: Any = None  # mpo: frozen copy of θ at the last refresh (None: μ)
+        self.previous_grad: list[torch.Tensor] | None = None  # onpo: g_{t−1}
+        self.anchor: dict[str, Any] | None = None  # egpo: θ_t and its optimizer state
+        self._step = 0  # the step being sampled and trained
         # seeds are set after the models load, so loading cannot shift the streams
         random.seed(spec.seed)
         np.random.seed(spec.seed % 2**32)
@@ -158,6 +164,12 @@ class TorchStepper:
     def _restore_common(self, blob: dict[str, Any]) -> None:
         if self.ema is not None:
             self.ema.load_state_dict(blob["ema"])
+        game = blob.get("game") or {}
+        if game.get("magnet") is not None:
+            self.magnet = copy.deepcopy(self.policy).eval().requires_grad_(False)
+            self.magnet.load_state_dict(game["magnet"])
+        self.previous_grad = game.get("previous_grad")
+        self.anchor = game.get("anchor")
         set_rng_state(blob["rng"], self.generator)
 
     @staticmethod
@@ -170,6 +182,11 @@ class TorchStepper:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.generator),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "game": {
+                "magnet": self.magnet.state_dict() if self.magnet is not None else None,
+                "previous_grad": self.previous_grad,
+                "anchor": self.anchor,
+            },
         }
 
     # ----------------------------------------------------------- the stepper
@@ -184,7 +201,7 @@ class TorchStepper:
         gen = self.spec.training.generation
         pairs = generate_pairs(
             self.policy,
-            self.reference,
+            self.magnet if self.magnet is not None else self.reference,  # mpo: KL to m
             input_ids,
             attn,
             beta=beta,
@@ -201,13 +218,46 @@ class TorchStepper:
         return pairs
 
     def sample(self, step: int, offset: int, prompt_ids: Tokens, beta: float) -> Samples:
+        self._step = step
+        if self.rule.loss == "sppo":
+            return self._sample_k(step, offset, prompt_ids)
         input_ids, attn = left_pad(prompt_ids, self.pad_id, self._device)
         sampling = self._sampling(step, offset, len(prompt_ids))
         pairs = self._generate(input_ids, attn, beta, sampling)
         return self._samples(list(range(len(prompt_ids))), input_ids, attn, pairs)
 
+    def _sample_k(self, step: int, offset: int, prompt_ids: Tokens) -> Samples:
+        """sppo: K = ``num_samples`` responses per prompt from one pair-sampler call over
+        the prompts repeated ⌈K/2⌉ times (:func:`nlhf.training.algorithms.sample_layout`);
+        the rows handed to the loop are every pair of each prompt's responses."""
+        n, k = len(prompt_ids), self.rule.num_samples(self.algo)
+        m, layout = sample_layout(n, k)
+        input_ids, attn = left_pad(list(prompt_ids) * m, self.pad_id, self._device)
+        pairs = self._generate(input_ids, attn, 0.0, self._sampling(step, offset, n * m))
+        drawn = (token_rows(pairs.y, pairs.y_mask), token_rows(pairs.y_prime, pairs.y_prime_mask))
+        responses = [drawn[which][row] for row, which in layout]
+        comp, cmask = right_pad(responses, self.pad_id, self._device)
+        index = torch.tensor([row for row, _ in layout], device=self._device)
+        rows, ys, yps = [], [], []
+        for i in range(n):
+            for a, b in sppo_pairs(k):
+                rows.append(i)
+                ys.append(responses[i * k + a])
+                yps.append(responses[i * k + b])
+        payload = ("sppo", input_ids[index], attn[index], comp, cmask)
+        return Samples(rows, ys, yps, payload, generated_tokens=sum(map(len, responses)))
+
     def select(self, samples: Samples, start: int, stop: int) -> Samples:
         """Rows start..stop of a generation call: one micro-batch of the loss."""
+        if self.rule.loss == "sppo":  # rows are pairs; the payload holds K rows per prompt
+            k = self.rule.num_samples(self.algo)
+            per = len(sppo_pairs(k))
+            first, last = start // per, stop // per
+            cut = slice(first * k, last * k)
+            payload = (samples.payload[0], *(a[cut] for a in samples.payload[1:]))
+            rows = [r - first for r in samples.rows[start:stop]]
+            assert samples.y_prime is not None
+            return Samples(rows, samples.y[start:stop], samples.y_prime[start:stop], payload)
         input_ids, attn, pairs = samples.payload
         rows = slice(start, stop)
         ref = pairs.reference_logits
@@ -258,6 +308,14 @@ class TorchStepper:
         )
 
     def accumulate(self, samples: Samples, preference: np.ndarray, tau: float) -> None:
+        if self.rule.loss in ("egpo", "inpo", "sppo"):
+            with self._at_anchor():  # egpo's full step: the gradient at θ_t
+                with self._compute():
+                    loss, metrics = self._game_loss(samples.payload, preference, tau)
+                self._backward(loss)
+            self._losses.append(float(loss.detach()))
+            self._metrics.append({k: float(v) for k, v in metrics.items()})
+            return
         input_ids, attn, pairs = samples.payload
         chunk = self._logprob_chunk(pairs.y)
         with self._compute():
@@ -334,10 +392,93 @@ class TorchStepper:
             )
         return loss, metrics
 
+    def _logprobs(self, model: Any, input_ids: Any, attn: Any, comp: Any, cmask: Any) -> Any:
+        """log π(y|x) (B,) of completions ``comp`` under ``model`` at the sampling
+        temperature."""
+        logits = sequence_logits(model, input_ids, attn, comp, cmask)
+        return kernels.sequence_logprobs(
+            logits, comp, cmask, self.spec.training.generation.temperature
+        )
+
+    def _game_loss(
+        self, payload: Any, preference: np.ndarray, tau: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of egpo, inpo/onpo or sppo on one micro-batch (nlhf.training.algorithms);
+        π_t's log-probs are the policy's, detached."""
+        pref = torch.as_tensor(preference, dtype=torch.float64).to(self._device)
+        if self.rule.loss == "sppo":
+            _, input_ids, attn, comp, cmask = payload
+            k = self.rule.num_samples(self.algo)
+            win = torch.as_tensor(sppo_win_rates(preference, k)).to(self._device)
+            lp = self._logprobs(self.train_model, input_ids, attn, comp, cmask)
+            with torch.no_grad():
+                lq = self._logprobs(self.reference, input_ids, attn, comp, cmask)
+            loss, metrics = kernels.sppo_loss(lp, lp.detach(), win, self.algo.eta)
+            extra = {"preference": pref.mean(), "kl": (lp - lq).mean(), "logprob": lp.mean()}
+            return loss, {**metrics, **{key: v.detach() for key, v in extra.items()}}
+        input_ids, attn, pairs = payload
+        y, ym, yp, ypm = pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask
+        lp_y = self._logprobs(self.train_model, input_ids, attn, y, ym)
+        lp_p = self._logprobs(self.train_model, input_ids, attn, yp, ypm)
+        with torch.no_grad():
+            temp = self.spec.training.generation.temperature
+            lq_y = kernels.sequence_logprobs(pairs.reference_logits, y, ym, temp)
+            lq_p = self._logprobs(self.reference, input_ids, attn, yp, ypm)
+        if self.rule.loss == "egpo":
+            return kernels.egpo_loss(lp_y, lp_p, lq_y, lq_p, pref, tau)
+        anchor_y, anchor_p = lp_y.detach(), lp_p.detach()
+        return kernels.inpo_loss(
+            lp_y, lp_p, anchor_y, anchor_p, lq_y, lq_p, pref, tau, self.algo.eta
+        )
+
+    def _egpo_full_step(self) -> bool:
+        """egpo: whether the current step is a full step (even; odd steps are half steps)."""
+        return self.rule.mechanics == "extragradient" and self._step % 2 == 0
+
+    @contextlib.contextmanager
+    def _at_anchor(self) -> Any:
+        """egpo's full step: the parameters hold θ_t (the anchor) inside the block and
+        θ_{t+½}, which samples the step's pairs, again after it."""
+        if not self._egpo_full_step():
+            yield
+            return
+        assert self.anchor is not None, "egpo: a full step without its half step"
+        with torch.no_grad():
+            current = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.anchor["params"], strict=True):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, c in zip(self.params, current, strict=True):
+                    p.copy_(c)
+
     def _backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
 
     def apply(self) -> Update:
+        mechanics = self.rule.mechanics
+        if mechanics == "optimistic":  # onpo: the optimizer receives 2·g_t − g_{t−1}
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            current = [g.detach().clone() for g in grads]
+            if self.previous_grad is not None:
+                for p, g, g_prev in zip(self.params, current, self.previous_grad, strict=True):
+                    p.grad = 2.0 * g - g_prev.to(g.device)
+            self.previous_grad = current
+        if mechanics == "extragradient":
+            if self._egpo_full_step():  # θ_{t+1} = θ_t − step(∇ at θ_t of θ_{t+½}'s pairs)
+                assert self.anchor is not None
+                with torch.no_grad():
+                    for p, a in zip(self.params, self.anchor["params"], strict=True):
+                        p.copy_(a)
+                self.optimizer.load_state_dict(self.anchor["optimizer"])
+                self.anchor = None
+            else:  # half step: keep θ_t and the optimizer state it was taken from
+                self.anchor = {
+                    "params": [p.detach().clone() for p in self.params],
+                    "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                }
         max_norm = self.spec.training.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(
             self.params, max_norm if max_norm is not None else math.inf
@@ -345,7 +486,18 @@ class TorchStepper:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        every = getattr(self.algo, "magnet_every", None)
+        if mechanics == "magnet" and every is not None and self._step % every == 0:
+            self._refresh_magnet()
         return self._update(float(norm))
+
+    @torch.no_grad()
+    def _refresh_magnet(self) -> None:
+        """mpo: m ← a frozen copy of θ."""
+        if self.magnet is None:
+            self.magnet = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        else:
+            self.magnet.load_state_dict(self.policy.state_dict())
 
     def _update(self, grad_norm: float | None) -> Update:
         update = Update(self._losses, self._metrics, grad_norm)
@@ -355,6 +507,16 @@ class TorchStepper:
     def update_ema(self, decay: float) -> None:
         assert self.ema is not None
         ema_update(self.ema, self.policy, decay)
+
+    def sampling_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def abandon_step(self, sampling_state: torch.Tensor) -> None:
+        """Under DeepSpeed the engine's partial gradients stay in its buffers: they are not
+        part of a checkpoint, and the run stops after writing one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._losses, self._metrics = [], []
+        self.generator.set_state(sampling_state)
 
     def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
         return [float(v) for v in values]
@@ -434,6 +596,12 @@ class DeepSpeedStepper(TorchStepper):
         from nlhf_torch.distributed import init_engine
 
         tr = self.spec.training
+        if self.rule.mechanics is not None or self.rule.loss == "sppo":
+            raise InputError(
+                f"algorithm.name: {self.rule.name} is not supported under DeepSpeed yet (its "
+                "K samples, magnet, previous gradient or extragradient anchor live in the "
+                "single-process stepper); remove the distributed section"
+            )
         self._logprob_head = None  # logprob_chunk: auto is off (spec: no explicit chunk)
         if tr.generation_batch_size() != tr.micro_batch_size():
             raise InputError(
@@ -502,16 +670,6 @@ class DeepSpeedStepper(TorchStepper):
         for p_ema, p in zip(self.ema.parameters(), self.policy.parameters(), strict=True):
             with self.ds.gathered([p]):
                 p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
-
-    def sampling_state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def abandon_step(self, sampling_state: torch.Tensor) -> None:
-        """Under DeepSpeed the engine's partial gradients stay in its buffers: they are not
-        part of a checkpoint, and the run stops after writing one."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self._losses, self._metrics = [], []
-        self.generator.set_state(sampling_state)
 
     def all_reduce(self, values: Sequence[float], op: Literal["sum", "max"] = "sum") -> list[float]:
         return self.ds.all_reduce(values, op)

@@ -5,9 +5,10 @@ Tabular algorithms (run by every backend on a preference matrix):
 ``egpo``, ``mpo``, ``onpo``, ``inpo``, ``sppo`` (:mod:`nlhf.tabular.dynamics` has each
 update, its ``eta: auto`` and the convergence it comes with).
 LLM algorithms (torch/jax backends, paper §7): ``nash_md_pg``, ``nash_ema_pg``,
-``self_play``, ``best_response``, ``rlhf_pg``, ``online_ipo``.
+``self_play``, ``best_response``, ``rlhf_pg``, ``online_ipo``, and the LLM forms of
+``egpo``, ``mpo``, ``onpo``, ``inpo``, ``sppo`` (:mod:`nlhf.training.algorithms`).
 Offline algorithms (``task: offline``, trained on fixed preference pairs): ``dpo``, ``ipo``.
-``self_play`` and ``best_response`` exist in both families; fields marked
+``self_play``, ``best_response`` and the game family exist in both families; fields marked
 *tabular* or *LLM* apply to one family only (the spec validator says so).
 """
 
@@ -39,6 +40,11 @@ LLM_ALGORITHMS = (
     "best_response",
     "rlhf_pg",
     "online_ipo",
+    "egpo",
+    "mpo",
+    "onpo",
+    "inpo",
+    "sppo",
 )
 OFFLINE_ALGORITHMS = ("dpo", "ipo")
 
@@ -187,20 +193,25 @@ class EGPO(_TabularFields):
     π_{t+½} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)),
     π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_{t+½})).
     ``eta: auto`` = 1/(τ + 2L), L = max|P − ½|: last-iterate linear convergence to π*_τ.
-    τ = 0 runs extragradient on the unregularised game."""
+    τ = 0 runs extragradient on the unregularised game.
+    *LLM*: optimiser steps alternate a half step from θ_t (to θ_{t+½}) and a full step
+    that restores θ_t and its optimizer state and applies the loss of pairs sampled from
+    θ_{t+½}; the loss is the online IPO form (h − (P − ½)/τ)² (τ > 0)."""
 
     name: Literal["egpo"] = "egpo"
     tau: NonNegativeFloat = 0.1
 
 
-class MPO(_TabularFields):
+class MPO(_TabularFields, _LLMFields):
     """Magnetic Preference Optimization (Wang et al., ICLR 2025, arXiv 2410.16714):
     magnetic mirror descent (Sokota et al., ICLR 2023) towards a magnet m,
     π_{t+1} ∝ (π_t · m^(ητ) · exp(η P(y ≻ π_t)))^(1/(1+ητ)). The magnet is μ; with
     ``magnet_every: K`` it becomes the current policy every K steps, and the run targets
     the Nash equilibrium of the unregularised game (measured at τ = 0).
     ``eta: auto`` = τ/L², L = max|P − ½|: linear last-iterate convergence to π*_τ of
-    the current magnet."""
+    the current magnet. *LLM*: the self-play policy gradient
+    −(P(y≻y') − ½)·log π_θ(y) + τ·KL(π_θ‖m), y, y' ~ π_θ, with m a frozen copy of θ
+    refreshed every ``magnet_every`` optimiser steps (μ until the first refresh)."""
 
     name: Literal["mpo"] = "mpo"
     tau: PositiveFloat = 0.1
@@ -214,7 +225,9 @@ class ONPO(_TabularFields):
     gradient as the prediction; π̂ the secondary iterate (π̂_0 = π_0 = μ):
     π_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)),
     π̂_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_{t+1})).
-    ``eta: auto`` = min(1/(2τ + 2L), 1/(4L)), L = max|P − ½|."""
+    ``eta: auto`` = min(1/(2τ + 2L), 1/(4L)), L = max|P − ½|.
+    *LLM*: INPO's pairwise loss (:class:`INPO`), whose gradient g_t enters the optimizer
+    as the optimistic 2·g_t − g_{t−1} (g_{t−1} kept in the checkpoint); ``eta`` is needed."""
 
     name: Literal["onpo"] = "onpo"
     tau: NonNegativeFloat = 0.1
@@ -225,7 +238,10 @@ class INPO(_TabularFields):
     online mirror descent on the regularised game,
     π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)), with a constant η (the LLM form
     reaches this update through INPO's pairwise squared loss, without win-rate estimates).
-    ``eta: auto`` = τ/(τ² + L²), L = max|P − ½|: linear last-iterate convergence."""
+    ``eta: auto`` = τ/(τ² + L²), L = max|P − ½|: linear last-iterate convergence.
+    *LLM*: loss (h_t(y, y') − η(P(y≻y') − ½))², h_t = log π_θ(y)/π_θ(y') −
+    ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y'), y, y' ~ π_t; ``eta`` is needed
+    (a number with η·τ ≤ 1)."""
 
     name: Literal["inpo"] = "inpo"
     tau: PositiveFloat = 0.1
@@ -236,11 +252,43 @@ class SPPO(_TabularFields):
     multiplicative weights on the win rate, π_{t+1}(y) ∝ π_t(y) exp(η P(y ≻ π_t)), no KL
     term (τ = 0). Its guarantee is for the average iterate π̄_T (duality gap
     O(√(ln n / T)) with ``eta: auto`` = √(8 ln n / T)); tabular runs report π̄_T next to
-    the last iterate, which cycles on non-transitive games."""
+    the last iterate, which cycles on non-transitive games.
+    *LLM*: loss (log π_θ(y)/π_t(y) − η(P̂(y ≻ π_t) − ½))² over K = ``num_samples``
+    responses per prompt, P̂ the mean of P(y ≻ y_k) over the K samples; ``eta`` is
+    needed (SPPO's η, the inverse of its code's β)."""
 
     name: Literal["sppo"] = "sppo"
     num_samples: PositiveInt = 5
-    """*LLM*: K responses per prompt for the estimate P̂(y ≻ π_t) of SPPO's squared loss."""
+    """*LLM*: K ≥ 2 responses per prompt for the estimate P̂(y ≻ π_t) of SPPO's squared loss."""
+
+
+def llm_problems(algorithm: object) -> list[str]:
+    """The ``algorithm.*`` problems of a game-family algorithm run on a language model
+    (fields whose tabular defaults have no LLM meaning), as ``field.path: message``."""
+    name = getattr(algorithm, "name", None)
+    problems: list[str] = []
+    eta = getattr(algorithm, "eta", None)
+    if name in ("inpo", "onpo", "sppo") and not isinstance(eta, float):
+        problems.append(
+            f"algorithm.eta: {name} on a language model needs its step η as a number "
+            f"(`eta: auto` is the tabular step); e.g. eta: 1.0"
+        )
+    if name in ("inpo", "onpo") and isinstance(eta, float) and eta * algorithm.tau > 1.0:
+        problems.append(
+            f"algorithm.eta: {name} weighs log π_t by 1 − η·τ, so η·τ must be ≤ 1; got "
+            f"η·τ = {eta * algorithm.tau:g} (lower eta or tau)"
+        )
+    if name == "egpo" and algorithm.tau <= 0:
+        problems.append(
+            "algorithm.tau: egpo on a language model divides by τ in its loss "
+            "(h − (P − ½)/τ)²; give tau > 0"
+        )
+    if name == "sppo" and algorithm.num_samples < 2:
+        problems.append(
+            "algorithm.num_samples: sppo estimates P(y ≻ π_t) from the other responses of "
+            "the prompt, so it needs num_samples ≥ 2"
+        )
+    return problems
 
 
 class DPO(_Params):

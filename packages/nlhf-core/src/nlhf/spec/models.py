@@ -24,6 +24,7 @@ from nlhf.algorithms.params import (
     OFFLINE_ALGORITHMS,
     TABULAR_ALGORITHMS,
     AlgorithmSpec,
+    llm_problems,
 )
 from nlhf.fields import (
     Float,
@@ -793,6 +794,7 @@ class RunSpec(Section):
                 )
             if getattr(self.algorithm, "steps", None) is not None:
                 problems.append("algorithm.steps: LLM runs count steps in `training.steps`")
+            problems.extend(llm_problems(self.algorithm))
             if self.policy is None:
                 problems.append("policy: an LLM `task: nash` run needs `policy.model`")
             if self.data is None:

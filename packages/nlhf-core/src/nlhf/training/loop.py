@@ -183,7 +183,7 @@ class NashLoop:
             spec.data.shuffle,
         )
         micro, per_call = tr.micro_batch_size(), tr.generation_batch_size()
-        tau = schedule_value(self.algo.tau, step - 1, self.total)
+        tau = schedule_value(getattr(self.algo, "tau", 0.0), step - 1, self.total)  # sppo: none
         beta = rule.beta(self.algo, step - 1, self.total)
         sums: dict[str, float] = {}
         gen_seconds, gen_tokens = 0.0, 0
@@ -209,7 +209,10 @@ class NashLoop:
                 if callable(report):
                     for key, value in report().items():  # counted once per micro-batch
                         _add(sums, key, float(value) * (len(rows) // micro))
-            gen_tokens += int(len_y.sum() + (len_yp.sum() if len_yp is not None else 0))
+            if samples.generated_tokens is not None:  # sppo: each response in K − 1 pairs
+                gen_tokens += samples.generated_tokens
+            else:
+                gen_tokens += int(len_y.sum() + (len_yp.sum() if len_yp is not None else 0))
             parts = len(rows) // micro  # micro-batches in this generation call
             per_part = len(samples.rows) // parts
             for j in range(parts):

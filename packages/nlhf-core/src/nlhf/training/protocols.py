@@ -55,6 +55,9 @@ class Samples:
     """None when the algorithm samples no opponent (rlhf_pg)."""
     payload: Any = None
     """The stepper's own arrays (prompt ids, masks, reference logits...), opaque to core."""
+    generated_tokens: int | None = None
+    """Tokens this call sampled, when the rows do not list each response once (sppo's
+    rows are the K(K−1)/2 pairs of each prompt's K responses); None: the rows' lengths."""
 
 
 @dataclass
