@@ -57,3 +57,11 @@ def test_train_refuses_before_any_model_loads(tmp_path: Path) -> None:
         "bfloat16, float16); use --backend torch",
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_declared_model_types_are_the_decoders_architectures() -> None:
+    from nlhf_jax.models.decoder import ARCHITECTURES
+    from nlhf_jax.plugin import CAPABILITIES
+
+    assert CAPABILITIES.model_types is not None
+    assert sorted(CAPABILITIES.model_types) == sorted(ARCHITECTURES)

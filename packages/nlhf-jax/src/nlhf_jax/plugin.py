@@ -26,6 +26,8 @@ CAPABILITIES = Capabilities(
     # float64 needs jax_enable_x64, a global switch nlhf never flips (nlhf_jax.kernels)
     dtypes=("float32", "bfloat16", "float16"),
     batch_axes=("data", "fsdp"),  # nlhf_jax.sharding.BATCH_AXES
+    # nlhf_jax.models.decoder.ARCHITECTURES (a test keeps the two equal)
+    model_types=("gemma2", "gemma3_text", "llama", "mistral", "phi3", "qwen2", "qwen3"),
 )
 """What the jax backend runs (:mod:`nlhf.spec.capabilities`), read without importing jax."""
 

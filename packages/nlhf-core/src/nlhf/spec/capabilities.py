@@ -112,6 +112,9 @@ class Capabilities(BaseModel):
     """``preference_training.pooling: mean`` (the masked mean of the last hidden states)."""
     frozen_layers: bool = False
     """``preference_training.frozen_layers > 0`` (the lowest blocks stay fixed)."""
+    model_types: tuple[str, ...] | None = None
+    """``config.json`` ``model_type`` values the backend's own model code loads (the jax
+    decoders); None: whatever its framework loads (transformers' Auto classes)."""
 
     @model_validator(mode="after")
     def _known_names(self) -> Capabilities:
@@ -483,7 +486,48 @@ def _backbone(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
         )
 
 
-_LLM_RULES = (_preference, _algorithm, _engine, _dtypes, _sampling, _lora, _batches, _backbone)
+def _architectures(spec: RunSpec, ctx: _Context) -> Iterator[Problem]:
+    """The model directories' ``model_type`` against ``model_types`` (known only for
+    packaged models and local directories; an encoder as a preference-model backbone is
+    :func:`_backbone`'s)."""
+    supported = ctx.caps.model_types
+    if supported is None:
+        return
+    from nlhf.packaged import model_kind, model_type
+
+    paths: list[tuple[Loc, str | None]] = [
+        (("policy", "model"), spec.policy.model if spec.policy else None),
+        (("reference", "model"), spec.reference.model),
+        (("preference", "model"), getattr(spec.preference, "model", None)),
+    ]
+    for loc, path in paths:
+        kind = model_type(path) if isinstance(path, str) else None
+        if kind is None or kind in supported:
+            continue
+        if spec.task == "preference_model" and loc[0] == "policy" and model_kind(path) == "encoder":
+            continue
+
+        def loads(name: str, caps: Capabilities, kind: str = kind) -> bool:
+            return caps.model_types is None or kind in caps.model_types
+
+        yield Problem(
+            loc,
+            f"{path} is a {kind!r} model; backend {ctx.backend!r} loads the model types "
+            f"{_names(supported)}" + ctx.elsewhere(loads),
+        )
+
+
+_LLM_RULES = (
+    _preference,
+    _algorithm,
+    _engine,
+    _dtypes,
+    _sampling,
+    _lora,
+    _batches,
+    _backbone,
+    _architectures,
+)
 
 
 def check_capabilities(
