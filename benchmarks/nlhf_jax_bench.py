@@ -9,11 +9,12 @@ preference + jitted loss/backward/optax update) and ``generated_tokens``.
 Two adaptations, both through public seams:
 
 - the jax trainer accepts only ``oracle`` preferences, so the spec names the oracle
-  ``bench_reward`` and a plugin manager stand-in (the trainer's ``plugins`` argument)
+  ``bench_reward`` and a local plugin passed as the trainer's ``plugins`` argument
   supplies it: P(y≻y'|x) = σ(r(x,y) − r(x,y')) with r the *same* reward checkpoint loaded
   as :class:`nlhf_jax.models.DecoderForSequenceClassification` and jitted (prompt +
   completion re-tokenized, right-padded to a multiple of 16 tokens) — the computation of
-  the torch backend's ``bradley_terry_reward``;
+  the torch backend's ``bradley_terry_reward`` (the plugin set is
+  ``nlhf.plugins.build_plugins(extra=[plugin])``);
 - ``trainer.eos`` is set to ``None`` so every completion has exactly ``max_new_tokens``
   tokens (as on the torch and TRL sides).
 
@@ -29,7 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,17 +81,25 @@ class RewardOracle:
         return (1.0 / (1.0 + np.exp(-(r[:n] - r[n:])))).tolist()
 
 
-class _OracleRegistry:
+class _OraclePlugin:
+    """A local nlhf plugin (``nlhf.plugins.build_plugins(extra=...)``) registering the oracle."""
+
     def __init__(self, fn: RewardOracle) -> None:
         self.fn = fn
 
-    def get(self, name: str) -> Any:
-        if name != ORACLE:
-            raise KeyError(name)
-        return self.fn
+    def register(self) -> Any:
+        from nlhf.hookspecs import hookimpl
 
-    def create(self, name: str, **options: Any) -> RewardOracle:
-        return self.get(name)
+        fn = self.fn
+
+        class Plugin:
+            __name__ = "nlhf_bench_reward"
+
+            @hookimpl
+            def nlhf_register_oracles(self, register: Any) -> None:
+                register(ORACLE, lambda **options: fn)
+
+        return Plugin()
 
 
 def main() -> None:
@@ -115,11 +123,12 @@ def main() -> None:
     from nlhf_torch_bench import nash_spec
 
     oracle = RewardOracle(assets / "reward", assets / "policy")
-    plugins = SimpleNamespace(oracles=_OracleRegistry(oracle))
+    from nlhf.plugins import build_plugins
+
+    plugins = build_plugins(extra=[_OraclePlugin(oracle).register()])
     with tempfile.TemporaryDirectory() as out_dir:
         data = nash_spec(w, assets, out_dir)
         data["preference"] = {"name": "oracle", "function": ORACLE}
-        data["policy"].pop("chat_template")
         spec = RunSpec.model_validate(data)
         trainer = nash_loop(spec, Path(out_dir), backend="jax", plugins=plugins)
         if not hasattr(trainer.stepper, "eos"):

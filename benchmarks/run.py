@@ -10,6 +10,8 @@ times of all rounds are pooled into a median.
     .venv/bin/python benchmarks/run.py --large      # 8 layers, hidden 512, 128 new tokens
     .venv/bin/python benchmarks/run.py --smoke      # 2 steps, nlhf only (tests)
     .venv/bin/python benchmarks/run.py --workload tabular-family   # every tabular algorithm
+    .venv/bin/python benchmarks/run.py --workload real   # SmolLM2-135M, 64 tokens, roofline
+    .venv/bin/python benchmarks/run.py --workload real --smoke   # tiny Llama, 1 step
     nox -s bench -- --rounds 3
 
 The TRL baseline lives in ``benchmarks/.trl-venv`` (created on first use: torch 2.13.0
@@ -36,7 +38,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from workload import LARGE, SMOKE_STEPS, TINY, Workload, build_assets  # noqa: E402
+import roofline  # noqa: E402
+from workload import (  # noqa: E402
+    LARGE,
+    REAL,
+    REAL_SMOKE,
+    SMOKE_STEPS,
+    TINY,
+    Assets,
+    Workload,
+    build_assets,
+    load_prompts,
+)
 
 TRL_VENV = HERE / ".trl-venv"
 TRL_PACKAGES = ["torch==2.13.0", "trl==1.13.0", "requests"]
@@ -52,6 +65,14 @@ TARGETS = {
     "speedup_vs_trl_no_gc": ("trl_no_gc", "nlhf_torch", 2.0, ">="),
     "jax_over_torch": ("nlhf_jax", "nlhf_torch", 1.25, "<="),
 }
+REAL_TARGETS = {
+    "speedup_vs_trl_defaults": ("trl_defaults", "nlhf_torch", 8.0, ">="),
+    "speedup_vs_trl_no_gc": ("trl_no_gc", "nlhf_torch", 3.0, ">="),
+    "jax_over_torch": ("nlhf_jax", "nlhf_torch", 1.1, "<="),
+}
+REAL_ORDER = ["nlhf_torch", "nlhf_jax", "trl_defaults", "trl_no_gc"]
+ROOFLINE_TARGET = 0.6
+"""Each phase of nlhf torch's step at ≥ this fraction of its roofline limit."""
 
 
 # ------------------------------------------------------------------------- children
@@ -114,17 +135,33 @@ def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     cpu: list[float] = []
     tokens: list[int] = []
     per_round: list[float] = []
+    gen: list[float] = []
     for r in runs:
         s = r["step_seconds"][warmup:] or r["step_seconds"][-1:]
         t = r["generated_tokens"][warmup:] or r["generated_tokens"][-1:]
         c = r.get("step_cpu_seconds", [])
+        g = r.get("generation_seconds", [])
         steps += s
         tokens += t
         cpu += c[warmup:] or c[-1:]
+        gen += g[warmup:] or g[-1:]
         per_round.append(statistics.median(s))
     med = statistics.median(steps)
     tok_per_step = statistics.median(tokens)
+    phases: dict[str, Any] = {}
+    if len(gen) == len(steps):
+        phases = {
+            "median_generation_seconds": statistics.median(gen),
+            "median_update_seconds": statistics.median(
+                a - b for a, b in zip(steps, gen, strict=True)
+            ),
+            "first_step_seconds": [r["step_seconds"][0] for r in runs],
+            "first_generation_seconds": [
+                r["generation_seconds"][0] for r in runs if r.get("generation_seconds")
+            ],
+        }
     return {
+        **phases,
         "runs": len(runs),
         "measured_steps": len(steps),
         "median_step_seconds": med,
@@ -141,10 +178,12 @@ def summarize(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     }
 
 
-def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def ratios(
+    summary: dict[str, dict[str, Any]], targets: dict[str, tuple[str, str, float, str]] = TARGETS
+) -> dict[str, Any]:
     """Speed-ups (pooled and same-round), memory ratios and the :data:`TARGETS`."""
     out: dict[str, Any] = {}
-    for key, (num, den, target, sense) in TARGETS.items():
+    for key, (num, den, target, sense) in targets.items():
         if num not in summary or den not in summary:
             continue
         a, b = summary[num], summary[den]
@@ -172,6 +211,8 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(w: Workload, summary: dict[str, dict[str, Any]], rat: dict[str, Any]) -> None:
+    if w.name.startswith("real"):
+        return print_real_table(w, summary, rat)
     print(
         f"\n# workload {w.name}: Qwen2 {w.layers}L h{w.hidden} V{w.vocab_size}, batch "
         f"{w.batch_size}, {w.max_new_tokens} new tokens, beta={w.beta}, tau={w.tau}, "
@@ -203,6 +244,96 @@ def print_table(w: Workload, summary: dict[str, dict[str, Any]], rat: dict[str, 
             f"{'met' if r['met'] else 'MISSED'}); {cpu} CPU time; "
             f"peak RSS ratio {r['peak_rss_ratio']:.2f}"
         )
+
+
+def print_real_table(w: Workload, summary: dict[str, dict[str, Any]], rat: dict[str, Any]) -> None:
+    print(
+        f"\n# workload {w.name}: {w.model}, batch {w.batch_size}, {w.max_new_tokens} new tokens, "
+        f"prompts <= {w.max_prompt_tokens} tokens, {w.steps} steps ({w.warmup} warm-up)"
+    )
+    head = (
+        f"{'method':<14}{'s/step':>9}{'gen s':>9}{'update s':>10}{'gen tok/s':>10}"
+        f"{'RSS MiB':>9}{'gen roof':>9}{'upd roof':>9}{'vs torch':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    base = summary.get("nlhf_torch")
+    for name, s in summary.items():
+        rel = f"{s['median_step_seconds'] / base['median_step_seconds']:.2f}x" if base else ""
+        roof = s.get("roofline_fraction", {})
+        print(
+            f"{name:<14}{s['median_step_seconds']:>9.2f}"
+            f"{s.get('median_generation_seconds', float('nan')):>9.2f}"
+            f"{s.get('median_update_seconds', float('nan')):>10.2f}"
+            f"{s['generated_tokens_per_s']:>10.1f}{s['peak_rss_mb']:>9.0f}"
+            f"{roof.get('generation', float('nan')):>9.2f}{roof.get('update', float('nan')):>9.2f}"
+            f"{rel:>9}"
+        )
+    for key, r in rat.items():
+        if key.startswith("roofline"):
+            print(
+                f"{key}: {r['value']:.2f} (target >= {r['target']}: "
+                f"{'met' if r['met'] else 'MISSED'})"
+            )
+            continue
+        sense = ">=" if key.startswith("speedup") else "<="
+        rounds = ", ".join(f"{x:.2f}" for x in r["same_round"])
+        print(
+            f"{key}: {r['value']:.2f}x (per round: {rounds}; target {sense} {r['target']}: "
+            f"{'met' if r['met'] else 'MISSED'}); peak RSS ratio {r['peak_rss_ratio']:.2f}"
+        )
+
+
+def measure_peaks(env: dict[str, str], log: Path, threads: int, tmp: Path, tag: str) -> dict:
+    """Matmul FLOP/s and memory bandwidth, measured in a child like the benchmark runs."""
+    out = tmp / f"peaks-{tag}.json"
+    cmd = [sys.executable, str(HERE / "roofline.py"), "--measure", "--threads", str(threads)]
+    code, _, _ = run_child([*cmd, "--out", str(out)], env, log, 600)
+    if code != 0 or not out.exists():
+        raise RuntimeError(f"measuring the machine's peaks failed (exit {code}, see {log})")
+    res = json.loads(out.read_text())
+    res["load_average"] = os.getloadavg()
+    res["tag"] = tag
+    print(
+        f"  peaks ({tag}): {res['matmul_flops'] / 1e9:.1f} GFLOP/s fp32 matmul, "
+        f"{res['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, load {res['load_average'][0]:.1f}",
+        flush=True,
+    )
+    return res
+
+
+def real_roofline(
+    w: Workload, assets: Assets, peaks: list[dict[str, Any]], summary: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The step's roofline (benchmarks/roofline.py) against the best measured peaks, and each
+    method's generation and update time as a fraction of it (stored in ``summary``)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets.policy)
+    prompts = load_prompts(assets.prompts)
+    lens = [len(tok(p).input_ids) for p in prompts]
+    # prompts are used in order, batch_size per step: the ones the measured steps saw
+    seen = lens[: w.steps * w.batch_size] or lens
+    roof = roofline.step_roofline(
+        json.loads((assets.policy / "config.json").read_text()),
+        json.loads((assets.reward / "config.json").read_text()),
+        batch=w.batch_size,
+        prompt_len=statistics.fmean(seen),
+        new_tokens=w.max_new_tokens,
+        peak_flops=max(p["matmul_flops"] for p in peaks),
+        bandwidth=max(p["bandwidth_bytes_per_s"] for p in peaks),
+    )
+    roof["peaks"] = peaks
+    for s in summary.values():
+        if "median_generation_seconds" in s:
+            s["roofline_fraction"] = roofline.fractions(
+                roof, s["median_generation_seconds"], s["median_update_seconds"]
+            )
+            s["generation_flops_per_s"] = (
+                roof["generation"]["flops"] / s["median_generation_seconds"]
+            )
+            s["update_flops_per_s"] = roof["update"]["flops"] / s["median_update_seconds"]
+    return roof
 
 
 def print_tabular(t: dict[str, Any]) -> None:
@@ -239,10 +370,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--workload",
-        choices=("nash", "tabular-family"),
+        choices=("nash", "real", "tabular-family"),
         default="nash",
-        help="nash: the LLM trainers and tabular solvers (default); tabular-family: the "
-        "convergence benchmark of every tabular algorithm (benchmarks/tabular_family.py)",
+        help="nash: the LLM trainers and tabular solvers (default); real: SmolLM2-135M-Instruct "
+        "with a roofline (no tabular); tabular-family: the convergence benchmark of every "
+        "tabular algorithm (benchmarks/tabular_family.py)",
     )
     ap.add_argument("--smoke", action="store_true", help="2 steps, nlhf only, small tabular")
     ap.add_argument("--large", action="store_true", help="8 layers, hidden 512, 128 tokens")
@@ -264,14 +396,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.workload == "tabular-family":
         return tabular_family(args)
 
+    real = args.workload == "real"
     w = LARGE if args.large else TINY
-    if args.smoke:
+    if real:
+        w = REAL_SMOKE if args.smoke else REAL
+        args.skip_tabular = True
+    elif args.smoke:
         w = w.replace(name=f"{w.name}-smoke", steps=SMOKE_STEPS, warmup=1)
     if args.steps is not None:
         w = w.replace(steps=args.steps)
     if args.warmup is not None:
         w = w.replace(warmup=args.warmup)
-    methods = args.methods.split(",") if args.methods else list(SCRIPTS)
+    methods = args.methods.split(",") if args.methods else list(REAL_ORDER if real else SCRIPTS)
     if args.smoke or args.skip_trl:
         methods = [m for m in methods if not m.startswith("trl")]
     if args.skip_jax:
@@ -294,10 +430,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = child_env(args.threads)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     failures: list[str] = []
+    peaks: list[dict[str, Any]] = []
+    uptimes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         wfile = Path(tmp) / "workload.json"
         wfile.write_text(w.to_json())
+        if real:
+            peaks.append(measure_peaks(env, log, args.threads, Path(tmp), "start"))
         for rnd in range(rounds):
+            if real and rnd:
+                peaks.append(measure_peaks(env, log, args.threads, Path(tmp), f"round-{rnd}"))
             for m in methods:
                 out = Path(tmp) / f"{m}-{rnd}.json"
                 py = str(trl_py) if m.startswith("trl") else sys.executable
@@ -312,7 +454,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"  {m} round {rnd + 1}: FAILED (exit {code}, log {log})", flush=True)
                     continue
                 rec = json.loads(out.read_text())
-                rec.update(peak_rss_mb=rss, wall_seconds=wall, round=rnd)
+                rec.update(
+                    peak_rss_mb=rss, wall_seconds=wall, round=rnd, load_average=os.getloadavg()
+                )
+                uptimes.append(f"{m} round {rnd + 1}: load {os.getloadavg()}")
                 runs[m].append(rec)
                 med = statistics.median(rec["step_seconds"][w.warmup :] or rec["step_seconds"])
                 print(
@@ -333,8 +478,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 failures.append(f"tabular: exit {code} (see {log})")
 
+        if real:
+            peaks.append(measure_peaks(env, log, args.threads, Path(tmp), "end"))
+
     summary = {m: summarize(r, w.warmup) for m, r in runs.items() if r}
-    rat = ratios(summary)
+    rat = ratios(summary, REAL_TARGETS if real else TARGETS)
+    roof = None
+    if real:
+        roof = real_roofline(w, assets, peaks, summary)
+        torch_roof = summary.get("nlhf_torch", {}).get("roofline_fraction")
+        for phase, value in (torch_roof or {}).items():
+            rat[f"roofline_{phase}"] = {
+                "value": value,
+                "target": ROOFLINE_TARGET,
+                "met": value >= ROOFLINE_TARGET,
+            }
     result = {
         "workload": json.loads(w.to_json()),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -350,6 +508,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": summary,
         "ratios": rat,
         "tabular": tabular,
+        "roofline": roof,
+        "load_averages": uptimes,
         "runs": {
             m: [
                 {k: v for k, v in r.items() if k not in ("workload",)}

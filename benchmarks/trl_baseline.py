@@ -22,7 +22,9 @@ Variants:
   fairest setting.
 
 Per-step wall time is taken by a ``TrainerCallback`` between ``on_step_begin`` and
-``on_step_end`` (generation, reward, log-probs, loss, backward and optimizer step).
+``on_step_end`` (generation, reward, log-probs, loss, backward and optimizer step); the
+generation part of it by timing ``NashMDTrainer._generate_completions`` (the policy's and
+the mixture's ``generate`` calls).
 """
 
 from __future__ import annotations
@@ -136,6 +138,16 @@ def main() -> None:
             return model_data, mixture_data
 
         trainer._process_completions = counting  # count the tokens really generated
+        generate = trainer._generate_completions
+        gen_seconds: list[float] = []
+
+        def timed_generate(model, prompts):
+            t0 = time.perf_counter()
+            out = generate(model, prompts)
+            gen_seconds.append(time.perf_counter() - t0)
+            return out
+
+        trainer._generate_completions = timed_generate  # generation time of each step
         setup_seconds = time.perf_counter() - t_start
         rss_setup = peak_rss_mb()
         trainer.train()
@@ -149,6 +161,7 @@ def main() -> None:
         "step_seconds": timer.seconds,
         "step_cpu_seconds": timer.cpu,
         "generated_tokens": counted[:steps],
+        "generation_seconds": gen_seconds[:steps],
         "setup_seconds": setup_seconds,
         "peak_rss_mb_after_setup": rss_setup,
         "peak_rss_mb_self": peak_rss_mb(),

@@ -12,6 +12,15 @@
   (1 label) giving P(y≻y'|x) = σ(r(x,y) − r(x,y')) to both nlhf and TRL;
 - 64 synthetic prompts ("Human: … Assistant:", 12–20 tokens) in ``prompts.jsonl``.
 
+The ``real`` workload (:data:`REAL`) instead uses a real model directory as policy and
+reference (SmolLM2-135M-Instruct, built on first use by ``nlhf.packaged``), a
+Bradley–Terry reward on the same backbone (``LlamaForSequenceClassification`` loaded from
+it, so its 1-label score head is randomly initialised under the seed: fine for timing,
+meaningless as a judge) and hh-rlhf prompts rendered with the model's chat template and
+cut to ``max_prompt_tokens`` tokens. Its smoke variant (:data:`REAL_SMOKE`) builds a tiny
+random Llama of the same shape family (tied embeddings, grouped-query attention,
+head_dim 64) on the local 1024-token tokenizer.
+
 Only :func:`build_assets` imports nlhf (lazily); the rest is standard library.
 """
 
@@ -55,6 +64,16 @@ class Workload:
     """Steps excluded from the statistics (first calls, allocator and JIT warm-up)."""
     lr: float = 1e-5
     seed: int = 0
+    arch: str = "qwen2"
+    """Architecture of the random models built when ``model`` is empty."""
+    model: str = ""
+    """A real causal-LM directory (relative to the repository root) used as policy and
+    reference, and as the reward backbone; empty: random models from the fields above."""
+    prompt_source: str = "synthetic"
+    """``synthetic`` pseudo-word prompts, or ``hh_rlhf`` prompts from :data:`HH_RLHF`."""
+    max_prompt_tokens: int = 0
+    """hh-rlhf prompts are cut from the left to this many tokens (0: uncut)."""
+    tie_embeddings: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -80,6 +99,9 @@ class Workload:
             self.num_prompts,
             self.seed,
         )
+        extra = (self.arch, self.model, self.prompt_source, self.max_prompt_tokens)
+        if extra != ("qwen2", "", "synthetic", 0) or self.tie_embeddings:
+            fields = (*fields, *extra, self.tie_embeddings)
         return hashlib.sha1(repr(fields).encode()).hexdigest()[:10]
 
 
@@ -88,6 +110,39 @@ LARGE = Workload(
     name="large", layers=8, hidden=512, intermediate=2048, heads=8, kv_heads=2, max_new_tokens=128
 )
 SMOKE_STEPS = 2
+REAL = Workload(
+    name="real",
+    model="runs/models/smollm2-135m-instruct",
+    arch="llama",
+    prompt_source="hh_rlhf",
+    max_prompt_tokens=128,
+    max_new_tokens=64,
+    batch_size=8,
+    steps=3,
+    warmup=1,
+)
+"""SmolLM2-135M-Instruct, batch 8, 64 new tokens, hh-rlhf prompts ≤ 128 tokens."""
+REAL_SMOKE = Workload(
+    name="real-smoke",
+    arch="llama",
+    layers=2,
+    hidden=192,
+    intermediate=512,
+    heads=3,
+    kv_heads=1,
+    reward_layers=2,
+    reward_hidden=192,
+    tie_embeddings=True,
+    prompt_source="hh_rlhf",
+    max_prompt_tokens=128,
+    num_prompts=8,
+    max_new_tokens=4,
+    batch_size=2,
+    steps=1,
+    warmup=0,
+)
+"""The runner check of :data:`REAL`: a tiny SmolLM2-shaped random Llama, 1 step."""
+HH_RLHF = Path(__file__).resolve().parents[1] / "tests" / "data" / "hh-rlhf-harmless-200.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -133,10 +188,95 @@ def corpus_and_prompts(w: Workload) -> tuple[list[str], list[str]]:
     return corpus + prompts, prompts
 
 
+def hh_rlhf_prompts(w: Workload, tokenizer: Any, chat_template: bool) -> list[str]:
+    """The first ``w.num_prompts`` distinct hh-rlhf prompts of :data:`HH_RLHF`, each cut from
+    the left to ``w.max_prompt_tokens`` tokens (after the chat template when asked: the
+    dialogue is templated and its user/assistant turns are dropped from the front, then the
+    remaining first turn is cut, so the rendered prompt always ends with the generation
+    prompt)."""
+    import gzip
+
+    from nlhf.data.prompts import hh_rlhf_prompt
+    from nlhf.data.tokenizer import dialogue_messages
+
+    out: list[str] = []
+    limit = w.max_prompt_tokens or 10**9
+    with gzip.open(HH_RLHF, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            text = hh_rlhf_prompt(row["chosen"], row["rejected"])
+            if chat_template:
+                msgs = dialogue_messages(text)
+
+                def render(m: list[dict[str, str]]) -> str:
+                    return tokenizer.apply_chat_template(
+                        m, tokenize=False, add_generation_prompt=True
+                    )
+
+                while len(msgs) > 1 and len(tokenizer(render(msgs)).input_ids) > limit:
+                    msgs = msgs[1:]  # the oldest turn first
+                while len(tokenizer(render(msgs)).input_ids) > limit:
+                    ids = tokenizer(msgs[0]["content"]).input_ids
+                    cut = max(1, len(ids) - max(8, len(ids) // 8))
+                    msgs = [{**msgs[0], "content": tokenizer.decode(ids[-cut:])}, *msgs[1:]]
+                text = render(msgs)
+            else:
+                ids = tokenizer(text).input_ids
+                if len(ids) > limit:
+                    text = tokenizer.decode(ids[-limit:])
+            if text not in out:
+                out.append(text)
+            if len(out) == w.num_prompts:
+                break
+    return out
+
+
+def _build_real(w: Workload, base: Path, assets: Assets) -> None:
+    """The reward model of a real-model workload (same backbone, seeded random score head)
+    and its prompts; ``policy`` is a link to the real model itself (built if packaged)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(w.model)
+    if not (model_dir / "config.json").exists():
+        from nlhf.packaged import build_packaged_model, packaged_model
+
+        packaged = packaged_model(str(model_dir))
+        if packaged is None:
+            raise FileNotFoundError(f"{model_dir}: no config.json and not a packaged model")
+        build_packaged_model(packaged, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(w.seed + 1)
+    reward = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=1, dtype=torch.float32
+    )
+    reward.config.pad_token_id = tok.pad_token_id
+    reward.save_pretrained(assets.reward)
+    tok.save_pretrained(assets.reward)
+    prompts = hh_rlhf_prompts(w, tok, chat_template=tok.chat_template is not None)
+    with assets.prompts.open("w") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": p}) + "\n")
+
+
 def build_assets(w: Workload, root: str | Path) -> Assets:
     """Write tokenizer, policy, reward model and prompts under ``root`` (cached: a second
     call with the same workload reuses them)."""
     root = Path(root)
+    if w.model:
+        base = root / f"{w.name}-{w.model_key()}"
+        model_dir = Path(w.model)
+        if not model_dir.is_absolute():
+            model_dir = Path(__file__).resolve().parents[1] / model_dir
+        w = w.replace(model=str(model_dir))
+        assets = Assets(base, model_dir, base / "policy", base / "reward", base / "prompts.jsonl")
+        if not (base / "DONE").exists():
+            _build_real(w, base, assets)
+            if not assets.policy.exists():
+                assets.policy.symlink_to(model_dir, target_is_directory=True)
+            (base / "DONE").write_text(w.to_json())
+        return assets
     tok_dir = root / f"tokenizer-v{w.vocab_size}-s{w.seed}"
     base = root / f"{w.name}-{w.model_key()}"
     assets = Assets(base, tok_dir, base / "policy", base / "reward", base / "prompts.jsonl")
@@ -154,9 +294,11 @@ def build_assets(w: Workload, root: str | Path) -> Assets:
         raise RuntimeError(f"tokenizer has {len(tok)} tokens, expected {w.vocab_size}")
     base.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = dict(max_position_embeddings=512)
+    if w.tie_embeddings:
+        common["tie_word_embeddings"] = True
     build_tiny_model(
         assets.policy,
-        "qwen2",
+        w.arch,
         tokenizer_dir=tok_dir,
         seed=w.seed,
         hidden_size=w.hidden,
@@ -168,17 +310,19 @@ def build_assets(w: Workload, root: str | Path) -> Assets:
     )
     build_tiny_model(
         assets.reward,
-        "qwen2",
+        w.arch,
         tokenizer_dir=tok_dir,
         seed=w.seed + 1,
         head="sequence_classification",
         hidden_size=w.reward_hidden,
         layers=w.reward_layers,
-        heads=4,
-        kv_heads=2,
+        heads=w.heads if w.tie_embeddings else 4,
+        kv_heads=w.kv_heads if w.tie_embeddings else 2,
         intermediate_size=4 * w.reward_hidden,
         **common,
     )
+    if w.prompt_source == "hh_rlhf":
+        prompts = hh_rlhf_prompts(w, tok, chat_template=False)
     with assets.prompts.open("w") as f:
         for p in prompts:
             f.write(json.dumps({"prompt": p}) + "\n")
