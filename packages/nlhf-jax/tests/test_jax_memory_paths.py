@@ -40,15 +40,26 @@ def _spec(
 ):
     algo = algorithm or {"name": "nash_md_pg", "beta": 0.25, "tau": 0.1}
     ref = {} if reference is None else {"model": str(reference)}
-    return RunSpec.model_validate({
-        "task": "nash", "seed": 3, "policy": {"model": str(ckpt)}, "reference": ref,
-        "preference": {"name": "oracle", "function": "population"},
-        "data": {"path": str(prompts), "format": "prompt", "shuffle": False},
-        "algorithm": algo,
-        "training": {"steps": 2, "batch_size": 4, "lr": 1e-2, "logprob_chunk": "off",
-                     "generation": {"max_new_tokens": 6}, **training},
-        "output": {"dir": str(out)},
-    })  # fmt: skip
+    return RunSpec.model_validate(
+        {
+            "task": "nash",
+            "seed": 3,
+            "policy": {"model": str(ckpt)},
+            "reference": ref,
+            "preference": {"name": "oracle", "function": "population"},
+            "data": {"path": str(prompts), "format": "prompt", "shuffle": False},
+            "algorithm": algo,
+            "training": {
+                "steps": 2,
+                "batch_size": 4,
+                "lr": 1e-2,
+                "logprob_chunk": "off",
+                "generation": {"max_new_tokens": 6},
+                **training,
+            },
+            "output": {"dir": str(out)},
+        }
+    )
 
 
 # ------------------------------------------------------------------ the chunked kernel

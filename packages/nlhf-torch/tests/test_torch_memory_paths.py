@@ -360,8 +360,15 @@ def test_bf16_mixed_step_is_close_to_the_float32_step(
 ) -> None:
     """One SGD step (update = −lr·g): the bf16-mixed update relative to the largest float32
     update is within the bfloat16 model tolerance, and differs from it (bf16 ran)."""
-    sgd = {"steps": 1, "batch_size": 4, "lr": 0.5, "optimizer": {"name": "sgd"},
-           "max_grad_norm": None, "logprob_chunk": "off", "generation": {"max_new_tokens": 6}}  # fmt: skip
+    sgd = {
+        "steps": 1,
+        "batch_size": 4,
+        "lr": 0.5,
+        "optimizer": {"name": "sgd"},
+        "max_grad_norm": None,
+        "logprob_chunk": "off",
+        "generation": {"max_new_tokens": 6},
+    }
     updates = []
     for precision in ("pure", "bf16-mixed"):
         spec = make_spec(assets, tmp_path / precision, training={**sgd, "precision": precision})
@@ -382,9 +389,16 @@ def test_bf16_mixed_step_is_close_to_the_float32_step(
 def test_bf16_mixed_resume_is_bit_exact(
     assets: dict[str, str], tmp_path: Path, plugins: Any, monkeypatch: Any
 ) -> None:
-    training = {"steps": 3, "batch_size": 4, "grad_accum": 2, "lr": 1e-2,
-                "precision": "bf16-mixed", "logprob_chunk": 2, "gradient_checkpointing": True,
-                "generation": {"max_new_tokens": 5}}  # fmt: skip
+    training = {
+        "steps": 3,
+        "batch_size": 4,
+        "grad_accum": 2,
+        "lr": 1e-2,
+        "precision": "bf16-mixed",
+        "logprob_chunk": 2,
+        "gradient_checkpointing": True,
+        "generation": {"max_new_tokens": 5},
+    }
     full = tmp_path / "full"
     train_nash(make_spec(assets, full, training=training), full, plugins=plugins)
     split = tmp_path / "split"
@@ -468,3 +482,60 @@ def test_explicit_chunk_on_an_unknown_architecture_is_refused(
     )
     with pytest.raises(InputError, match=r"training.logprob_chunk: model_type 'gpt2'"):
         TorchStepper(spec, None, plugins)
+
+
+# ------------------------------------------------------------ the run's static KV cache
+@pytest.mark.parametrize("opponent", ["mixture", "policy"])
+def test_kv_cache_pool_reuses_storage_across_calls(assets: dict[str, str], opponent: str) -> None:
+    """Two generation calls with one KVCachePool decode on the same cache storage (equal
+    data_ptr) and draw the tokens of a fresh cache; a longer prompt grows it once."""
+    from nlhf_torch import fastdecode
+    from nlhf_torch.generation import generate_pairs
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy = AutoModelForCausalLM.from_pretrained(assets["model"])
+    reference = AutoModelForCausalLM.from_pretrained(assets["model"])
+    tok = AutoTokenizer.from_pretrained(assets["model"])
+    seen: list[int] = []
+    original = fastdecode.FastGroup.step
+
+    def step(self: Any, tokens: torch.Tensor, n: int) -> None:
+        seen.append(self.k_cache[0].data_ptr())
+        original(self, tokens, n)
+
+    def generate(prompts: list[str], pool: Any, seed: int) -> Any:
+        ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], tok.pad_token_id, "cpu")
+        return generate_pairs(
+            policy,
+            reference,
+            ids,
+            mask,
+            beta=0.25,
+            max_new_tokens=5,
+            temperature=0.9,
+            eos_token_id=None,
+            pad_token_id=tok.pad_token_id,
+            opponent=opponent,
+            return_reference_logits=True,
+            generator=torch.Generator().manual_seed(seed),
+            cache_pool=pool,
+        )
+
+    pool = fastdecode.KVCachePool()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastdecode.FastGroup, "step", step)
+        first = generate(PROMPTS, pool, 0)
+        storage = {k: [b.data_ptr() for b in v] for k, v in pool._buffers.items()}
+        second = generate(PROMPTS[::-1], pool, 1)
+    assert first.decode_path == "fused" and storage
+    assert {k: [b.data_ptr() for b in v] for k, v in pool._buffers.items()} == storage
+    assert len(set(seen)) == len(storage) // 2  # one K storage per group, both calls
+    fresh = generate(PROMPTS[::-1], None, 1)
+    for got, want in ((second.y, fresh.y), (second.y_prime, fresh.y_prime)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(second.reference_logits.numpy(), fresh.reference_logits.numpy())
+    longer = generate([p + " and some more words" for p in PROMPTS], pool, 2)
+    assert longer.decode_path == "fused"
+    np.testing.assert_array_equal(
+        longer.y.numpy(), generate([p + " and some more words" for p in PROMPTS], None, 2).y.numpy()
+    )

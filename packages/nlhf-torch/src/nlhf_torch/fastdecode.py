@@ -71,6 +71,7 @@ import torch.nn.functional as F
 __all__ = [
     "FUSE_MAX_PARAMS",
     "FastGroup",
+    "KVCachePool",
     "enabled",
     "free_memory",
     "gathered",
@@ -546,6 +547,33 @@ def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in ts])
 
 
+class KVCachePool:
+    """Storage of the fused decode's static KV caches kept across generation calls, so a
+    run allocates them once instead of once per step (``generate_pairs(cache_pool=...)``,
+    held by the torch stepper). One flat buffer per (group, layer, K/V), zeroed when
+    allocated and grown only when a call needs more (a longer prompt bucket, more rows);
+    each call views it in the exact (M, R, H_kv, L, d) shape it needs. Slots a call has not
+    written are never read (attention reads slots below the current position only)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def take(
+        self, key: tuple[int, str], n: int, shape: tuple[int, ...], like: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """``n`` contiguous tensors of ``shape`` (dtype and device of ``like``) on storage
+        that outlives the call."""
+        numel = 1
+        for size in shape:
+            numel *= size
+        bufs = self._buffers.get(key)
+        fits = bufs is not None and len(bufs) == n and bufs[0].numel() >= numel
+        if not fits or bufs[0].dtype != like.dtype or bufs[0].device != like.device:
+            bufs = [torch.zeros(numel, dtype=like.dtype, device=like.device) for _ in range(n)]
+            self._buffers[key] = bufs
+        return [b[:numel].view(shape) for b in bufs]
+
+
 class FastGroup:
     """M architecturally identical models decoding the same rows with one static KV cache.
 
@@ -561,11 +589,14 @@ class FastGroup:
         rows: torch.Tensor,
         max_new_tokens: int,
         memo: dict[tuple[int, ...], Any] | None = None,
+        pool: tuple[KVCachePool, int] | None = None,
     ) -> None:
         """``memo``: fused q/k/v and gate/up copies by weight identity, shared between the
         groups of one generation (a LoRA policy and its adapter-off reference decoding
-        different rows then share one copy)."""
+        different rows then share one copy). ``pool``: (a run's :class:`KVCachePool`,
+        this group's index in the call) to keep the KV cache between calls."""
         memo = {} if memo is None else memo
+        self.pool = pool
         resolved = [_resolve(m) for m in models]
         hfs = [r.hf for r in resolved]
         adapters = [r.adapter for r in resolved]
@@ -767,16 +798,37 @@ class FastGroup:
         for w in dict.fromkeys(self.windows):
             allowed = causal if w is None else causal & (slot[None, :] > slot[:, None] - w)
             masks[w] = self._additive((allowed & amask[:, None, None, :]) | eye)
-        shape = (m, b, self.n_kv, total, self.head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in self.layers]
-        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in self.layers]
+        prompt = self.rows % b
+        rows = len(prompt)
+        # with a pool, the prompts fill rows 0..B−1 of the rows-shaped cache, which is then
+        # expanded in place when those rows serve prompts 0..B−1 in order (the usual case)
+        in_place = self.pool is not None and rows >= b
+        in_place = in_place and torch.equal(prompt[:b], torch.arange(b, device=dev))
+        if in_place:
+            assert self.pool is not None
+            pool, index = self.pool
+            full = (m, rows, self.n_kv, total, self.head_dim)
+            like = torch.empty(0, dtype=self.dtype, device=dev)
+            k_rows = pool.take((index, "k"), len(self.layers), full, like)
+            v_rows = pool.take((index, "v"), len(self.layers), full, like)
+            self.k_cache = [k[:, :b] for k in k_rows]
+            self.v_cache = [v[:, :b] for v in v_rows]
+        else:
+            shape = (m, b, self.n_kv, total, self.head_dim)
+            self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in self.layers]
+            self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in self.layers]
         rope = {
             k: (c[:, pos].unsqueeze(2), s_[:, pos].unsqueeze(2)) for k, (c, s_) in tables.items()
         }  # (M, B, 1, P, d)
         x = self._layers(self._embed(input_ids), rope, 0, masks)
         logits = self._head(x[:, :, -1])
-        prompt = self.rows % b
-        if not torch.equal(prompt, torch.arange(b, device=dev)):
+        if in_place:
+            for full_k, full_v in zip(k_rows, v_rows, strict=True):
+                full_k[:, b:] = full_k[:, prompt[b:]]  # sources are rows < B, already final
+                full_v[:, b:] = full_v[:, prompt[b:]]
+            self.k_cache, self.v_cache = k_rows, v_rows
+            logits = logits[:, prompt]
+        elif not torch.equal(prompt, torch.arange(b, device=dev)):
             self.k_cache = [k[:, prompt] for k in self.k_cache]
             self.v_cache = [v[:, prompt] for v in self.v_cache]
             logits = logits[:, prompt]

@@ -215,7 +215,11 @@ def _gather(
 
 
 def _fast_groups(
-    streams: list[_Stream], max_new_tokens: int, prompt_len: int, gather: ExitStack
+    streams: list[_Stream],
+    max_new_tokens: int,
+    prompt_len: int,
+    gather: ExitStack,
+    cache_pool: fastdecode.KVCachePool | None = None,
 ) -> tuple[list[tuple[fastdecode.FastGroup, list[_Stream]]] | None, str]:
     """Streams grouped for the fused decoder (same rows, same architecture → one stacked
     group) and ``"fused"``, or None and ``"hf: <why>"`` when any model needs the HF path
@@ -266,10 +270,16 @@ def _fast_groups(
     memo: dict[tuple[int, ...], Any] = {}
     groups = [
         (
-            fastdecode.FastGroup([s.model for s in bucket], bucket[0].rows, max_new_tokens, memo),
+            fastdecode.FastGroup(
+                [s.model for s in bucket],
+                bucket[0].rows,
+                max_new_tokens,
+                memo,
+                pool=None if cache_pool is None else (cache_pool, index),
+            ),
             bucket,
         )
-        for bucket in buckets
+        for index, bucket in enumerate(buckets)
     ]
     return groups, "fused"
 
@@ -298,6 +308,7 @@ def generate_pairs(
     return_reference_logits: bool = False,
     all_finished: Callable[[bool], bool] | None = None,
     fast_decode: bool | None = None,
+    cache_pool: fastdecode.KVCachePool | None = None,
 ) -> PairGeneration:
     """Sample y ~ π_θ and y' ~ opponent for each left-padded prompt (see the module doc).
 
@@ -312,6 +323,8 @@ def generate_pairs(
     makes the same forward calls (ZeRO-3 gathers parameters collectively) and steps.
     ``fast_decode``: use :mod:`nlhf_torch.fastdecode` when every model supports it
     (``None``: unless ``NLHF_FAST_DECODE=0``; ``False``: always the HF path).
+    ``cache_pool``: a :class:`nlhf_torch.fastdecode.KVCachePool` that keeps the fused
+    decode's KV cache between calls (a training run's steps).
     """
     check_generation_args(
         opponent=opponent, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens,
@@ -371,7 +384,7 @@ def generate_pairs(
     gather = ExitStack()
     try:
         groups, decode_path = (
-            _fast_groups(streams, max_new_tokens, input_ids.shape[1], gather)
+            _fast_groups(streams, max_new_tokens, input_ids.shape[1], gather, cache_pool)
             if fast_decode
             else (None, "hf: NLHF_FAST_DECODE=0 or fast_decode=False")
         )

@@ -33,7 +33,7 @@ from nlhf.training import Samples, TrainerState, Update, rule_for, run_nash
 from nlhf.training.algorithms import sample_layout, sppo_pairs, sppo_win_rates
 from nlhf.training.protocols import Tokens, UniformsFn
 
-from nlhf_torch import kernels
+from nlhf_torch import fastdecode, kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
 from nlhf_torch.distributed import describe_run
 from nlhf_torch.generation import generate_pairs, sequence_hidden, sequence_logits
@@ -118,6 +118,7 @@ class TorchStepper:
         if isinstance(head, str) and isinstance(tr.logprob_chunk, int):
             raise InputError(f"training.logprob_chunk: {head}; set logprob_chunk: off")
         self._logprob_head = head if isinstance(head, tuple) else None
+        self._kv_pool = fastdecode.KVCachePool()  # the fused decode's cache, once per run
         if self.params and not self.master_weights:
             check_training_dtype(
                 self.params[0].dtype, self._device.type, optimizer=spec.training.optimizer.name
@@ -212,6 +213,7 @@ class TorchStepper:
             opponent=self.rule.opponent,
             opponent_model=self.ema,
             return_reference_logits=True,
+            cache_pool=self._kv_pool,
             **sampling,
         )
         self.decode_path = pairs.decode_path
