@@ -7,9 +7,10 @@ any transformers directory a backend's ``load_preference_model`` reads). The pai
 read by :func:`nlhf.data.pairs.load_pairs` in any format ``data`` accepts (``auto``,
 ``preference``, ``hh_rlhf``, a plugin's), unshuffled, every row evaluated, and truncated
 exactly as ``task: preference_model`` truncates its held-out pairs (the model's saved
-``max_length`` minus the tokens it adds), so on a run's own held-out split the numbers
-equal the run's ``eval/*``. The metrics are :func:`nlhf.preference.metrics.evaluate_pairs`'.
-This module only parses the command line; the model loads through the backend.
+``max_prompt_length``, and ``max_length`` minus the tokens it adds), so on a run's own
+held-out split the numbers equal the run's ``eval/*``. The metrics are
+:func:`nlhf.preference.metrics.evaluate_pairs`'. This module only parses the command line;
+the model loads through the backend.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def evaluate_model_dir(
         format=data_format,
         shuffle=False,
         max_length=config.max_length,
-        max_prompt_length=config.max_length,
+        max_prompt_length=config.max_prompt_length or config.max_length,
         truncation="left",
     )
     pairs = load_pairs(

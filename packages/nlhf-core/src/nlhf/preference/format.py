@@ -30,6 +30,9 @@ class PreferenceConfig:
     template: str = DEFAULT_JUDGE_TEMPLATE
     answer_tokens: tuple[str, str] = (" 1", " 2")
     max_length: int = 1024
+    max_prompt_length: int | None = None
+    """The training run's ``data.max_prompt_length`` (prompts cut from the left to it before
+    the ``max_length`` budget); ``None``: only ``max_length`` cuts them."""
     pooling: Pooling = "model"
     format_version: int = 1
 

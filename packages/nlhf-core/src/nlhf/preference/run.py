@@ -80,6 +80,7 @@ def prepare_preference_run(
         template=pt.template,
         answer_tokens=tuple(pt.answer_tokens),
         max_length=spec.data.max_length,
+        max_prompt_length=spec.data.max_prompt_length,
         pooling=pt.pooling,
     )
     tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
@@ -135,6 +136,7 @@ def run_preference_training(
                 kind="bradley_terry",
                 head="classification",
                 max_length=run.config.max_length,
+                max_prompt_length=run.config.max_prompt_length,
                 pooling=run.config.pooling,
             )
             summary["baseline"] = fit(
