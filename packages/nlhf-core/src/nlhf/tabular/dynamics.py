@@ -4,11 +4,11 @@ Notation: P the preference matrix, Pπ the win rates P(y ≻ π), μ the referen
 strength, η the step, norm(·) = · − log Σ exp(·) (renormalised log-probabilities), and
 L = max_ij |P_ij − ½| (the Lipschitz constant of π ↦ Pπ from ‖·‖₁ to ‖·‖∞ on the simplex).
 
-- ``nash_md`` (Munos et al. 2023, §5, Nash-MD):
+- ``nash_md`` (Munos et al. 2023, Nash-MD, arXiv:2312.00886 v4, §6, eq. 3–4):
   π_t^μ ∝ π_t^(1−η_t τ) μ^(η_t τ);  π_{t+1}(y) ∝ π_t^μ(y) exp(η_t P(y ≻ π_t^μ)).
   ``eta: auto`` = the paper's η_t = 2/(τ(t+2)), with the last-iterate guarantee
-  KL(π*_τ‖π_T) ≤ 8/(τ²(T+1)) (paper §5).
-- ``omd`` (regularised online mirror descent, the paper's baseline):
+  KL(π*_τ‖π_T) ≤ 8/(τ²(T+1)) (its Theorem 1, §6).
+- ``omd`` (regularised online mirror descent, the paper's baseline, its eq. 7–8):
   π_{t+1}(y) ∝ π_t(y)^(1−η_t τ) μ(y)^(η_t τ) exp(η_t P(y ≻ π_t)).
   ``eta: auto`` = η_t = 2/(τ(t+2)) when τ > 0 (same schedule as Nash-MD, so the two
   compare step for step), and the constant Hedge step η = √(8 ln n / T) when τ = 0.
@@ -22,21 +22,24 @@ L = max_ij |P_ij − ½| (the Lipschitz constant of π ↦ Pπ from ‖·‖₁ 
 - ``egpo`` (Zhou, Fazel & Du, COLM 2025, arXiv 2503.08942: extragradient on the
   KL-regularised game; the tabular form is the predictive-update method of Cen, Wei & Chi,
   NeurIPS 2021, played by one policy against itself):
-  π_{t+½} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_t);  π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_{t+½}).
-  ``eta: auto`` = 1/(τ + 2L), the step of Cen et al.'s linear last-iterate rate
-  KL(π*_τ‖π_t) = O((1 − ητ)^t).
+  π_{t+½} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_t);  π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_{t+½})
+  (arXiv:2503.08942 v3; equation number not confirmed). ``eta: auto`` = 1/(τ + 2L), the
+  step of Cen et al.'s linear last-iterate rate KL(π*_τ‖π_t) = O((1 − ητ)^t).
 - ``mpo`` (Wang et al., ICLR 2025, arXiv 2410.16714: magnetic mirror descent of Sokota et
   al., ICLR 2023, towards the magnet m): π_{t+1} = argmax_π η⟨π, Pπ_t⟩ − ητ KL(π‖m) −
-  KL(π‖π_t), i.e. π_{t+1} ∝ (π_t · m^(ητ) · exp(η Pπ_t))^(1/(1+ητ)). The magnet starts at
-  μ; with ``magnet_every: K`` it becomes the current policy before steps K, 2K, … (MPO's
-  magnet refresh), and the run targets the NE of the unregularised game (the maximal
-  lottery when it is unique) instead of π*_τ. ``eta: auto`` = τ/L², the MMD step with
+  KL(π‖π_t), i.e. π_{t+1} ∝ (π_t · m^(ητ) · exp(η Pπ_t))^(1/(1+ητ)) (arXiv:2410.16714 v2;
+  equation number not confirmed). The magnet starts at μ; with ``magnet_every: K`` it
+  becomes the current policy before steps K, 2K, … (MPO's magnet refresh), and the run
+  targets the NE of the unregularised game (the maximal lottery when it is unique) instead
+  of π*_τ. ``eta: auto`` = τ/L², the MMD step with
   the linear rate KL(π*_τ‖π_t) ≤ (1+ητ)^(−t)·KL(π*_τ‖μ) for a fixed magnet.
 - ``onpo`` (Zhang et al. 2025, arXiv 2502.16852: optimistic online mirror descent on the
   regularised game, the previous step's gradient as the prediction). With π̂ the
   secondary iterate (π̂_0 = π_0 = μ):
   π_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η Pπ_t)   (play: prediction = the last gradient Pπ_t);
-  π̂_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η Pπ_{t+1})   (update with the observed gradient).
+  π̂_{t+1} ∝ π̂_t^(1−ητ) μ^(ητ) exp(η Pπ_{t+1})   (update with the observed gradient);
+  the paper's optimistic OMD (arXiv:2502.16852, section "Optimistic Nash Policy
+  Optimization", built on its OMD step eq. 1) with the KL-to-μ term added.
   This is the regularised optimistic MWU of Cen et al. (2021); ``eta: auto`` =
   min(1/(2τ + 2L), 1/(4L)), its step for a linear last-iterate rate. (The ONPO paper,
   "Improving LLM General Preference Alignment via Optimistic Online Mirror Descent",
@@ -44,15 +47,17 @@ L = max_ij |P_ij − ½| (the Lipschitz constant of π ↦ Pπ from ‖·‖₁ 
   Cen et al.'s.)
 - ``inpo`` (Zhang et al., ICLR 2025, arXiv 2407.00617: online mirror descent on the
   regularised game, which INPO's pairwise loss implements without win-rate estimates):
-  π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_t) with a constant η. ``eta: auto`` =
+  π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η Pπ_t) with a constant η (arXiv:2407.00617, ICLR 2025
+  version, eq. 4–5; the paper's η is 1/η here). ``eta: auto`` =
   τ/(τ² + L²): the step η is MMD's step η' = η/(1 − ητ) (the two updates are the same map),
   and η' ≤ τ/L² is MMD's condition for a linear last-iterate rate. With both steps
   ``auto``, η' = τ/L² is ``mpo``'s step, so ``inpo`` and ``mpo`` without magnet refreshes
   produce the same iterates.
 - ``sppo`` (Wu et al. 2024, arXiv 2405.00675: multiplicative weights on P(y ≻ π_t), no
-  KL term): π_{t+1}(y) ∝ π_t(y) exp(η P(y ≻ π_t)). Its guarantee is for the average
-  iterate π̄_T = (1/T) Σ_{t<T} π_t (duality gap O(√(ln n / T)) with ``eta: auto`` =
-  √(8 ln n / T)); the last iterate cycles on non-transitive games. The runner reports both.
+  KL term): π_{t+1}(y) ∝ π_t(y) exp(η P(y ≻ π_t)) (arXiv:2405.00675 v5, eq. 4.1). Its
+  guarantee is for the average iterate π̄_T = (1/T) Σ_{t<T} π_t (duality gap
+  O(√(ln n / T)) with ``eta: auto`` = √(8 ln n / T)); the last iterate cycles on
+  non-transitive games. The runner reports both.
   With τ = 0 and ``eta: auto``, ``omd`` and ``self_play`` take the same step on the same
   update, so all three produce the same iterates.
 
@@ -187,7 +192,7 @@ def _check_eta_tau(eta: float, tau: float, t: int) -> None:
 def nash_md_step(
     log_pi: np.ndarray, log_mu: np.ndarray, P: np.ndarray, eta: float, tau: float
 ) -> np.ndarray:
-    """One Nash-MD step (paper §5) on normalised log-probabilities."""
+    """One Nash-MD step (arXiv:2312.00886 v4, eq. 3–4) on normalised log-probabilities."""
     log_mix = _normalize((1.0 - eta * tau) * log_pi + eta * tau * log_mu)
     return _normalize(log_mix + eta * (P @ np.exp(log_mix)))
 
