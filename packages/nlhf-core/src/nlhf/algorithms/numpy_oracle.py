@@ -112,8 +112,9 @@ def preference_loss_grad(v_fwd: Any, v_bwd: Any, target: Any) -> tuple[np.ndarra
 def mixture_logprobs(
     policy_logits: Any, reference_logits: Any, beta: float, temperature: float
 ) -> np.ndarray:
-    """Geometric mixture π̃_β ∝ π^(1−β) μ^β (paper §7):
-    log π̃ = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis."""
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β (arXiv:2312.00886 v4, App. F.3, eq. 15), per
+    token as in its App. F.1: log π̃ = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last
+    axis."""
     mixed = (1.0 - beta) * _arr(policy_logits) + beta * _arr(reference_logits)
     return log_softmax(mixed / temperature)
 
@@ -227,7 +228,8 @@ def nash_md_pg_loss(
     temperature: float,
     estimator: KLEstimator,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Nash-MD-PG loss (paper §7): mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b],
+    """Nash-MD-PG loss (arXiv:2312.00886 v4, §7; the gradient estimate of its App. F.2,
+    eq. 13): mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b],
     P_b constant, KL_b the surrogate of :func:`kl`. Metrics: ``score`` (mean of the first
     term), ``kl`` (mean KL value), ``preference`` (mean P)."""
     m = _arr(mask)
@@ -282,7 +284,9 @@ def online_ipo_loss(
     tau: float,
     temperature: float,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Online IPO (Calandriello et al. 2024, eq. 7 on on-policy pairs): with
+    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4; IPO-MD when y' comes from
+    the mixture, its §5): the sampled IPO loss (arXiv:2310.12036 v2, eq. 17) on pairs
+    sampled online. With
     h_b = log π/μ(y_b) − log π/μ(y'_b) (sequence log-ratios) and s_b = +1 if P_b ≥ ½ else −1
     (so s_b·h_b = h(y_w, y_l)), loss = mean_b (s_b·h_b − 1/(2τ))². Metrics: ``preference``
     (mean P), ``margin`` (mean s·h), ``kl`` (mean log π/μ(y), the sampled KL estimate)."""
@@ -361,7 +365,8 @@ def offline_ipo_loss(
     reference_rejected: Any,
     tau: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """IPO on fixed pairs (Azar et al. 2023): h = log π/μ(y_w) − log π/μ(y_l),
+    """IPO on fixed pairs (Azar et al. 2023, arXiv:2310.12036 v2, eq. 17):
+    h = log π/μ(y_w) − log π/μ(y_l),
     loss = mean_b (h_b − 1/(2τ))². Metrics: ``margin``, ``accuracy``, ``chosen_ratio``,
     ``rejected_ratio``."""
     h, chosen, rejected = _pair_margin(
@@ -390,8 +395,8 @@ def dpo_loss(
     reference_rejected: Any,
     beta: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """DPO (Rafailov et al. 2023, eq. 7): loss = mean_b −log σ(β·h_b) (:func:`log_sigmoid`,
-    stable for both signs). Metrics as :func:`offline_ipo_loss`."""
+    """DPO (Rafailov et al. 2023, arXiv:2305.18290, eq. 7): loss = mean_b −log σ(β·h_b)
+    (:func:`log_sigmoid`, stable for both signs). Metrics as :func:`offline_ipo_loss`."""
     h, chosen, rejected = _pair_margin(
         policy_chosen, policy_rejected, reference_chosen, reference_rejected
     )
@@ -419,9 +424,9 @@ def dpo_loss_grad(
 def sppo_loss(
     policy: Any, anchor: Any, win_rate: Any, eta: float
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """SPPO (Wu et al. 2024, arXiv 2405.00675): the paper's squared-loss objective on
-    responses sampled from π_t (the loss of its Algorithm 1; equation number not checked
-    here), per response:
+    """SPPO (Wu et al. 2024, arXiv:2405.00675 v5, eq. 4.6, the loss of its Algorithm 1,
+    eq. 4.7): the paper's squared-loss objective on responses sampled from π_t, per
+    response:
     loss = mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², P̂_b the estimated win
     rate P̂(y_b ≻ π_t). Metrics: ``log_ratio`` (mean log π_θ/π_t), ``win_rate_gap``
     (mean |P̂ − ½|)."""
@@ -468,9 +473,9 @@ def inpo_loss(
     tau: float,
     eta: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """INPO (Zhang et al., ICLR 2025, arXiv 2407.00617): the paper's pairwise loss L_t(π)
-    on pairs sampled from π_t (the loss of its Algorithm 1; equation number not checked
-    here):
+    """INPO (Zhang et al., ICLR 2025, arXiv:2407.00617, ICLR version: L_t(π) of eq. 7 and
+    the population loss of eq. 8, Algorithm 1; the paper's η is 1/η here): the paper's
+    pairwise loss on pairs sampled from π_t:
     loss = mean_b (h_t(y_b, y'_b) − η·(P_b − ½))² with h_t of :func:`_inpo_margin`,
     the expectation over the label y_w ~ Bernoulli(P) of the paper's (h_t(y_w, y_l) −
     η/2)², up to a constant. Its minimiser is π ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)).
@@ -520,7 +525,8 @@ def egpo_loss(
     preference: Any,
     tau: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """EGPO's loss (Zhou et al., COLM 2025, arXiv 2503.08942): the online IPO form that
+    """EGPO's loss (Zhou et al., COLM 2025, arXiv:2503.08942 v3; equation number not
+    confirmed): the online IPO form that
     the paper's practical extragradient step minimises, as in the authors' code
     (``ExtragradientTrainer._compute_losses``, github.com/zhourunlong/EGPO); with
     h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)².
@@ -561,7 +567,8 @@ def tabular_nash_md(
     eta: float | Literal["auto"] = "auto",
     pi0: Any | None = None,
 ) -> np.ndarray:
-    """Tabular Nash-MD (paper §5), returns the trajectory π_0..π_steps, shape (steps+1, n):
+    """Tabular Nash-MD (arXiv:2312.00886 v4, eq. 3–4), returns the trajectory π_0..π_steps,
+    shape (steps+1, n):
     π_t^μ ∝ π_t^(1−η_t τ) μ^(η_t τ);  π_{t+1}(y) ∝ π_t^μ(y)·exp(η_t (P π_t^μ)_y),
     η_t = 2/(τ(t+2)) for ``eta="auto"`` (t = 0, 1, …), π_0 = μ unless given."""
     P = _arr(P)
