@@ -69,7 +69,8 @@ def mixture_logprobs(
     beta: float,
     temperature: float,
 ) -> torch.Tensor:
-    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7):
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β (arXiv:2312.00886 v4, App. F.3, eq. 15) at token
+    level (its App. F.1):
     log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1]; got {beta}")
@@ -248,8 +249,9 @@ def nash_md_pg_loss(
     temperature: float,
     estimator: KLEstimator,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Nash-MD-PG loss (paper §7): loss = mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b]
-    with P_b = P(y_b ≻ y'_b|x_b) held constant and KL_b the surrogate of :func:`kl`.
+    """Nash-MD-PG loss (arXiv:2312.00886 v4, §7; the gradient estimate of its App. F.2,
+    eq. 13): loss = mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b] with
+    P_b = P(y_b ≻ y'_b|x_b) held constant and KL_b the surrogate of :func:`kl`.
 
     Metrics (detached): ``score`` = mean_b −(P_b − ½)·log π_θ(y_b), ``kl`` = mean KL value,
     ``kl_surrogate``, ``preference`` = mean P, ``logprob`` = mean log π_θ(y_b).
@@ -294,7 +296,9 @@ def online_ipo_loss(
     tau: float,
     temperature: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Online IPO (Calandriello et al. 2024): h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
+    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4; IPO-MD when y' comes from
+    the mixture, its §5; the loss is arXiv:2310.12036 v2 eq. 17 on online pairs):
+    h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
     (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
     carry no gradient. Metrics (detached): ``preference`` (mean P), ``margin`` (mean s·h),
     ``kl`` (mean log π/μ(y))."""
@@ -356,7 +360,8 @@ def offline_ipo_loss(
     reference_rejected: torch.Tensor,
     tau: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """IPO on fixed pairs (Azar et al. 2023): h = log π/μ(y_w) − log π/μ(y_l) from
+    """IPO on fixed pairs (Azar et al. 2023, arXiv:2310.12036 v2, eq. 17):
+    h = log π/μ(y_w) − log π/μ(y_l) from
     sequence log-probs (B,), loss = mean_b (h_b − 1/(2τ))²; the cached reference
     log-probs carry no gradient. Metrics (detached): ``margin``, ``accuracy``,
     ``chosen_ratio``, ``rejected_ratio``."""
@@ -373,8 +378,8 @@ def dpo_loss(
     reference_rejected: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """DPO (Rafailov et al. 2023, eq. 7): loss = mean_b −log σ(β·h_b) with ``logsigmoid``
-    (stable for large |β·h|); h and the metrics as :func:`offline_ipo_loss`."""
+    """DPO (Rafailov et al. 2023, arXiv:2305.18290, eq. 7): loss = mean_b −log σ(β·h_b) with
+    ``logsigmoid`` (stable for large |β·h|); h and the metrics as :func:`offline_ipo_loss`."""
     h, chosen, rejected = _pair_margin(
         policy_chosen, policy_rejected, reference_chosen, reference_rejected
     )
@@ -384,7 +389,8 @@ def dpo_loss(
 def sppo_loss(
     policy: torch.Tensor, anchor: torch.Tensor, win_rate: torch.Tensor, eta: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """SPPO (Wu et al. 2024, arXiv 2405.00675; protocols.SPPOObjective): loss =
+    """SPPO (Wu et al. 2024, arXiv:2405.00675 v5, eq. 4.6 = its Algorithm 1's eq. 4.7;
+    protocols.SPPOObjective): loss =
     mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², the anchor log π_t detached.
     Metrics (detached): ``log_ratio`` (mean log π_θ/π_t), ``win_rate_gap`` (mean |P̂ − ½|)."""
     ratio = policy - anchor.detach().to(policy.dtype)
@@ -404,7 +410,8 @@ def inpo_loss(
     tau: float,
     eta: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """INPO (Zhang et al., ICLR 2025, arXiv 2407.00617; protocols.INPOObjective):
+    """INPO (Zhang et al., ICLR 2025, arXiv:2407.00617, ICLR version eq. 7–8, its η being
+    1/η here; protocols.INPOObjective):
     h_t = log π_θ(y)/π_θ(y') − ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y'),
     loss = mean_b (h_t − η(P_b − ½))²; π_t and μ detached. Metrics (detached):
     ``preference``, ``margin`` (mean h_t), ``kl`` (mean log π_θ/μ(y))."""
@@ -426,7 +433,8 @@ def egpo_loss(
     preference: torch.Tensor,
     tau: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """EGPO (Zhou et al., COLM 2025, arXiv 2503.08942; protocols.EGPOObjective):
+    """EGPO (Zhou et al., COLM 2025, arXiv:2503.08942 v3, equation number not confirmed;
+    protocols.EGPOObjective):
     h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)², μ detached.
     Metrics (detached): ``preference``, ``margin`` (mean h), ``kl`` (mean log π_θ/μ(y))."""
     dtype = policy_y.dtype
