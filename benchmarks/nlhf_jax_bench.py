@@ -141,6 +141,7 @@ def main() -> None:
             backend="jax",
             threads=args.threads,
             t_start=t_start,
+            progress=Path(args.out),
             versions={"jax": jax.__version__},
         )
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -33,7 +33,7 @@ from workload import Workload, time_trainer_steps
 
 def nash_spec(w: Workload, assets: Path, output: str | Path) -> dict[str, Any]:
     """The run spec (as data) of the benchmark workload for nlhf's trainers."""
-    return {
+    spec: dict[str, Any] = {
         "spec_version": 1,
         "task": "nash",
         "seed": w.seed,
@@ -50,6 +50,9 @@ def nash_spec(w: Workload, assets: Path, output: str | Path) -> dict[str, Any]:
         },
         "output": {"dir": str(output), "plots": False},
     }
+    if w.precision != "pure":
+        spec["training"]["precision"] = w.precision
+    return spec
 
 
 def main() -> None:
@@ -83,6 +86,7 @@ def main() -> None:
             backend="torch",
             threads=args.threads,
             t_start=t_start,
+            progress=Path(args.out),
             versions={"transformers": transformers.__version__, "torch": torch.__version__},
         )
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -31,7 +31,10 @@ new tokens each):
 Peak throughput and bandwidth are measured on this machine, in a child process with the
 run's thread count (``python benchmarks/roofline.py --measure``): float32 ``torch.matmul``
 of two 2048×2048 matrices (2·n³ FLOPs) and a STREAM-like copy (2 × bytes) and triad
-``a = b + s·c`` (3 × bytes) on 256 MiB tensors, best of several repeats.
+``a = b + s·c`` (3 × bytes) on 256 MiB tensors, best of several repeats. On CUDA
+(``--device cuda``, benchmarks/gpu.sh): 8192² matrices, float32 without TF32 and bfloat16,
+1 GiB tensors, and the GPU's data-sheet dense bf16 peak (:data:`BF16_DENSE_PEAK`) against
+which the update's model-FLOPs utilisation (MFU) is reported.
 """
 
 from __future__ import annotations
@@ -219,32 +222,82 @@ def fractions(roof: dict[str, Any], generation_s: float, update_s: float) -> dic
 
 
 # ------------------------------------------------------------------ measured peaks
-def measure_peaks(threads: int, repeats: int = 5, n: int = 2048, mib: int = 256) -> dict:
-    """Best-of-``repeats`` float32 matmul FLOP/s and copy / triad bytes/s on this machine."""
-    import torch
+BF16_DENSE_PEAK = {
+    # dense (no sparsity) bf16 tensor-core FLOP/s from the vendors' data sheets
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+}
+"""Keys are matched as substrings of ``torch.cuda.get_device_name()``, longest first."""
 
-    torch.set_num_threads(threads)
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    torch.matmul(a, b)
+
+def bf16_peak(device_name: str) -> float | None:
+    """The data-sheet dense bf16 peak of a GPU by name (None if not in the table)."""
+    for key in sorted(BF16_DENSE_PEAK, key=len, reverse=True):
+        if key in device_name:
+            return BF16_DENSE_PEAK[key]
+    return None
+
+
+def _best_seconds(fn: Any, repeats: int, sync: Any) -> float:
+    fn()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.matmul(a, b)
+        fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
-    flops = 2.0 * n**3 / best
+    return best
+
+
+def measure_peaks(
+    threads: int, repeats: int = 5, n: int = 2048, mib: int = 256, device: str = "cpu"
+) -> dict:
+    """Best-of-``repeats`` float32 matmul FLOP/s and copy / triad bytes/s on ``device``
+    (CUDA: also bfloat16 matmul FLOP/s, and the data-sheet bf16 peak when known)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        n = max(n, 8192)
+        mib = max(mib, 1024)
+    extra: dict[str, Any] = {}
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    flops = 2.0 * n**3 / _best_seconds(lambda: torch.matmul(a, b), repeats, sync)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        flops = 2.0 * n**3 / _best_seconds(lambda: torch.matmul(a, b), repeats, sync)
+        ah, bh = a.bfloat16(), b.bfloat16()
+        name = torch.cuda.get_device_name(dev)
+        extra = {
+            "device_name": name,
+            "bf16_matmul_flops": 2.0
+            * n**3
+            / _best_seconds(lambda: torch.matmul(ah, bh), repeats, sync),
+            "bf16_datasheet_flops": bf16_peak(name),
+        }
+        del a, b, ah, bh
     m = mib * 2**20 // 4
-    x, y, z = torch.ones(m), torch.ones(m), torch.ones(m)
-    copy = triad = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        y.copy_(x)
-        copy = min(copy, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        torch.add(y, z, alpha=3.0, out=x)
-        triad = min(triad, time.perf_counter() - t0)
+    x, y, z = (torch.ones(m, device=dev) for _ in range(3))
+    copy = _best_seconds(lambda: y.copy_(x), repeats, sync)
+    triad = _best_seconds(lambda: torch.add(y, z, alpha=3.0, out=x), repeats, sync)
     nbytes = m * 4
     return {
+        **extra,
+        "device": device,
         "threads": threads,
         "matmul_n": n,
         "matmul_flops": flops,
@@ -260,9 +313,10 @@ def main() -> None:
     ap.add_argument("--measure", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out")
     args = ap.parse_args()
-    res = measure_peaks(args.threads, args.repeats)
+    res = measure_peaks(args.threads, args.repeats, device=args.device)
     text = json.dumps(res, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -70,6 +70,9 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
 
+    variant, out = args.variant, args.out
+    setup_seconds = 0.0
+
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.t0 = self.c0 = 0.0
@@ -82,6 +85,18 @@ def main() -> None:
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.t0)
             self.cpu.append(time.process_time() - self.c0)
+            n = len(self.seconds)
+            partial = {  # the finished steps so far, in case the runner's timeout stops us
+                "method": f"trl_{variant}",
+                "partial": True,
+                "step_seconds": self.seconds,
+                "step_cpu_seconds": self.cpu,
+                "generation_seconds": gen_seconds[:n],
+                "generated_tokens": counted[:n],
+                "setup_seconds": setup_seconds,
+                "peak_rss_mb_self": peak_rss_mb(),
+            }
+            Path(out).write_text(json.dumps(partial))
 
     tok = AutoTokenizer.from_pretrained(assets / "policy")
     policy = AutoModelForCausalLM.from_pretrained(assets / "policy", dtype=torch.float32)
@@ -112,7 +127,7 @@ def main() -> None:
             save_strategy="no",
             disable_tqdm=True,
             dataloader_num_workers=0,
-            use_cpu=True,
+            use_cpu=w.device == "cpu",
             **extra,
         )
         timer = StepTimer()
@@ -126,6 +141,7 @@ def main() -> None:
             callbacks=[timer],
         )
         counted: list[int] = []
+        gen_seconds: list[float] = []
         process = trainer._process_completions
 
         def counting(model_output, mixture_output, prompts):
@@ -139,7 +155,6 @@ def main() -> None:
 
         trainer._process_completions = counting  # count the tokens really generated
         generate = trainer._generate_completions
-        gen_seconds: list[float] = []
 
         def timed_generate(model, prompts):
             t0 = time.perf_counter()

@@ -74,6 +74,14 @@ class Workload:
     max_prompt_tokens: int = 0
     """hh-rlhf prompts are cut from the left to this many tokens (0: uncut)."""
     tie_embeddings: bool = False
+    device: str = "cpu"
+    """``cpu`` or ``cuda`` (benchmarks/gpu.sh): where every method runs."""
+    precision: str = "pure"
+    """nlhf's ``training.precision`` (``bf16-mixed`` on CUDA); TRL's ``bf16`` follows its
+    variant."""
+    tokenizer_model: str = ""
+    """A real model directory whose tokenizer the random models use (their vocabulary stays
+    ``vocab_size``), e.g. a random Qwen2-0.5B shape on SmolLM2's tokenizer."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -102,6 +110,8 @@ class Workload:
         extra = (self.arch, self.model, self.prompt_source, self.max_prompt_tokens)
         if extra != ("qwen2", "", "synthetic", 0) or self.tie_embeddings:
             fields = (*fields, *extra, self.tie_embeddings)
+        if self.tokenizer_model:
+            fields = (*fields, self.tokenizer_model)
         return hashlib.sha1(repr(fields).encode()).hexdigest()[:10]
 
 
@@ -142,6 +152,28 @@ REAL_SMOKE = Workload(
     warmup=0,
 )
 """The runner check of :data:`REAL`: a tiny SmolLM2-shaped random Llama, 1 step."""
+QWEN2_05B = Workload(
+    name="qwen2-0.5b",
+    arch="qwen2",
+    tokenizer_model="runs/models/smollm2-135m-instruct",
+    vocab_size=151936,
+    layers=24,
+    hidden=896,
+    intermediate=4864,
+    heads=14,
+    kv_heads=2,
+    reward_layers=24,
+    reward_hidden=896,
+    tie_embeddings=True,
+    prompt_source="hh_rlhf",
+    max_prompt_tokens=128,
+    max_new_tokens=64,
+    batch_size=8,
+    steps=3,
+    warmup=1,
+)
+"""A random model of Qwen2-0.5B's shape (494M parameters, tied embeddings) on SmolLM2's
+tokenizer, with a reward model of the same shape (benchmarks/gpu.sh)."""
 HH_RLHF = Path(__file__).resolve().parents[1] / "tests" / "data" / "hh-rlhf-harmless-200.jsonl.gz"
 
 
@@ -238,13 +270,7 @@ def _build_real(w: Workload, base: Path, assets: Assets) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = Path(w.model)
-    if not (model_dir / "config.json").exists():
-        from nlhf.packaged import build_packaged_model, packaged_model
-
-        packaged = packaged_model(str(model_dir))
-        if packaged is None:
-            raise FileNotFoundError(f"{model_dir}: no config.json and not a packaged model")
-        build_packaged_model(packaged, model_dir)
+    _ensure_model(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     base.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(w.seed + 1)
@@ -260,15 +286,87 @@ def _build_real(w: Workload, base: Path, assets: Assets) -> None:
             f.write(json.dumps({"prompt": p}) + "\n")
 
 
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(__file__).resolve().parents[1] / p
+
+
+def _ensure_model(model_dir: Path) -> None:
+    """Build a packaged model directory (``nlhf.packaged``) if it is not there yet."""
+    if (model_dir / "config.json").exists():
+        return
+    from nlhf.packaged import build_packaged_model, packaged_model
+
+    packaged = packaged_model(str(model_dir))
+    if packaged is None:
+        raise FileNotFoundError(f"{model_dir}: no config.json and not a packaged model")
+    build_packaged_model(packaged, model_dir)
+
+
+def _build_random_on_tokenizer(w: Workload, base: Path, assets: Assets) -> None:
+    """Random policy and reward of ``w``'s shape on a real model's tokenizer."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    tok_dir = _repo_path(w.tokenizer_model)
+    _ensure_model(tok_dir)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    for out, cls, seed, layers, hidden in (
+        (assets.policy, AutoModelForCausalLM, w.seed, w.layers, w.hidden),
+        (
+            assets.reward,
+            AutoModelForSequenceClassification,
+            w.seed + 1,
+            w.reward_layers,
+            w.reward_hidden,
+        ),
+    ):
+        config = AutoConfig.for_model(
+            w.arch,
+            vocab_size=w.vocab_size,
+            hidden_size=hidden,
+            intermediate_size=w.intermediate * hidden // w.hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=w.heads,
+            num_key_value_heads=w.kv_heads,
+            tie_word_embeddings=w.tie_embeddings,
+            max_position_embeddings=4096,
+            num_labels=1,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        torch.manual_seed(seed)
+        cls.from_config(config).save_pretrained(out)
+        tok.save_pretrained(out)
+    prompts = hh_rlhf_prompts(w, tok, chat_template=tok.chat_template is not None)
+    with assets.prompts.open("w") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": p}) + "\n")
+
+
 def build_assets(w: Workload, root: str | Path) -> Assets:
     """Write tokenizer, policy, reward model and prompts under ``root`` (cached: a second
     call with the same workload reuses them)."""
     root = Path(root)
+    if w.tokenizer_model:
+        base = root / f"{w.name}-{w.model_key()}"
+        assets = Assets(
+            base, base / "policy", base / "policy", base / "reward", base / "prompts.jsonl"
+        )
+        if not (base / "DONE").exists():
+            _build_random_on_tokenizer(w, base, assets)
+            (base / "DONE").write_text(w.to_json())
+        return assets
     if w.model:
         base = root / f"{w.name}-{w.model_key()}"
-        model_dir = Path(w.model)
-        if not model_dir.is_absolute():
-            model_dir = Path(__file__).resolve().parents[1] / model_dir
+        model_dir = _repo_path(w.model)
         w = w.replace(model=str(model_dir))
         assets = Assets(base, model_dir, base / "policy", base / "reward", base / "prompts.jsonl")
         if not (base / "DONE").exists():
@@ -359,31 +457,41 @@ def time_trainer_steps(
     threads: int,
     t_start: float,
     versions: dict[str, str],
+    progress: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``w.steps`` optimiser steps of an nlhf trainer (``trainer.step(n)`` returns the
     step's metrics record) and return the benchmark result both nlhf benches write:
-    wall ``step_seconds`` from the records, CPU seconds per step, setup time and peak RSS."""
+    wall ``step_seconds`` from the records, CPU seconds per step, setup time and peak RSS.
+    With ``progress``, the result so far is also written there after every step (so a run
+    stopped by the runner's timeout still reports its finished steps)."""
     setup_seconds = time.perf_counter() - t_start
     rss_setup = peak_rss_mb()
-    records, cpu = [], []
+    records: list[dict[str, Any]] = []
+    cpu: list[float] = []
+
+    def result() -> dict[str, Any]:
+        return {
+            "method": method,
+            "backend": backend,
+            "workload": json.loads(w.to_json()),
+            "threads": threads,
+            "step_seconds": [r["step_seconds"] for r in records],
+            "step_cpu_seconds": cpu,
+            "generation_seconds": [r["generation_seconds"] for r in records],
+            "generated_tokens": [r["generated_tokens"] for r in records],
+            "loss": [r["loss"] for r in records],
+            "setup_seconds": setup_seconds,
+            "peak_rss_mb_after_setup": rss_setup,
+            "peak_rss_mb_self": peak_rss_mb(),
+            "settings": {"kl_estimator": "exact", "dtype": "float32", "eos": None},
+            "versions": versions,
+            "pid": os.getpid(),
+        }
+
     for n in range(1, w.steps + 1):
         c0 = time.process_time()
         records.append(trainer.step(n))
         cpu.append(time.process_time() - c0)
-    return {
-        "method": method,
-        "backend": backend,
-        "workload": json.loads(w.to_json()),
-        "threads": threads,
-        "step_seconds": [r["step_seconds"] for r in records],
-        "step_cpu_seconds": cpu,
-        "generation_seconds": [r["generation_seconds"] for r in records],
-        "generated_tokens": [r["generated_tokens"] for r in records],
-        "loss": [r["loss"] for r in records],
-        "setup_seconds": setup_seconds,
-        "peak_rss_mb_after_setup": rss_setup,
-        "peak_rss_mb_self": peak_rss_mb(),
-        "settings": {"kl_estimator": "exact", "dtype": "float32", "eos": None},
-        "versions": versions,
-        "pid": os.getpid(),
-    }
+        if progress is not None:
+            progress.write_text(json.dumps({**result(), "partial": n < w.steps}))
+    return result()
