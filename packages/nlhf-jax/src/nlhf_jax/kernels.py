@@ -68,7 +68,8 @@ def preference_loss(v_fwd: jax.Array, v_bwd: jax.Array, target: jax.Array) -> ja
 def mixture_logprobs(
     policy_logits: jax.Array, reference_logits: jax.Array, beta: Any, temperature: Any
 ) -> jax.Array:
-    """Geometric mixture π̃_β ∝ π^(1−β) μ^β at token level (paper §7):
+    """Geometric mixture π̃_β ∝ π^(1−β) μ^β (arXiv:2312.00886 v4, App. F.3, eq. 15) at token
+    level (its App. F.1):
     log π̃(·|x,y_<n) = log_softmax(((1−β)·ℓ_π + β·ℓ_μ) / T) over the last axis.
     (β and T may be traced scalars, so they are not range-checked here.)"""
     mixed = (1.0 - beta) * _float(policy_logits) + beta * _float(reference_logits)
@@ -235,7 +236,8 @@ def nash_md_pg_loss(
     temperature: Any,
     estimator: KLEstimator,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Nash-MD-PG loss (paper §7): mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b],
+    """Nash-MD-PG loss (arXiv:2312.00886 v4, §7; the gradient estimate of its App. F.2,
+    eq. 13): mean_b[−(P_b − ½)·Σ_n m_bn log π_θ(y_bn|·) + τ·KL_b],
     P_b = P(y_b ≻ y'_b|x_b) held constant, KL_b the surrogate of :func:`kl`.
 
     Metrics (no gradient): ``score`` = mean_b −(P_b − ½)·log π_θ(y_b), ``kl`` = mean KL
@@ -278,7 +280,9 @@ def online_ipo_loss(
     tau: Any,
     temperature: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Online IPO (Calandriello et al. 2024): h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
+    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4; IPO-MD when y' comes from
+    the mixture, its §5; the loss is arXiv:2310.12036 v2 eq. 17 on online pairs):
+    h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
     (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
     carry no gradient. Metrics (no gradient): ``preference`` (mean P), ``margin`` (mean s·h),
     ``kl`` (mean log π/μ(y))."""
@@ -340,7 +344,8 @@ def offline_ipo_loss(
     reference_rejected: jax.Array,
     tau: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """IPO on fixed pairs (Azar et al. 2023): h = log π/μ(y_w) − log π/μ(y_l) from
+    """IPO on fixed pairs (Azar et al. 2023, arXiv:2310.12036 v2, eq. 17):
+    h = log π/μ(y_w) − log π/μ(y_l) from
     sequence log-probs (B,), loss = mean_b (h_b − 1/(2τ))²; the cached reference
     log-probs carry no gradient. Metrics (no gradient): ``margin``, ``accuracy``,
     ``chosen_ratio``, ``rejected_ratio``."""
@@ -357,7 +362,7 @@ def dpo_loss(
     reference_rejected: jax.Array,
     beta: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """DPO (Rafailov et al. 2023, eq. 7): loss = mean_b −log σ(β·h_b) with
+    """DPO (Rafailov et al. 2023, arXiv:2305.18290, eq. 7): loss = mean_b −log σ(β·h_b) with
     ``jax.nn.log_sigmoid`` (stable for large |β·h|); h and the metrics as
     :func:`offline_ipo_loss`."""
     h, chosen, rejected = _pair_margin(
@@ -369,7 +374,8 @@ def dpo_loss(
 def sppo_loss(
     policy: jax.Array, anchor: jax.Array, win_rate: jax.Array, eta: Any
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """SPPO (Wu et al. 2024, arXiv 2405.00675; protocols.SPPOObjective): loss =
+    """SPPO (Wu et al. 2024, arXiv:2405.00675 v5, eq. 4.6 = its Algorithm 1's eq. 4.7;
+    protocols.SPPOObjective): loss =
     mean_b (log π_θ(y_b) − log π_t(y_b) − η·(P̂_b − ½))², the anchor log π_t under
     stop-gradient. Metrics (no gradient): ``log_ratio``, ``win_rate_gap`` (mean |P̂ − ½|)."""
     sg = jax.lax.stop_gradient
@@ -391,7 +397,8 @@ def inpo_loss(
     tau: Any,
     eta: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """INPO (Zhang et al., ICLR 2025, arXiv 2407.00617; protocols.INPOObjective):
+    """INPO (Zhang et al., ICLR 2025, arXiv:2407.00617, ICLR version eq. 7–8, its η being
+    1/η here; protocols.INPOObjective):
     h_t = log π_θ(y)/π_θ(y') − ητ·log μ(y)/μ(y') − (1 − ητ)·log π_t(y)/π_t(y'),
     loss = mean_b (h_t − η(P_b − ½))²; π_t and μ under stop-gradient. Metrics:
     ``preference``, ``margin`` (mean h_t), ``kl`` (mean log π_θ/μ(y))."""
@@ -414,7 +421,8 @@ def egpo_loss(
     preference: jax.Array,
     tau: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """EGPO (Zhou et al., COLM 2025, arXiv 2503.08942; protocols.EGPOObjective):
+    """EGPO (Zhou et al., COLM 2025, arXiv:2503.08942 v3, equation number not confirmed;
+    protocols.EGPOObjective):
     h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)², μ under
     stop-gradient. Metrics: ``preference``, ``margin`` (mean h), ``kl`` (mean log π_θ/μ(y))."""
     sg = jax.lax.stop_gradient
