@@ -1,4 +1,5 @@
-"""The algorithm table of ``task: nash`` on language models (paper §7), written once.
+"""The algorithm table of ``task: nash`` on language models (Munos et al., arXiv:2312.00886
+v4, §7), written once.
 
 Every backend runs the same table; a row says where the opponent y' comes from, which β
 the mixture uses, whether y' is sampled at all, and which loss kernel trains θ
@@ -25,6 +26,13 @@ sppo           K samples of π_θ per prompt    (log π_θ(y)/π_t(y) − η(P̂
 rlhf_pg is the RLHF baseline: −(r − r̄)·log π(y) + τ·KL is the Nash-MD-PG loss with
 P := r − r̄ + ½, so one kernel serves both. Online IPO is Calandriello et al. (2024),
 "Human alignment of large language models through online preference optimisation".
+
+Sources of the rows (docs/algorithms.md, "Sources", gives the evidence): nash_md_pg and
+its β endpoints arXiv:2312.00886 v4 §7 (gradient App. F.2 eq. 13, mixture App. F.3
+eq. 15); online_ipo arXiv:2403.08635 §4 (IPO-MD §5) with the IPO loss of
+arXiv:2310.12036 v2 eq. 17; sppo arXiv:2405.00675 v5 eq. 4.6; inpo arXiv:2407.00617
+(ICLR 2025 version) eq. 7–8, whose η is 1/η here; onpo arXiv:2502.16852, Algorithm 1;
+mpo arXiv:2410.16714 and egpo arXiv:2503.08942 v3 (equation numbers not confirmed).
 
 The game-theoretic family (docs/algorithms.md, "LLM forms"): π_t is the policy at the
 start of the optimiser step (its detached log-probs). ``mechanics`` names what a stepper
