@@ -296,8 +296,8 @@ def online_ipo_loss(
     tau: float,
     temperature: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4; IPO-MD when y' comes from
-    the mixture, its §5; the loss is arXiv:2310.12036 v2 eq. 17 on online pairs):
+    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4, eq. 11; IPO-MD when y' comes
+    from the mixture, its §5; the loss is arXiv:2310.12036 v2 eq. 17 on online pairs):
     h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
     (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
     carry no gradient. Metrics (detached): ``preference`` (mean P), ``margin`` (mean s·h),

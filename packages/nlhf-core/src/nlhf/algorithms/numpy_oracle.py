@@ -284,8 +284,8 @@ def online_ipo_loss(
     tau: float,
     temperature: float,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4; IPO-MD when y' comes from
-    the mixture, its §5): the sampled IPO loss (arXiv:2310.12036 v2, eq. 17) on pairs
+    """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4, eq. 11; IPO-MD when y' comes
+    from the mixture, its §5): the sampled IPO loss (arXiv:2310.12036 v2, eq. 17) on pairs
     sampled online. With
     h_b = log π/μ(y_b) − log π/μ(y'_b) (sequence log-ratios) and s_b = +1 if P_b ≥ ½ else −1
     (so s_b·h_b = h(y_w, y_l)), loss = mean_b (s_b·h_b − 1/(2τ))². Metrics: ``preference``

@@ -29,7 +29,7 @@ P := r − r̄ + ½, so one kernel serves both. Online IPO is Calandriello et al
 
 Sources of the rows (docs/algorithms.md, "Sources", gives the evidence): nash_md_pg and
 its β endpoints arXiv:2312.00886 v4 §7 (gradient App. F.2 eq. 13, mixture App. F.3
-eq. 15); online_ipo arXiv:2403.08635 §4 (IPO-MD §5) with the IPO loss of
+eq. 15); online_ipo arXiv:2403.08635 §4 eq. 11 (IPO-MD §5) with the IPO loss of
 arXiv:2310.12036 v2 eq. 17; sppo arXiv:2405.00675 v5 eq. 4.6; inpo arXiv:2407.00617
 (ICLR 2025 version) eq. 7–8, whose η is 1/η here; onpo arXiv:2502.16852, Algorithm 1;
 mpo arXiv:2410.16714 and egpo arXiv:2503.08942 v3 (equation numbers not confirmed).
