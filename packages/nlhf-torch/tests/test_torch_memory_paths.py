@@ -260,7 +260,24 @@ def _samples(spec: RunSpec, plugins: Any) -> tuple[Samples, np.ndarray]:
     stepper = TorchStepper(spec, None, plugins)
     prompts = [stepper.tokenizer(p)["input_ids"] for p in PROMPTS]
     samples = stepper.sample(1, 0, prompts, 0.25)
+    assert stepper.decode_path == "fused"
     return samples, np.array([0.9, 0.2, 0.6, 0.4])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_keeps_the_fused_decode(
+    assets: dict[str, str], tmp_path: Path, plugins: Any, lora: bool
+) -> None:
+    """Checkpointing adds no hook that sends sampling to the HF path, and samples the
+    tokens of a run without it."""
+    policy: dict[str, Any] = {"model": assets["model"]}
+    if lora:
+        policy["lora"] = {"r": 4}
+    plain = make_spec(assets, tmp_path / "a", policy=policy)
+    training = {**plain.training.model_dump(), "gradient_checkpointing": True}
+    expected, _ = _samples(plain, plugins)
+    got, _ = _samples(make_spec(assets, tmp_path / "b", policy=policy, training=training), plugins)
+    assert got.y == expected.y and got.y_prime == expected.y_prime
 
 
 def _grads(spec: RunSpec, plugins: Any, samples: Samples, pref: np.ndarray) -> dict[str, Any]:

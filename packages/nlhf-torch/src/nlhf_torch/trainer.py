@@ -114,6 +114,9 @@ class TorchStepper:
             self.policy.activation_checkpointing_enable(  # gradient_checkpointing_enable < 5
                 activation_checkpointing_kwargs={"use_reentrant": False}
             )
+            # non-reentrant checkpoints need no gradient on the embeddings' output; the hook
+            # transformers adds for it would send sampling to the HF path (foreign hooks)
+            self.policy.disable_input_require_grads()
         head = logprob_head(self.policy) if tr.logprob_chunk != "off" else None
         if isinstance(head, str) and isinstance(tr.logprob_chunk, int):
             raise InputError(f"training.logprob_chunk: {head}; set logprob_chunk: off")
