@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE))
 import roofline  # noqa: E402
 from workload import (  # noqa: E402
     LARGE,
+    QWEN2_05B,
     REAL,
     REAL_SMOKE,
     SMOKE_STEPS,
@@ -76,8 +77,12 @@ ROOFLINE_TARGET = 0.6
 
 
 # ------------------------------------------------------------------------- children
-def trl_python(install: bool) -> Path | None:
-    """The TRL venv's python, creating the venv when ``install`` (None if unavailable)."""
+def trl_python(install: bool, share: bool = False) -> Path | None:
+    """The TRL venv's python, creating the venv when ``install`` (None if unavailable).
+
+    ``share``: layer the venv on this interpreter's site-packages (a ``.pth`` file) and
+    install only ``trl==1.13.0 --no-deps``, so TRL runs on the same torch/transformers as
+    nlhf and nothing else is downloaded."""
     py = TRL_VENV / "bin" / "python"
     check = [str(py), "-c", "import trl, requests; assert trl.__version__ == '1.13.0'"]
     if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
@@ -86,8 +91,19 @@ def trl_python(install: bool) -> Path | None:
         return None
     print(f"creating the TRL baseline environment in {TRL_VENV} (a few minutes)", flush=True)
     base = os.environ.get("NLHF_BENCH_PYTHON", "python3.11")
-    subprocess.run([base, "-m", "venv", str(TRL_VENV)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", *TRL_PACKAGES], check=True)
+    if share:
+        import site
+        import sysconfig
+
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        rel = Path(sysconfig.get_path("purelib")).relative_to(sys.prefix)
+        (TRL_VENV / rel / "zz-shared-site.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        # NLHF_BENCH_PIP_ARGS: e.g. "--no-index --find-links DIR" (benchmarks/gpu.sh)
+        packages = [*os.environ.get("NLHF_BENCH_PIP_ARGS", "").split(), "--no-deps", "trl==1.13.0"]
+    else:
+        subprocess.run([base, "-m", "venv", str(TRL_VENV)], check=True)
+        packages = TRL_PACKAGES
+    subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], check=True)
     return py if subprocess.run(check, capture_output=True).returncode == 0 else None
 
 
@@ -284,10 +300,13 @@ def print_real_table(w: Workload, summary: dict[str, dict[str, Any]], rat: dict[
         )
 
 
-def measure_peaks(env: dict[str, str], log: Path, threads: int, tmp: Path, tag: str) -> dict:
+def measure_peaks(
+    env: dict[str, str], log: Path, threads: int, tmp: Path, tag: str, device: str = "cpu"
+) -> dict:
     """Matmul FLOP/s and memory bandwidth, measured in a child like the benchmark runs."""
     out = tmp / f"peaks-{tag}.json"
     cmd = [sys.executable, str(HERE / "roofline.py"), "--measure", "--threads", str(threads)]
+    cmd += ["--device", device]
     code, _, _ = run_child([*cmd, "--out", str(out)], env, log, 600)
     if code != 0 or not out.exists():
         raise RuntimeError(f"measuring the machine's peaks failed (exit {code}, see {log})")
@@ -333,6 +352,10 @@ def real_roofline(
                 roof["generation"]["flops"] / s["median_generation_seconds"]
             )
             s["update_flops_per_s"] = roof["update"]["flops"] / s["median_update_seconds"]
+            bf16 = [p.get("bf16_datasheet_flops") or p.get("bf16_matmul_flops") for p in peaks]
+            if any(bf16):
+                # model-FLOPs utilisation of the update against the GPU's bf16 peak
+                s["update_mfu_bf16"] = s["update_flops_per_s"] / max(x for x in bf16 if x)
     return roof
 
 
@@ -365,18 +388,41 @@ def tabular_family(args: argparse.Namespace) -> dict[str, Any]:
     return {"workload": name, "wall_seconds": wall, "peak_rss_mb": rss, "failures": failures}
 
 
+def _per_method(text: str | None, kind: type) -> dict[str, Any]:
+    """``"a=1,b=2"`` → ``{"a": kind("1"), "b": kind("2")}`` (methods of :data:`SCRIPTS`)."""
+    out: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        if name not in SCRIPTS or not value:
+            raise SystemExit(
+                f"bad per-method setting {item!r}: use METHOD=VALUE, METHOD in {', '.join(SCRIPTS)}"
+            )
+        out[name] = kind(value)
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--workload",
-        choices=("nash", "real", "tabular-family"),
+        choices=("nash", "real", "qwen2-0.5b", "tabular-family"),
         default="nash",
         help="nash: the LLM trainers and tabular solvers (default); real: SmolLM2-135M-Instruct "
-        "with a roofline (no tabular); tabular-family: the convergence benchmark of every "
+        "with a roofline (no tabular); qwen2-0.5b: a random Qwen2-0.5B shape (for GPUs); "
+        "tabular-family: the convergence benchmark of every "
         "tabular algorithm (benchmarks/tabular_family.py)",
     )
     ap.add_argument("--smoke", action="store_true", help="2 steps, nlhf only, small tabular")
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="real workloads: cuda runs nlhf with training.precision bf16-mixed and TRL on "
+        "the GPU (benchmarks/gpu.sh)",
+    )
     ap.add_argument("--large", action="store_true", help="8 layers, hidden 512, 128 tokens")
     ap.add_argument("--rounds", type=int, default=2, help="A B A B repetitions")
     ap.add_argument("--steps", type=int, help="override the workload's steps")
@@ -387,20 +433,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip-jax", action="store_true")
     ap.add_argument("--skip-tabular", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="never create the TRL venv")
+    ap.add_argument(
+        "--trl-share-site",
+        action="store_true",
+        help="create the TRL venv on this interpreter's packages (pip install --no-deps trl)",
+    )
     ap.add_argument("--tabular-size", type=int, help="default 1000 (smoke: 60)")
     ap.add_argument("--tabular-repeats", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
+    ap.add_argument("--method-steps", help="per-method steps, e.g. trl_defaults=1 (that run only)")
+    ap.add_argument(
+        "--method-timeout",
+        help="per-method seconds per child, e.g. trl_defaults=600; a child stopped by its "
+        "timeout keeps the steps it finished (recorded under timed_out)",
+    )
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--assets-dir", default=str(ROOT / "runs" / "bench-assets"))
     args = ap.parse_args(argv)
     if args.workload == "tabular-family":
         return tabular_family(args)
 
-    real = args.workload == "real"
+    real = args.workload in ("real", "qwen2-0.5b")
     w = LARGE if args.large else TINY
     if real:
-        w = REAL_SMOKE if args.smoke else REAL
+        w = REAL_SMOKE if args.smoke else (REAL if args.workload == "real" else QWEN2_05B)
         args.skip_tabular = True
+        if args.device == "cuda":
+            w = w.replace(name=f"{w.name}-cuda", device="cuda", precision="bf16-mixed")
     elif args.smoke:
         w = w.replace(name=f"{w.name}-smoke", steps=SMOKE_STEPS, warmup=1)
     if args.steps is not None:
@@ -408,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.warmup is not None:
         w = w.replace(warmup=args.warmup)
     methods = args.methods.split(",") if args.methods else list(REAL_ORDER if real else SCRIPTS)
-    if args.smoke or args.skip_trl:
+    if (args.smoke and not args.methods) or args.skip_trl:  # smoke: TRL only when named
         methods = [m for m in methods if not m.startswith("trl")]
     if args.skip_jax:
         methods = [m for m in methods if m != "nlhf_jax"]
@@ -421,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trl_py = None
     if any(m.startswith("trl") for m in methods):
-        trl_py = trl_python(install=not args.no_install)
+        trl_py = trl_python(install=not args.no_install, share=args.trl_share_site)
         if trl_py is None:
             print("TRL 1.13.0 venv unavailable: skipping the baseline", file=sys.stderr)
             methods = [m for m in methods if not m.startswith("trl")]
@@ -432,28 +491,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     failures: list[str] = []
     peaks: list[dict[str, Any]] = []
     uptimes: list[str] = []
+    timed_out: list[str] = []
+    method_steps = _per_method(args.method_steps, int)
+    timeouts = _per_method(args.method_timeout, float)
     with tempfile.TemporaryDirectory() as tmp:
         wfile = Path(tmp) / "workload.json"
         wfile.write_text(w.to_json())
         if real:
-            peaks.append(measure_peaks(env, log, args.threads, Path(tmp), "start"))
+            peaks.append(measure_peaks(env, log, args.threads, Path(tmp), "start", w.device))
         for rnd in range(rounds):
             if real and rnd:
-                peaks.append(measure_peaks(env, log, args.threads, Path(tmp), f"round-{rnd}"))
+                peaks.append(
+                    measure_peaks(env, log, args.threads, Path(tmp), f"round-{rnd}", w.device)
+                )
             for m in methods:
                 out = Path(tmp) / f"{m}-{rnd}.json"
                 py = str(trl_py) if m.startswith("trl") else sys.executable
-                cmd = [py, str(HERE / SCRIPTS[m]), "--workload", str(wfile)]
+                mfile = wfile
+                if m in method_steps:
+                    mfile = Path(tmp) / f"workload-{m}.json"
+                    mfile.write_text(w.replace(steps=method_steps[m]).to_json())
+                cmd = [py, str(HERE / SCRIPTS[m]), "--workload", str(mfile)]
                 cmd += ["--assets", str(assets.root), "--out", str(out)]
                 cmd += ["--threads", str(args.threads)]
                 if m.startswith("trl"):
                     cmd += ["--variant", m.removeprefix("trl_")]
-                code, wall, rss = run_child(cmd, env, log, args.timeout)
-                if code != 0 or not out.exists():
-                    failures.append(f"{m} round {rnd}: exit {code} (see {log})")
+                code, wall, rss = run_child(cmd, env, log, timeouts.get(m, args.timeout))
+                partial = json.loads(out.read_text()) if out.exists() else None
+                if code != 0 and partial and partial.get("partial") and partial["step_seconds"]:
+                    # stopped by the timeout after some steps: keep the finished ones
+                    timed_out.append(f"{m} round {rnd + 1}: stopped after {wall:.0f} s")
+                    partial["timed_out"] = True
+                elif code != 0 or partial is None:
+                    limit = timeouts.get(m, args.timeout)
+                    why = f"stopped by its {limit:.0f} s timeout" if wall >= limit else "exit"
+                    failures.append(f"{m} round {rnd}: {why} {code} after {wall:.0f} s (see {log})")
                     print(f"  {m} round {rnd + 1}: FAILED (exit {code}, log {log})", flush=True)
                     continue
-                rec = json.loads(out.read_text())
+                rec = partial
                 rec.update(
                     peak_rss_mb=rss, wall_seconds=wall, round=rnd, load_average=os.getloadavg()
                 )
@@ -479,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 failures.append(f"tabular: exit {code} (see {log})")
 
         if real:
-            peaks.append(measure_peaks(env, log, args.threads, Path(tmp), "end"))
+            peaks.append(measure_peaks(env, log, args.threads, Path(tmp), "end", w.device))
 
     summary = {m: summarize(r, w.warmup) for m, r in runs.items() if r}
     rat = ratios(summary, REAL_TARGETS if real else TARGETS)
@@ -510,6 +585,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tabular": tabular,
         "roofline": roof,
         "load_averages": uptimes,
+        "timed_out": timed_out,
+        "method_steps": method_steps,
         "runs": {
             m: [
                 {k: v for k, v in r.items() if k not in ("workload",)}
