@@ -61,6 +61,11 @@ def main() -> None:
     ap.add_argument("--assets", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--profile",
+        help="after the timed steps, run one more under torch.profiler and write its "
+        "key_averages (self CPU time) to this file",
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
     w = Workload.from_json(Path(args.workload).read_text())
@@ -89,6 +94,17 @@ def main() -> None:
             progress=Path(args.out),
             versions={"transformers": transformers.__version__, "torch": torch.__version__},
         )
+        result["decode_path"] = getattr(trainer.stepper, "decode_path", None)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                rec = trainer.step(w.steps + 1)
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+            Path(args.profile).write_text(
+                f"step {w.steps + 1}: {rec['step_seconds']:.2f} s, generation "
+                f"{rec['generation_seconds']:.2f} s (under the profiler)\n{table}"
+            )
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

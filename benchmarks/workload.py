@@ -480,6 +480,7 @@ def time_trainer_steps(
             "generation_seconds": [r["generation_seconds"] for r in records],
             "generated_tokens": [r["generated_tokens"] for r in records],
             "loss": [r["loss"] for r in records],
+            "decode_path": records[-1].get("decode_path") if records else None,
             "setup_seconds": setup_seconds,
             "peak_rss_mb_after_setup": rss_setup,
             "peak_rss_mb_self": peak_rss_mb(),
