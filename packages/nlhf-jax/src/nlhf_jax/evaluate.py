@@ -103,7 +103,13 @@ class JaxSampler:
             raise InputError("policy.tokenizer: the tokenizer has no EOS token")
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         try:
-            model = load_model(entry.path, dtype=pol.dtype, head="causal_lm")
+            if entry.base_model is not None:  # a LoRA checkpoint: base + adapter, merged
+                from nlhf_jax.lora import load_adapter, merge_lora
+
+                base = load_model(entry.base_model, dtype=pol.dtype, head="causal_lm")
+                model = merge_lora(load_adapter(base, entry.path))
+            else:
+                model = load_model(entry.path, dtype=pol.dtype, head="causal_lm")
         except InputError as exc:
             raise InputError(f"eval.policies: {entry.name} ({entry.path}): {exc}") from exc
         _, ids = tokenize_prompts(self.prompts, tokenizer, spec.data, pol.chat_template)

@@ -49,7 +49,7 @@ class Sampler:
 
         from nlhf_torch.generation import generate_pairs, sequence_logits
         from nlhf_torch.kernels import sequence_logprobs
-        from nlhf_torch.models import load_causal_lm, load_tokenizer
+        from nlhf_torch.models import load_checkpoint_policy, load_tokenizer
         from nlhf_torch.trainer import left_pad, token_rows
 
         spec = self.spec
@@ -60,7 +60,13 @@ class Sampler:
         tokenizer = load_tokenizer(
             str(tok_path or spec.policy.tokenizer or spec.policy.model), "policy.tokenizer"
         )
-        model = load_causal_lm(str(entry.path), spec.policy.dtype, f"eval.policies: {entry.name}")
+        model = load_checkpoint_policy(
+            entry.path,
+            entry.base_model,
+            spec.policy.dtype,
+            f"eval.policies: {entry.name}",
+            trust_remote_code=spec.policy.trust_remote_code,
+        )
         model.to(self.device).eval()
         _, ids = tokenize_prompts(self.prompts, tokenizer, spec.data, spec.policy.chat_template)
         if len(ids) != len(self.prompts):

@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nlhf.data.tokenizer import load_tokenizer
-from nlhf.errors import InputError
 from nlhf.spec.models import RunSpec
 
-from nlhf_torch.models import load_causal_lm, peft_quietly, skip_deepspeed_probe, torch_dtype
-
-ADAPTER_CONFIG = "adapter_config.json"
+from nlhf_torch.models import load_checkpoint_policy, skip_deepspeed_probe, torch_dtype
 
 
 def export_model(model_dir: Path, dest: Path, spec: RunSpec) -> None:
@@ -26,32 +23,9 @@ def export_model(model_dir: Path, dest: Path, spec: RunSpec) -> None:
     skip_deepspeed_probe()
     model_dir, dest = Path(model_dir), Path(dest)
     tokenizer = load_tokenizer(model_dir, "SOURCE (the checkpoint's tokenizer)")
-    if (model_dir / ADAPTER_CONFIG).is_file():
-        try:
-            from peft import PeftModel
-        except ImportError:
-            raise InputError(
-                f"SOURCE: {model_dir} holds a LoRA adapter; merging it needs peft: "
-                "pip install 'nlhf-torch[peft]'"
-            ) from None
-        base = load_causal_lm(
-            pol.model,
-            "float32",
-            f"policy.model (the base model of the adapter in {model_dir})",
-            trust_remote_code=pol.trust_remote_code,
-        )
-        with peft_quietly():
-            adapted = PeftModel.from_pretrained(base, str(model_dir))
-        model = adapted.merge_and_unload()
-    elif (model_dir / "config.json").is_file():
-        model = load_causal_lm(
-            str(model_dir), "float32", "SOURCE", trust_remote_code=pol.trust_remote_code
-        )
-    else:
-        raise InputError(
-            f"SOURCE: {model_dir} holds neither config.json nor {ADAPTER_CONFIG}; it is not a "
-            "model checkpoint"
-        )
+    model = load_checkpoint_policy(
+        model_dir, pol.model, "float32", "SOURCE", trust_remote_code=pol.trust_remote_code
+    )
     model = model.to(torch_dtype(pol.dtype))
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)

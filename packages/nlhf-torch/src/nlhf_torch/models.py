@@ -200,6 +200,45 @@ def peft_quietly() -> Iterator[None]:
         yield
 
 
+def load_checkpoint_policy(
+    directory: str | Path,
+    base_model: str | None,
+    dtype: str,
+    field: str,
+    *,
+    trust_remote_code: bool = False,
+) -> Any:
+    """The policy of a checkpoint directory: its full weights (``config.json``), or a peft
+    LoRA adapter (``adapter_config.json``) loaded onto ``base_model`` and folded in with
+    peft's ``merge_and_unload`` (W + (α/r)·B·A, in float32); returned in ``dtype``."""
+    directory = Path(directory)
+    if (directory / "adapter_config.json").is_file():
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise InputError(
+                f"{field}: {directory} holds a LoRA adapter; loading it needs peft: "
+                "pip install 'nlhf-torch[peft]'"
+            ) from None
+        if base_model is None:
+            raise InputError(f"{field}: {directory} is a LoRA adapter; give its base model")
+        base = load_causal_lm(
+            base_model,
+            "float32",
+            f"{field} (the base model of the adapter in {directory})",
+            trust_remote_code=trust_remote_code,
+        )
+        with peft_quietly():
+            model = PeftModel.from_pretrained(base, str(directory)).merge_and_unload()
+        return own_storage(model.to(torch_dtype(dtype)))
+    if (directory / "config.json").is_file():
+        return load_causal_lm(str(directory), dtype, field, trust_remote_code=trust_remote_code)
+    raise InputError(
+        f"{field}: {directory} holds neither config.json nor adapter_config.json; it is not a "
+        "model checkpoint"
+    )
+
+
 def load_models(spec: Any, *, policy_path: str | Path | None = None) -> Models:
     """Load policy, reference and tokenizer for ``spec`` (a :class:`nlhf.spec.RunSpec`).
 

@@ -79,11 +79,23 @@ class PolicyEntry:
     """The model directory (a checkpoint) the backend loads."""
     run_dir: Path | None = None
     step: int | None = None
+    base_model: str | None = None
+    """For a LoRA checkpoint (a peft ``adapter_config.json`` instead of ``config.json``):
+    the model the adapter was trained on, its run's ``policy.model`` (else the evaluation
+    spec's); the backend loads it and applies the adapter."""
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file()
 
 
 def resolve_policy(entry: str, *, reference: str | None = None) -> PolicyEntry:
-    """``[NAME=]PATH``: a model/checkpoint directory (has ``config.json``), a run directory
-    (its latest ``checkpoints/step-N``), or ``reference`` (the reference model)."""
+    """``[NAME=]PATH``: a model/checkpoint directory (``config.json``, or a LoRA adapter's
+    ``adapter_config.json``), a run directory (its latest ``checkpoints/step-N``), or
+    ``reference`` (the reference model)."""
     name, body = split_name(entry)
     if body == "reference":
         if reference is None:
@@ -92,7 +104,7 @@ def resolve_policy(entry: str, *, reference: str | None = None) -> PolicyEntry:
     path = Path(body)
     if not path.is_dir():
         raise InputError(f"eval.policies: {body}: no such directory (a checkpoint or run dir)")
-    if (path / "config.json").is_file():
+    if _is_checkpoint(path):
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
         step = None
         if run_dir is not None and path.name.startswith("step-"):
@@ -102,8 +114,8 @@ def resolve_policy(entry: str, *, reference: str | None = None) -> PolicyEntry:
     latest = latest_checkpoint(path)
     if latest is None:
         raise InputError(
-            f"eval.policies: {body} has neither config.json (a model) nor checkpoints/step-N "
-            f"(a run directory)"
+            f"eval.policies: {body} has neither config.json (a model), {ADAPTER_CONFIG} (a "
+            "LoRA checkpoint) nor checkpoints/step-N (a run directory)"
         )
     step, ckpt = latest
     return PolicyEntry(name or path.name, ckpt, path, step)
@@ -221,6 +233,9 @@ def _resolve(spec: RunSpec) -> tuple[RunSpec, list[PolicyEntry], str]:
     names = unique_names([e.name for e in entries], [str(e.path) for e in entries])
     for entry, name in zip(entries, names, strict=True):
         entry.name = name
+        if not (entry.path / "config.json").is_file() and (entry.path / ADAPTER_CONFIG).is_file():
+            run = _run_spec(entry.run_dir)
+            entry.base_model = (run.policy if run and run.policy else spec.policy).model
     return spec, entries, ref_path
 
 
@@ -286,6 +301,9 @@ def evaluate_llm(spec: RunSpec, output: Path | None, backend: EvalBackend) -> di
             bar.advance(policy=entry.name)
             stream = policy_stream(spec.seed, entry.name)
             policy_id = [str(entry.path.resolve()), fingerprint(entry.path), stream]
+            if entry.base_model is not None:  # a LoRA adapter: its base model counts too
+                base = Path(entry.base_model)
+                policy_id.append([str(base.resolve()), fingerprint(base) if base.is_dir() else []])
             h = content_hash({"policy": policy_id, **sampling})
             path = out / "responses" / f"{h}.jsonl"
             if path.is_file():
