@@ -102,6 +102,12 @@ class ToyStepper:
     def update_ema(self, decay: float) -> None:
         self.ema_calls.append(decay)
 
+    def sampling_state(self) -> None:  # completions are pure functions of (step, prompt)
+        return None
+
+    def abandon_step(self, sampling_state: None) -> None:
+        self.prefs = []
+
     def all_reduce(self, values: Sequence[float], op: str = "sum") -> list[float]:
         self.reduced.append((list(values), op))
         # a second, identical rank: sums double, maxima stay
@@ -326,3 +332,37 @@ def test_a_preference_s_own_metrics_reach_the_record(tmp_path: Path) -> None:
     stepper.preference = BiasedJudge()
     record = _loop(_spec(tmp_path), stepper).step(1)
     assert_close(record["judge_position_bias"], (0.1 + 0.2) / 2, "float64", "bias")
+
+
+class OtherRankDown(ToyStepper):
+    """Rank 0 of two whose own preference answers, while the other rank's fails in step 3:
+    the failure flag comes back as 1 from the max-reduction there."""
+
+    step_now = 0
+
+    def sample(self, step: int, offset: int, prompt_ids: list[list[int]], beta: float) -> Samples:
+        self.step_now = step
+        return super().sample(step, offset, prompt_ids, beta)
+
+    def all_reduce(self, values: Sequence[float], op: str = "sum") -> list[float]:
+        out = super().all_reduce(values, op)
+        if op == "max" and values == [0.0] and self.step_now == 3 and self.prefs:
+            return [1.0]  # the flag after step 3's second generation call
+        return out
+
+
+def test_a_preference_outage_on_another_rank_stops_every_rank_after_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from nlhf.errors import PreferenceUnavailableError
+
+    spec = _spec(tmp_path, steps=4)
+    stepper = OtherRankDown(rank=0, world_size=2)
+    with pytest.raises(PreferenceUnavailableError) as err:
+        _loop(spec, stepper).run()
+    message = str(err.value)
+    assert "another process" in message and "step 3 was abandoned" in message
+    assert "holds step 2" in message
+    assert [step for step, _ in list_checkpoints(tmp_path / "run")] == [2]
+    assert stepper.prefs == []  # abandon_step dropped step 3's first micro-batch
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
