@@ -117,3 +117,23 @@ def test_write_and_last_metrics(tmp_path: Path) -> None:
 def test_read_front_matter_of_other_files(tmp_path: Path, text: str) -> None:
     (tmp_path / "README.md").write_text(text)
     assert read_front_matter(tmp_path / "README.md") == {}
+
+
+def test_offline_card_names_the_pairs_instead_of_a_preference(tmp_path: Path) -> None:
+    spec = RunSpec.model_validate(
+        {
+            "task": "offline",
+            "policy": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "algorithm": {"name": "dpo", "tau": 0.1},
+            "data": {"path": "pairs.jsonl.gz", "format": "hh_rlhf"},
+            "training": {"steps": 40, "lr": 1e-4, "batch_size": 8},
+            "output": {"dir": str(tmp_path / "dpo")},
+        }
+    )
+    text = model_card(spec, step=40)
+    assert _front(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "DPO on fixed preference pairs" in text and "arXiv:2305.18290" in text
+    assert "the fixed (chosen, rejected) pairs" in text
+    assert (
+        _table(text)["algorithm.tau"] == "0.1" and _table(text)["data.path"] == "`pairs.jsonl.gz`"
+    )

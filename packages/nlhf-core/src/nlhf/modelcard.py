@@ -36,8 +36,21 @@ ALGORITHMS = {
     "Munos et al., 2023, §7)",
     "online_ipo": "online IPO / IPO-MD (Calandriello et al., 2024, 'Human alignment of "
     "large language models through online preference optimisation')",
+    "sppo": "SPPO: self-play preference optimisation, squared loss on K samples per prompt "
+    "(Wu et al., 2024, arXiv:2405.00675)",
+    "inpo": "INPO: iterative Nash policy optimisation, pairwise squared loss (Zhang et al., "
+    "ICLR 2025, arXiv:2407.00617)",
+    "onpo": "ONPO: optimistic Nash policy optimisation, INPO's loss with the optimistic "
+    "gradient (Zhang et al., 2025, arXiv:2502.16852)",
+    "mpo": "MPO: magnetic preference optimisation, KL to a periodically refreshed magnet "
+    "(Wang et al., ICLR 2025, arXiv:2410.16714)",
+    "egpo": "EGPO: extragradient preference optimisation (Zhou et al., COLM 2025, "
+    "arXiv:2503.08942)",
+    "dpo": "DPO on fixed preference pairs (Rafailov et al., 2023, arXiv:2305.18290)",
+    "ipo": "IPO on fixed preference pairs (Azar et al., 2023, arXiv:2310.12036)",
 }
-"""One line per LLM algorithm of ``task: nash`` (the table of :mod:`nlhf.training.algorithms`)."""
+"""One line per LLM algorithm (the tables of :mod:`nlhf.training.algorithms` and the
+offline DPO/IPO of :mod:`nlhf.training.offline`)."""
 
 METRIC_KEYS = ("loss", "kl", "preference", "reward", "len_y", "len_y_prime", "tau", "beta", "lr")
 """The metrics a card shows, from the last record of ``metrics.jsonl``."""
@@ -129,7 +142,7 @@ def model_card(
     is the last logged ``metrics.jsonl`` record (None: not logged yet)."""
     from nlhf import __version__
 
-    assert spec.policy is not None and spec.algorithm is not None and spec.preference
+    assert spec.policy is not None and spec.algorithm is not None
     pol, algo, tr, data = spec.policy, spec.algorithm, spec.training, spec.data
     meta = card_metadata(spec, merged=merged)
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
@@ -148,10 +161,16 @@ def model_card(
         + f", after {step} of {tr.steps} optimiser steps.",
         "",
         f"- Algorithm: `{name}`, {ALGORITHMS.get(name, name)}.",
-        f"- Preference: `{spec.preference.name}`"
-        + _preference_detail(spec)
-        + "; the policy maximises its preference over the opponent, regularised by "
-        "τ·KL(π ‖ μ) with μ the reference"
+        (
+            f"- Preference: `{spec.preference.name}`"
+            + _preference_detail(spec)
+            + "; the policy maximises its preference over the opponent, regularised by "
+            "τ·KL(π ‖ μ)"
+            if spec.preference is not None
+            else "- Preference: the fixed (chosen, rejected) pairs of the data below, no "
+            "sampling; τ sets the strength of the implicit KL to μ"
+        )
+        + " with μ the reference"
         + (f" `{spec.reference.model}`." if spec.reference.model else " (the initial policy)."),
         "- Weights: "
         + (

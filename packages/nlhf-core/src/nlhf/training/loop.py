@@ -303,8 +303,9 @@ class NashLoop:
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint(self, step: int) -> Path:
-        """``checkpoints/step-N/``: the stepper's files plus core's ``trainer_state.json``,
-        renamed into place atomically; then pruned to ``output.keep_last``."""
+        """``checkpoints/step-N/``: the stepper's files plus core's ``trainer_state.json``
+        and model card ``README.md`` (:mod:`nlhf.modelcard`), renamed into place atomically;
+        then pruned to ``output.keep_last``."""
         state = TrainerState(
             step=step,
             position=step * self.spec.training.batch_size,

@@ -552,9 +552,8 @@ class OfflineLoop(NashLoop):
 
     def checkpoint(self, step: int) -> Path:
         """``checkpoints/step-N/``: the stepper's files (a Nash checkpoint's) plus core's
-        ``trainer_state.json``, renamed into place atomically; then pruned to
-        ``output.keep_last``. (The Nash loop's version adds a model card, which describes
-        Nash runs only.)"""
+        ``trainer_state.json`` and the model card (:mod:`nlhf.modelcard`), renamed into
+        place atomically; then pruned to ``output.keep_last``."""
         state = TrainerState(
             step=step,
             position=step * self.spec.training.batch_size,
@@ -566,7 +565,11 @@ class OfflineLoop(NashLoop):
             spec=self.spec.model_dump(mode="json"),
         )
         final = checkpoint_dir(self.output, step)
-        self.stepper.save(final, state.write)
+        from nlhf.modelcard import checkpoint_files
+
+        self.stepper.save(
+            final, checkpoint_files(state.write, self.spec, self.output, step, self.backend)
+        )
         if self.is_main:
             prune_checkpoints(self.output, self.spec.output.keep_last)
         self.last_checkpoint = final
