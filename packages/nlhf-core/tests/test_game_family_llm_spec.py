@@ -71,6 +71,22 @@ def test_bad_llm_parameters_are_located(
     assert any(i.startswith(where) and field in i and fragment in i for i in found), found
 
 
+@pytest.mark.parametrize("name", ["sppo", "mpo", "onpo", "egpo"])
+def test_deepspeed_refuses_the_algorithms_with_stepper_state(name: str) -> None:
+    algorithm = {"sppo": "{name: sppo, eta: 1.0}", "mpo": "{name: mpo, tau: 0.1}"}.get(
+        name, f"{{name: {name}, tau: 0.1, eta: 1.0}}"
+    )
+    text = LLM.format(algorithm=algorithm) + "distributed: {engine: deepspeed, zero_stage: 2}\n"
+    with pytest.raises(SpecError) as info:
+        load_spec_text(text, "s.yaml")
+    assert any(
+        i.startswith("s.yaml:6:") and "algorithm.name: " in i and "deepspeed" in i
+        for i in info.value.issues
+    ), info.value.issues
+    inpo = LLM.format(algorithm="{name: inpo, tau: 0.1, eta: 1.0}")
+    load_spec_text(inpo + "distributed: {engine: deepspeed, zero_stage: 2}\n", "s.yaml")
+
+
 def test_tabular_runs_keep_eta_auto() -> None:
     """The LLM-only checks do not apply to tabular runs: `eta: auto` stays valid there."""
     spec = load_spec_text(

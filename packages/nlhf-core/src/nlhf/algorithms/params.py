@@ -262,11 +262,23 @@ class SPPO(_TabularFields):
     """*LLM*: K ≥ 2 responses per prompt for the estimate P̂(y ≻ π_t) of SPPO's squared loss."""
 
 
-def llm_problems(algorithm: object) -> list[str]:
+STEPPER_STATE_ALGORITHMS = ("sppo", "mpo", "onpo", "egpo")
+"""LLM algorithms whose K samples, magnet, previous gradient or extragradient anchor live in
+the single-process steppers (not under DeepSpeed)."""
+
+
+def llm_problems(algorithm: object, engine: str = "none") -> list[str]:
     """The ``algorithm.*`` problems of a game-family algorithm run on a language model
-    (fields whose tabular defaults have no LLM meaning), as ``field.path: message``."""
+    (fields whose tabular defaults have no LLM meaning, and the DeepSpeed engine for the
+    algorithms with stepper state), as ``field.path: message``."""
     name = getattr(algorithm, "name", None)
     problems: list[str] = []
+    if engine == "deepspeed" and name in STEPPER_STATE_ALGORITHMS:
+        problems.append(
+            f"algorithm.name: {name} is not supported under distributed.engine: deepspeed yet "
+            "(its K samples, magnet, previous gradient or extragradient anchor live in the "
+            "single-process stepper); remove the distributed section, or use inpo"
+        )
     eta = getattr(algorithm, "eta", None)
     if name in ("inpo", "onpo", "sppo") and not isinstance(eta, float):
         problems.append(

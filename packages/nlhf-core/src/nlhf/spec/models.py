@@ -794,7 +794,7 @@ class RunSpec(Section):
                 )
             if getattr(self.algorithm, "steps", None) is not None:
                 problems.append("algorithm.steps: LLM runs count steps in `training.steps`")
-            problems.extend(llm_problems(self.algorithm))
+            problems.extend(llm_problems(self.algorithm, self.distributed.engine))
             if self.policy is None:
                 problems.append("policy: an LLM `task: nash` run needs `policy.model`")
             if self.data is None:
