@@ -10,6 +10,7 @@ times of all rounds are pooled into a median.
     .venv/bin/python benchmarks/run.py --large      # 8 layers, hidden 512, 128 new tokens
     .venv/bin/python benchmarks/run.py --smoke      # 2 steps, nlhf only (tests)
     .venv/bin/python benchmarks/run.py --workload tabular-family   # every tabular algorithm
+    .venv/bin/python benchmarks/run.py --workload llm-family   # every LLM algorithm, quickstart
     .venv/bin/python benchmarks/run.py --workload real   # SmolLM2-135M, 64 tokens, roofline
     .venv/bin/python benchmarks/run.py --workload real --smoke   # tiny Llama, 1 step
     nox -s bench -- --rounds 3
@@ -388,6 +389,28 @@ def tabular_family(args: argparse.Namespace) -> dict[str, Any]:
     return {"workload": name, "wall_seconds": wall, "peak_rss_mb": rss, "failures": failures}
 
 
+def llm_family(args: argparse.Namespace) -> dict[str, Any]:
+    """``--workload llm-family``: benchmarks/llm_family.py in a child process (every LLM
+    algorithm on the quickstart population, one ``nlhf run`` each, runs under
+    ``<assets-dir>/<name>/``), results in ``<out-dir>/llm-family.json``; ``--smoke``: 2
+    algorithms, 2 steps (``llm-family-smoke.json``); ``--steps`` overrides the steps."""
+    name = "llm-family-smoke" if args.smoke else "llm-family"
+    out = Path(args.out_dir) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = Path(args.assets_dir) / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    cmd = [sys.executable, str(HERE / "llm_family.py"), "--out", str(out)]
+    cmd += ["--work-dir", str(Path(args.assets_dir) / name)]
+    cmd += ["--smoke"] if args.smoke else []
+    cmd += ["--steps", str(args.steps)] if args.steps is not None else []
+    code, wall, rss = run_child(cmd, child_env(args.threads), log, args.timeout)
+    failures = [] if code == 0 and out.exists() else [f"{name}: exit {code} (see {log})"]
+    print(log.read_text()[-4000:])
+    print(f"{name}: exit {code}, wall {wall:.0f} s, peak RSS {rss:.0f} MiB; results: {out}")
+    return {"workload": name, "wall_seconds": wall, "peak_rss_mb": rss, "failures": failures}
+
+
 def _per_method(text: str | None, kind: type) -> dict[str, Any]:
     """``"a=1,b=2"`` → ``{"a": kind("1"), "b": kind("2")}`` (methods of :data:`SCRIPTS`)."""
     out: dict[str, Any] = {}
@@ -408,12 +431,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--workload",
-        choices=("nash", "real", "qwen2-0.5b", "tabular-family"),
+        choices=("nash", "real", "qwen2-0.5b", "tabular-family", "llm-family"),
         default="nash",
         help="nash: the LLM trainers and tabular solvers (default); real: SmolLM2-135M-Instruct "
         "with a roofline (no tabular); qwen2-0.5b: a random Qwen2-0.5B shape (for GPUs); "
         "tabular-family: the convergence benchmark of every "
-        "tabular algorithm (benchmarks/tabular_family.py)",
+        "tabular algorithm (benchmarks/tabular_family.py); llm-family: every LLM algorithm on "
+        "the quickstart population (benchmarks/llm_family.py)",
     )
     ap.add_argument("--smoke", action="store_true", help="2 steps, nlhf only, small tabular")
     ap.add_argument(
@@ -452,6 +476,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.workload == "tabular-family":
         return tabular_family(args)
+    if args.workload == "llm-family":
+        return llm_family(args)
 
     real = args.workload in ("real", "qwen2-0.5b")
     w = LARGE if args.large else TINY
