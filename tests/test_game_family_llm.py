@@ -3,20 +3,18 @@ jax (docs/algorithms.md, "LLM forms").
 
 Every run uses the trainer conformance kit's tiny Llama, deterministic length oracle and
 backend-independent uniforms (:mod:`nlhf.testing.trainer`), so both backends sample the
-same tokens. Oracles, none of them the code under test:
+same tokens (resume across each algorithm's stepper state is the kit's own case,
+``TrainerConformance.test_trainer_game_family_resume_equals_uninterrupted``). Oracles,
+none of them the code under test:
 
-- resume: 1 step, then ``--resume`` to 3, equals the uninterrupted 3 steps bit for bit
-  (records and weights). Each algorithm's stepper state crosses the checkpoint: mpo's
-  magnet (refreshed every step), onpo's previous gradient, egpo's anchor (step 1 is a
-  half step, so the checkpoint holds θ_0 and its optimizer state);
 - the other backend: every record value and the final weights within the model-scope
   float32 tolerance (same tokens, same preferences, the same loss kernels);
-- closed forms of each algorithm's first step, where π_θ = π_t = μ: sppo and inpo start
-  with log π_θ/π_t = 0, so their losses are η²·mean (P̂ − ½)² and η²·mean (P − ½)²
-  (inpo's h_t is 0 at θ = θ_t = μ); egpo's is mean ((P − ½)/τ)²;
-- mechanics: mpo with a magnet refreshed every step trains differently from mpo with
-  the magnet μ; onpo differs from inpo from step 2 (the optimistic 2·g_t − g_{t−1});
-  egpo's step 2 restarts from θ_0: its weights equal θ_0 minus one SGD step.
+- step 1, where π_θ = π_t = μ: the log-ratios and margins vanish, and each loss lies
+  between the square of its mean target (Jensen) and the square of its largest target;
+- mechanics: egpo's step 2 (a full step) is evaluated at θ_0, so its margin and KL are
+  0; under SGD, onpo's θ_2 = 2θ_2(inpo) − 2θ_1 + θ_0 (the optimistic 2·g_t − g_{t−1});
+  mpo with a magnet refreshed every step has KL(π‖m) = 0 from step 2 on, while with the
+  magnet μ it does not.
 """
 
 from __future__ import annotations
@@ -114,18 +112,6 @@ def straight(backend: str, inputs: tuple[Path, Path, Path], algo: str) -> Traine
 
 def _untimed(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in TIMINGS}
-
-
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-@pytest.mark.parametrize("algo", list(ALGORITHMS))
-def test_resume_equals_uninterrupted(inputs, backend: str, algo: str) -> None:
-    full = straight(backend, inputs, algo)
-    run(backend, inputs, f"{algo}-split", ALGORITHMS[algo], 1)
-    resumed = run(backend, inputs, f"{algo}-split", ALGORITHMS[algo], 3, resume=True)
-    assert resumed.summary["resumed_from"] == 1
-    assert [_untimed(r) for r in resumed.records] == [_untimed(r) for r in full.records]
-    for name, value in full.weights.items():
-        np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("algo", list(ALGORITHMS))

@@ -10,7 +10,8 @@ injected uniforms for every backend (``NashStepper.uniforms``), and check:
   plus the algorithm's, all finite;
 - ``summary.json``: exactly :data:`nlhf.training.loop.SUMMARY_KEYS`;
 - resume: 2 steps, then ``--resume`` to 3, equals the uninterrupted run bit for bit
-  (metrics other than timings, and the final weights);
+  (metrics other than timings, and the final weights); for each LLM form of the game
+  family (:data:`GAME_FAMILY`, slow tier) 1 step, then ``--resume`` to 3;
 - a preference outage (:class:`nlhf.errors.PreferenceUnavailableError` in the middle of
   step 3, after one micro-batch's gradient, with no periodic checkpoints and the
   stepper's own random stream): the step is abandoned, step 2 is checkpointed, and
@@ -45,6 +46,7 @@ TRAINER_CASES = (
     "test_trainer_resume_equals_uninterrupted",
     "test_trainer_preference_outage_resumes_exactly",
     "test_trainer_matches_reference_backend",
+    "test_trainer_game_family_resume_equals_uninterrupted",
 )
 
 COMPARED = (
@@ -63,6 +65,16 @@ COMPARED = (
 """Record keys compared across backends (timings and the estimator name excluded)."""
 
 PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello there"]
+
+GAME_FAMILY: dict[str, dict[str, Any]] = {
+    "sppo": {"name": "sppo", "eta": 2.0, "num_samples": 3},
+    "inpo": {"name": "inpo", "tau": 0.2, "eta": 2.0},
+    "onpo": {"name": "onpo", "tau": 0.2, "eta": 2.0},
+    "mpo": {"name": "mpo", "tau": 0.2, "magnet_every": 1},
+    "egpo": {"name": "egpo", "tau": 0.5},
+}
+"""The LLM forms of the game family (docs/algorithms.md, "LLM forms") whose stepper state
+the resume case carries across a checkpoint."""
 
 
 class LengthOracle:
@@ -136,9 +148,11 @@ def _run(
     shared: bool = True,
     checkpoint_every: int | None = 1,
     fail_at: int | None = None,
+    algorithm: dict[str, Any] | None = None,
 ) -> TrainerRun:
     """``steps`` steps of the kit's spec; ``shared``: the backend-independent uniforms
-    (else the stepper's own stream); ``fail_at``: the oracle call that is unavailable."""
+    (else the stepper's own stream); ``fail_at``: the oracle call that is unavailable;
+    ``algorithm``: the spec's algorithm section (default Nash-MD-PG, β = 0.25, τ = 0.1)."""
     from safetensors.numpy import load_file
 
     from nlhf.plugins import build_plugins, get_backend
@@ -154,7 +168,7 @@ def _run(
             "policy": {"model": str(model), "chat_template": False},
             "preference": {"name": "oracle", "function": "conformance_length"},
             "data": {"path": str(data), "shuffle": True},
-            "algorithm": {"name": "nash_md_pg", "beta": 0.25, "tau": 0.1},
+            "algorithm": algorithm or {"name": "nash_md_pg", "beta": 0.25, "tau": 0.1},
             "training": {
                 "steps": steps,
                 "batch_size": 4,
@@ -273,6 +287,29 @@ class TrainerConformance:
         assert [step for step, _ in list_checkpoints(root / "outage")] == [2]
         resumed = _run(self.backend, root, "outage", model, data, 3, resume=True, **own)
         assert resumed.summary["resumed_from"] == 2
+        for a, b in zip(straight.records, resumed.records, strict=True):
+            assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
+                k: v for k, v in b.items() if k not in TIMING_KEYS
+            }
+        for name, value in straight.weights.items():
+            np.testing.assert_array_equal(resumed.weights[name], value, err_msg=name)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("algorithm", list(GAME_FAMILY))
+    def test_trainer_game_family_resume_equals_uninterrupted(
+        self, trainer_inputs: tuple[Path, Path, Path], algorithm: str
+    ) -> None:
+        """1 step, then ``--resume`` to 3, equals 3 straight steps bit for bit for each LLM
+        form of the game family: the checkpoint after step 1 carries mpo's magnet, onpo's
+        previous gradient and egpo's anchor (step 1 is its half step)."""
+        from nlhf.training.loop import TIMING_KEYS
+
+        root, model, data = trainer_inputs
+        algo = GAME_FAMILY[algorithm]
+        straight = _run(self.backend, root, f"{algorithm}-3", model, data, 3, algorithm=algo)
+        _run(self.backend, root, f"{algorithm}-1", model, data, 1, algorithm=algo)
+        resumed = _run(self.backend, root, f"{algorithm}-1", model, data, 3, True, algorithm=algo)
+        assert resumed.summary["resumed_from"] == 1
         for a, b in zip(straight.records, resumed.records, strict=True):
             assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
                 k: v for k, v in b.items() if k not in TIMING_KEYS
