@@ -18,6 +18,8 @@ the wall and CPU seconds of the process (CPU: user + system of the child).
 
     .venv/bin/python benchmarks/llm_family.py            # 11 algorithms, 400 steps, jax
     .venv/bin/python benchmarks/llm_family.py --smoke    # 2 algorithms, 2 steps (tests)
+    .venv/bin/python benchmarks/llm_family.py --algorithms dpo,ipo --merge  # add offline
+    .venv/bin/python benchmarks/llm_family.py --markdown  # the table from the JSON
     .venv/bin/python benchmarks/run.py --workload llm-family
 
 Writes ``benchmarks/results/llm-family.json`` (``--out``).
@@ -235,7 +237,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench" / "llm-family"))
     ap.add_argument("--out", default=str(HERE / "results" / "llm-family.json"))
+    ap.add_argument("--markdown", action="store_true", help="print the table of --out, run nothing")
     args = ap.parse_args(argv)
+    if args.markdown:
+        out = json.loads(Path(args.out).read_text())
+        print(markdown(out))
+        return out
     from nlhf.tabular.solvers import regularized_nash
     from nlhf_quickstart.assets import prepare_assets
     from nlhf_quickstart.population import PopulationOracle
@@ -330,24 +337,25 @@ def markdown(out: dict[str, Any]) -> str:
     """The results as the table of docs/algorithms.md."""
     head = (
         "| algorithm | TV(π, π*_τ) | KL(π‖μ) answers | π (apple, banana, cherry) "
-        "| wall s | CPU s |\n|---|---|---|---|---|---|"
+        "| step ms | wall s | CPU s |\n|---|---|---|---|---|---|---|"
     )
     ref = out["reference"]
     lines = [
         head,
         f"| μ (reference) | {ref['tv_to_nash']:.3f} | 0 | "
-        f"{', '.join(f'{v:.3f}' for v in ref['policy'].values())} | – | – |",
+        f"{', '.join(f'{v:.3f}' for v in ref['policy'].values())} | – | – | – |",
     ]
     for name, r in sorted(
         out["results"].items(), key=lambda kv: kv[1].get("tv_policy_to_nash", 9.0)
     ):
         if "error" in r:
-            lines.append(f"| `{name}` | failed | | | {r['wall_seconds']:.0f} | |")
+            lines.append(f"| `{name}` | failed | | | | {r['wall_seconds']:.0f} | |")
             continue
+        label = f"`{name}`" + (" (offline)" if r.get("task") == "offline" else "")
         lines.append(
-            f"| `{name}` | {r['tv_policy_to_nash']:.3f} | {r['kl_answers_to_reference']:.3f} | "
+            f"| {label} | {r['tv_policy_to_nash']:.3f} | {r['kl_answers_to_reference']:.3f} | "
             f"{', '.join(f'{v:.3f}' for v in r['policy'].values())} | "
-            f"{r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |"
+            f"{1000 * r['median_step_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |"
         )
     return "\n".join(lines)
 
