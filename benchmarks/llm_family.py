@@ -127,11 +127,14 @@ def write_pairs(
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def run_spec(name: str, steps: int, out_dir: Path, pairs: Path | None = None) -> dict[str, Any]:
+def run_spec(
+    name: str, steps: int, out_dir: Path, pairs: Path | None = None, seed: int | None = None
+) -> dict[str, Any]:
     """The quickstart spec with algorithm ``name`` (:data:`ALGORITHMS`; :data:`OFFLINE`
-    as ``task: offline`` on ``pairs``), ``steps`` steps, absolute asset paths and
-    ``out_dir`` as the output directory."""
+    as ``task: offline`` on ``pairs``), ``steps`` steps, absolute asset paths, ``out_dir``
+    as the output directory and ``seed`` (default: the quickstart's)."""
     spec = yaml.safe_load(QUICKSTART.read_text())
+    spec["seed"] = spec["seed"] if seed is None else seed
     spec["policy"]["model"] = str(ASSETS / "policy")
     spec["data"]["path"] = str(ASSETS / "prompts.jsonl")
     spec["training"]["steps"] = steps
@@ -155,12 +158,13 @@ def run_one(
     timeout: float,
     env: dict[str, str],
     pairs: Path | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """One ``nlhf run`` of the quickstart with ``name``: its process's wall and CPU seconds
     and the summary; ``error`` (the command and the tail of its output) if it failed."""
     out_dir = work / name
     spec_path = work / f"{name}.yaml"
-    spec = run_spec(name, steps, out_dir, pairs)
+    spec = run_spec(name, steps, out_dir, pairs, seed)
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     log = work / f"{name}.log"
     cmd = [str(Path(sys.executable).with_name("nlhf")), "run", str(spec_path)]
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--smoke", action="store_true", help="2 algorithms, 2 steps")
     ap.add_argument("--steps", type=int, help="default: the quickstart's (smoke: 2)")
     ap.add_argument("--backend", default="jax", choices=("jax", "torch"))
+    ap.add_argument("--seed", type=int, help="default: the quickstart's")
     ap.add_argument("--algorithms", help="comma list of " + ",".join(ALGORITHMS))
     ap.add_argument("--offline", action="store_true", help="also " + ", ".join(OFFLINE))
     ap.add_argument(
@@ -248,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from nlhf_quickstart.population import PopulationOracle
 
     quick = yaml.safe_load(QUICKSTART.read_text())
+    seed = quick["seed"] if args.seed is None else args.seed
     default_steps = SMOKE_STEPS if args.smoke else quick["training"]["steps"]
     steps = args.steps or default_steps
     names = args.algorithms.split(",") if args.algorithms else list(ALGORITHMS)
@@ -271,11 +277,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pairs = work / "pairs.jsonl"
     if any(name in OFFLINE for name in names):
         n = steps * quick["training"]["batch_size"]
-        write_pairs(pairs, prompts, mu, P, n, quick["seed"])
+        write_pairs(pairs, prompts, mu, P, n, seed)
     results: dict[str, Any] = {}
     for name in names:
         print(f"llm-family: {name}, {steps} steps on {args.backend}", flush=True)
-        row = run_one(name, steps, args.backend, work, args.timeout, env, pairs)
+        row = run_one(name, steps, args.backend, work, args.timeout, env, pairs, seed)
         if "error" not in row:
             measure(row, prompts, mu, ne)
             print(
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_grad_norm": t["max_grad_norm"],
             "max_new_tokens": t["generation"]["max_new_tokens"],
             "temperature": t["generation"]["temperature"],
-            "seed": quick["seed"],
+            "seed": seed,
             "tau": TAU,
         },
         "prompts": prompts,
