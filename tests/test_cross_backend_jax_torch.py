@@ -293,8 +293,9 @@ def test_online_ipo_loss_and_parameter_gradients_match(models, batch):
 
 
 def test_online_ipo_reference_closed_form():
-    """One row, hand-computed: with log-ratios a = log π/μ(y), b = log π/μ(y') and P < ½,
-    the pair is (y', y), so the loss is (b − a − 1/(2τ))²."""
+    """One row, hand-computed: with log-ratios a = log π/μ(y), b = log π/μ(y') and h = a − b,
+    the loss is IPO's (h(y_w, y_l) − 1/(2τ))² averaged over y_w ~ Bernoulli(P), up to a
+    constant: (h − (P − ½)/τ)²; at P = 0 the pair is (y', y) exactly, (b − a − 1/(2τ))²."""
     from nlhf.algorithms import numpy_oracle
 
     rng = np.random.RandomState(3)
@@ -307,8 +308,13 @@ def test_online_ipo_reference_closed_form():
         return sum(t[0, n, tokens[0, n]] for n in range(2))
 
     a, b = lp(z, y) - lp(zr, y), lp(zp, yp) - lp(zrp, yp)
-    tau = 0.3
-    loss, metrics = numpy_oracle.online_ipo_loss(z, zr, y, m, zp, zrp, yp, m, np.array([0.2]),
-                                              tau, TEMP)  # fmt: skip
-    assert_close(loss, (b - a - 1 / (2 * tau)) ** 2, "float64", "loss")
+    tau, p = 0.3, 0.2
+    args = (z, zr, y, m, zp, zrp, yp, m)
+    loss, metrics = numpy_oracle.online_ipo_loss(*args, np.array([p]), tau, TEMP)
+    assert_close(loss, (a - b - (p - 0.5) / tau) ** 2, "float64", "loss")
+    expected = p * (a - b - 1 / (2 * tau)) ** 2 + (1 - p) * (b - a - 1 / (2 * tau)) ** 2
+    constant = 1 / (4 * tau**2) - (p - 0.5) ** 2 / tau**2  # E over the label − the loss
+    assert_close(loss + constant, expected, "float64", "label-averaged sampled loss")
+    hard, _ = numpy_oracle.online_ipo_loss(*args, np.array([0.0]), tau, TEMP)
+    assert_close(hard, (b - a - 1 / (2 * tau)) ** 2, "float64", "P = 0: the sampled loss")
     assert_close(metrics["margin"], b - a, "float64", "margin")

@@ -282,9 +282,11 @@ def online_ipo_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4, eq. 11; IPO-MD when y' comes
     from the mixture, its §5; the loss is arXiv:2310.12036 v2 eq. 17 on online pairs):
-    h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
-    (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
-    carry no gradient. Metrics (no gradient): ``preference`` (mean P), ``margin`` (mean s·h),
+    h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)², the sampled loss
+    (h(y_w, y_l) − 1/(2τ))² averaged over the label y_w ~ Bernoulli(P) up to a constant in θ
+    (:func:`nlhf.algorithms.numpy_oracle.online_ipo_loss`); the reference logits carry no
+    gradient. Metrics (no gradient): ``preference`` (mean P), ``margin`` (mean s·h, s =
+    sign(P − ½), +1 at ½),
     ``kl`` (mean log π/μ(y))."""
     sg = jax.lax.stop_gradient
     lp_y = sequence_logprobs(logits_y, y, y_mask, temperature)
@@ -306,9 +308,9 @@ def online_ipo_loss_from_logprobs(
     sg = jax.lax.stop_gradient
     lq_y, lq_p = sg(lq_y), sg(lq_p)
     p = sg(jnp.asarray(preference).astype(lp_y.dtype))
-    sign = jnp.where(p >= 0.5, 1.0, -1.0).astype(lp_y.dtype)
-    margin = sign * ((lp_y - lq_y) - (lp_p - lq_p))
-    loss = jnp.mean((margin - 1.0 / (2.0 * tau)) ** 2)
+    h = (lp_y - lq_y) - (lp_p - lq_p)
+    margin = jnp.where(p >= 0.5, 1.0, -1.0).astype(lp_y.dtype) * h
+    loss = jnp.mean((h - (p - 0.5) / tau) ** 2)
     return loss, {"preference": jnp.mean(p), "margin": sg(jnp.mean(margin)),
                   "kl": sg(jnp.mean(lp_y - lq_y))}  # fmt: skip
 

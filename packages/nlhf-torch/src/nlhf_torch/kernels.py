@@ -298,9 +298,11 @@ def online_ipo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4, eq. 11; IPO-MD when y' comes
     from the mixture, its §5; the loss is arXiv:2310.12036 v2 eq. 17 on online pairs):
-    h = log π/μ(y) − log π/μ(y'), s = sign(P − ½)
-    (+1 at P = ½) orders the pair, loss = mean_b (s_b·h_b − 1/(2τ))²; the reference logits
-    carry no gradient. Metrics (detached): ``preference`` (mean P), ``margin`` (mean s·h),
+    h = log π/μ(y) − log π/μ(y'), loss = mean_b (h_b − (P_b − ½)/τ)², the sampled loss
+    (h(y_w, y_l) − 1/(2τ))² averaged over the label y_w ~ Bernoulli(P) up to a constant in θ
+    (:func:`nlhf.algorithms.numpy_oracle.online_ipo_loss`); the reference logits carry no
+    gradient. Metrics (detached): ``preference`` (mean P), ``margin`` (mean s·h, s =
+    sign(P − ½), +1 at ½),
     ``kl`` (mean log π/μ(y))."""
     lp_y = sequence_logprobs(logits_y, y, y_mask, temperature)
     lq_y = sequence_logprobs(reference_logits_y.detach(), y, y_mask, temperature)
@@ -320,9 +322,9 @@ def online_ipo_loss_from_logprobs(
     """:func:`online_ipo_loss` from the sequence log-probs (B,) of π_θ and μ on y and y'."""
     lq_y, lq_p = lq_y.detach(), lq_p.detach()
     p = torch.as_tensor(preference, device=lp_y.device).to(lp_y.dtype).detach()
-    sign = torch.where(p >= 0.5, 1.0, -1.0).to(lp_y.dtype)
-    margin = sign * ((lp_y - lq_y) - (lp_p - lq_p))
-    loss = ((margin - 1.0 / (2.0 * tau)) ** 2).mean()
+    h = (lp_y - lq_y) - (lp_p - lq_p)
+    margin = torch.where(p >= 0.5, 1.0, -1.0).to(lp_y.dtype) * h
+    loss = ((h - (p - 0.5) / tau) ** 2).mean()
     return loss, {
         "preference": p.mean(),
         "margin": margin.mean().detach(),

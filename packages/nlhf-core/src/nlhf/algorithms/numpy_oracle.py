@@ -286,10 +286,13 @@ def online_ipo_loss(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Online IPO (Calandriello et al. 2024, arXiv:2403.08635, §4, eq. 11; IPO-MD when y' comes
     from the mixture, its §5): the sampled IPO loss (arXiv:2310.12036 v2, eq. 17) on pairs
-    sampled online. With
-    h_b = log π/μ(y_b) − log π/μ(y'_b) (sequence log-ratios) and s_b = +1 if P_b ≥ ½ else −1
-    (so s_b·h_b = h(y_w, y_l)), loss = mean_b (s_b·h_b − 1/(2τ))². Metrics: ``preference``
-    (mean P), ``margin`` (mean s·h), ``kl`` (mean log π/μ(y), the sampled KL estimate)."""
+    sampled online, its label y_w ~ Bernoulli(P) averaged out. With
+    h_b = log π/μ(y_b) − log π/μ(y'_b) (sequence log-ratios), E[(h(y_w, y_l) − 1/(2τ))²] =
+    (h_b − (P_b − ½)/τ)² + a constant in θ, so loss = mean_b (h_b − (P_b − ½)/τ)² (for
+    P ∈ {0, 1} the sampled loss itself): its fixed point is the regularised Nash equilibrium
+    of P, where ordering pairs by sign(P − ½) would solve the game of the 0/1 majority
+    instead. Metrics: ``preference`` (mean P), ``margin`` (mean s·h with s = sign(P − ½),
+    +1 at ½: the preferred response's margin), ``kl`` (mean log π/μ(y))."""
 
     ratio_y = sequence_logprobs(logits_y, y, y_mask, temperature) - sequence_logprobs(
         sg(_arr(reference_logits_y)), y, y_mask, temperature
@@ -298,9 +301,9 @@ def online_ipo_loss(
         logits_y_prime, y_prime, y_prime_mask, temperature
     ) - sequence_logprobs(sg(_arr(reference_logits_y_prime)), y_prime, y_prime_mask, temperature)
     p = np.real(_arr(preference))
-    sign = np.where(p >= 0.5, 1.0, -1.0)
-    margin = sign * (ratio_y - ratio_yp)
-    loss = np.mean((margin - 1.0 / (2.0 * tau)) ** 2)
+    h = ratio_y - ratio_yp
+    margin = np.where(p >= 0.5, 1.0, -1.0) * h
+    loss = np.mean((h - (p - 0.5) / tau) ** 2)
     return loss, {"preference": np.mean(p), "margin": np.mean(margin), "kl": np.mean(ratio_y)}
 
 
@@ -317,9 +320,9 @@ def online_ipo_loss_grad(
     tau: float,
     temperature: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(∇_{logits_y}, ∇_{logits_y'}) of the online IPO loss: with e_b = s_b·h_b − 1/(2τ),
-    ∂loss/∂h_b = 2·e_b·s_b/B, so ∇_{logits_y} = (2 e_b s_b/B)·∇ log π(y_b) and
-    ∇_{logits_y'} = −(2 e_b s_b/B)·∇ log π(y'_b) (:func:`sequence_logprobs_grad`)."""
+    """(∇_{logits_y}, ∇_{logits_y'}) of the online IPO loss: with e_b = h_b − (P_b − ½)/τ,
+    ∂loss/∂h_b = 2·e_b/B, so ∇_{logits_y} = (2 e_b/B)·∇ log π(y_b) and
+    ∇_{logits_y'} = −(2 e_b/B)·∇ log π(y'_b) (:func:`sequence_logprobs_grad`)."""
     args = (logits_y, reference_logits_y, y, y_mask)
     args_p = (logits_y_prime, reference_logits_y_prime, y_prime, y_prime_mask)
     h = (
@@ -330,8 +333,7 @@ def online_ipo_loss_grad(
     )
     h = np.real(h)
     p = np.real(_arr(preference))
-    s = np.where(p >= 0.5, 1.0, -1.0)
-    coef = 2.0 * (s * h - 1.0 / (2.0 * tau)) * s / h.size
+    coef = 2.0 * (h - (p - 0.5) / tau) / h.size
     g_y = sequence_logprobs_grad(logits_y, y, y_mask, temperature, coef)
     g_yp = sequence_logprobs_grad(logits_y_prime, y_prime, y_prime_mask, temperature, -coef)
     return g_y, g_yp

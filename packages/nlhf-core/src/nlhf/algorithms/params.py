@@ -172,9 +172,10 @@ class OnlineIPO(_LLMFields):
 
     Per prompt, y ~ π_θ and y' from the opponent: with β = 0 y' ~ π_θ itself (Online
     IPO); with β > 0 y' ~ π̃_β ∝ π_θ^(1−β) μ^β, the geometric mixture sampled token by
-    token as in Nash-MD (IPO-MD). The pair is ordered by P (y_w the preferred one) and the
-    loss is IPO's (h_π(y_w, y_l) − 1/(2τ))² with h = log π(y_w)/μ(y_w) − log π(y_l)/μ(y_l)
-    (Azar et al. 2023), written per row as (s·h(y, y') − 1/(2τ))², s = sign(P(y≻y') − ½).
+    token as in Nash-MD (IPO-MD). The loss is IPO's (h_π(y_w, y_l) − 1/(2τ))² with
+    h = log π(y_w)/μ(y_w) − log π(y_l)/μ(y_l) (Azar et al. 2023) averaged over the label
+    y_w ~ Bernoulli(P(y≻y')): per row (h(y, y') − (P(y≻y') − ½)/τ)², up to a constant in θ
+    (for P ∈ {0, 1}, the sampled loss itself).
     """
 
     name: Literal["online_ipo"] = "online_ipo"

@@ -375,8 +375,8 @@ class BackendConformance:
         return [*y, *yp, self.put(kernels, i.preference)]
 
     def test_online_ipo_loss(self, kernels: Any) -> None:
-        """loss = mean_b (s_b·h_b − 1/(2τ))², s_b = sign(P_b − ½) (+1 at ½); metrics
-        preference, margin, kl."""
+        """loss = mean_b (h_b − (P_b − ½)/τ)² (the sampled IPO loss averaged over its
+        label); metrics preference, margin (mean sign(P − ½)·h), kl."""
         i = cases.ipo_inputs(self.dtype)
         loss, metrics = kernels.online_ipo_loss(*self._ipo_args(kernels, i), i.tau, KL_TEMPERATURE)
         e_loss, e_metrics = numpy_oracle.online_ipo_loss(

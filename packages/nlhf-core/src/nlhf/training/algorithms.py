@@ -13,8 +13,8 @@ self_play      π_θ (β = 0)                    same
 best_response  μ (β = 1)                      same
 nash_ema_pg    EMA θ̄ ← d·θ̄ + (1−d)·θ          same
 rlhf_pg        — (no y')                      same with P := r(x,y) − r̄ + ½ (r̄: batch mean)
-online_ipo     π̃_β (IPO-MD; β = 0: π_θ)       (s·h − 1/(2τ))², h = log π/μ(y) − log π/μ(y'),
-                                              s = sign(P − ½) (+1 at ½), i.e. (h(y_w, y_l) − 1/(2τ))²
+online_ipo     π̃_β (IPO-MD; β = 0: π_θ)       (h − (P − ½)/τ)², h = log π/μ(y) − log π/μ(y'):
+                                              (h(y_w, y_l) − 1/(2τ))² over y_w ~ Bernoulli(P)
 mpo            π_θ (β = 0)                    −(P − ½)·log π_θ(y|x) + τ·KL(π_θ‖m), m the magnet
 egpo           π_θ (β = 0)                    (h − (P − ½)/τ)², extragradient half/full steps
 inpo           π_θ (β = 0)                    (h_t − η(P − ½))², h_t = log π_θ(y)/π_θ(y')
