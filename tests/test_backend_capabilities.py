@@ -132,6 +132,11 @@ EVAL_DS = ["task=evaluate", "algorithm=null", "eval.policies=[a]", "distributed.
         ),
         (
             "torch",
+            ["distributed={engine: deepspeed}", "algorithm={name: mpo, tau: 0.1}"],
+            "algorithm.name: mpo is not supported under distributed.engine: deepspeed yet",
+        ),
+        (
+            "torch",
             EVAL_DS,
             "distributed.engine: 'deepspeed' is not supported by backend 'torch' "
             "for task 'evaluate' (supported: none)",

@@ -600,22 +600,9 @@ class DeepSpeedStepper(TorchStepper):
     def _init_engine(self) -> None:
         from nlhf_torch.distributed import init_engine
 
-        tr = self.spec.training
-        if self.rule.mechanics is not None or self.rule.loss == "sppo":
-            raise InputError(
-                f"algorithm.name: {self.rule.name} is not supported under DeepSpeed yet (its "
-                "K samples, magnet, previous gradient or extragradient anchor live in the "
-                "single-process stepper); remove the distributed section"
-            )
+        # refused by the spec (located by nlhf validate): generation batches other than the
+        # micro-batch (nlhf.spec.capabilities), algorithms with stepper state of their own
         self._logprob_head = None  # logprob_chunk: auto is off (spec: no explicit chunk)
-        if tr.generation_batch_size() != tr.micro_batch_size():
-            raise InputError(
-                f"training.generation.batch_size: under DeepSpeed each rank samples its share "
-                f"of every micro-batch, so generation calls are micro-batches "
-                f"({tr.micro_batch_size()} prompts); remove generation.batch_size or set it to "
-                f"{tr.micro_batch_size()}"
-            )
-
         self.ds = init_engine(self.spec, self.policy, self.params, self.optimizer, self.scheduler)
         self.engine, self.optimizer, self.scheduler = (
             self.ds.engine,
