@@ -14,19 +14,24 @@ new tokens each):
 - matmul weights per layer ``W_l = h·d·(2·n_q + 2·n_kv) + 3·h·i``; the LM head ``h·V``.
 - forward FLOPs of ``n`` tokens: ``2·n·L·W_l`` + attention ``4·L·n_q·d·Σ ctx`` (QKᵀ and
   AV over each token's context) + ``2·h·V`` per token whose logits are needed.
-- **generation** (minimum the algorithm needs): the policy samples 2B rows (y ~ π and
-  y′ ~ π̃), the reference is needed on the B mixture rows only. Prefill of the prompts,
-  then per decoded token one forward of the new position. Bytes: per forward pass (the
-  prefill and each of the T decode positions) each model's matmul weights are read once
-  for all its rows, plus the KV cache: every row reads its whole cache (2·L·n_kv·d
-  values per cached position) and writes one position.
+- **generation**: policy and reference both decode the 2B rows (y ~ π and y′ ~ π̃ ∝
+  π^(1−β) μ^β): the mixture needs both models on y′, and the reference's logits on y are
+  what the exact KL term needs, read off while decoding instead of by a second forward
+  over the sequences (nlhf does this; TRL runs the reference again in its update, which
+  this count does not charge for). Prefill of the prompts, then per decoded token one
+  forward of the new position. Bytes: per forward pass (the prefill and each of the
+  T − 1 decode positions) each model's matmul weights are read once for all its rows,
+  plus the KV cache: every row reads its whole cache (2·L·n_kv·d values per cached
+  position) and writes one position.
 - **update**: forward + backward (2× the forward FLOPs) of the policy on the B sampled
-  sequences (P + T tokens, logits on the T completion positions), forward of the
-  reference on the same B sequences, forward of the reward model (same backbone, a
-  1-output score head on the last position) on the 2B sequences. Bytes: weights once per
-  forward and twice per backward (read, and the gradient written), AdamW's
-  read-param/grad/m/v and write-param/m/v (7 values per parameter). Activations are not
-  counted (they can stay in cache in the ideal), so both limits are lower bounds.
+  sequences (P + T tokens, logits on the T completion positions) and the forward of the
+  reward model (same backbone, a 1-output score head on the last position) on the 2B
+  sequences. Bytes: weights once per forward and twice per backward (read, and the
+  gradient written), AdamW's read-param/grad/m/v and write-param/m/v (7 values per
+  parameter). Activations are not counted (they can stay in cache in the ideal), so both
+  limits are lower bounds.
+- **step**: the sum of the two limits, a bound on the whole step that does not depend on
+  which phase a method does the reference's work in.
 
 Peak throughput and bandwidth are measured on this machine, in a child process with the
 run's thread count (``python benchmarks/roofline.py --measure``): float32 ``torch.matmul``
@@ -131,12 +136,12 @@ def generation_cost(
     policy_rows: int | None = None,
     reference_rows: int | None = None,
 ) -> Cost:
-    """Prefill + ``new_tokens`` decode positions of policy (default 2B rows) and reference
-    (default B rows), same shape (the reference is the frozen initial policy)."""
+    """Prefill + ``new_tokens`` decode positions of policy and reference (default 2B rows
+    each), same shape (the reference is the frozen initial policy)."""
     p = round(prompt_len)
     rows = {
         "policy": 2 * batch if policy_rows is None else policy_rows,
-        "reference": batch if reference_rows is None else reference_rows,
+        "reference": 2 * batch if reference_rows is None else reference_rows,
     }
     flops = 0.0
     nbytes = 0.0
@@ -163,14 +168,14 @@ def update_cost(
     new_tokens: int,
     dtype_bytes: int = 4,
 ) -> Cost:
-    """Policy forward + backward and reference forward on B sequences, reward forward on
-    2B sequences (skipped when ``reward`` is None), AdamW on the policy."""
+    """Policy forward + backward on B sequences, reward forward on 2B sequences (skipped
+    when ``reward`` is None), AdamW on the policy."""
     n = round(prompt_len) + new_tokens
     ctx = _causal_context_sum(0, n)
     fwd = batch * forward_flops(policy, n, ctx, new_tokens)
-    flops = 3.0 * fwd + fwd  # policy forward + backward (2×), reference forward
+    flops = 3.0 * fwd  # policy forward + backward (2×)
     w = policy.matmul_weights * dtype_bytes
-    nbytes = w * 3 + w + 7.0 * policy.params * dtype_bytes
+    nbytes = w * 3 + 7.0 * policy.params * dtype_bytes
     if reward is not None:
         rn = _causal_context_sum(0, n)
         flops += 2 * batch * forward_flops(reward, n, rn, 1, lm_head=False)
@@ -210,14 +215,21 @@ def step_roofline(
             "limit_seconds": c.limit(peak_flops, bandwidth),
             "bound": "compute" if c.flops / peak_flops >= c.bytes / bandwidth else "memory",
         }
+    out["step"] = {
+        "flops": gen.flops + upd.flops,
+        "bytes": gen.bytes + upd.bytes,
+        "limit_seconds": out["generation"]["limit_seconds"] + out["update"]["limit_seconds"],
+    }
     return out
 
 
 def fractions(roof: dict[str, Any], generation_s: float, update_s: float) -> dict[str, float]:
-    """Roofline limit over measured seconds, per phase (1.0 = at the roofline)."""
+    """Roofline limit over measured seconds, per phase and for the step (1.0 = at the
+    roofline)."""
     return {
         "generation": roof["generation"]["limit_seconds"] / generation_s,
         "update": roof["update"]["limit_seconds"] / update_s,
+        "step": roof["step"]["limit_seconds"] / (generation_s + update_s),
     }
 
 

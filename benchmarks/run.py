@@ -353,11 +353,43 @@ def real_roofline(
                 roof["generation"]["flops"] / s["median_generation_seconds"]
             )
             s["update_flops_per_s"] = roof["update"]["flops"] / s["median_update_seconds"]
+            if s.get("median_step_cpu_seconds"):
+                # against CPU time: what the step would reach with a core of its own
+                s["roofline_fraction_cpu_time"] = (
+                    roof["step"]["limit_seconds"] / s["median_step_cpu_seconds"]
+                )
             bf16 = [p.get("bf16_datasheet_flops") or p.get("bf16_matmul_flops") for p in peaks]
             if any(bf16):
                 # model-FLOPs utilisation of the update against the GPU's bf16 peak
                 s["update_mfu_bf16"] = s["update_flops_per_s"] / max(x for x in bf16 if x)
     return roof
+
+
+def roofline_ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """nlhf torch's roofline fractions against :data:`ROOFLINE_TARGET`."""
+    torch_roof = summary.get("nlhf_torch", {}).get("roofline_fraction") or {}
+    return {
+        f"roofline_{phase}": {
+            "value": value,
+            "target": ROOFLINE_TARGET,
+            "met": value >= ROOFLINE_TARGET,
+        }
+        for phase, value in torch_roof.items()
+    }
+
+
+def reroof(path: Path, assets_dir: str) -> dict[str, Any]:
+    """Recompute the roofline of a saved real-workload result (same peaks and timings),
+    e.g. after a change to benchmarks/roofline.py; rewrites ``path``."""
+    result = json.loads(path.read_text())
+    w = Workload.from_json(json.dumps(result["workload"]))
+    assets = build_assets(w, assets_dir)
+    result["roofline"] = real_roofline(w, assets, result["roofline"]["peaks"], result["summary"])
+    rat = {k: v for k, v in result["ratios"].items() if not k.startswith("roofline")}
+    result["ratios"] = {**rat, **roofline_ratios(result["summary"])}
+    path.write_text(json.dumps(result, indent=1))
+    print_table(w, result["summary"], result["ratios"])
+    return result
 
 
 def print_tabular(t: dict[str, Any]) -> None:
@@ -471,9 +503,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="per-method seconds per child, e.g. trl_defaults=600; a child stopped by its "
         "timeout keeps the steps it finished (recorded under timed_out)",
     )
+    ap.add_argument(
+        "--reroof", metavar="RESULT", help="recompute the roofline of a saved real-workload JSON"
+    )
     ap.add_argument("--out-dir", default=str(HERE / "results"))
     ap.add_argument("--assets-dir", default=str(ROOT / "runs" / "bench-assets"))
     args = ap.parse_args(argv)
+    if args.reroof:
+        return reroof(Path(args.reroof), args.assets_dir)
     if args.workload == "tabular-family":
         return tabular_family(args)
     if args.workload == "llm-family":
@@ -587,13 +624,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     roof = None
     if real:
         roof = real_roofline(w, assets, peaks, summary)
-        torch_roof = summary.get("nlhf_torch", {}).get("roofline_fraction")
-        for phase, value in (torch_roof or {}).items():
-            rat[f"roofline_{phase}"] = {
-                "value": value,
-                "target": ROOFLINE_TARGET,
-                "met": value >= ROOFLINE_TARGET,
-            }
+        rat.update(roofline_ratios(summary))
     result = {
         "workload": json.loads(w.to_json()),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

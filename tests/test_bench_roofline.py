@@ -40,34 +40,34 @@ def test_shape_counts() -> None:
 
 
 def test_generation_cost_by_hand() -> None:
-    # B = 1 prompt of P = 3 tokens, T = 2 new tokens: the policy runs 2 rows, the reference 1.
+    # B = 1 prompt of P = 3 tokens, T = 2 new tokens: policy and reference run 2 rows each.
     # Prefill per row: 3 tokens, attention contexts 1+2+3 = 6, logits of the last position.
     prefill = 2 * 3 * 2 * LAYER + 4 * 2 * 2 * 4 * 6 + 2 * 1 * 8 * 10  # 7456
     # One decode forward (the first new token comes from the prefill): context 4.
     decode = 2 * 1 * 2 * LAYER + 4 * 2 * 2 * 4 * 4 + 2 * 1 * 8 * 10  # 2720
-    flops = 3 * (prefill + decode)
+    flops = 4 * (prefill + decode)
     # Bytes (float32): each model reads its matmul weights once per forward pass (prefill,
     # one decode); per row the prefill writes 3 cached positions, the decode reads 4 and
     # writes 1.
     w = 4 * MATMUL
     policy = 2 * w + 2 * (3 + 4 + 1) * KV_PER_POS * 4
-    reference = 2 * w + 1 * (3 + 4 + 1) * KV_PER_POS * 4
+    reference = policy
     c = roofline.generation_cost(roofline.DecoderShape.from_config(CONFIG), 1, 3, 2)
-    assert c.flops == flops == 30528
-    assert c.bytes == policy + reference == 21248
+    assert c.flops == flops == 40704
+    assert c.bytes == policy + reference == 21760
 
 
 def test_update_cost_by_hand() -> None:
     # B = 1, sequences of P + T = 5 tokens (contexts sum to 15), logits on the 2 new ones.
     fwd = 2 * 5 * 2 * LAYER + 4 * 2 * 2 * 4 * 15 + 2 * 2 * 8 * 10  # 12800
     reward_fwd = 2 * 5 * 2 * LAYER + 4 * 2 * 2 * 4 * 15 + 2 * 1 * 8 * 1  # score head, last pos
-    flops = 3 * fwd + fwd + 2 * reward_fwd  # policy fwd+bwd, reference fwd, reward on 2B
+    flops = 3 * fwd + 2 * reward_fwd  # policy forward + backward, reward on 2B sequences
     w = 4 * MATMUL
-    nbytes = 3 * w + w + 7 * 4 * PARAMS + 4 * 2 * LAYER  # + AdamW, reward's layer weights
+    nbytes = 3 * w + 7 * 4 * PARAMS + 4 * 2 * LAYER  # + AdamW, reward's layer weights
     shape = roofline.DecoderShape.from_config(CONFIG)
     c = roofline.update_cost(shape, shape, 1, 3, 2)
-    assert c.flops == flops == 76192
-    assert c.bytes == nbytes == 59936
+    assert c.flops == flops == 63392
+    assert c.bytes == nbytes == 55008
 
 
 def test_limit_is_the_larger_bound() -> None:
@@ -78,10 +78,13 @@ def test_limit_is_the_larger_bound() -> None:
         CONFIG, None, batch=1, prompt_len=3, new_tokens=2, peak_flops=1e4, bandwidth=1e5
     )
     gen = roof["generation"]
-    assert gen["limit_seconds"] == max(30528 / 1e4, 21248 / 1e5)
+    assert gen["limit_seconds"] == max(40704 / 1e4, 21760 / 1e5)
     assert gen["bound"] == "compute"
-    frac = roofline.fractions(roof, generation_s=2 * gen["limit_seconds"], update_s=1e9)
-    assert frac["generation"] == 0.5
+    upd = roof["update"]["limit_seconds"]
+    assert roof["step"]["limit_seconds"] == gen["limit_seconds"] + upd
+    frac = roofline.fractions(roof, generation_s=2 * gen["limit_seconds"], update_s=4 * upd)
+    assert frac["generation"] == 0.5 and frac["update"] == 0.25
+    assert frac["step"] == (gen["limit_seconds"] + upd) / (2 * gen["limit_seconds"] + 4 * upd)
 
 
 def test_params_match_transformers() -> None:
