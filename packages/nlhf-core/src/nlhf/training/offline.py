@@ -51,7 +51,7 @@ import numpy as np
 from nlhf.algorithms.schedules import lr_multiplier
 from nlhf.data.pairs import Pair, PairData, load_pairs, pair_batch_indices
 from nlhf.errors import InputError
-from nlhf.runio import atomic_write_text, checkpoint_dir, prune_checkpoints, write_summary
+from nlhf.runio import atomic_write_text, write_summary
 from nlhf.spec.models import RunSpec
 from nlhf.tracking import track
 from nlhf.training.loop import NashLoop
@@ -549,31 +549,6 @@ class OfflineLoop(NashLoop):
             "pairs": len(self.eval_tokens),
             **pair_loss(self.algo.name, policy, reference, self.tau),
         }
-
-    def checkpoint(self, step: int) -> Path:
-        """``checkpoints/step-N/``: the stepper's files (a Nash checkpoint's) plus core's
-        ``trainer_state.json`` and the model card (:mod:`nlhf.modelcard`), renamed into
-        place atomically; then pruned to ``output.keep_last``."""
-        state = TrainerState(
-            step=step,
-            position=step * self.spec.training.batch_size,
-            elapsed=self.elapsed,
-            generated_tokens=0,
-            algorithm=self.algo.name,
-            backend=self.backend,
-            distributed=self.stepper.describe(),
-            spec=self.spec.model_dump(mode="json"),
-        )
-        final = checkpoint_dir(self.output, step)
-        from nlhf.modelcard import checkpoint_files
-
-        self.stepper.save(
-            final, checkpoint_files(state.write, self.spec, self.output, step, self.backend)
-        )
-        if self.is_main:
-            prune_checkpoints(self.output, self.spec.output.keep_last)
-        self.last_checkpoint = final
-        return final
 
     def run(self) -> dict[str, Any]:
         """Train from the resume point to the last step; return the summary. Reports to the
