@@ -47,4 +47,7 @@ def test_real_smoke_writes_roofline_and_phases(tmp_path: Path) -> None:
         r = roof[phase]
         assert r["limit_seconds"] == max(r["flop_seconds"], r["byte_seconds"])
         assert s["roofline_fraction"][phase] == pytest.approx(r["limit_seconds"] / seconds)
-    assert set(result["ratios"]) == {"roofline_generation", "roofline_update"}
+    step = roof["step"]["limit_seconds"]
+    assert step == roof["generation"]["limit_seconds"] + roof["update"]["limit_seconds"]
+    assert s["roofline_fraction"]["step"] == pytest.approx(step / s["median_step_seconds"])
+    assert set(result["ratios"]) == {"roofline_generation", "roofline_update", "roofline_step"}
