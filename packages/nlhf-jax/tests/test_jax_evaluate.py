@@ -271,6 +271,6 @@ def test_bad_input(assets, tmp_path, plugins) -> None:
     cfg = json.loads((gpt2 / "config.json").read_text())
     (gpt2 / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     spec = make_spec(assets, [f"g={gpt2}", "reference"], tmp_path / "d")
-    with pytest.raises(InputError, match=r"eval.policies: g .*model_type 'gpt2'"):
+    with pytest.raises(InputError, match=r"eval.policies: g .*model_type: 'gpt2'"):
         evaluate_spec(spec, plugins=plugins)
     assert not (tmp_path / "d" / "responses").exists()
