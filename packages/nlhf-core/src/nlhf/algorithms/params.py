@@ -281,18 +281,19 @@ def llm_problems(algorithm: object, engine: str = "none") -> list[str]:
             "single-process stepper); remove the distributed section, or use inpo"
         )
     eta = getattr(algorithm, "eta", None)
-    tau = float(getattr(algorithm, "tau", 0.0))
+    tau = getattr(algorithm, "tau", None)  # a float, or a schedule (not checked here)
+    tau = float(tau) if isinstance(tau, int | float) else None
     if name in ("inpo", "onpo", "sppo") and not isinstance(eta, float):
         problems.append(
             f"algorithm.eta: {name} on a language model needs its step η as a number "
             f"(`eta: auto` is the tabular step); e.g. eta: 1.0"
         )
-    if name in ("inpo", "onpo") and isinstance(eta, float) and eta * tau > 1.0:
+    if name in ("inpo", "onpo") and isinstance(eta, float) and tau and eta * tau > 1.0:
         problems.append(
             f"algorithm.eta: {name} weighs log π_t by 1 − η·τ, so η·τ must be ≤ 1; got "
             f"η·τ = {eta * tau:g} (lower eta or tau)"
         )
-    if name == "egpo" and tau <= 0:
+    if name == "egpo" and tau is not None and tau <= 0:
         problems.append(
             "algorithm.tau: egpo on a language model divides by τ in its loss "
             "(h − (P − ½)/τ)²; give tau > 0"
