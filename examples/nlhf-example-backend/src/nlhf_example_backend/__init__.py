@@ -150,7 +150,8 @@ class ExampleKernels:
         tau: float,
         temperature: float,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        # h = log π/μ(y) − log π/μ(y'); the winner first: s = +1 when P ≥ ½
+        # h = log π/μ(y) − log π/μ(y'); IPO's (h(y_w, y_l) − 1/(2τ))² averaged over the
+        # label y_w ~ Bernoulli(P) is (h − (P − ½)/τ)² up to a constant; margin: s·h, s = ±1
         def log_ratio(pol: Any, ref: Any, tokens: Any, mask: Any) -> np.ndarray:
             ref_lp = self.sequence_logprobs(_stop(_work(ref)), tokens, mask, temperature)
             return self.sequence_logprobs(pol, tokens, mask, temperature) - ref_lp
@@ -159,7 +160,7 @@ class ExampleKernels:
         h = ratio_y - log_ratio(logits_y_prime, reference_logits_y_prime, y_prime, y_prime_mask)
         pref = _stop(_work(preference))
         margin = np.where(pref < 0.5, -h, h)
-        loss = ((margin - 0.5 / tau) ** 2).mean()
+        loss = ((h - (pref - 0.5) / tau) ** 2).mean()
         return loss, {"preference": pref.mean(), "margin": margin.mean(), "kl": ratio_y.mean()}
 
     def asarray(self, x: Any, dtype: str = "float32") -> np.ndarray:
