@@ -46,7 +46,7 @@ def dangling(line: str) -> list[str]:
         ("TRL #6802: the EOS check over prompt + completion", []),
         ("for issue in exc.issues: print(issue)", []),
         ("one issue per line, issues[0] first", []),
-        ("https://github.com/huggingface/trl/issues/6802 (issue 6802)", []),
+        (f"https://github.com/huggingface/trl/issues/6802 ({ISSUE} 6802)", []),
         ("the design (docs/architecture.md §5, paper §7)", []),
     ],
 )
