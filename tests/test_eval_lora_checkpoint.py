@@ -6,7 +6,6 @@ log-probabilities it records for each sampled response equal those of peft's own
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from nlhf.evaluation.llm import _resolve
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
 from nlhf.testing.tolerances import assert_close
+from nlhf.testing.trainer import LengthOracle
 from nlhf.training import nash_loop
 from nlhf_torch.evaluate import Sampler
 from nlhf_torch.tiny import build_tiny_model
@@ -28,11 +28,6 @@ pytestmark = pytest.mark.slow  # a 2-step LoRA run and its evaluation: ~15 s per
 
 PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello"]
 CORPUS = ["Pick a fruit: apple banana cherry", "Name a colour: red green blue"] * 3
-
-
-class LengthOracle:
-    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
-        return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
 
 
 class _Plugin:
