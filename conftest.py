@@ -12,6 +12,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+# Under pytest-xdist (scripts/test.sh runs one worker per CPU) each worker, and every process
+# its tests start, gets an equal share of the CPUs as OpenMP/BLAS threads instead of all of
+# them each: oversubscribed OpenMP threads spin and slow every worker down.
+if _workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // int(_workers)))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
 
 #: The checkpoints of ``tiny_ckpts``: name -> (arch, head, tie_word_embeddings).
 TINY_CKPTS = {

