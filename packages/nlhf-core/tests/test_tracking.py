@@ -270,6 +270,22 @@ def test_mlflow_honours_a_given_tracking_uri(
     assert os.environ["MLFLOW_TRACKING_URI"] == store.resolve().as_uri()
 
 
+def test_mlflow_writes_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``MLFLOW_TRACKING_URI`` the store is ``RUN/mlruns`` alone: MLflow's own
+    defaults in the working directory (``./mlruns``, ``./mlflow.db``) are never created."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "run"
+    train_spec(tabular_spec(out, ["mlflow"]), out)
+    _, runs = mlflow_runs(out / "mlruns")
+    assert len(runs) == 1
+    assert sorted(p.name for p in cwd.iterdir()) == []
+
+
 def test_a_tracker_that_cannot_start_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
