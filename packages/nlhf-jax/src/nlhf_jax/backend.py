@@ -39,16 +39,17 @@ class JaxBackend:
         return make_offline_stepper(spec, checkpoint, total_steps)
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
-        require(spec, self.name, self.capabilities)
+        """Run ``spec``. The capability check (:func:`nlhf.spec.capabilities.require`) runs
+        once: an LLM ``task: nash``, ``offline`` and ``preference_model`` run it in the entry
+        point every caller goes through (``nash_loop``, ``offline_loop``,
+        ``train_preference_model``), the other tasks here; a multi-host run also here,
+        before it joins the coordinator."""
         if getattr(spec.distributed, "multihost", False):  # one of several jax processes
+            require(spec, self.name, self.capabilities)
             from nlhf_jax.multihost import train
 
             return train(spec, Path(output), resume=resume)
-        if spec.task == "nash":
-            if spec.is_tabular:
-                from nlhf_jax.tabular import train_tabular
-
-                return train_tabular(spec, Path(output), resume=resume)
+        if spec.task == "nash" and not spec.is_tabular:
             from nlhf_jax.trainer import train_nash
 
             return train_nash(spec, Path(output), resume=resume)
@@ -60,6 +61,11 @@ class JaxBackend:
             from nlhf_jax.offline import train_offline
 
             return train_offline(spec, Path(output), resume=resume)
+        require(spec, self.name, self.capabilities)
+        if spec.task == "nash":
+            from nlhf_jax.tabular import train_tabular
+
+            return train_tabular(spec, Path(output), resume=resume)
         if spec.task == "evaluate":
             from nlhf_jax.evaluate import evaluate_spec
 

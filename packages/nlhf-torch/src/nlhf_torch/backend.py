@@ -40,12 +40,11 @@ class TorchBackend:
         return make_offline_stepper(spec, checkpoint, total_steps)
 
     def train(self, spec: Any, output: Path, *, resume: bool = False) -> dict[str, Any]:
-        require(spec, self.name, self.capabilities)
-        if spec.task == "nash":
-            if spec.is_tabular:
-                from nlhf_torch.tabular import train_tabular
-
-                return train_tabular(spec, Path(output), resume=resume)
+        """Run ``spec``. The capability check (:func:`nlhf.spec.capabilities.require`) runs
+        once: an LLM ``task: nash``, ``offline`` and ``preference_model`` run it in the entry
+        point every caller goes through (``nash_loop``, ``offline_loop``,
+        ``train_preference_model``), the other tasks here."""
+        if spec.task == "nash" and not spec.is_tabular:
             from nlhf_torch.trainer import train_nash
 
             return train_nash(spec, Path(output), resume=resume)
@@ -57,6 +56,11 @@ class TorchBackend:
             from nlhf_torch.offline import train_offline
 
             return train_offline(spec, Path(output), resume=resume)
+        require(spec, self.name, self.capabilities)
+        if spec.task == "nash":
+            from nlhf_torch.tabular import train_tabular
+
+            return train_tabular(spec, Path(output), resume=resume)
         if spec.task == "evaluate":
             from nlhf_torch.evaluate import evaluate_spec
 
