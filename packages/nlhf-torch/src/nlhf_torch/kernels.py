@@ -28,6 +28,7 @@ __all__ = [
     "dpo_loss",
     "egpo_loss",
     "exact_terms",
+    "head_token_logprobs",
     "inpo_loss",
     "kl",
     "kl_from_logprobs",
@@ -123,6 +124,178 @@ def _chunk_terms(
     return lp, exact_terms(logp, logq)
 
 
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The LM head matmul's dtype: autocast's (bf16-mixed) for float32/half operands when
+    autocast is on for their device, else their promoted dtype (as ``F.linear`` would)."""
+    device = hidden.device.type
+    autocastable = (torch.float32, torch.float16, torch.bfloat16)
+    if (
+        torch.is_autocast_enabled(device)
+        and hidden.dtype in autocastable
+        and weight.dtype in autocastable
+    ):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _head_logits(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    compute: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ℓ = h Wᵀ + b in ``compute`` (upcast to float32 from half precision), soft-capped
+    ℓ ← c·tanh(ℓ/c) when ``softcap`` = c; also tanh(ℓ/c) (None without a cap)."""
+    logits = _float(F.linear(h.to(compute), weight, bias))
+    if softcap is None:
+        return logits, None
+    capped = torch.tanh(logits / softcap)
+    return capped * softcap, capped
+
+
+class _HeadTokenLogprobs(torch.autograd.Function):
+    """log_softmax(ℓ/T)[y] (and exact-KL terms) of ℓ = head(h), chunk by chunk over the
+    positions, with a hand-written backward (:func:`head_token_logprobs`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        tokens: torch.Tensor,
+        reference_logits: torch.Tensor | None,
+        temperature: float,
+        chunk: int,
+        softcap: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        compute = _compute_dtype(hidden, weight)
+        w = weight.to(compute)
+        b = None if bias is None else bias.to(compute)
+        rows, positions = tokens.shape
+        acc = torch.float64 if compute == torch.float64 else torch.float32
+        lp = torch.empty(rows, positions, dtype=acc, device=hidden.device)
+        lse = torch.empty_like(lp)
+        exact = torch.zeros_like(lp)
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes set explicitly
+            for start in range(0, positions, chunk):
+                cut = slice(start, start + chunk)
+                logits, _ = _head_logits(hidden[:, cut], w, b, softcap, compute)
+                s = logits.div_(temperature)
+                lse[:, cut] = torch.logsumexp(s, dim=-1)
+                logp = s.sub_(lse[:, cut].unsqueeze(-1))
+                lp[:, cut] = logp.gather(-1, tokens[:, cut].long().unsqueeze(-1)).squeeze(-1)
+                if reference_logits is not None:
+                    logq = torch.log_softmax(_float(reference_logits[:, cut]) / temperature, -1)
+                    exact[:, cut] = exact_terms(logp, logq)
+        ctx.save_for_backward(hidden, weight, bias, tokens, reference_logits, lse, exact)
+        ctx.options = (temperature, chunk, softcap, compute)
+        ctx.set_materialize_grads(False)
+        if reference_logits is None:
+            ctx.mark_non_differentiable(exact)
+        return lp, exact
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, grad_lp: torch.Tensor | None, grad_exact: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, bias, tokens, reference_logits, lse, exact = ctx.saved_tensors
+        temperature, chunk, softcap, compute = ctx.options
+        if reference_logits is None:
+            grad_exact = None
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        none = (None,) * 5
+        if (grad_lp is None and grad_exact is None) or not (need_h or need_w or need_b):
+            return (None, None, None, *none)
+        w = weight.to(compute)
+        b = None if bias is None else bias.to(compute)
+        d_hidden = torch.empty_like(hidden) if need_h else None
+        d_weight = torch.zeros_like(weight) if need_w else None
+        d_bias = torch.zeros_like(bias) if need_b and bias is not None else None
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes set explicitly
+            for start in range(0, tokens.shape[1], chunk):
+                cut = slice(start, start + chunk)
+                h = hidden[:, cut]
+                logits, capped = _head_logits(h, w, b, softcap, compute)
+                logp = logits.div_(temperature).sub_(lse[:, cut].unsqueeze(-1))
+                g = None if grad_lp is None else grad_lp[:, cut].unsqueeze(-1).to(logp.dtype)
+                if grad_exact is None:  # ∂ log p_y/∂s_v = 1[v = y] − p_v: first −g·p
+                    assert g is not None
+                    d_s = logp.exp_().mul_(-g)
+                else:  # ∂E/∂s_v = p_v (log p_v − log q_v − E)
+                    p = logp.exp()
+                    ref = _float(reference_logits[:, cut])
+                    logq = torch.log_softmax(ref / temperature, dim=-1)
+                    d_s = logp.sub_(logq).sub_(exact[:, cut].unsqueeze(-1)).mul_(p)
+                    d_s.mul_(grad_exact[:, cut].unsqueeze(-1).to(d_s.dtype))
+                    if g is not None:
+                        d_s.sub_(p.mul_(g))
+                if g is not None:  # + g·1[v = y]
+                    d_s.scatter_add_(-1, tokens[:, cut].long().unsqueeze(-1), g)
+                d_logits = d_s.div_(temperature)  # s = ℓ/T
+                if capped is not None:  # ℓ = c·tanh(z/c): ∂ℓ/∂z = 1 − tanh²(z/c)
+                    d_logits.mul_(capped.square_().neg_().add_(1.0))
+                dz = d_logits.to(compute)
+                if d_hidden is not None:
+                    d_hidden[:, cut] = (dz @ w).to(hidden.dtype)
+                if d_weight is not None:
+                    flat_dz = dz.reshape(-1, dz.shape[-1])
+                    flat_h = h.reshape(-1, h.shape[-1]).to(compute)
+                    if compute == weight.dtype:
+                        d_weight.addmm_(flat_dz.T, flat_h)
+                    else:
+                        d_weight.add_(flat_dz.T @ flat_h)
+                if d_bias is not None:
+                    d_bias.add_(dz.sum(dim=(0, 1)))
+        return (d_hidden, d_weight, d_bias, *none)
+
+
+def head_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    tokens: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    *,
+    softcap: float | None = None,
+    reference_logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_n|·) = log_softmax(ℓ_n/T)[y_n] (B, T) of the LM head ℓ = h Wᵀ + b (Gemma 2/3:
+    ℓ ← c·tanh(ℓ/c)) on final hidden states h (B, T, H), W (V, H) — tied to the embedding
+    or not — ``chunk`` positions at a time, never holding B×T×V logits nor saving any for
+    the backward. With ``reference_logits`` (B, T, V) also the exact KL terms
+    E_n = Σ_v π(v)(log π(v) − log μ(v)) (:func:`exact_terms`), else None.
+
+    The backward recomputes each chunk's logits from h and W and applies the log-softmax
+    gradients (s = ℓ/T, p = softmax(s); e.g. Bishop, *Pattern Recognition and Machine
+    Learning*, eq. 4.106): ∂ log p_y/∂s_v = 1[v = y] − p_v and ∂E/∂s_v = p_v(log p_v −
+    log μ_v − E), times 1/T and the cap's 1 − tanh²(z/c); then ∂h = ∂z W per chunk and
+    ∂W = Σ_chunks ∂zᵀ h, ∂b = Σ ∂z into one V×H (V) buffer — autograd through chunks would
+    build one dense ∂W per chunk. Under ``torch.autocast`` the matmuls run in autocast's
+    dtype (as ``F.linear`` there), the softmax in float32; float64 stays float64."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of positions; got {chunk}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    lp, exact = _HeadTokenLogprobs.apply(
+        hidden, weight, bias, tokens, reference_logits, temperature, chunk, softcap
+    )
+    return lp, (exact if reference_logits is not None else None)
+
+
+def _plain_linear(head: Any) -> bool:
+    """Whether ``head`` computes exactly ``F.linear(h, head.weight, head.bias)``: a
+    ``torch.nn.Linear`` without hooks (a peft LoRA layer or a hooked module is not)."""
+    return (
+        isinstance(head, torch.nn.Linear)
+        and not head._forward_hooks
+        and not head._forward_pre_hooks
+    )
+
+
 def chunked_token_logprobs(
     hidden: torch.Tensor,
     head: Callable[[torch.Tensor], torch.Tensor],
@@ -138,9 +311,23 @@ def chunked_token_logprobs(
     as it is) ``chunk`` at a time, ℓ = head(h) (Gemma 2/3: ℓ ← c·tanh(ℓ/c), ``softcap`` c),
     log_softmax(ℓ/T) gathered at y. With ``reference_logits`` (B, T, V) also the exact KL
     terms Σ_v π(v)(log π(v) − log μ(v)) per position (:func:`exact_terms`), else None.
-    Under autograd each chunk runs in ``torch.utils.checkpoint`` (non-reentrant), so the
-    backward recomputes its logits instead of storing them: B·chunk·V logits at a time.
+    A plain ``torch.nn.Linear`` head runs :func:`head_token_logprobs` (one ∂W buffer, no
+    saved logits); any other head (a LoRA-adapted one) runs each chunk under
+    ``torch.utils.checkpoint`` (non-reentrant), whose backward recomputes the chunk's
+    logits but builds a gradient of the head's weights per chunk.
     Equal to :func:`token_logprobs` of the full logits up to summation order."""
+    if _plain_linear(head):
+        linear: Any = head
+        return head_token_logprobs(
+            hidden,
+            linear.weight,
+            linear.bias,
+            tokens,
+            temperature,
+            chunk,
+            softcap=softcap,
+            reference_logits=reference_logits,
+        )
     from torch.utils.checkpoint import checkpoint
 
     step = functools.partial(_chunk_terms, head, softcap, temperature)

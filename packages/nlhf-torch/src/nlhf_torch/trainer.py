@@ -405,6 +405,16 @@ class TorchStepper:
             logits, comp, cmask, self.spec.training.generation.temperature
         )
 
+    def _policy_logprobs(self, input_ids: Any, attn: Any, comp: Any, cmask: Any) -> Any:
+        """log π_θ(y|x) (B,) of the trained model with gradient: through
+        :meth:`_chunked_logprobs` when ``training.logprob_chunk`` applies, else from the
+        full logits (:meth:`_logprobs`)."""
+        chunk = self._logprob_chunk(comp)
+        if chunk is None:
+            return self._logprobs(self.train_model, input_ids, attn, comp, cmask)
+        lp, _ = self._chunked_logprobs(input_ids, attn, comp, cmask, chunk, None)
+        return (lp * cmask.to(lp.dtype)).sum(-1)
+
     def _game_loss(
         self, payload: Any, preference: np.ndarray, tau: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -415,7 +425,7 @@ class TorchStepper:
             _, input_ids, attn, comp, cmask = payload
             k = self.rule.num_samples(self.algo)
             win = torch.as_tensor(sppo_win_rates(preference, k)).to(self._device)
-            lp = self._logprobs(self.train_model, input_ids, attn, comp, cmask)
+            lp = self._policy_logprobs(input_ids, attn, comp, cmask)
             with torch.no_grad():
                 lq = self._logprobs(self.reference, input_ids, attn, comp, cmask)
             loss, metrics = kernels.sppo_loss(lp, lp.detach(), win, self.algo.eta)
@@ -423,8 +433,8 @@ class TorchStepper:
             return loss, {**metrics, **{key: v.detach() for key, v in extra.items()}}
         input_ids, attn, pairs = payload
         y, ym, yp, ypm = pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask
-        lp_y = self._logprobs(self.train_model, input_ids, attn, y, ym)
-        lp_p = self._logprobs(self.train_model, input_ids, attn, yp, ypm)
+        lp_y = self._policy_logprobs(input_ids, attn, y, ym)
+        lp_p = self._policy_logprobs(input_ids, attn, yp, ypm)
         with torch.no_grad():
             temp = self.spec.training.generation.temperature
             lq_y = kernels.sequence_logprobs(pairs.reference_logits, y, ym, temp)
