@@ -17,6 +17,17 @@ method generates exactly 32 tokens per row). Methods:
 Prints the median seconds over ``--repeats`` interleaved runs and the speed-up ratios.
 Run: ``.venv/bin/python benchmarks/generation_bench.py [--threads 1] [--device cpu]``.
 
+``--weights DIR`` instead times the fused decode's two weight layouts on a real model (the
+Nash-MD-PG trainer's call: policy and a separately loaded frozen reference from ``DIR``,
+reference logits along y, ``--batch`` hh-rlhf prompts of exactly ``--prompt-len`` tokens,
+EOS off): ``copies`` stacks each weight of policy and reference into one (2, in, out)
+tensor for ``bmm`` (a copy of both models, what models of at most
+``fastdecode.FUSE_MAX_PARAMS`` parameters get) and ``in place`` runs one matmul per model
+on the parameters themselves; both must draw the same tokens from the same uniforms::
+
+    .venv/bin/python benchmarks/generation_bench.py --weights runs/models/smollm2-135m-instruct \
+        --batch 8 --prompt-len 128 --new-tokens 64 --repeats 3
+
 Measured (2026-11, an otherwise idle 16-core x86 host with one H100; torch 2.11,
 transformers 5.17; median of 7, seconds):
 
@@ -142,8 +153,81 @@ def median_times(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def hh_rlhf_prompts(tokenizer, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` prompts of exactly ``length`` tokens: the longest hh-rlhf dialogues of the
+    test data, left-truncated (the newest turns kept)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tests/data/hh-rlhf-harmless-200.jsonl.gz"
+    with gzip.open(path, "rt") as lines:
+        texts = sorted((json.loads(line)["chosen"] for line in lines), key=len, reverse=True)
+    rows = [ids[-length:] for t in texts if len(ids := tokenizer(t)["input_ids"]) >= length]
+    if len(rows) < batch:
+        raise SystemExit(f"only {len(rows)} dialogues of {length} tokens in {path}")
+    ids = torch.tensor(rows[:batch])
+    return ids, torch.ones_like(ids)
+
+
+def weight_layouts(args: argparse.Namespace) -> None:
+    """Median generation time of the fused decode with stacked weight copies vs the
+    parameters in place, same workload, interleaved (see the module doc)."""
+    from nlhf_torch import fastdecode
+    from transformers import AutoTokenizer
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(args.weights, dtype=torch.float32).eval()
+
+    policy, reference = load(), load()
+    ids, mask = hh_rlhf_prompts(
+        AutoTokenizer.from_pretrained(args.weights), args.batch, args.prompt_len
+    )
+    n = args.new_tokens
+    u = torch.rand(2 * args.batch, n, generator=torch.Generator().manual_seed(0)).double()
+    kw = dict(beta=args.beta, max_new_tokens=n, temperature=args.temperature, uniforms=u)
+    default = fastdecode.FUSE_MAX_PARAMS
+    out: dict[str, object] = {}
+
+    def run(name: str, limit: int):
+        def fn():
+            fastdecode.FUSE_MAX_PARAMS = limit
+            try:
+                out[name] = generate_pairs(
+                    policy,
+                    reference,
+                    ids,
+                    mask,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    return_reference_logits=True,
+                    **kw,
+                )
+            finally:
+                fastdecode.FUSE_MAX_PARAMS = default
+
+        return fn
+
+    results = median_times(
+        {"copies": run("copies", 2**62), "in place": run("in place", 0)}, args.repeats, args.device
+    )
+    a, b = out["copies"], out["in place"]
+    same = torch.equal(a.y, b.y) and torch.equal(a.y_prime, b.y_prime)
+    params = sum(p.numel() for p in policy.parameters())
+    print(
+        f"# {args.weights} ({params / 1e6:.1f}M parameters, float32), policy + reference, "
+        f"B={args.batch}, prompts of {args.prompt_len} tokens, {n} new tokens, "
+        f"threads={args.threads}, median of {args.repeats}; default FUSE_MAX_PARAMS={default}"
+    )
+    for name, sec in results.items():
+        print(f"{name:>10}: {sec:8.3f} s   {2 * args.batch * n / sec:7.1f} generated tok/s")
+    print(f"in place / copies: {results['in place'] / results['copies']:.3f}; same tokens: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", help="a model directory: time the fused decode's weight layouts")
+    ap.add_argument("--prompt-len", type=int, default=128, help="with --weights")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=1024)
@@ -157,6 +241,9 @@ def main() -> None:
     ap.add_argument("--skip-naive", action="store_true", help="skip the slowest baseline")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.weights:
+        weight_layouts(args)
+        return
     dev = args.device
     policy = build(0, args.vocab, args.hidden, args.layers, dev)
     reference = build(1, args.vocab, args.hidden, args.layers, dev)

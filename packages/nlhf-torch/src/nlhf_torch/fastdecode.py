@@ -37,14 +37,13 @@ tensor go through one matmul over all their rows).
 
 Several models that decode the same rows (policy and reference in Nash-MD-PG) form a
 group and run as one batched call: weights that differ are stacked along a leading model
-axis for ``torch.bmm``. Stacking and fusing q/k/v and gate/up copy weights, which pays
-only where Python overhead dominates, so it is done for models of at most
-:data:`FUSE_MAX_PARAMS` parameters; larger models run one matmul per weight on the
-parameters in place (no copy). There is no size limit otherwise: what the fused path
-allocates — those copies plus the static KV cache of every group — is estimated first
-(:func:`memory_needed`) and the HF path is taken, with the reason, when it exceeds the
-device's free memory. (A former ``MAX_PARAMS = 200M`` cap existed because every weight was
-copied per call; copies are now confined to small models.)
+axis for ``torch.bmm``. Stacking and fusing q/k/v and gate/up (and stacking the
+embedding tables) copy weights, which pays only where Python overhead dominates, so it is
+done for models of at most :data:`FUSE_MAX_PARAMS` parameters; larger models run one
+matmul per weight on the parameters in place and index their own embedding tables (no
+copy). There is no size limit otherwise: what the fused path allocates — those copies
+plus the static KV cache of every group — is estimated first (:func:`memory_needed`) and
+the HF path is taken, with the reason, when it exceeds the device's free memory.
 
 DeepSpeed: ZeRO 1/2 engines keep whole parameters and decode as they are; ZeRO-3
 partitioned parameters are gathered once per generation (:func:`gathered`,
@@ -79,12 +78,16 @@ __all__ = [
     "partitioned",
     "signature",
     "supported",
+    "unique_prompts",
     "unsupported_reason",
 ]
 
-FUSE_MAX_PARAMS = 200_000_000
+FUSE_MAX_PARAMS = 5_000_000
 """Models up to this size get stacked/fused weight copies (one ``bmm`` per layer part);
-larger ones run on their parameters in place."""
+larger ones run on their parameters in place. Measured on one CPU thread
+(``benchmarks/generation_bench.py``, policy + reference, 16 rows): the copies save 29 % of
+the generation time at 0.6M parameters, are neutral (±1 %) at 6.6M and cost 12 % at 52M;
+on SmolLM2-135M they would copy 1.3 GB for no gain."""
 
 #: class name → model_type of the architectures this module reproduces
 _CLASSES = {
@@ -543,6 +546,29 @@ def _lora(parts: list[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
     return torch.cat(a_s).T.contiguous(), torch.block_diag(*b_s).T.contiguous()
 
 
+def unique_prompts(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct prompts of a left-padded batch (rows equal in ids and mask), so each is
+    prefilled once: ``keep`` (U,) the first row of each in order of appearance, ``source``
+    (B,) the index into ``keep`` of every row's prompt (``input_ids[keep][source]`` equals
+    ``input_ids``). Rows repeat where a caller samples several responses per prompt in one
+    call (the prompts tiled ⌈K/2⌉ times); the y and y′ rows of a pair already share one
+    prompt row."""
+    b = input_ids.shape[0]
+    key = torch.cat([input_ids.long(), attention_mask.long()], dim=1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if len(uniq) == b:  # all distinct: no reordering
+        arange = torch.arange(b, device=input_ids.device)
+        return arange, arange
+    first = torch.full((len(uniq),), b, dtype=torch.long, device=input_ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(b, device=first.device), "amin")
+    order = first.argsort()  # distinct prompts in order of their first row
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    return first[order], rank[inverse]
+
+
 def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in ts])
 
@@ -578,7 +604,7 @@ class FastGroup:
     """M architecturally identical models decoding the same rows with one static KV cache.
 
     ``rows`` (R,) are indices into the generator's 2B rows; row r continues prompt r mod B.
-    :meth:`prefill` runs the B prompts once and expands the cache to the rows;
+    :meth:`prefill` runs each distinct prompt once and expands the cache to the rows;
     :meth:`step` feeds one token per row. Both leave ``self.logits`` (M, R, V) holding the
     last-position logits.
     """
@@ -641,7 +667,9 @@ class FastGroup:
             self.layers.append(p)
         embeds = [h.model.embed_tokens.weight for h in hfs]
         self.embed_shared = all(e is embeds[0] for e in embeds)
-        self.embed = embeds[0].detach() if self.embed_shared else _stack(embeds)
+        # the tables themselves, or (small models) stacked for one gather over M
+        self.embeds = [embeds[0].detach()] if self.embed_shared else [e.detach() for e in embeds]
+        self.embed = self.embeds[0] if self.embed_shared or not fuse else _stack(embeds)
         scale = getattr(hf0.model.embed_tokens, "embed_scale", None)
         self.embed_scale = None if scale is None else scale.to(self.embed.dtype)
         self.norm = _stack([h.model.norm.weight for h in hfs]).unsqueeze(1)
@@ -658,8 +686,10 @@ class FastGroup:
         m = len(self.models)
         if self.embed_shared:
             x = self.embed[tokens].unsqueeze(0).expand(m, *tokens.shape, -1)
-        else:
+        elif self.embed.ndim == 3:  # stacked copy (M, V, h)
             x = self.embed[:, tokens]
+        else:
+            x = torch.stack([e[tokens] for e in self.embeds])
         return x if self.embed_scale is None else x * self.embed_scale
 
     def _rope_tables(self, n_pos: int) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
@@ -780,7 +810,12 @@ class FastGroup:
         )
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """Run the B left-padded prompts, then expand cache and logits to ``self.rows``."""
+        """Run each distinct one of the B left-padded prompts once (:func:`unique_prompts`),
+        then expand cache and logits to ``self.rows`` (row r continues prompt r mod B)."""
+        keep, source = unique_prompts(input_ids, attention_mask)
+        prompt = source[self.rows % input_ids.shape[0]]  # the distinct prompt of each row
+        if len(keep) < input_ids.shape[0]:
+            input_ids, attention_mask = input_ids[keep], attention_mask[keep]
         b, plen = input_ids.shape
         dev = input_ids.device
         m = len(self.models)
@@ -798,7 +833,6 @@ class FastGroup:
         for w in dict.fromkeys(self.windows):
             allowed = causal if w is None else causal & (slot[None, :] > slot[:, None] - w)
             masks[w] = self._additive((allowed & amask[:, None, None, :]) | eye)
-        prompt = self.rows % b
         rows = len(prompt)
         # with a pool, the prompts fill rows 0..B−1 of the rows-shaped cache, which is then
         # expanded in place when those rows serve prompts 0..B−1 in order (the usual case)

@@ -14,8 +14,9 @@ is used by the loss; docs/architecture.md §5, pitfalls).
 What makes it fast compared with TRL 1.13's ``NashMDTrainer`` (which re-runs policy and
 reference over the whole prefix for every mixture token, ≈ 3T+5 forward calls):
 
-1. each model prefills the (left-padded) prompts once; its KV cache is then expanded to the
-   rows it serves (``DynamicCache.batch_select_indices``) instead of prefilling twice;
+1. each model prefills every distinct (left-padded) prompt once — y and y′ of a pair, and
+   prompts repeated in the batch, share it; its KV cache is then expanded to the rows it
+   serves (``DynamicCache.batch_select_indices``) instead of prefilling per row;
 2. KV caches of policy, reference (and opponent) are stepped in lockstep, one token per call;
 3. only last-position logits are computed (``logits_to_keep=1``);
 4. y rows and y' rows go through the policy in ONE batch of 2B;
@@ -141,8 +142,14 @@ class _Stream:
         self.logits: torch.Tensor | None = None
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
-        """Prefill the B prompts once, then expand the cache to ``rows`` (row r ↦ prompt r mod B)."""
+        """Prefill each distinct prompt once (:func:`nlhf_torch.fastdecode.unique_prompts`),
+        then expand the cache to ``rows`` (row r ↦ prompt r mod B)."""
         from transformers import DynamicCache
+
+        keep, source = fastdecode.unique_prompts(input_ids, attention_mask)
+        prompt_of_row = source[self.rows % input_ids.shape[0]]
+        if len(keep) < input_ids.shape[0]:
+            input_ids, attention_mask = input_ids[keep], attention_mask[keep]
 
         try:
             cache = DynamicCache(config=self.model.config)
@@ -159,7 +166,6 @@ class _Stream:
         self.cache = out.cache
         logits = out.logits[:, -1]
         b = input_ids.shape[0]
-        prompt_of_row = self.rows % b
         if not torch.equal(prompt_of_row, torch.arange(b, device=prompt_of_row.device)):
             self.cache.batch_select_indices(prompt_of_row)
             logits = logits[prompt_of_row]
