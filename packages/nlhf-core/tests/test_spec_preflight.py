@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import nlhf
+import numpy as np
 import pytest
 from nlhf import cli
 from nlhf import plugins as plugins_mod
@@ -144,15 +145,17 @@ def test_run_refuses_a_bad_output_before_the_backend_exists(recorder: None, tmp_
 
 
 # ----------------------------------------------------------------------------- memory
-def _llm(tmp_path: Path, training: str, weights: int = 0) -> Any:
+def _llm(
+    tmp_path: Path, training: str, weights: int = 0, config: str = CONFIG, policy: str = ""
+) -> Any:
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
-    (model / "config.json").write_text(CONFIG)
+    (model / "config.json").write_text(config)
     if weights:
-        (model / "model.safetensors").write_bytes(b"\0" * weights)
+        (model / "model.bin").write_bytes(b"\0" * weights)
     text = (
         "spec_version: 1\ntask: nash\n"
-        f"policy: {{model: {model}}}\n"
+        f"policy: {{model: {model}{policy}}}\n"
         "preference: {name: oracle, function: f}\n"
         "data: {path: p.jsonl, max_prompt_length: 256}\n"
         "algorithm: {name: nash_md_pg}\n"
@@ -162,16 +165,95 @@ def _llm(tmp_path: Path, training: str, weights: int = 0) -> Any:
 
 
 def test_memory_estimate_matches_a_hand_count(tmp_path: Path) -> None:
+    """B = 8/2 = 4 rows, T = 256 + 64 = 320, V = 32000 (< 32768: auto keeps full logits),
+    L = 2, h = 64, H_kv = 2·(64/4) = 32, I = 0 (absent), N = 1000 bytes / 4 (float32) =
+    250 parameters, s = 4."""
     spec = _llm(tmp_path, "{batch_size: 8, grad_accum: 2, generation: {max_new_tokens: 64}}", 1000)
     [estimate] = pf.estimate_memory(spec)
-    B, T, V, L, kv = 4, 256 + 64, 32000, 2, 2 * (64 // 4)  # micro-batch, tokens, config.json
     assert estimate.terms == {
-        "token ids (2·B·T·8)": 2 * B * T * 8,
-        "logits (B·T·V·4, V=32000)": B * T * V * 4,
-        "KV cache (2·L·B·T·H_kv·s)": 2 * L * B * T * kv * 4,
-        "weights": 1000,
+        "token ids (2·B·T·8)": 20_480,  # 2·4·320·8
+        "logits (B·T·V·4, V=32000)": 163_840_000,  # 4·320·32000·4
+        "KV cache (2·L·B·T·H_kv·s)": 655_360,  # 2·2·4·320·32·4
+        "parameters (N·s)": 1000,  # 250·4
+        "gradients (N·s)": 1000,
+        "Adam moments (2·N·s)": 2000,
+        "activations (L·B·T·(3h + I)·a)": 1_966_080,  # 2·4·320·192·4
     }
     assert estimate.inputs == "B=4, T=256+64"
+
+
+BIG = (
+    '{"vocab_size": 131072, "num_hidden_layers": 4, "hidden_size": 64, "intermediate_size":'
+    ' 256, "num_attention_heads": 4, "num_key_value_heads": 4, "dtype": "bfloat16"}'
+)
+
+
+def _terms(spec: Any) -> dict[str, int]:
+    [estimate] = pf.estimate_memory(spec)
+    return {k: v for k, v in estimate.terms.items() if not k.startswith(("token", "KV"))}
+
+
+def test_memory_estimate_of_the_memory_options(tmp_path: Path) -> None:
+    """B = 4, T = 256 + 32 = 288, V = 131072, L = 4, h = 64, I = 256; N = 4096 bytes / 2
+    (bfloat16 files) = 2048 parameters, trained in float32 (s = 4)."""
+    base = "batch_size: 4, generation: {max_new_tokens: 32}"
+    plain = _terms(_llm(tmp_path, f"{{{base}, logprob_chunk: 'off'}}", 4096, BIG))
+    assert plain == {
+        "logits (B·T·V·4, V=131072)": 603_979_776,  # 4·288·131072·4
+        "parameters (N·s)": 8192,  # 2048·4
+        "gradients (N·s)": 8192,
+        "Adam moments (2·N·s)": 16_384,
+        "activations (L·B·T·(3h + I)·a)": 8_257_536,  # 4·4·288·(192 + 256)·4
+    }
+    # auto: c = 2²² // (B·V) = 4194304 // 524288 = 8 completion positions per chunk
+    auto = _terms(_llm(tmp_path, f"{{{base}}}", 4096, BIG))
+    assert auto.pop("logits (B·c·V·4, c=8, V=131072)") == 16_777_216  # 4·8·131072·4
+    chunked = _terms(_llm(tmp_path, f"{{{base}, logprob_chunk: 5}}", 4096, BIG))
+    assert chunked.pop("logits (B·c·V·4, c=5, V=131072)") == 10_485_760  # 4·5·131072·4
+    # checkpointing: block inputs L·h plus one recomputed block 3h + I
+    ckpt = _terms(_llm(tmp_path, f"{{{base}, gradient_checkpointing: true}}", 4096, BIG))
+    assert (
+        ckpt["activations, checkpointed (B·T·(L·h + 3h + I)·a)"] == 3_244_032
+    )  # 4·288·(256 + 192 + 256)·4
+    # bf16-mixed: float32 parameters, gradients and moments; bfloat16 activations
+    mixed = _terms(_llm(tmp_path, f"{{{base}, precision: bf16-mixed}}", 4096, BIG))
+    assert mixed["parameters (N·s)"] == 8192 and mixed["Adam moments (2·N·s)"] == 16_384
+    assert mixed["activations (L·B·T·(3h + I)·a)"] == 4_128_768  # 4·4·288·448·2
+    both = "gradient_checkpointing: true, precision: bf16-mixed"
+    mixed_ckpt = _terms(_llm(tmp_path, f"{{{base}, {both}}}", 4096, BIG))
+    assert (
+        mixed_ckpt["activations, checkpointed (B·T·(L·h + 3h + I)·a)"] == 1_622_016
+    )  # 4·288·704·2
+
+
+def test_memory_estimate_of_what_does_not_train(tmp_path: Path) -> None:
+    """LoRA: the base's parameters only; sgd: no moments; bfloat16 policy: s = a = 2."""
+    base = "batch_size: 4, generation: {max_new_tokens: 32}, logprob_chunk: 'off'"
+    lora = _terms(_llm(tmp_path, f"{{{base}}}", 4096, BIG, policy=", lora: {r: 4}"))
+    assert "gradients (N·s)" not in lora and "Adam moments (2·N·s)" not in lora
+    assert lora["parameters (N·s)"] == 8192
+    sgd = _terms(_llm(tmp_path, f"{{{base}, optimizer: {{name: sgd}}}}", 4096, BIG))
+    assert sgd["gradients (N·s)"] == 8192 and "Adam moments (2·N·s)" not in sgd
+    half = _terms(_llm(tmp_path, f"{{{base}}}", 4096, BIG, policy=", dtype: bfloat16"))
+    assert half["parameters (N·s)"] == 4096  # 2048·2
+    assert half["activations (L·B·T·(3h + I)·a)"] == 4_128_768  # 4·4·288·448·2
+
+
+def test_parameters_are_read_from_safetensors_headers(tmp_path: Path) -> None:
+    """N from the header alone (shapes (3, 4) and (5,): 17), whatever the file's dtype."""
+    from safetensors.numpy import save_file
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(CONFIG)
+    save_file(
+        {"a": np.zeros((3, 4), np.float16), "b": np.zeros(5, np.float32)},
+        str(model / "model.safetensors"),
+    )
+    assert pf.safetensors_parameters(model / "model.safetensors") == 17
+    assert pf.model_shape(str(model)).parameters == 17
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    assert pf.safetensors_parameters(tmp_path / "junk.safetensors") is None
 
 
 def test_memory_refused_above_available_on_the_offending_field(tmp_path: Path) -> None:

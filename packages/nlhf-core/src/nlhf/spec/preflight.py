@@ -7,22 +7,36 @@ not part of the schema
 (:mod:`nlhf.spec.models`); problems are located like the loader's
 (``SPEC:LINE:COL: field.path: message``, exit 2).
 
-**Memory estimate** (a lower bound: a run that needs more than this certainly fails; weights,
-activations and optimiser state come on top). With B prompts per micro-batch
-(``batch_size / grad_accum``), T = ``data.max_prompt_length + generation.max_new_tokens``
-tokens per sequence, and, from the model's ``config.json`` when ``policy.model`` is a local
-directory, V = ``vocab_size``, L = ``num_hidden_layers``, H_kv = ``num_key_value_heads`` ×
-head size (``head_dim``, else ``hidden_size / num_attention_heads``):
+**Memory estimate** (a lower bound: a run that needs more than this certainly fails; what
+it leaves out comes on top). With B prompts per micro-batch (``batch_size / grad_accum``),
+T = ``data.max_prompt_length + generation.max_new_tokens`` tokens per sequence, and, from
+the model's ``config.json`` when ``policy.model`` is a local directory, V = ``vocab_size``,
+L = ``num_hidden_layers``, h = ``hidden_size``, I = ``intermediate_size`` (0 if absent),
+H_kv = ``num_key_value_heads`` × head size (``head_dim``, else ``hidden_size /
+num_attention_heads``), N = the parameters in its ``*.safetensors`` headers (else weight
+bytes / bytes of its ``dtype``); s = bytes of ``policy.dtype``:
 
 - token ids of the two responses y, y' (int64): 2·B·T·8 bytes;
-- the logits of one forward pass (float32): B·T·V·4 bytes;
-- the KV cache of one sampled batch: 2·L·B·T·H_kv·s bytes (K and V; s = bytes of ``dtype``);
-- the model's weight files, which are loaded at least once.
+- the logits of the loss's forward (float32): B·T·V·4 bytes, or B·c·V·4 when
+  ``training.logprob_chunk`` gives chunks of c completion positions
+  (:meth:`~nlhf.spec.models.TrainingSpec.logprob_chunk_size`);
+- the KV cache of one sampled batch: 2·L·B·T·H_kv·s bytes (K and V);
+- ``task: nash``: the policy's parameters N·s, and, when every parameter trains (no
+  ``policy.lora``) on one process (``distributed.engine: none``: DeepSpeed and a jax mesh
+  shard or offload them), their gradients N·s and Adam's two moments 2·N·s (none for
+  ``sgd``). ``precision: bf16-mixed`` needs ``policy.dtype: float32``, so these stay
+  4 bytes each (float32 master weights, gradients and moments);
+- ``task: nash``, the activations the loss's backward keeps, in bytes a = 2 under
+  ``precision: bf16-mixed`` (bfloat16 compute), else s. Each decoder block keeps at least
+  the inputs of its weight-gradient matmuls (q/k/v, o, gate/up: h each; down: I), so
+  L·B·T·(3h + I)·a; with ``training.gradient_checkpointing`` only each block's input is
+  kept and one block is recomputed at a time: B·T·(L·h + 3h + I)·a;
+- otherwise the model's weight files, which are loaded at least once.
 
 Preference scorers (``preference.batch_size`` × ``max_length``), ``task: preference_model``
 (``training.batch_size`` × ``data.max_length``, both presentation orders) and ``task:
-offline`` (the same sizes: the chosen and rejected rows of each pair) count the same
-terms. A tabular game of n responses needs 4·n²·8 bytes: P, A = P − ½, and the Newton
+offline`` (the same sizes: the chosen and rejected rows of each pair) count the
+token-id, full-logits, KV-cache and weight-file terms. A tabular game of n responses needs 4·n²·8 bytes: P, A = P − ½, and the Newton
 matrices J and A·D of :func:`nlhf.tabular.solvers.regularized_nash`.
 
 Available memory is ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup v2 limit
@@ -33,6 +47,7 @@ no memory check when neither is readable.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -148,7 +163,27 @@ class ModelShape:
     vocab: int | None = None
     layers: int | None = None
     kv_width: int | None = None
+    hidden: int | None = None
+    intermediate: int = 0
+    parameters: int | None = None
     weight_bytes: int = 0
+
+
+def safetensors_parameters(path: Path) -> int | None:
+    """Elements of every tensor in a ``.safetensors`` file, from its header alone (the
+    format: 8 bytes, little-endian u64 n, then an n-byte JSON header of ``{name: {dtype,
+    shape, data_offsets}}``); None if the file is not one."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= min(path.stat().st_size - 8, 2**27):
+                return None
+            header = json.loads(f.read(size))
+        return sum(
+            math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__"
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def model_shape(model: str | None) -> ModelShape:
@@ -183,10 +218,20 @@ def model_shape(model: str | None) -> ModelShape:
     hidden, heads = number("hidden_size", "n_embd", "d_model"), number("num_attention_heads")
     head_dim = number("head_dim") or (hidden // heads if hidden and heads else None)
     kv_heads = number("num_key_value_heads") or heads
+    counts = [safetensors_parameters(f) for f in sorted(directory.glob("*.safetensors"))]
+    if counts and None not in counts:
+        parameters: int | None = sum(c for c in counts if c is not None)
+    else:
+        dtype = merged.get("dtype") or merged.get("torch_dtype") or "float32"
+        size = DTYPE_BYTES.get(dtype) if isinstance(dtype, str) else None
+        parameters = weights // size if weights and size else None
     return ModelShape(
         vocab=number("vocab_size"),
         layers=number("num_hidden_layers", "n_layer", "num_layers"),
         kv_width=kv_heads * head_dim if kv_heads and head_dim else None,
+        hidden=hidden,
+        intermediate=number("intermediate_size", "n_inner", "ffn_dim") or 0,
+        parameters=parameters,
         weight_bytes=weights,
     )
 
@@ -211,10 +256,19 @@ class MemoryEstimate:
 
 
 def _sequence_terms(
-    rows: int, length: int, shape: ModelShape, dtype: str, *, sequences: int, logits: bool
+    rows: int,
+    length: int,
+    shape: ModelShape,
+    dtype: str,
+    *,
+    sequences: int,
+    logits: bool,
+    chunk: int | None = None,
 ) -> dict[str, int]:
     terms = {f"token ids ({sequences}·B·T·8)": sequences * rows * length * 8}
-    if logits and shape.vocab:
+    if logits and shape.vocab and chunk is not None:
+        terms[f"logits (B·c·V·4, c={chunk}, V={shape.vocab})"] = rows * chunk * shape.vocab * 4
+    elif logits and shape.vocab:
         terms[f"logits (B·T·V·4, V={shape.vocab})"] = rows * length * shape.vocab * 4
     if logits and shape.layers and shape.kv_width:
         terms["KV cache (2·L·B·T·H_kv·s)"] = (
@@ -222,6 +276,37 @@ def _sequence_terms(
         )
     if shape.weight_bytes:
         terms["weights"] = shape.weight_bytes
+    return terms
+
+
+def _policy_training_terms(
+    spec: RunSpec, rows: int, length: int, shape: ModelShape
+) -> dict[str, int]:
+    """``task: nash``: the trained policy's parameters, gradients, Adam moments and kept
+    activations (module docstring); the weight files' size when N is unknown."""
+    assert spec.policy is not None
+    tr = spec.training
+    s = DTYPE_BYTES.get(spec.policy.dtype, 4)
+    terms: dict[str, int] = {}
+    n = shape.parameters
+    if n is None:
+        if shape.weight_bytes:
+            terms["weights"] = shape.weight_bytes
+    else:
+        terms["parameters (N·s)"] = n * s
+        if spec.policy.lora is None and spec.distributed.engine == "none":
+            terms["gradients (N·s)"] = n * s
+            if tr.optimizer.name in ("adam", "adamw"):
+                terms["Adam moments (2·N·s)"] = 2 * n * s
+    if shape.layers and shape.hidden:
+        a = 2 if tr.precision == "bf16-mixed" else s
+        h, layers, inter = shape.hidden, shape.layers, shape.intermediate
+        if tr.gradient_checkpointing:
+            terms["activations, checkpointed (B·T·(L·h + 3h + I)·a)"] = (
+                rows * length * (layers * h + 3 * h + inter) * a
+            )
+        else:
+            terms["activations (L·B·T·(3h + I)·a)"] = layers * rows * length * (3 * h + inter) * a
     return terms
 
 
@@ -256,6 +341,14 @@ def estimate_memory(spec: RunSpec) -> list[MemoryEstimate]:
     if spec.task == "nash" and spec.policy is not None:
         new = tr.generation.max_new_tokens
         shape = model_shape(spec.policy.model)
+        chunk = None
+        if shape.vocab and spec.distributed.engine != "deepspeed":  # DeepSpeed: full logits
+            chunk = tr.logprob_chunk_size(rows, new, shape.vocab)
+        length = prompt_len + new
+        terms = _sequence_terms(
+            rows, length, shape, spec.policy.dtype, sequences=2, logits=True, chunk=chunk
+        )
+        terms.pop("weights", None)  # the parameters count the policy's weights
         blame = _largest_ratio(
             [
                 (("training", "batch_size"), rows, 8),
@@ -266,12 +359,12 @@ def estimate_memory(spec: RunSpec) -> list[MemoryEstimate]:
         estimates.append(
             MemoryEstimate(
                 blame,
-                _sequence_terms(
-                    rows, prompt_len + new, shape, spec.policy.dtype, sequences=2, logits=True
-                ),
+                terms | _policy_training_terms(spec, rows, length, shape),
                 f"B={rows}, T={prompt_len}+{new}",
                 "lower training.batch_size (or raise training.grad_accum), "
-                "training.generation.max_new_tokens or data.max_prompt_length",
+                "training.generation.max_new_tokens or data.max_prompt_length (or set "
+                "training.gradient_checkpointing, precision: bf16-mixed or logprob_chunk, "
+                "which shrink the activations and logits)",
             )
         )
     pairs_task = spec.task in ("preference_model", "offline")  # both score 2 rows per pair
