@@ -5,7 +5,6 @@ exported model's sequence log-probabilities, computed in torch, equal the jax po
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,12 @@ from nlhf.plugins import build_plugins  # noqa: E402
 from nlhf.spec import RunSpec  # noqa: E402
 from nlhf.testing.tiny_models import build_tiny_model  # noqa: E402
 from nlhf.testing.tolerances import assert_close  # noqa: E402
+from nlhf.testing.trainer import LengthOracle  # noqa: E402
 from nlhf.training import nash_loop  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello"]
-
-
-class LengthOracle:
-    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
-        return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
 
 
 class _Plugin:

@@ -5,7 +5,6 @@ whose logits equal the run's policy (full fine-tuning and LoRA); its refusals.""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from nlhf.export import export_model, find_source
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
 from nlhf.testing.tolerances import assert_close
+from nlhf.testing.trainer import LengthOracle
 from nlhf.training import nash_loop
 from nlhf_torch.tiny import build_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,13 +30,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-
-
-class LengthOracle:
-    """P(y≻y') = σ((len y − len y')/4) on characters."""
-
-    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
-        return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
 
 
 class _Plugin:

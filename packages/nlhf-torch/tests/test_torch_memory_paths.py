@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
 from nlhf.spec.models import TrainingSpec
 from nlhf.testing.tolerances import assert_close, tolerance
+from nlhf.testing.trainer import LengthOracle
 from nlhf.training import NashLoop, Samples, nash_loop
 from nlhf_torch import kernels
 from nlhf_torch.generation import sequence_hidden, sequence_logits
@@ -27,15 +26,7 @@ from nlhf_torch.tiny import build_tiny_model
 from nlhf_torch.trainer import TorchStepper, left_pad, right_pad, train_nash
 from safetensors.torch import load_file
 
-CORPUS = ["Pick a fruit: apple banana cherry", "Name a colour: red green blue"] * 3
 PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello"]
-
-
-class LengthOracle:
-    """P(y≻y') = σ((len y − len y')/4) on characters."""
-
-    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
-        return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
 
 
 class _Plugin:
@@ -50,15 +41,9 @@ def plugins() -> Any:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("memory")
-    model = build_tiny_model(root / "policy", "llama", corpus=CORPUS, vocab_size=300, seed=1)
-    tied = build_tiny_model(
-        root / "tied", "qwen2", tokenizer_dir=model, seed=2, tie_word_embeddings=True
-    )
-    data = root / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    return {"model": str(model), "tied": str(tied), "data": str(data)}
+def assets(torch_tiny: dict[str, str]) -> dict[str, str]:
+    """The session's transformers-initialised tiny Llama and tied Qwen2 (conftest.py)."""
+    return torch_tiny
 
 
 def make_spec(assets: dict[str, str], out: Path, **over: Any) -> RunSpec:

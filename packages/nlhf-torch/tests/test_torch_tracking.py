@@ -5,7 +5,6 @@ offline W&B run, with the run's spec and summary."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from nlhf.plugins import build_plugins
 from nlhf.runio import read_metrics
 from nlhf.spec import RunSpec
 from nlhf.testing.tracking import mlflow_runs, read_tensorboard, read_wandb_offline
+from nlhf.testing.trainer import LengthOracle
 from nlhf_torch.tiny import build_tiny_model
 from nlhf_torch.trainer import train_nash
 
@@ -26,17 +26,10 @@ CORPUS = ["Pick a fruit: apple banana cherry", "Name a colour: red green blue"] 
 PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello"]
 
 
-class _LengthOracle:
-    """P(y≻y') = σ((len y − len y')/4) on characters."""
-
-    def __call__(self, prompts: list[str], ys: list[str], yps: list[str]) -> list[float]:
-        return [1 / (1 + math.exp(-(len(a) - len(b)) / 4)) for a, b in zip(ys, yps, strict=True)]
-
-
 class _Plugin:
     @nlhf.hookimpl
     def nlhf_register_oracles(self, register: Any) -> None:
-        register("length", lambda **kw: _LengthOracle())
+        register("length", lambda **kw: LengthOracle())
 
 
 @pytest.mark.slow
