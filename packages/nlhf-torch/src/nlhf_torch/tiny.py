@@ -12,6 +12,7 @@ without torch builds its checkpoints with :func:`nlhf.testing.tiny_models.build_
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -38,58 +39,39 @@ def build_tokenizer(
     )
 
 
-def tiny_config(
-    arch: Arch,
-    vocab_size: int,
-    *,
-    hidden_size: int = 32,
-    layers: int = 2,
-    heads: int = 4,
-    kv_heads: int = 2,
-    intermediate_size: int = 64,
-    max_position_embeddings: int = 256,
-    tie_word_embeddings: bool = False,
-    pad_token_id: int = 0,
-    bos_token_id: int = 1,
-    eos_token_id: int = 2,
-    num_labels: int | None = None,
-) -> Any:
-    """A transformers config object of a tiny model (Llama / Qwen2: the config of
-    :func:`nlhf.testing.tiny_models.tiny_config`)."""
+def tiny_config(arch: Arch, vocab_size: int, **config: Any) -> Any:
+    """A transformers config object of a tiny model, from the keywords and defaults of
+    :func:`nlhf.testing.tiny_models.tiny_config` (the one home of the tiny shapes).
+    Llama / Qwen2: that function's ``config.json``. GPT-2, which that module does not
+    build: ``hidden_size`` → ``n_embd``, ``layers`` → ``n_layer``, ``heads`` → ``n_head``,
+    ``intermediate_size`` → ``n_inner``, ``max_position_embeddings`` → ``n_positions``
+    (``kv_heads``, ``rope_theta`` and ``rms_norm_eps`` have no GPT-2 counterpart and are
+    not used)."""
     from transformers import AutoConfig, GPT2Config
 
-    common: dict[str, Any] = dict(
-        pad_token_id=pad_token_id,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        tie_word_embeddings=tie_word_embeddings,
+    if arch != "gpt2":
+        cfg = tiny_models.tiny_config(arch, vocab_size, **config)
+        cfg.pop("architectures")
+        return AutoConfig.for_model(**cfg)
+    signature = inspect.signature(tiny_models.tiny_config).parameters
+    unknown = sorted(set(config) - set(signature))
+    if unknown:
+        raise TypeError(f"tiny_config() got unexpected keyword arguments {unknown}")
+    c = {k: p.default for k, p in signature.items() if p.default is not p.empty} | config
+    extra = {} if c["num_labels"] is None else {"num_labels": c["num_labels"]}
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=c["hidden_size"],
+        n_layer=c["layers"],
+        n_head=c["heads"],
+        n_inner=c["intermediate_size"],
+        n_positions=c["max_position_embeddings"],
+        pad_token_id=c["pad_token_id"],
+        bos_token_id=c["bos_token_id"],
+        eos_token_id=c["eos_token_id"],
+        tie_word_embeddings=c["tie_word_embeddings"],
+        **extra,
     )
-    if arch == "gpt2":
-        extra = {} if num_labels is None else {"num_labels": num_labels}
-        return GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=hidden_size,
-            n_layer=layers,
-            n_head=heads,
-            n_inner=intermediate_size,
-            n_positions=max_position_embeddings,
-            **common,
-            **extra,
-        )
-    cfg = tiny_models.tiny_config(
-        arch,
-        vocab_size,
-        hidden_size=hidden_size,
-        layers=layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings,
-        num_labels=num_labels,
-        **common,
-    )
-    cfg.pop("architectures")
-    return AutoConfig.for_model(**cfg)
 
 
 def build_tiny_model(
