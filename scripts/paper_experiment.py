@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             "summary": json.loads((out / f"eval-{label}" / "summary.json").read_text()),
         }
     results["samples"] = sample_completions(out / "eval-P", list(runs), prompts=2)
+    results["speed"] = {n: step_times(Path(p)) for n, p in runs.items() if n != "sft"}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")
@@ -209,6 +211,28 @@ def sample_completions(evaluation: Path, names: list[str], prompts: int) -> dict
             rows = [r for r in lines[1:] if r.get("sample") == 0]
             found[name] = [r["response"] for r in rows[:prompts]]
     return found
+
+
+def step_times(run_dir: Path) -> dict[str, Any]:
+    """A training run's speed from its ``metrics.jsonl``: step 1's seconds, the median of
+    the later steps', the median generation share and generated tokens/s, and the decode
+    path ``summary.json`` records."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    steps = [r for r in rows if "step_seconds" in r]
+    later = steps[1:] or steps
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "steps": len(steps),
+        "first_step_s": steps[0]["step_seconds"] if steps else None,
+        "median_step_s": statistics.median(r["step_seconds"] for r in later) if later else None,
+        "median_generation_s": statistics.median(r["generation_seconds"] for r in later)
+        if later
+        else None,
+        "median_tokens_per_s": statistics.median(r["tokens_per_s"] or 0.0 for r in later)
+        if later
+        else None,
+        "decode_path": summary.get("decode_path"),
+    }
 
 
 def _cell(judge: dict[str, Any], i: int, j: int) -> str:
@@ -250,6 +274,21 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} | {avg:.3f} | {stats.get('kl_to_reference', float('nan')):.3f} ± "
                 f"{stats.get('kl_stderr', float('nan')):.3f} | "
                 f"{stats.get('mean_length', float('nan')):.1f} |"
+            )
+        lines.append("")
+    if results.get("speed"):
+        lines += [
+            "### Training speed (LoRA, this machine)",
+            "",
+            "| policy | steps | step 1 (s) | later steps, median (s) | generation, median (s) "
+            "| generated tokens/s | decode path |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, sp in results["speed"].items():
+            lines.append(
+                f"| {name} | {sp['steps']} | {sp['first_step_s']:.1f} | {sp['median_step_s']:.1f}"
+                f" | {sp['median_generation_s']:.1f} | {sp['median_tokens_per_s']:.2f} | "
+                f"{sp['decode_path']} |"
             )
         lines.append("")
     lines += ["### Sample completions (first two evaluation prompts)", ""]

@@ -70,3 +70,42 @@ def test_derived_specs_validate(tmp_path: Path) -> None:
         spec["algorithm"] = {**algo, "tau": base["algorithm"]["tau"]}
         spec["output"] = {"dir": str(tmp_path / name)}
         RunSpec.model_validate(spec)
+
+
+def test_step_times_separate_step_one_and_report_later_medians(tmp_path: Path) -> None:
+    """Step 1 (compilation, cache sizing) apart; the later steps' medians, counted by hand."""
+    import json
+
+    script = _script()
+    rows = [
+        {"step": 1, "step_seconds": 30.0, "generation_seconds": 20.0, "tokens_per_s": 4.0},
+        {"step": 2, "step_seconds": 9.0, "generation_seconds": 5.0, "tokens_per_s": 16.0},
+        {"step": 3, "step_seconds": 11.0, "generation_seconds": 7.0, "tokens_per_s": 12.0},
+        {"step": 4, "step_seconds": 10.0, "generation_seconds": 6.0, "tokens_per_s": 14.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "summary.json").write_text(json.dumps({"decode_path": "fused"}))
+    speed = script.step_times(tmp_path)
+    assert speed == {
+        "steps": 4,
+        "first_step_s": 30.0,
+        "median_step_s": 10.0,
+        "median_generation_s": 6.0,
+        "median_tokens_per_s": 14.0,
+        "decode_path": "fused",
+    }
+    judge = {
+        "model": "m",
+        "winrate": {
+            "matrix": [[0.5]],
+            "ci_low": [[None]],
+            "ci_high": [[None]],
+            "ci_method": [["exact"]],
+            "confidence": 0.95,
+            "column_average": [0.5],
+        },
+        "summary": {"per_policy": {}},
+    }
+    results = {"budget": "hour", "policies": ["sft"], "judges": {"P": judge}}
+    text = script.markdown({**results, "speed": {"nash": speed}})
+    assert "| nash | 4 | 30.0 | 10.0 | 6.0 | 14.00 | fused |" in text
