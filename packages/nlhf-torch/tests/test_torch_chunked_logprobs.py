@@ -7,6 +7,7 @@ chunks equal to the step without."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -193,41 +194,56 @@ def test_bf16_autocast_matches_the_autocast_full_path() -> None:
 
 
 class _Allocations(TorchDispatchMode):
-    """Counts the new tensors (not views, not in-place results) of ``shape`` that ops
-    return."""
+    """Records the shapes of the new tensors (not views, not in-place or ``out=``
+    results) that ops return."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.shape, self.count = torch.Size(shape), 0
+        self.shapes: list[torch.Size] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         outs = out if isinstance(out, (tuple, list)) else [out]
         for o, ret in zip(outs, func._schema.returns, strict=False):
-            fresh = ret.alias_info is None  # views and in-place ops alias an input
-            self.count += fresh and isinstance(o, torch.Tensor) and o.shape == self.shape
+            if ret.alias_info is None and isinstance(o, torch.Tensor):  # else it aliases
+                self.shapes.append(o.shape)
         return out
 
 
-def test_backward_builds_one_head_gradient() -> None:
-    """The backward allocates one V×H buffer for ∂W however many chunks, where autograd
-    through checkpointed chunks (a module head: the generic path) builds one per chunk."""
-    b, t, h, v, chunk = 2, 16, 6, 512, 4
-    hidden = torch.randn(b, t, h, requires_grad=True)
+@pytest.mark.parametrize("exact_kl", [False, True])
+def test_one_head_gradient_and_fixed_work_buffers(exact_kl: bool) -> None:
+    """The fused backward allocates one V×H buffer for ∂W and a fixed number of
+    chunk-sized work buffers (forward too), however many chunks; autograd through
+    checkpointed chunks (a head that is not a plain Linear: the generic path) builds one
+    ∂W per chunk."""
+    b, h, v, chunk = 2, 6, 512, 4
     head = torch.nn.Linear(h, v, bias=False)
-    tokens = torch.randint(0, v, (b, t))
-    counts = []
-    for fused in (True, False):
-        run: Any = head if fused else (lambda x: head(x))  # not a Linear: checkpointed
-        lp, _ = kernels.chunked_token_logprobs(hidden, run, tokens, 1.0, chunk)
-        mode = _Allocations((v, h))
-        with mode:
-            lp.sum().backward()
-        counts.append(mode.count)
-        assert head.weight.grad is not None
-        head.weight.grad = None
-    assert counts[0] == 1
-    assert counts[1] >= t // chunk
+    counts = {}
+    for t in (8, 32):  # 2 and 8 chunks
+        hidden = torch.randn(b, t, h, requires_grad=True)
+        tokens = torch.randint(0, v, (b, t))
+        ref = torch.randn(b, t, v) if exact_kl else None
+        for fused in (True, False):
+            run: Any = head if fused else (lambda x: head(x))
+            forward, backward = _Allocations(), _Allocations()
+            with forward:
+                lp, exact = kernels.chunked_token_logprobs(
+                    hidden, run, tokens, 0.8, chunk, reference_logits=ref
+                )
+            loss = lp.sum() + (exact.sum() if exact is not None else 0.0)
+            with backward:
+                loss.backward()
+            head.weight.grad = None
+            large = [
+                sum(math.prod(s) >= b * chunk * v for s in mode.shapes)
+                for mode in (forward, backward)
+            ]
+            counts[t, fused] = (sum(s == (v, h) for s in backward.shapes), *large)
+    assert counts[8, True] == counts[32, True]  # independent of the number of chunks
+    d_weight, forward_buffers, backward_buffers = counts[32, True]
+    assert d_weight == 1
+    assert forward_buffers <= 3 and backward_buffers <= 4
+    assert counts[32, False][0] >= 32 // chunk
 
 
 # ------------------------------------------------------------------- one trainer step

@@ -138,20 +138,42 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
+class _ChunkBuffers:
+    """Work buffers of B·chunk·V elements each, allocated once per call and viewed as
+    (B·n, V) for a chunk of n ≤ ``chunk`` positions: no per-chunk allocations of logit
+    size (each would also leave the allocator a hole of that size)."""
+
+    def __init__(
+        self, count: int, rows: int, chunk: int, vocab: int, dtype: torch.dtype, device: Any
+    ) -> None:
+        self.rows, self.vocab = rows, vocab
+        self.flat = [torch.empty(rows * chunk * vocab, dtype=dtype, device=device)]
+        self.flat += [torch.empty_like(self.flat[0]) for _ in range(count - 1)]
+
+    def __call__(self, i: int, n: int) -> torch.Tensor:
+        return self.flat[i][: self.rows * n * self.vocab].view(self.rows * n, self.vocab)
+
+
 def _head_logits(
     h: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    softcap: float | None,
     compute: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """ℓ = h Wᵀ + b in ``compute`` (upcast to float32 from half precision), soft-capped
-    ℓ ← c·tanh(ℓ/c) when ``softcap`` = c; also tanh(ℓ/c) (None without a cap)."""
-    logits = _float(F.linear(h.to(compute), weight, bias))
-    if softcap is None:
-        return logits, None
-    capped = torch.tanh(logits / softcap)
-    return capped * softcap, capped
+    out: torch.Tensor,
+    staging: torch.Tensor | None,
+) -> torch.Tensor:
+    """z = h Wᵀ + b (h: (N, H); W, b already in ``compute``) written into ``out`` (N, V):
+    directly when ``out`` has the ``compute`` dtype, else through ``staging`` (half
+    precision, then upcast like :func:`_float`)."""
+    target = out if staging is None else staging
+    x = h.to(compute)
+    if bias is None:
+        torch.matmul(x, weight.T, out=target)
+    else:
+        torch.addmm(bias, x, weight.T, out=target)
+    if staging is not None:
+        out.copy_(staging)
+    return out
 
 
 class _HeadTokenLogprobs(torch.autograd.Function):
@@ -171,25 +193,36 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         softcap: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         compute = _compute_dtype(hidden, weight)
+        acc = torch.float64 if compute == torch.float64 else torch.float32
+        rows, positions = tokens.shape
         w = weight.to(compute)
         b = None if bias is None else bias.to(compute)
-        rows, positions = tokens.shape
-        acc = torch.float64 if compute == torch.float64 else torch.float32
+        chunk = max(1, min(chunk, positions))
+        vocab, device = w.shape[0], hidden.device
+        count = 3 if reference_logits is not None else 2  # z, log p, [log q]
+        buf = _ChunkBuffers(count, rows, chunk, vocab, acc, device)
+        staging = None if compute == acc else _ChunkBuffers(1, rows, chunk, vocab, compute, device)
         lp = torch.empty(rows, positions, dtype=acc, device=hidden.device)
-        lse = torch.empty_like(lp)
         exact = torch.zeros_like(lp)
-        with torch.autocast(hidden.device.type, enabled=False):  # dtypes set explicitly
+        with torch.autocast(device.type, enabled=False):  # dtypes set explicitly
             for start in range(0, positions, chunk):
                 cut = slice(start, start + chunk)
-                logits, _ = _head_logits(hidden[:, cut], w, b, softcap, compute)
-                s = logits.div_(temperature)
-                lse[:, cut] = torch.logsumexp(s, dim=-1)
-                logp = s.sub_(lse[:, cut].unsqueeze(-1))
-                lp[:, cut] = logp.gather(-1, tokens[:, cut].long().unsqueeze(-1)).squeeze(-1)
-                if reference_logits is not None:
-                    logq = torch.log_softmax(_float(reference_logits[:, cut]) / temperature, -1)
-                    exact[:, cut] = exact_terms(logp, logq)
-        ctx.save_for_backward(hidden, weight, bias, tokens, reference_logits, lse, exact)
+                n = min(chunk, positions - start)
+                h = hidden[:, cut].reshape(rows * n, -1)
+                stage = None if staging is None else staging(0, n)
+                z = _head_logits(h, w, b, compute, buf(0, n), stage)
+                if softcap is not None:  # ℓ = c·tanh(z/c)
+                    z.div_(softcap).tanh_().mul_(softcap)
+                logp = torch.log_softmax(z.div_(temperature), dim=-1, out=buf(1, n))
+                y = tokens[:, cut].reshape(-1, 1).long()
+                lp[:, cut] = logp.gather(-1, y).view(rows, n)
+                if reference_logits is not None:  # E = Σ_v p_v (log p_v − log q_v)
+                    z.view(rows, n, vocab).copy_(reference_logits[:, cut]).div_(temperature)
+                    logq = torch.log_softmax(z, dim=-1, out=buf(2, n))
+                    diff = torch.sub(logp, logq, out=logq)
+                    p = torch.exp(logp, out=z)
+                    exact[:, cut] = p.mul_(diff).sum(-1).view(rows, n)
+        ctx.save_for_backward(hidden, weight, bias, tokens, reference_logits, exact)
         ctx.options = (temperature, chunk, softcap, compute)
         ctx.set_materialize_grads(False)
         if reference_logits is None:
@@ -201,7 +234,7 @@ class _HeadTokenLogprobs(torch.autograd.Function):
     def backward(
         ctx: Any, grad_lp: torch.Tensor | None, grad_exact: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, bias, tokens, reference_logits, lse, exact = ctx.saved_tensors
+        hidden, weight, bias, tokens, reference_logits, exact = ctx.saved_tensors
         temperature, chunk, softcap, compute = ctx.options
         if reference_logits is None:
             grad_exact = None
@@ -209,46 +242,63 @@ class _HeadTokenLogprobs(torch.autograd.Function):
         none = (None,) * 5
         if (grad_lp is None and grad_exact is None) or not (need_h or need_w or need_b):
             return (None, None, None, *none)
+        acc = exact.dtype
+        rows, positions = tokens.shape
         w = weight.to(compute)
         b = None if bias is None else bias.to(compute)
+        vocab, device = w.shape[0], hidden.device
+        count = 2 + (grad_exact is not None) + (softcap is not None)
+        buf = _ChunkBuffers(count, rows, chunk, vocab, acc, device)  # z, log p, [log q, t]
+        staging = None if compute == acc else _ChunkBuffers(1, rows, chunk, vocab, compute, device)
         d_hidden = torch.empty_like(hidden) if need_h else None
         d_weight = torch.zeros_like(weight) if need_w else None
         d_bias = torch.zeros_like(bias) if need_b and bias is not None else None
-        with torch.autocast(hidden.device.type, enabled=False):  # dtypes set explicitly
-            for start in range(0, tokens.shape[1], chunk):
+        with torch.autocast(device.type, enabled=False):  # dtypes set explicitly
+            for start in range(0, positions, chunk):
                 cut = slice(start, start + chunk)
-                h = hidden[:, cut]
-                logits, capped = _head_logits(h, w, b, softcap, compute)
-                logp = logits.div_(temperature).sub_(lse[:, cut].unsqueeze(-1))
-                g = None if grad_lp is None else grad_lp[:, cut].unsqueeze(-1).to(logp.dtype)
-                if grad_exact is None:  # ∂ log p_y/∂s_v = 1[v = y] − p_v: first −g·p
+                n = min(chunk, positions - start)
+                h = hidden[:, cut].reshape(rows * n, -1)
+                y = tokens[:, cut].reshape(-1, 1).long()
+                logq = None
+                if grad_exact is not None:  # log q first, while the logits buffer is free
+                    z = buf(0, n)
+                    z.view(rows, n, vocab).copy_(reference_logits[:, cut])
+                    logq = torch.log_softmax(z.div_(temperature), dim=-1, out=buf(2, n))
+                stage = None if staging is None else staging(0, n)
+                z = _head_logits(h, w, b, compute, buf(0, n), stage)
+                capped = None
+                if softcap is not None:  # t = tanh(z/c), ℓ = c·t
+                    capped = torch.div(z, softcap, out=buf(count - 1, n)).tanh_()
+                    torch.mul(capped, softcap, out=z)
+                logp = torch.log_softmax(z.div_(temperature), dim=-1, out=buf(1, n))
+                g = None if grad_lp is None else grad_lp[:, cut].reshape(-1, 1).to(acc)
+                if logq is None:  # ∂ log p_y/∂s_v = 1[v = y] − p_v: first −g·p
                     assert g is not None
                     d_s = logp.exp_().mul_(-g)
                 else:  # ∂E/∂s_v = p_v (log p_v − log q_v − E)
-                    p = logp.exp()
-                    ref = _float(reference_logits[:, cut])
-                    logq = torch.log_softmax(ref / temperature, dim=-1)
-                    d_s = logp.sub_(logq).sub_(exact[:, cut].unsqueeze(-1)).mul_(p)
-                    d_s.mul_(grad_exact[:, cut].unsqueeze(-1).to(d_s.dtype))
+                    assert grad_exact is not None
+                    p = torch.exp(logp, out=z)
+                    e = exact[:, cut].reshape(-1, 1)
+                    d_s = logp.sub_(logq).sub_(e).mul_(p)
+                    d_s.mul_(grad_exact[:, cut].reshape(-1, 1).to(acc))
                     if g is not None:
                         d_s.sub_(p.mul_(g))
                 if g is not None:  # + g·1[v = y]
-                    d_s.scatter_add_(-1, tokens[:, cut].long().unsqueeze(-1), g)
-                d_logits = d_s.div_(temperature)  # s = ℓ/T
-                if capped is not None:  # ℓ = c·tanh(z/c): ∂ℓ/∂z = 1 − tanh²(z/c)
-                    d_logits.mul_(capped.square_().neg_().add_(1.0))
-                dz = d_logits.to(compute)
+                    d_s.scatter_add_(-1, y, g)
+                d_s.div_(temperature)  # s = ℓ/T
+                if capped is not None:  # ∂ℓ/∂z = 1 − t²
+                    d_s.mul_(capped.square_().neg_().add_(1.0))
+                dz = d_s if stage is None else stage.copy_(d_s)
                 if d_hidden is not None:
-                    d_hidden[:, cut] = (dz @ w).to(hidden.dtype)
+                    d_hidden[:, cut] = (dz @ w).view(rows, n, -1).to(hidden.dtype)
                 if d_weight is not None:
-                    flat_dz = dz.reshape(-1, dz.shape[-1])
-                    flat_h = h.reshape(-1, h.shape[-1]).to(compute)
+                    x = h.to(compute)
                     if compute == weight.dtype:
-                        d_weight.addmm_(flat_dz.T, flat_h)
+                        d_weight.addmm_(dz.T, x)
                     else:
-                        d_weight.add_(flat_dz.T @ flat_h)
+                        d_weight.add_(dz.T @ x)
                 if d_bias is not None:
-                    d_bias.add_(dz.sum(dim=(0, 1)))
+                    d_bias.add_(dz.sum(0))
         return (d_hidden, d_weight, d_bias, *none)
 
 
@@ -274,8 +324,10 @@ def head_token_logprobs(
     Learning*, eq. 4.106): ∂ log p_y/∂s_v = 1[v = y] − p_v and ∂E/∂s_v = p_v(log p_v −
     log μ_v − E), times 1/T and the cap's 1 − tanh²(z/c); then ∂h = ∂z W per chunk and
     ∂W = Σ_chunks ∂zᵀ h, ∂b = Σ ∂z into one V×H (V) buffer — autograd through chunks would
-    build one dense ∂W per chunk. Under ``torch.autocast`` the matmuls run in autocast's
-    dtype (as ``F.linear`` there), the softmax in float32; float64 stays float64."""
+    build one dense ∂W per chunk. Each pass allocates its two to four B×chunk×V work
+    buffers once and reuses them for every chunk (:class:`_ChunkBuffers`). Under
+    ``torch.autocast`` the matmuls run in autocast's dtype (as ``F.linear`` there), the
+    softmax in float32; float64 stays float64."""
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of positions; got {chunk}")
     if temperature <= 0:
