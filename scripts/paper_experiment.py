@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     budget, out = BUDGETS[args.budget], args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. the preference models
+    # 1. the training preference model P
     pm = args.preference.resolve()
     if not (pm / "summary.json").is_file():
         if budget["pm_spec"] is None:
@@ -124,14 +124,6 @@ def main(argv: list[str] | None = None) -> None:
                 "`nlhf run specs/real/preference-hh.yaml` (or pass --preference DIR)"
             )
         run([NLHF, "run", str(REPO / "specs" / "real" / budget["pm_spec"])], out / "logs/pm.log")
-    judge = args.judge.resolve()
-    if not (judge / "summary.json").is_file():
-        if budget["judge_spec"] is None:
-            print(f"warning: no second preference model at {judge}; judging twice by P")
-            judge = pm
-        else:
-            spec = REPO / "specs" / "real" / budget["judge_spec"]
-            run([NLHF, "run", str(spec)], out / "logs/judge.log")
     # RLHF-PG needs a scalar reward: P itself when it is Bradley-Terry, else its BT baseline
     reward = pm / "baseline" if (pm / "baseline").is_dir() else pm
 
@@ -161,7 +153,17 @@ def main(argv: list[str] | None = None) -> None:
             )
         runs[name] = str(target)
 
-    # 3. the 7x7 matrix, judged twice
+    # 3. the second judge (needed only now: it may still be training beside the policies)
+    judge = args.judge.resolve()
+    if not (judge / "summary.json").is_file():
+        if budget["judge_spec"] is None:
+            print(f"warning: no second preference model at {judge}; judging twice by P")
+            judge = pm
+        else:
+            spec = REPO / "specs" / "real" / budget["judge_spec"]
+            run([NLHF, "run", str(spec)], out / "logs/judge.log")
+
+    # 4. the 7x7 matrix, judged twice
     results: dict[str, Any] = {"budget": args.budget, "policies": list(runs), "judges": {}}
     for label, model in (("P", pm), ("judge", judge)):
         spec = {

@@ -1,6 +1,7 @@
 """A preference model trains from each real backbone kind on real hh-rlhf harmless pairs
 and reloads: the encoder all-MiniLM-L6-v2 as the Bradley–Terry reward model of
-specs/real/preference-hh.yaml (mean pooling, lower blocks frozen) and the decoder
+specs/real/preference-hh.yaml (its `preference_training` section: mean pooling, every block
+trained) and the decoder
 SmolLM2-135M-Instruct with an ``lm`` head (pairwise judge) and a score head (Bradley–Terry).
 For each, ``nlhf preference-eval`` on the run's held-out pairs (a file of the split's rows)
 gives the run's own ``eval`` numbers: the run scored them with the model in memory, the
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from nlhf import cli
 from nlhf.packaged import MINILM, SMOLLM2, ensure_packaged_models
 from nlhf.spec.models import RunSpec
@@ -90,7 +92,8 @@ def test_minilm_bradley_terry_of_the_contract_spec(
     data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     model = tmp_path_factory.mktemp("enc") / "models" / MINILM.name
-    spec = spec_for(model, data, kind="bradley_terry", pooling="mean", frozen_layers=3)
+    contract = yaml.safe_load((REPO / "specs" / "real" / "preference-hh.yaml").read_text())
+    spec = spec_for(model, data, **contract["preference_training"])
     ensure_packaged_models(spec)
     check_run(spec, data["root"] / "minilm-bt", data, "BertForSequenceClassification")
 
