@@ -50,8 +50,8 @@ replacing the base spec's, τ kept."""
 
 BUDGETS: dict[str, dict[str, Any]] = {
     "hour": {
-        "steps": 24,
-        "num_prompts": 48,
+        "steps": 64,
+        "num_prompts": 64,
         "pm_spec": "preference-hh.yaml",
         "judge_spec": "preference-hh-smollm2.yaml",
     },
