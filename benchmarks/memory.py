@@ -15,6 +15,14 @@ peak (imports, model loading and both steps). A fixed preference P stands in for
 preference model, which the options do not touch.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py     # -> benchmarks/results/memory.json
+
+``--fuse-max-params N`` sets :data:`nlhf_torch.fastdecode.FUSE_MAX_PARAMS` in the children:
+``200000000`` gives SmolLM2 the fused decode's stacked weight copies of policy and
+reference (1.3 GB; the default up to 2026-12), the default decodes on the parameters in
+place::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --configs baseline \
+        --fuse-max-params 200000000 --out /tmp/memory-copies.json
 """
 
 from __future__ import annotations
@@ -81,13 +89,16 @@ def _prompt_ids(tokenizer: Any) -> list[list[int]]:
     raise RuntimeError(f"fewer than {BATCH} dialogues of {PROMPT_TOKENS} tokens in {PROMPTS}")
 
 
-def child(name: str, out: Path) -> None:
+def child(name: str, out: Path, fuse_max_params: int | None = None) -> None:
     import numpy as np
     import torch
     from nlhf.spec import RunSpec
+    from nlhf_torch import fastdecode
     from nlhf_torch.trainer import TorchStepper
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if fuse_max_params is not None:
+        fastdecode.FUSE_MAX_PARAMS = fuse_max_params
     spec = RunSpec.model_validate(
         {
             "task": "nash",
@@ -146,18 +157,22 @@ def child(name: str, out: Path) -> None:
     )
     record["loss"] = update.losses[0]
     record["decode_path"] = stepper.decode_path
+    record["fuse_max_params"] = fastdecode.FUSE_MAX_PARAMS
     record["logprob_chunk"] = stepper._logprob_chunk(samples.payload[2].y)
     record["completion_tokens"] = int(samples.payload[2].y.shape[1])
     out.write_text(json.dumps(record))
 
 
-def run(names: list[str], output: Path) -> dict[str, Any]:
+def run(names: list[str], output: Path, fuse_max_params: int | None = None) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     results: dict[str, Any] = {}
+    fuse = [] if fuse_max_params is None else ["--fuse-max-params", str(fuse_max_params)]
     for name in names:
         tmp = output.with_suffix(f".{name}.tmp.json")
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", name, "--out", str(tmp)], env=env, cwd=ROOT
+            [sys.executable, __file__, "--child", name, "--out", str(tmp), *fuse],
+            env=env,
+            cwd=ROOT,
         )
         # (the child reports its peak: ru_maxrss would follow its resets of VmHWM)
         if proc.wait() != 0:
@@ -186,9 +201,15 @@ def main() -> None:
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/memory.json")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument(
+        "--fuse-max-params",
+        type=int,
+        help="fastdecode.FUSE_MAX_PARAMS in the children (models up to it decode on stacked "
+        "weight copies; default: the library's)",
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.out)
+        child(args.child, args.out, args.fuse_max_params)
         return
     from nlhf.packaged import build_packaged_model, is_built, packaged_model
 
@@ -196,7 +217,7 @@ def main() -> None:
         model = packaged_model(str(MODEL))
         assert model is not None
         build_packaged_model(model, MODEL)
-    report = run(args.configs.split(","), args.out)
+    report = run(args.configs.split(","), args.out, args.fuse_max_params)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
