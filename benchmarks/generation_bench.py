@@ -28,6 +28,11 @@ on the parameters themselves; both must draw the same tokens from the same unifo
     .venv/bin/python benchmarks/generation_bench.py --weights runs/models/smollm2-135m-instruct \
         --batch 8 --prompt-len 128 --new-tokens 64 --repeats 3
 
+Measured so (2026-12-01, one thread on a 2-core x86 VM loaded by other jobs, ``nice -n
+15``; median of 3 interleaved): copies 41.6 s, in place 41.5 s (0.997×), the same tokens;
+the copies' 1.3 GB buy nothing at this size (``benchmarks/memory.py``: sampling peak RSS
+4492 → 3181 MiB).
+
 Measured (2026-11, an otherwise idle 16-core x86 host with one H100; torch 2.11,
 transformers 5.17; median of 7, seconds):
 
