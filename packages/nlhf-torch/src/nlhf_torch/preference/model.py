@@ -23,6 +23,7 @@ overhead) is :mod:`nlhf.data.tokenizer`'s, shared with the jax backend.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +50,12 @@ class PreferenceModel(torch.nn.Module):
         super().__init__()
         self.model = model
         self.tokenizer = prepare_scoring_tokenizer(tokenizer)
+        positions = position_limit(model.config)
+        if positions is not None and config.max_length > positions:
+            config = dataclasses.replace(config, max_length=positions)
         self.config = config
+        """``max_length`` is at most the model's position limit: longer texts keep their
+        last tokens (left truncation), as a BERT with 512 positions must."""
         self.batch_size = 16
         self.add_special_tokens = True
         """Whether texts get the tokenizer's special tokens (BOS...); a prompted judge whose
@@ -170,6 +176,16 @@ class PairwiseModel(PreferenceModel):
         self, prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]
     ) -> tuple[list[str], list[str]]:
         return judge_texts(self.config.template, prompts, ys, y_primes)
+
+
+def position_limit(config: Any) -> int | None:
+    """The most positions a transformers model reads: ``max_position_embeddings`` (BERT,
+    Llama, Qwen2...) or ``n_positions`` (GPT-2); None when the config names neither."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 class BradleyTerryModel(PreferenceModel):
