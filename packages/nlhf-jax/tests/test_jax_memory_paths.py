@@ -198,19 +198,38 @@ def _grads(spec: RunSpec, inputs: tuple[Any, ...]) -> list[Any]:
         ({"logprob_chunk": 4}, {"kl_estimator": "sampled"}),
         ({"logprob_chunk": 1, "gradient_checkpointing": True}, {"kl_estimator": "k3"}),
         ({"logprob_chunk": 2}, {"name": "online_ipo"}),
+        ({"logprob_chunk": 2}, {"name": "egpo"}),
+        ({"logprob_chunk": 3}, {"name": "inpo", "eta": 1.0}),
     ],
 )
 def test_memory_options_give_the_plain_gradients(
-    tiny_ckpts: dict[str, Path], prompts: Path, tmp_path: Path, option: Any, algorithm: Any
+    tiny_ckpts: dict[str, Path],
+    prompts: Path,
+    tmp_path: Path,
+    option: Any,
+    algorithm: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from nlhf_jax import trainer
+
+    hidden_calls: list[int] = []  # traced calls: chunked log-probs read the hidden states
+    real_hidden = trainer.sequence_hidden
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        hidden_calls.append(1)
+        return real_hidden(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "sequence_hidden", counted)
     algo = {"name": "nash_md_pg", "beta": 0.25, "tau": 0.1, **(algorithm or {})}
-    if algo["name"] == "online_ipo":
-        algo = {"name": "online_ipo", "tau": 0.1}
+    if algo["name"] in ("online_ipo", "egpo", "inpo"):  # y' ~ π: no β
+        algo = {"name": algo["name"], "tau": 0.1, **({"eta": 1.0} if "eta" in algo else {})}
     ckpt = tiny_ckpts["llama"]
     plain = _spec(ckpt, prompts, tmp_path / "a", algorithm=algo)
     _, inputs = _sampled(plain)
     expected = _grads(plain, inputs)
+    assert not hidden_calls
     got = _grads(_spec(ckpt, prompts, tmp_path / "b", algorithm=algo, **option), inputs)
+    assert bool(hidden_calls) == ("logprob_chunk" in option)
     for g, e in zip(got, expected, strict=True):
         assert_close(g, e, what="gradient leaf", scope="model")
 

@@ -248,17 +248,37 @@ class JaxStepper:
             if chunk is not None and kind in ("nash_md_pg", "online_ipo"):
                 ipo_ref = ref_p if kind == "online_ipo" else None
                 return self._chunked_loss(model, batch, ipo_ref, pref, tau, chunk, estimator)
-            logits = sequence_logits(model, ids, mask, y, ym)
+
+            def policy_logprobs(comp, cmask):
+                """log π_θ(y|x) per row; under ``logprob_chunk`` from the hidden states
+                chunk by chunk (:func:`kernels.chunked_token_logprobs`), no B×T×V logits."""
+                if chunk is None:
+                    logits = sequence_logits(model, ids, mask, comp, cmask)
+                    return kernels.sequence_logprobs(logits, comp, cmask, temp)
+                hidden = sequence_hidden(model, ids, mask, comp, cmask)
+                lp, _ = kernels.chunked_token_logprobs(hidden, model.logits, comp, temp, chunk)
+                return jnp.sum(lp * cmask.astype(lp.dtype), axis=-1)
+
             if kind == "sppo":
-                lp = kernels.sequence_logprobs(logits, y, ym, temp)
+                lp = policy_logprobs(y, ym)
                 lq = kernels.sequence_logprobs(ref_logits, y, ym, temp)
                 loss, metrics = kernels.sppo_loss(lp, sg(lp), pref, self.algo.eta)
                 extra = {"kl": jnp.mean(lp - lq), "logprob": jnp.mean(lp)}
                 extra["preference"] = batch["pair_preference"]
                 return loss, {**metrics, **{k: sg(v) for k, v in extra.items()}}
-            if pairwise:
-                logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
+            if kind in ("egpo", "inpo"):  # inpo/onpo, egpo: on sequence log-probs
+                lp_y = policy_logprobs(y, ym)
+                lp_p = policy_logprobs(batch["yp"], batch["ypm"])
+                lq_y = kernels.sequence_logprobs(ref_logits, y, ym, temp)
+                lq_p = kernels.sequence_logprobs(ref_p, batch["yp"], batch["ypm"], temp)
+                if kind == "egpo":
+                    return kernels.egpo_loss(lp_y, lp_p, lq_y, lq_p, pref, tau)
+                return kernels.inpo_loss(
+                    lp_y, lp_p, sg(lp_y), sg(lp_p), lq_y, lq_p, pref, tau, self.algo.eta
+                )
+            logits = sequence_logits(model, ids, mask, y, ym)
             if kind == "online_ipo":
+                logits_p = sequence_logits(model, ids, mask, batch["yp"], batch["ypm"])
                 return kernels.online_ipo_loss(
                     logits,
                     ref_logits,
@@ -271,16 +291,6 @@ class JaxStepper:
                     pref,
                     tau,
                     temp,
-                )
-            if pairwise:  # egpo, inpo/onpo: on sequence log-probs
-                lp_y = kernels.sequence_logprobs(logits, y, ym, temp)
-                lp_p = kernels.sequence_logprobs(logits_p, batch["yp"], batch["ypm"], temp)
-                lq_y = kernels.sequence_logprobs(ref_logits, y, ym, temp)
-                lq_p = kernels.sequence_logprobs(ref_p, batch["yp"], batch["ypm"], temp)
-                if kind == "egpo":
-                    return kernels.egpo_loss(lp_y, lp_p, lq_y, lq_p, pref, tau)
-                return kernels.inpo_loss(
-                    lp_y, lp_p, sg(lp_y), sg(lp_p), lq_y, lq_p, pref, tau, self.algo.eta
                 )
             return kernels.nash_md_pg_loss(logits, ref_logits, y, ym, pref, tau, temp, estimator)
 
