@@ -6,7 +6,6 @@ chunks equal to the step without."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from nlhf.testing.tolerances import assert_close
 from nlhf.testing.trainer import LengthOracle
 from nlhf.training import nash_loop
 from nlhf_torch import kernels
-from nlhf_torch.tiny import build_tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
 B, T, H, V, TEMP = 3, 7, 5, 37, 0.7
@@ -247,10 +245,6 @@ def test_one_head_gradient_and_fixed_work_buffers(exact_kl: bool) -> None:
 
 
 # ------------------------------------------------------------------- one trainer step
-PROMPTS = ["Pick a fruit:", "Name a colour:", "Say a word:", "Hello"]
-CORPUS = ["Pick a fruit: apple banana cherry", "Name a colour: red green blue"] * 3
-
-
 class _Plugin:
     @nlhf.hookimpl
     def nlhf_register_oracles(self, register: Any) -> None:
@@ -258,15 +252,9 @@ class _Plugin:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("chunked")
-    model = build_tiny_model(root / "policy", "llama", corpus=CORPUS, vocab_size=300, seed=1)
-    tied = build_tiny_model(
-        root / "tied", "qwen2", tokenizer_dir=model, seed=2, tie_word_embeddings=True
-    )
-    data = root / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    return {"model": str(model), "tied": str(tied), "data": str(data)}
+def assets(torch_tiny: dict[str, str]) -> dict[str, str]:
+    """The session's torch-initialised tiny Llama and tied Qwen2 (tests/conftest.py)."""
+    return torch_tiny
 
 
 ALGORITHMS = {
