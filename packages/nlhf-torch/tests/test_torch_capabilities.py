@@ -80,6 +80,6 @@ def test_train_checks_capabilities_once(
     spec = RunSpec.model_validate(
         {"policy": {"model": str(tmp_path / "no-such-model")}, "data": {"path": str(data)}, **task}
     )
-    with pytest.raises((NLHFError, OSError), match="no-such-model"):
+    with pytest.raises(NLHFError, match="no-such-model"):  # a located error, never a traceback
         TorchBackend().train(spec, tmp_path / "out")
     assert calls == ["torch"]

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from nlhf.data.tokenizer import check_model_path
 from nlhf.errors import InputError
 from nlhf.evaluation.tabular import split_name, unique_names
 from nlhf.evaluation.winrate import WinRateMatrix, matrix_from_outcomes
@@ -161,7 +162,9 @@ def complete_spec(spec: RunSpec, entries: list[PolicyEntry]) -> RunSpec:
 
 def fingerprint(path: Path) -> list[Any]:
     """``[name, size, mtime_ns]`` of each weight file in ``path`` (the cache's notion of
-    "the same checkpoint")."""
+    "the same checkpoint"); empty for a hub id, which has no local files."""
+    if not Path(path).is_dir():
+        return []
     files = sorted(p for p in Path(path).iterdir() if p.suffix in WEIGHT_SUFFIXES)
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
@@ -226,6 +229,7 @@ def _resolve(spec: RunSpec) -> tuple[RunSpec, list[PolicyEntry], str]:
     spec = complete_spec(spec, [e for e in found if e is not None])
     assert spec.eval is not None and spec.policy is not None  # checked above / by complete_spec
     ref_path = spec.reference.model or spec.policy.model
+    check_model_path(ref_path, "reference.model" if spec.reference.model else "policy.model")
     entries = [
         x if x is not None else resolve_policy(e, reference=ref_path)
         for e, x in zip(spec.eval.policies, found, strict=True)
