@@ -4,12 +4,12 @@ text, shared by every backend so a model saved by one loads in another."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from nlhf.errors import InputError
-from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE
+from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE, BradleyTerryPreference
 
 CONFIG_NAME = "nlhf_preference.json"
 Kind = Literal["pairwise", "bradley_terry"]
@@ -46,6 +46,25 @@ class PreferenceConfig:
         data = json.loads((Path(directory) / CONFIG_NAME).read_text())
         data["answer_tokens"] = tuple(data["answer_tokens"])
         return cls(**data)
+
+    @classmethod
+    def for_reward(cls, spec: BradleyTerryPreference) -> PreferenceConfig:
+        """How a ``bradley_terry_reward`` reads ``prompt + response``: as it was trained when
+        its directory holds ``nlhf_preference.json`` (a ``task: preference_model`` output:
+        its ``pooling`` and its training ``max_length``, unless the spec sets
+        ``max_length``), else the architecture's own pooled output at the spec's
+        ``max_length``."""
+        path = Path(spec.path)
+        if not (path / CONFIG_NAME).is_file():
+            return cls(kind="bradley_terry", head="classification", max_length=spec.max_length)
+        saved = cls.load(path)
+        if saved.kind != "bradley_terry":
+            raise InputError(
+                f"preference.path: {spec.path} is a {saved.kind} preference model ("
+                f"{CONFIG_NAME}), not a Bradley–Terry reward; use preference.name: pairwise_model"
+            )
+        explicit = "max_length" in spec.model_fields_set
+        return replace(saved, max_length=spec.max_length if explicit else saved.max_length)
 
     @classmethod
     def for_directory(cls, directory: Path, field: str = "preference.path") -> PreferenceConfig:

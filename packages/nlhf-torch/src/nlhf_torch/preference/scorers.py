@@ -15,16 +15,14 @@ batching live there). Every scorer returns float64 NumPy.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from nlhf.data.tokenizer import chat_wrapper, check_model_path, load_tokenizer
 from nlhf.errors import InputError
 from nlhf.preference import scorers as core
-from nlhf.preference.format import CONFIG_NAME, PreferenceConfig, judge_answer_ids
+from nlhf.preference.format import PreferenceConfig, judge_answer_ids
 from nlhf.preference.scorers import BradleyTerryScorer, JudgeScorer, Loaders, PairwiseScorer, Scorer
 from nlhf.spec.models import (
     BradleyTerryPreference,
@@ -48,30 +46,11 @@ def _host_scores(model: PreferenceModel) -> Callable[[Sequence[str]], np.ndarray
     return score
 
 
-def _reward_config(spec: BradleyTerryPreference) -> PreferenceConfig:
-    """How the reward model reads ``prompt + response``: as it was trained when its
-    directory holds ``nlhf_preference.json`` (a ``task: preference_model`` output: its
-    ``pooling`` and its training ``max_length``, unless the spec sets ``max_length``),
-    else the architecture's own pooled output at the spec's ``max_length``."""
-    path = Path(spec.path)
-    if not (path / CONFIG_NAME).is_file():
-        return PreferenceConfig(
-            kind="bradley_terry", head="classification", max_length=spec.max_length
-        )
-    saved = PreferenceConfig.load(path)
-    if saved.kind != "bradley_terry":
-        raise InputError(
-            f"preference.path: {spec.path} is a {saved.kind} preference model ("
-            f"{CONFIG_NAME}), not a Bradley–Terry reward; use preference.name: pairwise_model"
-        )
-    explicit = "max_length" in spec.model_fields_set
-    return dataclasses.replace(saved, max_length=spec.max_length if explicit else saved.max_length)
-
-
 def load_bradley_terry(spec: BradleyTerryPreference, device: Device = "cpu") -> BradleyTerryScorer:
     """r(x, y) from a 1-label ``AutoModelForSequenceClassification`` reading
     ``prompt + response`` with its own tokenizer, left-truncated to ``max_length`` tokens
-    (at most the model's positions), pooled as :func:`_reward_config` says."""
+    (at most the model's positions), pooled as
+    :meth:`nlhf.preference.format.PreferenceConfig.for_reward` says."""
     from transformers import AutoModelForSequenceClassification
 
     from nlhf_torch.models import torch_dtype
@@ -93,7 +72,7 @@ def load_bradley_terry(spec: BradleyTerryPreference, device: Device = "cpu") -> 
             f"preference.path: a Bradley–Terry reward model has 1 label; {spec.path} has "
             f"{model.config.num_labels}"
         )
-    scorer = BradleyTerryModel(model.to(device), tokenizer, _reward_config(spec))
+    scorer = BradleyTerryModel(model.to(device), tokenizer, PreferenceConfig.for_reward(spec))
     scorer.eval().requires_grad_(False)
     return BradleyTerryScorer(_host_scores(scorer), batch_size=spec.batch_size, model=scorer)
 
