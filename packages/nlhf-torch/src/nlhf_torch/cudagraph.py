@@ -25,6 +25,7 @@ bookkeeping is tested on CPU; :func:`cuda_capture` is the CUDA implementation.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ Step = Callable[..., Any]
 Capture = Callable[[Step, Sequence[torch.Tensor], Any], Callable[[], Any]]
 """``capture(fn, static_inputs, pool)``: record ``fn(*static_inputs)``, return a replay
 function returning the (static) outputs."""
+
+
+def enabled() -> bool:
+    """False when the environment variable ``NLHF_CUDA_GRAPHS`` is ``0``/``false``/``off``
+    (the fused decode then steps eagerly on CUDA too); on by default."""
+    return os.environ.get("NLHF_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "off")
 
 
 def bucket_rows(rows: int) -> int:

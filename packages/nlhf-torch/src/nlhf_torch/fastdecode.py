@@ -67,6 +67,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nlhf_torch.cudagraph import DecodeGraphs, GraphKey
+
 __all__ = [
     "FUSE_MAX_PARAMS",
     "FastGroup",
@@ -738,14 +740,17 @@ class FastGroup:
         self,
         x: torch.Tensor,
         rope: dict[str | None, tuple[torch.Tensor, torch.Tensor]],
-        start: int,
+        start: int | torch.Tensor,
         masks: dict[int | None, torch.Tensor],
     ) -> torch.Tensor:
         """x (M, R, S, h) at cache slots start..start+S−1, L = start + S keys; ``masks`` by
-        window: additive (R, 1, S, L) (0 or −inf)."""
+        window: additive (R, 1, S, L) (0 or −inf). ``start`` a (1,) tensor (the static
+        step, S = 1): K/V written there with ``index_copy_``, all L = capacity slots read
+        under full-capacity masks (R, 1, 1, capacity)."""
         m, r, s, h = x.shape
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
-        end = start + s
+        static = isinstance(start, torch.Tensor)
+        end = None if static else start + s
         g = self.gemma
         for i, p in enumerate(self.layers):
             nw, eps = p["norms"], p["eps"]
@@ -756,12 +761,18 @@ class FastGroup:
             if "q_norm" in nw:
                 q = _rms(q, nw["q_norm"], eps["q_norm"], g)
                 k = _rms(k, nw["k_norm"], eps["k_norm"], g)
-            self.k_cache[i][:, :, :, start:end] = _rope(k, cos, sin)
-            self.v_cache[i][:, :, :, start:end] = qkv[:, :, nh + nkv :]
             w = self.windows[i]
-            lo = 0 if w is None or s > 1 else max(0, end - w)  # decode: slice the window
-            keys, values = self.k_cache[i][:, :, :, lo:end], self.v_cache[i][:, :, :, lo:end]
-            att = self._attend(_rope(q, cos, sin), keys, values, masks[w][..., lo:end])
+            if static:  # one slot given as a (1,) tensor; every slot is read, masks decide
+                self.k_cache[i].index_copy_(3, start, _rope(k, cos, sin))
+                self.v_cache[i].index_copy_(3, start, qkv[:, :, nh + nkv :])
+                keys, values, mask = self.k_cache[i], self.v_cache[i], masks[w]
+            else:
+                self.k_cache[i][:, :, :, start:end] = _rope(k, cos, sin)
+                self.v_cache[i][:, :, :, start:end] = qkv[:, :, nh + nkv :]
+                lo = 0 if w is None or s > 1 else max(0, end - w)  # decode: slice the window
+                keys, values = self.k_cache[i][:, :, :, lo:end], self.v_cache[i][:, :, :, lo:end]
+                mask = masks[w][..., lo:end]
+            att = self._attend(_rope(q, cos, sin), keys, values, mask)
             att = p["o"](att.transpose(2, 3).reshape(m, r * s, nh * d)).view(m, r, s, h)
             if g:
                 att = _rms(
@@ -875,10 +886,28 @@ class FastGroup:
             self.max_new_tokens, device=dev
         )  # (R, T): position of the token fed at decode step n
         self.dec_rope = {k: (c[:, dec_pos], s_[:, dec_pos]) for k, (c, s_) in tables.items()}
+        self.plen, self.capacity = plen, total
         self.cur = plen
+        self.static: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def step(self, tokens: torch.Tensor, n: int) -> None:
-        """Feed ``tokens`` (R,) — token n of each row (n = 0 for the first sampled token)."""
+    def step(
+        self, tokens: torch.Tensor, n: int, graphs: DecodeGraphs | None = None, tag: str = ""
+    ) -> None:
+        """Feed ``tokens`` (R,) — token n of each row (n = 0 for the first sampled token).
+
+        ``graphs``: run :meth:`step_static` through them (captured once, then replayed,
+        under the key (R, capacity, dtype, ``tag``); ``tag`` tells this group's graph from
+        other groups' of the same shapes) instead of the dynamic step, which slices the
+        cache at the Python position ``self.cur``. One mode for all steps of a generation."""
+        if graphs is not None:
+            if self.static is None:
+                self._prepare_static()
+            assert self.static is not None
+            key = GraphKey(len(self.rows), self.capacity, self.dtype, tag)
+            step_index = self.static[1]
+            self.logits = graphs.run(key, self.step_static, [tokens, step_index[n : n + 1]])
+            self.cur += 1
+            return
         x = self._embed(tokens[:, None])  # (M, R, 1, h)
         rope = {
             k: (c[:, :, n, None, None], s_[:, :, n, None, None])
@@ -890,3 +919,47 @@ class FastGroup:
         x = self._layers(x, rope, self.cur, masks)
         self.cur = end
         self.logits = self._head(x[:, :, 0])
+
+    def _prepare_static(self) -> None:
+        """State of :meth:`step_static`, made once before the first decode step: the cache
+        slot numbers and the step indices (device tensors), and the decode slots zeroed.
+        The static step reads every slot of the cache (masked ones get probability 0, which
+        annihilates finite values only); a :class:`KVCachePool` hands a call storage that
+        still holds an earlier call's values, so they are cleared first."""
+        if self.cur != self.plen:
+            raise RuntimeError("the static decode step must run from the first decode step on")
+        dev = self.embed.device
+        for cache in (*self.k_cache, *self.v_cache):
+            cache[:, :, :, self.plen :].zero_()
+        self.static = (
+            torch.arange(self.capacity, device=dev),
+            torch.arange(self.max_new_tokens, device=dev),
+        )
+
+    def step_static(self, tokens: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """The decode step of :meth:`step` with shapes independent of the step, for CUDA-graph
+        capture: tokens (R,), n (1,) int64 the step index → logits (M, R, V).
+
+        The new K/V go to cache slot p = P + n (P the padded prompt length) by
+        ``index_copy_``; attention reads all C = P + T slots under the additive mask
+        key_bias(j) (the row's prompt padding) + 0 where j ≤ p and, on a sliding-window
+        layer of width W, j > p − W, −inf elsewhere (the slots the dynamic step slices
+        to); exp(−inf) = 0, so the masked slots add exact zeros to the softmax and to the
+        weighted values. cos/sin are the row's rotary tables at step n (``index_select``).
+        Equal to the dynamic step up to the summation order over C slots instead of p + 1.
+        Needs :meth:`_prepare_static` first (:meth:`step` does it)."""
+        assert self.static is not None
+        slots, _ = self.static
+        x = self._embed(tokens[:, None])  # (M, R, 1, h)
+        rope = {
+            k: (c.index_select(2, n).unsqueeze(2), s_.index_select(2, n).unsqueeze(2))
+            for k, (c, s_) in self.dec_rope.items()
+        }  # (M, R, 1, 1, d)
+        slot = n + self.plen
+        visible = slots <= slot
+        masks = {}
+        for w in dict.fromkeys(self.windows):
+            allowed = visible if w is None else visible & (slots > slot - w)
+            masks[w] = self.key_bias.masked_fill(~allowed, float("-inf"))
+        x = self._layers(x, rope, slot, masks)
+        return self._head(x[:, :, 0])

@@ -51,7 +51,8 @@ from typing import Any
 import torch
 from nlhf.algorithms.generation import Opponent, check_generation_args
 
-from nlhf_torch import fastdecode
+from nlhf_torch import cudagraph, fastdecode
+from nlhf_torch.cudagraph import DecodeGraphs
 from nlhf_torch.kernels import mixture_logprobs, sample
 
 __all__ = [
@@ -75,8 +76,12 @@ class PairGeneration:
     y_prime_mask: torch.Tensor
     reference_logits: torch.Tensor | None = None
     decode_path: str = "hf"
-    """``"fused"`` (:mod:`nlhf_torch.fastdecode`) or ``"hf: <why>"``."""
+    """``"fused"`` (:mod:`nlhf_torch.fastdecode`), ``"fused+cudagraph"`` (its decode steps
+    replayed as CUDA graphs, :mod:`nlhf_torch.cudagraph`) or ``"hf: <why>"``."""
     stats: dict[str, int] = field(default_factory=dict)
+    """``steps``, ``forward_calls``, ``fast_decode`` (0/1), and of the decode graphs
+    ``graph_captures``, ``graph_replays`` and ``graph_warmup_steps`` (eager steps before a
+    capture; all 0 without graphs)."""
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -290,6 +295,28 @@ def _fast_groups(
     return groups, "fused"
 
 
+def _decode_graphs(
+    cuda_graphs: bool | DecodeGraphs | None, device: torch.device
+) -> DecodeGraphs | None:
+    """The :class:`DecodeGraphs` the fused decode steps run through, or None (eager steps):
+    on a CUDA device unless ``NLHF_CUDA_GRAPHS=0`` (``None``), always (``True``; a CUDA
+    device is needed), never (``False``), or the given one (any device and capture)."""
+    if isinstance(cuda_graphs, DecodeGraphs):
+        return cuda_graphs
+    if cuda_graphs is None:
+        cuda_graphs = device.type == "cuda" and cudagraph.enabled()
+    elif cuda_graphs and device.type != "cuda":
+        raise ValueError(
+            f"cuda_graphs=True needs a CUDA device, but the inputs are on {device}; pass "
+            "cuda_graphs=None (graphs where CUDA is) or False"
+        )
+    return cudagraph.cuda_decode_graphs() if cuda_graphs else None
+
+
+def _graph_counts(graphs: DecodeGraphs) -> tuple[int, int, int]:
+    return graphs.stats.captures, graphs.stats.replays, graphs.stats.eager_calls
+
+
 def _float_dtype(model: Any) -> torch.dtype:
     dtype = next(model.parameters()).dtype
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -315,6 +342,7 @@ def generate_pairs(
     all_finished: Callable[[bool], bool] | None = None,
     fast_decode: bool | None = None,
     cache_pool: fastdecode.KVCachePool | None = None,
+    cuda_graphs: bool | DecodeGraphs | None = None,
 ) -> PairGeneration:
     """Sample y ~ π_θ and y' ~ opponent for each left-padded prompt (see the module doc).
 
@@ -331,6 +359,19 @@ def generate_pairs(
     (``None``: unless ``NLHF_FAST_DECODE=0``; ``False``: always the HF path).
     ``cache_pool``: a :class:`nlhf_torch.fastdecode.KVCachePool` that keeps the fused
     decode's KV cache between calls (a training run's steps).
+    ``cuda_graphs``: the fused decode's steps run as CUDA graphs over its static KV cache
+    (:meth:`nlhf_torch.fastdecode.FastGroup.step_static`; ``decode_path``
+    ``"fused+cudagraph"``): the first decode step eagerly (warm-up), then one capture per
+    group, replayed for every later step. ``None``: on CUDA devices unless
+    ``NLHF_CUDA_GRAPHS=0``; ``False``: eager steps (CPU always, by default); a
+    :class:`nlhf_torch.cudagraph.DecodeGraphs`: through that one (tests inject a capture
+    that runs on CPU). The graphs live for one call and are cleared when it ends: they read
+    the addresses of the group's stacked norms and LoRA factors and, for models of at most
+    :data:`nlhf_torch.fastdecode.FUSE_MAX_PARAMS` parameters, its stacked/fused weight
+    copies — all rebuilt per call from the current weights — and of the KV cache, which
+    ``cache_pool`` may reallocate for the next call; so no graph can serve another call.
+    The one capture per group and call costs about one more step, repaid by the T − 2
+    replays.
     """
     check_generation_args(
         opponent=opponent, beta=beta, temperature=temperature, max_new_tokens=max_new_tokens,
@@ -342,6 +383,7 @@ def generate_pairs(
     b = input_ids.shape[0]
     n_rows = 2 * b
     device = input_ids.device
+    graphs = _decode_graphs(cuda_graphs, device)
     if uniforms is not None:
         uniforms = torch.as_tensor(uniforms, device=device)
         if uniforms.ndim != 2 or uniforms.shape[0] != n_rows or uniforms.shape[1] < max_new_tokens:
@@ -394,6 +436,12 @@ def generate_pairs(
             if fast_decode
             else (None, "hf: NLHF_FAST_DECODE=0 or fast_decode=False")
         )
+        graph_counts = (0, 0, 0)
+        if groups is None:
+            graphs = None  # the HF path steps eagerly
+        elif graphs is not None:
+            decode_path = "fused+cudagraph"
+            graph_counts = _graph_counts(graphs)
         if groups is not None:
             forward_calls = 0
             for g, members in groups:
@@ -456,8 +504,8 @@ def generate_pairs(
             if done or step == max_new_tokens - 1:
                 break
             if groups is not None:  # static caches: finished rows keep decoding pads
-                for g, members in groups:
-                    g.step(tok[g.rows], step)
+                for index, (g, members) in enumerate(groups):
+                    g.step(tok[g.rows], step, graphs, tag=f"group {index}")
                     for j, s in enumerate(members):
                         s.logits = g.logits[j]
                     forward_calls += len(members)
@@ -467,7 +515,13 @@ def generate_pairs(
                 if all_finished is None:
                     s.drop_finished(finished)
                 forward_calls += s.step(tok, full_mask)
+        if graphs is not None:  # this call's captures, replays and warm-up steps
+            graph_counts = tuple(
+                now - was for now, was in zip(_graph_counts(graphs), graph_counts, strict=True)
+            )
     finally:
+        if graphs is not None:  # they read this call's weight copies and cache
+            graphs.clear()
         gather.close()  # ZeRO-3: partition the gathered parameters again
         for model, mode in was_training:
             model.train(mode)
@@ -488,5 +542,8 @@ def generate_pairs(
             "steps": toks.shape[1],
             "forward_calls": forward_calls,
             "fast_decode": int(groups is not None),
+            "graph_captures": graph_counts[0],
+            "graph_replays": graph_counts[1],
+            "graph_warmup_steps": graph_counts[2],
         },
     )
