@@ -125,20 +125,44 @@ def _check_label(value: Any, row: int, path: str) -> float:
     return label
 
 
-class _Budget:
-    """Token (or character) budget and the truncation policy of ``DataSpec``."""
+class PairBudget:
+    """The length budget of ``task: preference_model``'s pairs, one home for how a text is
+    cut for a preference model: the prompt keeps its **last** ``max_prompt_length`` units
+    and prompt + responses (``joint``: both, else the longer) fit ``max_length`` units, by
+    ``policy`` (``DataSpec.truncation``). :meth:`fit` cuts a training or held-out pair,
+    :meth:`reward_text` the ``prompt + response`` a Bradley–Terry reward scores online
+    (the same cut, that response alone)."""
 
-    def __init__(self, spec: DataSpec, codec: TextCodec | None, reserve: int, joint: bool) -> None:
-        self.policy = spec.truncation
-        self.max_length = spec.max_length - reserve
-        self.max_prompt = spec.max_prompt_length
+    def __init__(
+        self,
+        max_length: int,
+        max_prompt_length: int,
+        *,
+        policy: str = "left",
+        codec: TextCodec | None = None,
+        joint: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.max_length = max_length
+        self.max_prompt = max_prompt_length
         self.codec = codec
         self.joint = joint
-        if self.max_length <= 0:
+
+    @classmethod
+    def of(cls, spec: DataSpec, codec: TextCodec | None, reserve: int, joint: bool) -> PairBudget:
+        """The budget of a ``data`` section, less the ``reserve`` units the model adds."""
+        if spec.max_length - reserve <= 0:
             raise InputError(
                 f"data.max_length: {spec.max_length} leaves no room after the {reserve} "
                 "tokens the model's template needs; raise data.max_length"
             )
+        return cls(
+            spec.max_length - reserve,
+            spec.max_prompt_length,
+            policy=spec.truncation,
+            codec=codec,
+            joint=joint,
+        )
 
     def ids(self, text: str) -> list[Any]:
         if self.codec is None:
@@ -151,10 +175,38 @@ class _Budget:
     def size(self, p: int, a: int, b: int) -> int:
         return p + a + b if self.joint else p + max(a, b)
 
+    def over(self, p: int, a: int, b: int) -> bool:
+        """Whether a prompt of ``p`` units and responses of ``a`` and ``b`` must be cut."""
+        return p > self.max_prompt or self.size(p, a, b) > self.max_length
+
+    def kept(self, p: int, a: int, b: int) -> tuple[int, int, int]:
+        """Units kept of an over-long pair under ``left`` / ``right``: the prompt's last
+        ``keep_p`` (first cut to ``max_prompt_length``; then, ``left``, further until the
+        responses fit; ``right``, leaving at least one unit per response) and each
+        response's first ``keep_a`` / ``keep_b`` (cut from the right only if still too
+        long; jointly, the room is shared)."""
+        keep_p = min(p, self.max_prompt)
+        if self.policy == "left":  # then cut more prompt, responses only if still needed
+            keep_p = min(keep_p, max(0, self.max_length - self.size(0, a, b)))
+        else:  # leave at least one unit per response
+            keep_p = min(keep_p, max(0, self.max_length - self.size(0, 1, 1)))
+        room = self.max_length - keep_p
+        keep_a, keep_b = a, b
+        if self.size(0, keep_a, keep_b) > room:  # cut responses from the right
+            if self.joint:
+                share = room // 2
+                keep_a = min(a, max(share, room - b))
+                keep_b = min(b, room - keep_a)
+            else:
+                keep_a, keep_b = min(a, room), min(b, room)
+        return keep_p, keep_a, keep_b
+
+    def _prompt_text(self, p: list[Any], keep: int) -> str:
+        return self.text(p[len(p) - keep :]) if keep else ""
+
     def fit(self, pair: Pair, counts: dict[str, int], row: int, path: str) -> Pair | None:
         p, a, b = self.ids(pair.prompt), self.ids(pair.chosen), self.ids(pair.rejected)
-        over = len(p) > self.max_prompt or self.size(len(p), len(a), len(b)) > self.max_length
-        if not over:
+        if not self.over(len(p), len(a), len(b)):
             return pair
         if self.policy == "error":
             raise InputError(
@@ -166,21 +218,7 @@ class _Budget:
         if self.policy == "drop":
             counts["dropped_too_long"] += 1
             return None
-        # left / right: the prompt is first cut from the left to max_prompt_length
-        keep_p = min(len(p), self.max_prompt)
-        if self.policy == "left":  # then cut more prompt, responses only if still needed
-            keep_p = min(keep_p, max(0, self.max_length - self.size(0, len(a), len(b))))
-        else:  # leave at least one unit per response
-            keep_p = min(keep_p, max(0, self.max_length - self.size(0, 1, 1)))
-        room = self.max_length - keep_p
-        keep_a, keep_b = len(a), len(b)
-        if self.size(0, keep_a, keep_b) > room:  # cut responses from the right
-            if self.joint:
-                share = room // 2
-                keep_a = min(len(a), max(share, room - len(b)))
-                keep_b = min(len(b), room - keep_a)
-            else:
-                keep_a, keep_b = min(len(a), room), min(len(b), room)
+        keep_p, keep_a, keep_b = self.kept(len(p), len(a), len(b))
         if keep_a == 0 or keep_b == 0:
             counts["dropped_too_long"] += 1
             return None
@@ -189,15 +227,23 @@ class _Budget:
         if keep_a < len(a) or keep_b < len(b):
             counts["truncated_responses"] += 1
         return Pair(
-            self.text(p[len(p) - keep_p :]) if keep_p else "",
-            self.text(a[:keep_a]),
-            self.text(b[:keep_b]),
-            pair.label,
+            self._prompt_text(p, keep_p), self.text(a[:keep_a]), self.text(b[:keep_b]), pair.label
         )
+
+    def reward_text(self, prompt: str, response: str) -> str:
+        """``prompt + response`` cut as :meth:`fit` cuts a pair whose two responses are
+        ``response`` (a reward reads one response at a time): unchanged when it fits, else
+        the prompt's last ``keep_p`` units + the response's first ``keep_a``. An empty
+        response keeps the cut prompt (where :meth:`fit` drops the pair)."""
+        p, a = self.ids(prompt), self.ids(response)
+        if not self.over(len(p), len(a), len(a)):
+            return prompt + response
+        keep_p, keep_a, _ = self.kept(len(p), len(a), len(a))
+        return self._prompt_text(p, keep_p) + self.text(a[:keep_a])
 
 
 def _rows_to_pairs(
-    ds: Any, fmt: str, spec: Any, budget: _Budget, counts: dict[str, int]
+    ds: Any, fmt: str, spec: Any, budget: PairBudget, counts: dict[str, int]
 ) -> list[Pair]:
     path = spec.path
     needed = ["prompt", "chosen", "rejected"] if fmt == "preference" else ["chosen", "rejected"]
@@ -266,7 +312,7 @@ def load_pairs(
         "truncated_prompts": 0,
         "truncated_responses": 0,
     }
-    budget = _Budget(spec, tokenizer, reserve, joint)
+    budget = PairBudget.of(spec, tokenizer, reserve, joint)
     ds = load_rows(spec)
     fmt = _detect_format(ds.column_names, spec.format, spec.path)
     train = _rows_to_pairs(ds, fmt, spec, budget, counts)

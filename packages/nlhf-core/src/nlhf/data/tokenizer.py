@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +190,37 @@ def text_overhead(tokenizer: Any, config: PreferenceConfig) -> int:
     empty = render_judge(config.template, "", "", "")
     suffix = answer_ids(tokenizer, config.answer_tokens)[0] if config.head == "lm" else []
     return len(tokenizer.encode(empty)) + len(suffix)
+
+
+def reward_texts_as_trained(
+    tokenizer: Any, config: PreferenceConfig
+) -> Callable[[Sequence[str], Sequence[str]], list[str]]:
+    """``(prompts, ys) -> texts``: what a Bradley–Terry reward of ``config`` reads for each
+    ``prompt + response``. A model trained by ``task: preference_model`` (``config`` has a
+    ``max_prompt_length``, :meth:`~nlhf.preference.format.PreferenceConfig.for_reward`)
+    gets its rows built as its training rows were: cut by
+    :meth:`nlhf.data.pairs.PairBudget.reward_text` (the prompt's last
+    ``max_prompt_length`` tokens, ``truncation: left``) to ``max_length`` less the tokens
+    the model adds and :data:`nlhf.preference.run.LENGTH_SLACK`, before the model's own
+    left truncation to ``max_length``; other classifiers read ``prompt + response``."""
+    from nlhf.data.pairs import PairBudget
+    from nlhf.preference.run import LENGTH_SLACK
+    from nlhf.preference.scorers import reward_texts
+
+    if config.max_prompt_length is None:
+        return reward_texts
+    reserve = text_overhead(tokenizer, config) + LENGTH_SLACK
+    if config.max_length <= reserve:
+        raise InputError(
+            f"preference.max_length: {config.max_length} tokens leave no room for the text "
+            f"after the {reserve} the reward model adds (special tokens + {LENGTH_SLACK} "
+            "of slack); raise it"
+        )
+    budget = PairBudget(
+        config.max_length - reserve, config.max_prompt_length, codec=tokenizer, joint=False
+    )
+
+    def texts(prompts: Sequence[str], ys: Sequence[str]) -> list[str]:
+        return [budget.reward_text(x, y) for x, y in zip(prompts, ys, strict=True)]
+
+    return texts

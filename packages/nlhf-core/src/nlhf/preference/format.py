@@ -51,9 +51,11 @@ class PreferenceConfig:
     def for_reward(cls, spec: BradleyTerryPreference) -> PreferenceConfig:
         """How a ``bradley_terry_reward`` reads ``prompt + response``: as it was trained when
         its directory holds ``nlhf_preference.json`` (a ``task: preference_model`` output:
-        its ``pooling`` and its training ``max_length``, unless the spec sets
-        ``max_length``), else the architecture's own pooled output at the spec's
-        ``max_length``."""
+        its ``pooling``, its training ``max_length`` unless the spec sets ``max_length``, and
+        its ``max_prompt_length``, the saved ``max_length`` for models saved before that was
+        recorded, as ``nlhf preference-eval`` reads them), else the architecture's own pooled
+        output at the spec's ``max_length`` with no prompt budget (``max_prompt_length``
+        None). The rows themselves: :func:`nlhf.data.tokenizer.reward_texts_as_trained`."""
         path = Path(spec.path)
         if not (path / CONFIG_NAME).is_file():
             return cls(kind="bradley_terry", head="classification", max_length=spec.max_length)
@@ -64,7 +66,11 @@ class PreferenceConfig:
                 f"{CONFIG_NAME}), not a Bradley–Terry reward; use preference.name: pairwise_model"
             )
         explicit = "max_length" in spec.model_fields_set
-        return replace(saved, max_length=spec.max_length if explicit else saved.max_length)
+        return replace(
+            saved,
+            max_length=spec.max_length if explicit else saved.max_length,
+            max_prompt_length=saved.max_prompt_length or saved.max_length,
+        )
 
     @classmethod
     def for_directory(cls, directory: Path, field: str = "preference.path") -> PreferenceConfig:

@@ -185,11 +185,20 @@ class OracleScorer:
 
 
 class BradleyTerryScorer:
-    """P(y≻y'|x) = σ(r(x,y) − r(x,y')) with r = ``score`` of ``prompt + response``, in
-    batches of ``batch_size`` texts; ``model`` is the backend's network behind ``score``."""
+    """P(y≻y'|x) = σ(r(x,y) − r(x,y')) with r = ``score`` of ``texts(prompts, ys)``
+    (default ``prompt + response``; a trained model's rows as it was trained:
+    :func:`nlhf.data.tokenizer.reward_texts_as_trained`), in batches of ``batch_size``
+    texts; ``model`` is the backend's network behind ``score``."""
 
-    def __init__(self, score: TextScores, *, batch_size: int, model: object = None) -> None:
-        self.score, self.batch_size, self.model = score, batch_size, model
+    def __init__(
+        self,
+        score: TextScores,
+        *,
+        batch_size: int,
+        model: object = None,
+        texts: Callable[[Sequence[str], Sequence[str]], list[str]] = reward_texts,
+    ) -> None:
+        self.score, self.batch_size, self.model, self.texts = score, batch_size, model, texts
 
     def has_reward(self) -> bool:
         return True
@@ -197,7 +206,7 @@ class BradleyTerryScorer:
     def reward(self, prompts: Sequence[str], ys: Sequence[str]) -> np.ndarray:
         """r(x, y) of each row, float64 (B,)."""
         prompts, ys, _ = check_comparisons(prompts, ys, ys, "reward")
-        values = score_in_batches(self.score, reward_texts(prompts, ys), self.batch_size)
+        values = score_in_batches(self.score, self.texts(prompts, ys), self.batch_size)
         return check_rewards(values, len(ys), "bradley_terry_reward")
 
     def prob(

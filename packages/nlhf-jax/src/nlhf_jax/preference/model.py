@@ -408,6 +408,16 @@ def load_lora_checkpoint(
                            base_path=base_path)  # fmt: skip
 
 
+def check_pooling(config: PreferenceConfig, path: str | Path, field: str) -> None:
+    """Refuse a model saved with a read-out the jax score heads lack (``pooling: mean``)."""
+    if config.pooling != "model":
+        raise InputError(
+            f"{field}: {path} was trained with pooling {config.pooling!r}, which the jax "
+            "backend does not implement (its score heads read the last non-pad token); load "
+            "it with the torch backend (--backend torch)"
+        )
+
+
 def load_preference_model(
     path: str | Path, *, dtype: str = "float32", field: str = "preference.path"
 ) -> PreferenceModel:
@@ -417,12 +427,7 @@ def load_preference_model(
     check_model_dir(path, field)
     path = Path(path).expanduser()
     config = PreferenceConfig.for_directory(path, field)
-    if config.pooling != "model":
-        raise InputError(
-            f"{field}: {path} was trained with pooling {config.pooling!r}, which the jax "
-            "backend does not implement (its score heads read the last non-pad token); load "
-            "it with the torch backend (--backend torch)"
-        )
+    check_pooling(config, path, field)
     tokenizer = load_tokenizer(path, field, scoring=True)
     model = load_decoder(path, config.head, dtype=dtype, pad_token_id=tokenizer.pad_token_id,
                          field=field)  # fmt: skip

@@ -5,7 +5,9 @@ batching live there). The same tokenization, truncation and read-out position as
 so both backends give the same numbers (``tests/test_cross_backend_jax_torch_preferences.py``).
 
 - ``bradley_terry_reward``: a 1-label score head read at the last non-pad token of
-  ``prompt + response`` (:class:`nlhf_jax.preference.model.DecoderScorer`).
+  ``prompt + response`` (:class:`nlhf_jax.preference.model.DecoderScorer`), a trained
+  model's rows built as in its training (``nlhf_preference.json``); ``pooling: mean``
+  models are refused.
 - ``llm_judge``: a causal LM, v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) at the answers' first differing token,
   after the filled template (chat-formatted for instruct judges; no special tokens added)
   and the answers' shared prefix.
@@ -16,10 +18,12 @@ so both backends give the same numbers (``tests/test_cross_backend_jax_torch_pre
 
 from __future__ import annotations
 
-from nlhf.data.tokenizer import chat_wrapper, load_tokenizer
+from dataclasses import replace
+
+from nlhf.data.tokenizer import chat_wrapper, load_tokenizer, reward_texts_as_trained
 from nlhf.errors import InputError
 from nlhf.preference import scorers as core
-from nlhf.preference.format import judge_answer_ids
+from nlhf.preference.format import PreferenceConfig, judge_answer_ids
 from nlhf.preference.scorers import BradleyTerryScorer, JudgeScorer, Loaders, PairwiseScorer, Scorer
 from nlhf.spec.models import (
     BradleyTerryPreference,
@@ -31,6 +35,7 @@ from nlhf.spec.models import (
 from nlhf_jax.preference.model import (
     DecoderScorer,
     check_model_dir,
+    check_pooling,
     load_decoder,
     load_preference_model,
 )
@@ -38,12 +43,17 @@ from nlhf_jax.preference.model import (
 
 def load_bradley_terry(spec: BradleyTerryPreference) -> BradleyTerryScorer:
     """r(x, y) from a 1-label ``<Arch>ForSequenceClassification`` directory reading
-    ``prompt + response`` with its own tokenizer (special tokens added, left-truncated to
-    ``max_length`` tokens)."""
+    ``prompt + response`` with its own tokenizer (special tokens added), cut as
+    :meth:`nlhf.preference.format.PreferenceConfig.for_reward` says (a trained model's rows
+    as in training, :func:`nlhf.data.tokenizer.reward_texts_as_trained`), left-truncated
+    to ``max_length`` tokens (at most the model's positions, as torch); a model saved with
+    ``pooling: mean`` is refused (:func:`nlhf_jax.preference.model.check_pooling`)."""
     from nlhf_jax.models import load_config
     from nlhf_jax.models.io import _head_of
 
     check_model_dir(spec.path, "preference.path")
+    config = PreferenceConfig.for_reward(spec)
+    check_pooling(config, spec.path, "preference.path")
     field = "preference.tokenizer" if spec.tokenizer else "preference.path"
     tokenizer = load_tokenizer(spec.tokenizer or spec.path, field, scoring=True)
     if _head_of(load_config(spec.path)) != "sequence_classification":
@@ -59,14 +69,17 @@ def load_bradley_terry(spec: BradleyTerryPreference) -> BradleyTerryScorer:
         pad_token_id=tokenizer.pad_token_id,
         field="preference.path",
     )
+    positions = model.config.max_position_embeddings
+    config = replace(config, max_length=min(config.max_length, positions))
     scorer = DecoderScorer(
         model,
         tokenizer,
         head="classification",
-        max_length=spec.max_length,
+        max_length=config.max_length,
         batch_size=spec.batch_size,
     )
-    return BradleyTerryScorer(scorer.scores, batch_size=spec.batch_size, model=scorer)
+    texts = reward_texts_as_trained(scorer.tokenizer, config)
+    return BradleyTerryScorer(scorer.scores, batch_size=spec.batch_size, model=scorer, texts=texts)
 
 
 def load_judge(spec: LLMJudgePreference) -> JudgeScorer:

@@ -19,7 +19,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from nlhf.data.tokenizer import chat_wrapper, check_model_path, load_tokenizer
+from nlhf.data.tokenizer import (
+    chat_wrapper,
+    check_model_path,
+    load_tokenizer,
+    reward_texts_as_trained,
+)
 from nlhf.errors import InputError
 from nlhf.preference import scorers as core
 from nlhf.preference.format import PreferenceConfig, judge_answer_ids
@@ -48,9 +53,10 @@ def _host_scores(model: PreferenceModel) -> Callable[[Sequence[str]], np.ndarray
 
 def load_bradley_terry(spec: BradleyTerryPreference, device: Device = "cpu") -> BradleyTerryScorer:
     """r(x, y) from a 1-label ``AutoModelForSequenceClassification`` reading
-    ``prompt + response`` with its own tokenizer, left-truncated to ``max_length`` tokens
-    (at most the model's positions), pooled as
-    :meth:`nlhf.preference.format.PreferenceConfig.for_reward` says."""
+    ``prompt + response`` with its own tokenizer, pooled and cut as
+    :meth:`nlhf.preference.format.PreferenceConfig.for_reward` says (a trained model's rows
+    as in training, :func:`nlhf.data.tokenizer.reward_texts_as_trained`), left-truncated
+    to ``max_length`` tokens (at most the model's positions)."""
     from transformers import AutoModelForSequenceClassification
 
     from nlhf_torch.models import torch_dtype
@@ -74,7 +80,10 @@ def load_bradley_terry(spec: BradleyTerryPreference, device: Device = "cpu") -> 
         )
     scorer = BradleyTerryModel(model.to(device), tokenizer, PreferenceConfig.for_reward(spec))
     scorer.eval().requires_grad_(False)
-    return BradleyTerryScorer(_host_scores(scorer), batch_size=spec.batch_size, model=scorer)
+    texts = reward_texts_as_trained(scorer.tokenizer, scorer.config)  # capped max_length
+    return BradleyTerryScorer(
+        _host_scores(scorer), batch_size=spec.batch_size, model=scorer, texts=texts
+    )
 
 
 def load_judge(spec: LLMJudgePreference, device: Device = "cpu") -> JudgeScorer:
