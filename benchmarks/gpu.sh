@@ -79,10 +79,13 @@ for name in ("real-cuda", "qwen2-0.5b-cuda"):
     r = json.loads(p.read_text())
     dev = (r.get("roofline") or {}).get("peaks", [{}])[0].get("device_name", "?")
     for m, s in r["summary"].items():
+        paths = {run.get("decode_path") for run in r.get("runs", {}).get(m, [])} - {None}
+        path = f", decode {'/'.join(sorted(paths))}" if paths else ""  # fused+cudagraph
         print(f"{name} on {dev}: {m}: {s['median_step_seconds']:.3f} s/step, "
               f"gen {s.get('median_generation_seconds', float('nan')):.3f} s, "
               f"update {s.get('median_update_seconds', float('nan')):.3f} s, "
               f"{s['generated_tokens_per_s']:.0f} tok/s, "
-              f"update MFU {100 * s.get('update_mfu_bf16', float('nan')):.1f}% of bf16 peak")
+              f"update MFU {100 * s.get('update_mfu_bf16', float('nan')):.1f}% of bf16 peak"
+              f"{path}")
 PY
 echo "gpu.sh: done in $(($(date +%s) - START)) s"

@@ -238,12 +238,31 @@ def test_switches_and_errors(monkeypatch):
             g.step(torch.zeros(B, dtype=torch.long), 1, graphs_())
 
 
+def test_cuda_default_choice(monkeypatch):
+    """Which DecodeGraphs a CUDA device gets by default (no CUDA is touched to decide)."""
+    from nlhf_torch.generation import _decode_graphs
+
+    cuda = torch.device("cuda")
+    got = _decode_graphs(None, cuda)
+    assert isinstance(got, DecodeGraphs) and got._capture is cudagraph.cuda_capture
+    assert _decode_graphs(False, cuda) is None
+    assert _decode_graphs(None, torch.device("cpu")) is None
+    mine = graphs_()
+    assert _decode_graphs(mine, torch.device("cpu")) is mine
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type: device_type == "cuda")
+    assert _decode_graphs(None, cuda) is None  # autocast's weight cache is not capturable
+    monkeypatch.undo()
+    monkeypatch.setenv("NLHF_CUDA_GRAPHS", "0")
+    assert _decode_graphs(None, cuda) is None
+    assert isinstance(_decode_graphs(True, cuda), DecodeGraphs)
+
+
 def graphs_() -> DecodeGraphs:
     return DecodeGraphs(FakeCapture(), warmup=1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "lora"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "lora"])
 def test_cuda_graph_generation_equals_eager_on_cuda(arch):
     """On a GPU: the default path captures real CUDA graphs and samples the eager
     path's tokens (centred uniforms), reference logits within the float32 model scope."""
@@ -252,9 +271,9 @@ def test_cuda_graph_generation_equals_eager_on_cuda(arch):
     from nlhf_torch.models import AdapterDisabled
 
     cpu_pair = _pair(arch, torch.float32)  # for the centred uniforms (an uncached forward)
-    policy = _pair(arch, torch.float32)[0].to("cuda")
-    reference = AdapterDisabled(policy) if arch == "lora" else _pair(arch)[1]
-    reference = reference if arch == "lora" else reference.to("cuda", torch.float32)
+    policy, reference = _pair(arch, torch.float32)
+    policy = policy.to("cuda")
+    reference = AdapterDisabled(policy) if arch == "lora" else reference.to("cuda")
     ids, mask = (t.to("cuda") for t in models._prompts(padded=True))
     kw = dict(return_reference_logits=True)
     u0 = torch.rand(2 * B, MAX_NEW, generator=torch.Generator().manual_seed(5)).double()

@@ -21,6 +21,13 @@ the cache capacity, and its position is a tensor input, so one graph per
 
 The capture itself is injected (``capture(fn, static_inputs, pool) -> replay``), so this
 bookkeeping is tested on CPU; :func:`cuda_capture` is the CUDA implementation.
+
+The fused decode (:meth:`nlhf_torch.fastdecode.FastGroup.step` with ``graphs``, from
+:func:`nlhf_torch.generation.generate_pairs` on CUDA unless ``NLHF_CUDA_GRAPHS=0``) keys
+its graphs exactly, ``GraphKey(rows, capacity, dtype, "group i")`` without buckets, and
+clears them when the generation call ends, because each call rebuilds the weight copies and
+may reallocate the KV cache the graphs read; :meth:`DecodeGraphs.key`'s buckets serve
+callers whose graphs outlive a call. Not yet run on a real GPU in this repo.
 """
 
 from __future__ import annotations

@@ -56,6 +56,11 @@ DoRA/merged/biased LoRA and ``modules_to_save``, modules with forward hooks othe
 DeepSpeed engine's own (its two root hooks, ZeRO-3's offload hooks), dynamic/longrope
 rope, ``pretraining_tp``.
 On by default; ``NLHF_FAST_DECODE=0`` turns the fast path off (the HF path runs).
+
+Decode steps: :meth:`FastGroup.step` slices the cache at the Python position (CPU, and CUDA
+with ``NLHF_CUDA_GRAPHS=0``); :meth:`FastGroup.step_static` computes the same step with
+shapes independent of the position (a device tensor) for CUDA-graph capture
+(:mod:`nlhf_torch.cudagraph`), reading all cache slots under masks.
 """
 
 from __future__ import annotations

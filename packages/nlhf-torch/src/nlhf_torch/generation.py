@@ -32,7 +32,9 @@ reference over the whole prefix for every mixture token, ≈ 3T+5 forward calls)
    plain or LoRA) decode through :mod:`nlhf_torch.fastdecode` (a fused sampling-only
    forward on the models' own weights, static KV cache, policy and reference in one batched
    call); anything else takes the HF path above (``decode_path`` says why); ``NLHF_FAST_DECODE=0`` forces the HF path. The fast path keeps finished rows
-   (feeding pads) instead of dropping them.
+   (feeding pads) instead of dropping them. On CUDA its decode steps after the first are
+   CUDA-graph replays over the static KV cache (``decode_path`` ``"fused+cudagraph"``;
+   ``NLHF_CUDA_GRAPHS=0`` or ``cuda_graphs=False`` step eagerly).
 
 Randomness: an injectable ``torch.Generator`` (one float64 ``torch.rand(2B)`` per step), or
 explicit ``uniforms[row, step]`` (rows 0..B−1 = y, B..2B−1 = y') consumed by inverse CDF
@@ -299,12 +301,18 @@ def _decode_graphs(
     cuda_graphs: bool | DecodeGraphs | None, device: torch.device
 ) -> DecodeGraphs | None:
     """The :class:`DecodeGraphs` the fused decode steps run through, or None (eager steps):
-    on a CUDA device unless ``NLHF_CUDA_GRAPHS=0`` (``None``), always (``True``; a CUDA
-    device is needed), never (``False``), or the given one (any device and capture)."""
+    on a CUDA device unless ``NLHF_CUDA_GRAPHS=0`` or inside ``torch.autocast`` (whose
+    cast-weight cache must not be captured, PyTorch's CUDA-graph notes) (``None``), always
+    (``True``; a CUDA device is needed), never (``False``), or the given one (any device
+    and capture)."""
     if isinstance(cuda_graphs, DecodeGraphs):
         return cuda_graphs
     if cuda_graphs is None:
-        cuda_graphs = device.type == "cuda" and cudagraph.enabled()
+        cuda_graphs = (
+            device.type == "cuda"
+            and cudagraph.enabled()
+            and not torch.is_autocast_enabled(device.type)
+        )
     elif cuda_graphs and device.type != "cuda":
         raise ValueError(
             f"cuda_graphs=True needs a CUDA device, but the inputs are on {device}; pass "
