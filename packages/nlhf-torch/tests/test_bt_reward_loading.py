@@ -1,8 +1,9 @@
 """``preference: {name: bradley_terry_reward}`` reads a trained reward model as it was
-trained (its ``nlhf_preference.json``: mean pooling, training ``max_length``), and never
-past the model's position limit: an encoder with 24 positions scores a longer text by its
-last 24 tokens instead of failing in the embedding (a BERT's 512 positions against a long
-hh-rlhf prompt did)."""
+trained (its ``nlhf_preference.json``: mean pooling, training ``max_length``, the prompt
+cut as training cut it), and never past the model's position limit: an encoder with 24
+positions scores a longer text by its last 24 tokens instead of failing in the embedding
+(a BERT's 512 positions against a long hh-rlhf prompt did). Both backends, and the rows
+against training's: tests/test_cross_backend_bt_reward_as_trained.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from nlhf.errors import InputError
 from nlhf.preference.format import PreferenceConfig
 from nlhf.spec.models import BradleyTerryPreference
 from nlhf.testing.tiny_models import build_tokenizer
-from nlhf.testing.tolerances import assert_close
+from nlhf.testing.tolerances import assert_close, tolerance
 from nlhf_torch.preference.scorers import load_bradley_terry
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -76,6 +77,23 @@ def test_a_text_past_the_position_limit_is_read_by_its_last_tokens(encoder: Path
     assert len(model.tokenizer(LONG).input_ids) > POSITIONS
     got = float(model.scores([LONG])[0])
     assert_close(got, _by_hand(encoder, LONG, POSITIONS), "float32")
+
+
+def test_a_long_prompt_is_cut_as_training_cut_it(encoder: Path) -> None:
+    """The online row is the training row: the prompt's last tokens within the budget
+    max_length − special tokens − 4 of slack (``nlhf.preference.run.LENGTH_SLACK``), the
+    response whole — not the last 24 tokens of the whole text."""
+    scorer = load_bradley_terry(BradleyTerryPreference(path=str(encoder)))
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    response = " over the lazy dog"
+    p = tokenizer.encode(LONG, add_special_tokens=False)
+    a = tokenizer.encode(response, add_special_tokens=False)
+    budget = POSITIONS - len(tokenizer.encode("")) - 4
+    cut = tokenizer.decode(p[len(p) - (budget - len(a)) :]) + response
+    got = float(scorer.reward([LONG], [response])[0])
+    assert_close(got, _by_hand(encoder, cut, POSITIONS), "float32", scope="model")
+    old = _by_hand(encoder, LONG + response, POSITIONS)  # the last 24 tokens of it all
+    assert abs(got - old) > 10 * tolerance("float32", "model").atol
 
 
 def test_a_pairwise_model_is_refused_as_a_reward(encoder: Path, tmp_path: Path) -> None:
