@@ -513,7 +513,10 @@ def generate_pairs(
                 break
             if groups is not None:  # static caches: finished rows keep decoding pads
                 for index, (g, members) in enumerate(groups):
-                    g.step(tok[g.rows], step, graphs, tag=f"group {index}")
+                    if graphs is None:
+                        g.step(tok[g.rows], step)
+                    else:
+                        g.step(tok[g.rows], step, graphs, tag=f"group {index}")
                     for j, s in enumerate(members):
                         s.logits = g.logits[j]
                     forward_calls += len(members)
