@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nlhf.errors import InputError
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 ASSISTANT_TAG = "\n\nAssistant:"
 PAIR_FORMATS = ("auto", "preference", "hh_rlhf")
+Truncation = Literal["left", "right", "drop", "error"]
+"""``DataSpec.truncation``: what :class:`PairBudget` does with an over-long pair."""
 
 
 class TextCodec(Protocol):
@@ -138,7 +140,7 @@ class PairBudget:
         max_length: int,
         max_prompt_length: int,
         *,
-        policy: str = "left",
+        policy: Truncation = "left",
         codec: TextCodec | None = None,
         joint: bool = True,
     ) -> None:
