@@ -510,6 +510,7 @@ class _Linear:
             self.w = [[b.weight.detach() for b in bs] for bs in bases]
             self.b = [[None if b.bias is None else b.bias.detach() for b in bs] for bs in bases]
         self.lora = [_lora(ps) if on else None for ps, on in zip(parts, adapters, strict=True)]
+        self.out_features = sum(b.weight.shape[0] for b in bases[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m, n, d_in = x.shape
@@ -519,18 +520,33 @@ class _Linear:
             y = (outs[0] if len(outs) == 1 else torch.cat(outs, -1)).view(m, n, -1)
         elif self.fuse:
             y = torch.bmm(x, self.w) if self.b is None else torch.baddbmm(self.b, x, self.w)
-        else:
-            y = torch.stack(
-                [
-                    torch.cat([F.linear(x[j], w, b) for w, b in zip(ws, bs, strict=True)], -1)
-                    for j, (ws, bs) in enumerate(zip(self.w, self.b, strict=True))
-                ]
-            )
+        else:  # each member's parts written straight into its rows of one output
+            y = x.new_empty(m, n, self.out_features)
+            for j, (ws, bs) in enumerate(zip(self.w, self.b, strict=True)):
+                if len(ws) == 1:
+                    _linear_into(y[j], x[j], ws[0], bs[0])
+                    continue
+                lo = 0
+                for w, b in zip(ws, bs, strict=True):
+                    hi = lo + w.shape[0]
+                    y[j, :, lo:hi] = F.linear(x[j], w, b)
+                    lo = hi
         for j, lo in enumerate(self.lora):
             if lo is not None:  # in the adapter's dtype, added in float32 when they differ
                 a, b_s = lo
                 y[j] += (x[j].to(a.dtype) @ a) @ b_s
         return y
+
+
+def _linear_into(
+    out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+) -> None:
+    """``out = x Wᵀ + b`` without a temporary (what ``F.linear`` computes: ``mm``, or
+    ``addmm`` with the bias), for contiguous 2-D ``out``."""
+    if b is None:
+        torch.mm(x, w.T, out=out)
+    else:
+        torch.addmm(b, x, w.T, out=out)
 
 
 def _lora(parts: list[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
