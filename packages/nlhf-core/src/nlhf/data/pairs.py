@@ -132,8 +132,9 @@ class PairBudget:
     cut for a preference model: the prompt keeps its **last** ``max_prompt_length`` units
     and prompt + responses (``joint``: both, else the longer) fit ``max_length`` units, by
     ``policy`` (``DataSpec.truncation``). :meth:`fit` cuts a training or held-out pair,
-    :meth:`reward_text` the ``prompt + response`` a Bradley–Terry reward scores online
-    (the same cut, that response alone)."""
+    :meth:`cut` a comparison a trained preference model scores online (the same cut,
+    never dropped) and :meth:`reward_text` the ``prompt + response`` a Bradley–Terry
+    reward scores online (the same cut, that response alone)."""
 
     def __init__(
         self,
@@ -203,8 +204,12 @@ class PairBudget:
                 keep_a, keep_b = min(a, room), min(b, room)
         return keep_p, keep_a, keep_b
 
-    def _prompt_text(self, p: list[Any], keep: int) -> str:
-        return self.text(p[len(p) - keep :]) if keep else ""
+    def _cut_texts(
+        self, p: list[Any], a: list[Any], b: list[Any], keep: tuple[int, int, int]
+    ) -> tuple[str, str, str]:
+        keep_p, keep_a, keep_b = keep
+        prompt = self.text(p[len(p) - keep_p :]) if keep_p else ""
+        return prompt, self.text(a[:keep_a]), self.text(b[:keep_b])
 
     def fit(self, pair: Pair, counts: dict[str, int], row: int, path: str) -> Pair | None:
         p, a, b = self.ids(pair.prompt), self.ids(pair.chosen), self.ids(pair.rejected)
@@ -228,20 +233,25 @@ class PairBudget:
             counts["truncated_prompts"] += 1
         if keep_a < len(a) or keep_b < len(b):
             counts["truncated_responses"] += 1
-        return Pair(
-            self._prompt_text(p, keep_p), self.text(a[:keep_a]), self.text(b[:keep_b]), pair.label
-        )
+        return Pair(*self._cut_texts(p, a, b, (keep_p, keep_a, keep_b)), pair.label)
+
+    def cut(self, prompt: str, a: str, b: str) -> tuple[str, str, str]:
+        """``(prompt, a, b)`` cut as :meth:`fit` cuts an over-long pair under ``left`` /
+        ``right`` (:meth:`kept`; other policies cut as ``right``), for a comparison scored
+        online: unchanged when it fits, never dropped (a response left no room is
+        empty)."""
+        p, x, y = self.ids(prompt), self.ids(a), self.ids(b)
+        if not self.over(len(p), len(x), len(y)):
+            return prompt, a, b
+        return self._cut_texts(p, x, y, self.kept(len(p), len(x), len(y)))
 
     def reward_text(self, prompt: str, response: str) -> str:
-        """``prompt + response`` cut as :meth:`fit` cuts a pair whose two responses are
+        """``prompt + response`` cut as :meth:`cut` cuts a pair whose two responses are
         ``response`` (a reward reads one response at a time): unchanged when it fits, else
         the prompt's last ``keep_p`` units + the response's first ``keep_a``. An empty
         response keeps the cut prompt (where :meth:`fit` drops the pair)."""
-        p, a = self.ids(prompt), self.ids(response)
-        if not self.over(len(p), len(a), len(a)):
-            return prompt + response
-        keep_p, keep_a, _ = self.kept(len(p), len(a), len(a))
-        return self._prompt_text(p, keep_p) + self.text(a[:keep_a])
+        x, y, _ = self.cut(prompt, response, response)
+        return x + y
 
 
 def _rows_to_pairs(

@@ -11,10 +11,14 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nlhf.data.pairs import PairBudget
 from nlhf.errors import InputError
 from nlhf.preference.format import PreferenceConfig, render_judge
+
+if TYPE_CHECKING:
+    from nlhf.preference.scorers import Comparisons
 
 
 def _looks_local(name: str) -> bool:
@@ -192,6 +196,35 @@ def text_overhead(tokenizer: Any, config: PreferenceConfig) -> int:
     return len(tokenizer.encode(empty)) + len(suffix)
 
 
+def scoring_budget(tokenizer: Any, config: PreferenceConfig) -> PairBudget | None:
+    """The :class:`~nlhf.data.pairs.PairBudget` that ``task: preference_model`` cut the
+    pairs of a model of ``config`` with (:func:`nlhf.preference.run.prepare_preference_run`):
+    ``max_length`` less the tokens the model adds (:func:`text_overhead`) and
+    :data:`nlhf.preference.run.LENGTH_SLACK`, the prompt's last ``max_prompt_length``
+    tokens, ``truncation`` (``drop`` and ``error`` trained on no over-long pair; online,
+    where a comparison cannot be dropped, they cut as ``left``), both responses jointly for
+    a pairwise model, the longer one for a Bradley–Terry reward. ``None`` for a model with
+    no recorded training budget (``max_prompt_length`` None: a bare classifier or judge)."""
+    from nlhf.preference.run import LENGTH_SLACK
+
+    if config.max_prompt_length is None:
+        return None
+    reserve = text_overhead(tokenizer, config) + LENGTH_SLACK
+    if config.max_length <= reserve:
+        raise InputError(
+            f"preference.max_length: {config.max_length} tokens leave no room for the text "
+            f"after the {reserve} the preference model adds (special tokens, template + "
+            f"{LENGTH_SLACK} of slack); raise it"
+        )
+    return PairBudget(
+        config.max_length - reserve,
+        config.max_prompt_length,
+        policy="right" if config.truncation == "right" else "left",
+        codec=tokenizer,
+        joint=config.kind == "pairwise",
+    )
+
+
 def reward_texts_as_trained(
     tokenizer: Any, config: PreferenceConfig
 ) -> Callable[[Sequence[str], Sequence[str]], list[str]]:
@@ -199,28 +232,37 @@ def reward_texts_as_trained(
     ``prompt + response``. A model trained by ``task: preference_model`` (``config`` has a
     ``max_prompt_length``, :meth:`~nlhf.preference.format.PreferenceConfig.for_reward`)
     gets its rows built as its training rows were: cut by
-    :meth:`nlhf.data.pairs.PairBudget.reward_text` (the prompt's last
-    ``max_prompt_length`` tokens, ``truncation: left``) to ``max_length`` less the tokens
-    the model adds and :data:`nlhf.preference.run.LENGTH_SLACK`, before the model's own
-    left truncation to ``max_length``; other classifiers read ``prompt + response``."""
-    from nlhf.data.pairs import PairBudget
-    from nlhf.preference.run import LENGTH_SLACK
+    :meth:`nlhf.data.pairs.PairBudget.reward_text` with its training budget
+    (:func:`scoring_budget`: the prompt's last ``max_prompt_length`` tokens, its
+    ``truncation``), before the model's own left truncation to ``max_length``; other
+    classifiers read ``prompt + response``."""
     from nlhf.preference.scorers import reward_texts
 
-    if config.max_prompt_length is None:
+    budget = scoring_budget(tokenizer, config)
+    if budget is None:
         return reward_texts
-    reserve = text_overhead(tokenizer, config) + LENGTH_SLACK
-    if config.max_length <= reserve:
-        raise InputError(
-            f"preference.max_length: {config.max_length} tokens leave no room for the text "
-            f"after the {reserve} the reward model adds (special tokens + {LENGTH_SLACK} "
-            "of slack); raise it"
-        )
-    budget = PairBudget(
-        config.max_length - reserve, config.max_prompt_length, codec=tokenizer, joint=False
-    )
 
     def texts(prompts: Sequence[str], ys: Sequence[str]) -> list[str]:
         return [budget.reward_text(x, y) for x, y in zip(prompts, ys, strict=True)]
 
     return texts
+
+
+def pairs_as_trained(
+    tokenizer: Any, config: PreferenceConfig
+) -> Callable[[Sequence[str], Sequence[str], Sequence[str]], Comparisons]:
+    """``(prompts, ys, y_primes) -> (prompts, ys, y_primes)``: the comparisons a trained
+    preference model of ``config`` (``pairwise_model``, either kind) reads, cut as its
+    training pairs were by :meth:`nlhf.data.pairs.PairBudget.cut` with its training budget
+    (:func:`scoring_budget`), y in the place of ``chosen`` and y' of ``rejected``; the
+    model then builds its texts (the judge text in both orders, or ``prompt + response``)
+    as in training. Unchanged for a model without a recorded budget."""
+    budget = scoring_budget(tokenizer, config)
+
+    def pairs(prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]) -> Comparisons:
+        if budget is None:
+            return list(prompts), list(ys), list(y_primes)
+        cut = [budget.cut(x, a, b) for x, a, b in zip(prompts, ys, y_primes, strict=True)]
+        return [c[0] for c in cut], [c[1] for c in cut], [c[2] for c in cut]
+
+    return pairs

@@ -7,8 +7,8 @@ any transformers directory a backend's ``load_preference_model`` reads). The pai
 read by :func:`nlhf.data.pairs.load_pairs` in any format ``data`` accepts (``auto``,
 ``preference``, ``hh_rlhf``, a plugin's), unshuffled, every row evaluated, and truncated
 exactly as ``task: preference_model`` truncates its held-out pairs (the model's saved
-``max_prompt_length``, and ``max_length`` minus the tokens it adds), so on a run's own
-held-out split the numbers equal the run's ``eval/*``. The metrics are
+``max_prompt_length`` and ``truncation``, and ``max_length`` minus the tokens it adds),
+so on a run's own held-out split the numbers equal the run's ``eval/*``. The metrics are
 :func:`nlhf.preference.metrics.evaluate_pairs`'. This module only parses the command line;
 the model loads through the backend.
 """
@@ -88,7 +88,7 @@ def evaluate_model_dir(
         shuffle=False,
         max_length=config.max_length,
         max_prompt_length=config.max_prompt_length or config.max_length,
-        truncation="left",
+        truncation=config.truncation,
     )
     pairs = load_pairs(
         spec,

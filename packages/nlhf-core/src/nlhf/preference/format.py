@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from nlhf.data.pairs import Truncation
 from nlhf.errors import InputError
 from nlhf.spec.models import DEFAULT_JUDGE_TEMPLATE, BradleyTerryPreference
 
@@ -33,6 +34,10 @@ class PreferenceConfig:
     max_prompt_length: int | None = None
     """The training run's ``data.max_prompt_length`` (prompts cut from the left to it before
     the ``max_length`` budget); ``None``: only ``max_length`` cuts them."""
+    truncation: Truncation = "left"
+    """The training run's ``data.truncation``: how :class:`nlhf.data.pairs.PairBudget` cut
+    its over-long pairs, and so how scoring cuts them (models saved before it was
+    recorded: ``left``, the default)."""
     pooling: Pooling = "model"
     format_version: int = 1
 
@@ -51,11 +56,12 @@ class PreferenceConfig:
     def for_reward(cls, spec: BradleyTerryPreference) -> PreferenceConfig:
         """How a ``bradley_terry_reward`` reads ``prompt + response``: as it was trained when
         its directory holds ``nlhf_preference.json`` (a ``task: preference_model`` output:
-        its ``pooling``, its training ``max_length`` unless the spec sets ``max_length``, and
-        its ``max_prompt_length``, the saved ``max_length`` for models saved before that was
-        recorded, as ``nlhf preference-eval`` reads them), else the architecture's own pooled
-        output at the spec's ``max_length`` with no prompt budget (``max_prompt_length``
-        None). The rows themselves: :func:`nlhf.data.tokenizer.reward_texts_as_trained`."""
+        its ``pooling``, its training ``max_length`` unless the spec sets ``max_length``, its
+        ``max_prompt_length`` (the saved ``max_length`` for models saved before that was
+        recorded, as :meth:`for_directory`) and ``truncation``), else the architecture's own
+        pooled output at the spec's ``max_length`` with no prompt budget
+        (``max_prompt_length`` None). The rows themselves:
+        :func:`nlhf.data.tokenizer.reward_texts_as_trained`."""
         path = Path(spec.path)
         if not (path / CONFIG_NAME).is_file():
             return cls(kind="bradley_terry", head="classification", max_length=spec.max_length)
@@ -74,12 +80,15 @@ class PreferenceConfig:
 
     @classmethod
     def for_directory(cls, directory: Path, field: str = "preference.path") -> PreferenceConfig:
-        """The config of a model directory: its ``nlhf_preference.json`` when present, else
-        from ``config.json``'s architectures — a causal LM is a zero-shot pairwise judge
-        (default template), a sequence classifier a Bradley–Terry reward model."""
+        """The config of a model directory: its ``nlhf_preference.json`` when present
+        (``max_prompt_length`` the saved ``max_length`` for models saved before that was
+        recorded, as ``nlhf preference-eval`` reads them), else from ``config.json``'s
+        architectures — a causal LM is a zero-shot pairwise judge (default template), a
+        sequence classifier a Bradley–Terry reward model, neither with a prompt budget."""
         directory = Path(directory)
         if (directory / CONFIG_NAME).exists():
-            return cls.load(directory)
+            saved = cls.load(directory)
+            return replace(saved, max_prompt_length=saved.max_prompt_length or saved.max_length)
         try:
             raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
             archs = " ".join(raw.get("architectures") or [])

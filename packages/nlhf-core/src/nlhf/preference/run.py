@@ -81,6 +81,7 @@ def prepare_preference_run(
         answer_tokens=tuple(pt.answer_tokens),
         max_length=spec.data.max_length,
         max_prompt_length=spec.data.max_prompt_length,
+        truncation=spec.data.truncation,
         pooling=pt.pooling,
     )
     tokenizer = load_tokenizer(spec.policy.tokenizer or spec.policy.model)
@@ -137,6 +138,7 @@ def run_preference_training(
                 head="classification",
                 max_length=run.config.max_length,
                 max_prompt_length=run.config.max_prompt_length,
+                truncation=run.config.truncation,
                 pooling=run.config.pooling,
             )
             summary["baseline"] = fit(

@@ -288,13 +288,28 @@ class JudgeScorer:
         return metrics
 
 
-class PairwiseScorer:
-    """A trained preference model (``pairwise_model``): ``model.prob(prompts, ys,
-    y_primes)`` (a backend's ``PreferenceModel``), checked to be one probability per
-    comparison in [0, 1]."""
+Comparisons = tuple[list[str], list[str], list[str]]
+"""``(prompts, ys, y_primes)``, one of each per comparison."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+
+def as_given(prompts: Sequence[str], ys: Sequence[str], y_primes: Sequence[str]) -> Comparisons:
+    """The comparisons unchanged (a model without a training budget)."""
+    return list(prompts), list(ys), list(y_primes)
+
+
+class PairwiseScorer:
+    """A trained preference model (``pairwise_model``): ``model.prob`` (a backend's
+    ``PreferenceModel``) of the comparisons ``pairs(prompts, ys, y_primes)`` (default as
+    given; a trained model's as it was trained: :func:`nlhf.data.tokenizer.pairs_as_trained`),
+    checked to be one probability per comparison in [0, 1]."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        pairs: Callable[[Sequence[str], Sequence[str], Sequence[str]], Comparisons] = as_given,
+    ) -> None:
+        self.model, self.pairs = model, pairs
 
     def has_reward(self) -> bool:
         return False
@@ -307,7 +322,7 @@ class PairwiseScorer:
     ) -> np.ndarray:
         prompts, ys, y_primes = check_comparisons(prompts, ys, y_primes)
         return check_probabilities(
-            self.model.prob(prompts, ys, y_primes), len(ys), "pairwise_model"
+            self.model.prob(*self.pairs(prompts, ys, y_primes)), len(ys), "pairwise_model"
         )
 
 
