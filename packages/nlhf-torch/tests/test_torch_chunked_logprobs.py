@@ -270,7 +270,7 @@ def _step(
     assets: dict[str, str], out: Path, model: str, algorithm: str, chunk: int | str
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The parameter update of one SGD step (update = −lr·g), and which models' full
-    logits the loss computed with gradient."""
+    logits the loss computed (``grad`` or ``no grad``: the reference's)."""
     spec = RunSpec.model_validate(
         {
             "seed": 3,
@@ -299,8 +299,8 @@ def _step(
     original = trainer.sequence_logits
 
     def spy(model: Any, *args: Any) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            full_logits.append(type(model).__name__)
+        grad = "grad" if torch.is_grad_enabled() else "no grad"
+        full_logits.append(f"{type(model).__name__} ({grad})")
         return original(model, *args)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -326,10 +326,11 @@ def test_one_step_with_chunks_equals_one_step_without(
     """One SGD step of every loss family (Nash-MD-PG, online IPO and the game family's
     pairwise and K-sample losses): the update with ``logprob_chunk: 2`` equals the update
     with full logits within the float32 model tolerance, and the chunked step computes no
-    policy logits with gradient."""
+    full logits of any model, with gradient (the policy) or without (the reference)."""
     full, full_calls = _step(assets, tmp_path / "full", model, algorithm, "off")
     chunked, chunked_calls = _step(assets, tmp_path / "chunked", model, algorithm, 2)
-    assert full_calls and not chunked_calls
+    assert any(call.endswith("(grad)") for call in full_calls)
+    assert not chunked_calls
     scale = max(float(u.abs().max()) for u in full.values())
     assert scale > 1e-4
     for name in full:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # keep this module importable without pydantic
 
 __all__ = [
     "TorchKernels",
+    "chunked_logits_logprobs",
     "chunked_sequence_logprobs",
     "chunked_token_logprobs",
     "dpo_loss",
@@ -411,6 +412,24 @@ def chunked_sequence_logprobs(
     """log π(y|x) = Σ_n m_n log π(y_n|·) (B,) by :func:`chunked_token_logprobs`."""
     lp, _ = chunked_token_logprobs(hidden, head, tokens, temperature, chunk, softcap=softcap)
     return (lp * mask.to(lp.dtype)).sum(-1)
+
+
+def chunked_logits_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk: int
+) -> torch.Tensor:
+    """:func:`token_logprobs` (B, T) of logits that exist already (B, T, V) — μ's from the
+    fused decode — ``chunk`` positions at a time: log_softmax(ℓ/T)[y] per chunk, so the
+    log-softmax never makes a second B×T×V array. Equal to :func:`token_logprobs` (the same
+    operations on each row)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of positions; got {chunk}")
+    parts = [
+        token_logprobs(
+            logits[:, start : start + chunk], tokens[:, start : start + chunk], temperature
+        )
+        for start in range(0, tokens.shape[1], chunk)
+    ]
+    return torch.cat(parts, dim=1)
 
 
 def kl(

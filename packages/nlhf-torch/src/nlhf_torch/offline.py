@@ -5,7 +5,9 @@ pairs, their order, the reference cache, metrics, checkpoints and the summary).
 One forward pass per micro-batch scores both responses: the B prompts twice (left-padded)
 followed by the B chosen then the B rejected responses (right-padded),
 :func:`nlhf_torch.generation.sequence_logits`; log-probs at the spec's generation
-temperature (:func:`nlhf_torch.kernels.sequence_logprobs`). The loss is
+temperature (:func:`nlhf_torch.kernels.sequence_logprobs`; under ``training.logprob_chunk``
+from the final hidden states chunk by chunk, :func:`nlhf_torch.kernels.chunked_sequence_logprobs`,
+for the policy and the reference alike, so no B×T×V logits). The loss is
 :func:`nlhf_torch.kernels.dpo_loss` or :func:`~nlhf_torch.kernels.offline_ipo_loss` with the
 cached reference log-probs, times the micro-batch's weight before ``backward``; then
 clipping (the norm is always measured) and one optimiser + LR-schedule step. Checkpoints
@@ -15,6 +17,7 @@ are a Nash run's (:mod:`nlhf_torch.trainer`): ``save_pretrained`` weights, the t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -23,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from nlhf.errors import InputError
 from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.models import RunSpec
@@ -31,8 +35,8 @@ from nlhf.training.offline import PairTokens, run_offline
 
 from nlhf_torch import kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
-from nlhf_torch.generation import sequence_logits
-from nlhf_torch.models import load_models
+from nlhf_torch.generation import sequence_hidden, sequence_logits
+from nlhf_torch.models import AdapterDisabled, load_models, logprob_head
 from nlhf_torch.optim import build_optimizer, build_scheduler
 from nlhf_torch.trainer import left_pad, right_pad
 
@@ -59,6 +63,10 @@ class TorchOfflineStepper:
         self.tokenizer = models.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        self._chunkable = {
+            "policy": self._chunkable_head(self.policy, "policy.model"),
+            "reference": self._chunkable_head(self.reference, "reference.model"),
+        }
         if self.params:
             check_training_dtype(
                 self.params[0].dtype, self._device.type, optimizer=spec.training.optimizer.name
@@ -76,13 +84,47 @@ class TorchOfflineStepper:
             self.scheduler.load_state_dict(blob["scheduler"])
             set_rng_state(blob["rng"])
 
-    def _logprobs(self, net: Any, pairs: PairTokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log π(y_w|x), log π(y_l|x)) of ``net``, (B,) each, from one forward pass."""
+    def _chunkable_head(self, net: Any, field: str) -> bool:
+        """Whether ``net``'s LM head is known (:func:`logprob_head`), so its log-probs can
+        run in chunks (a LoRA policy's μ: the policy's head); an explicit
+        ``logprob_chunk`` refuses a model whose head is not."""
+        if self.spec.training.logprob_chunk == "off":
+            return False
+        if isinstance(net, AdapterDisabled):
+            net = self.policy
+        head = logprob_head(net)
+        if isinstance(head, str) and isinstance(self.spec.training.logprob_chunk, int):
+            raise InputError(f"training.logprob_chunk: {field}: {head}; set logprob_chunk: off")
+        return isinstance(head, tuple)
+
+    def _logprobs(
+        self, which: Literal["policy", "reference"], pairs: PairTokens
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log π(y_w|x), log π(y_l|x)) of the policy or the reference, (B,) each, from one
+        forward pass: full logits, or under ``training.logprob_chunk`` the final hidden
+        states through the LM head chunk by chunk (module docstring)."""
+        net = self.policy if which == "policy" else self.reference
         ids, mask = left_pad(pairs.prompt * 2, self.pad_id, self._device)
         comp, cmask = right_pad(pairs.chosen + pairs.rejected, self.pad_id, self._device)
-        logits = sequence_logits(net, ids, mask, comp, cmask)
         temperature = self.spec.training.generation.temperature
-        logprobs = kernels.sequence_logprobs(logits, comp, cmask, temperature)
+        chunk = None
+        if self._chunkable[which]:
+            head, _ = logprob_head(self.policy)
+            rows, positions = comp.shape
+            vocab = int(head.weight.shape[0])
+            chunk = self.spec.training.logprob_chunk_size(rows, positions, vocab)
+        if chunk is None:
+            logits = sequence_logits(net, ids, mask, comp, cmask)
+            logprobs = kernels.sequence_logprobs(logits, comp, cmask, temperature)
+        else:
+            lora = isinstance(net, AdapterDisabled)  # μ: the policy with its adapter off
+            model = self.policy if lora else net
+            with self.policy.disable_adapter() if lora else contextlib.nullcontext():
+                head, softcap = logprob_head(model)
+                hidden = sequence_hidden(model, ids, mask, comp, cmask)
+                logprobs = kernels.chunked_sequence_logprobs(
+                    hidden, head, comp, cmask, temperature, chunk, softcap=softcap
+                )
         return logprobs[: len(pairs)], logprobs[len(pairs) :]
 
     @torch.no_grad()
@@ -92,7 +134,7 @@ class TorchOfflineStepper:
         net = self.policy if model == "policy" else self.reference
         was_training = net.training
         net.eval()
-        chosen, rejected = self._logprobs(net, pairs)
+        chosen, rejected = self._logprobs(model, pairs)
         net.train(was_training)
         return chosen.double().cpu().numpy(), rejected.double().cpu().numpy()
 
@@ -103,7 +145,7 @@ class TorchOfflineStepper:
         tau: float,
         weight: float,
     ) -> None:
-        chosen, rejected = self._logprobs(self.policy, pairs)
+        chosen, rejected = self._logprobs("policy", pairs)
         ref_c, ref_r = (torch.as_tensor(r, dtype=torch.float64).to(self._device) for r in reference)
         loss, metrics = self.loss_fn(chosen, rejected, ref_c, ref_r, tau)
         (loss * weight).backward()

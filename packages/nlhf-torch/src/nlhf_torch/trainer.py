@@ -37,7 +37,7 @@ from nlhf_torch import fastdecode, kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
 from nlhf_torch.distributed import describe_run
 from nlhf_torch.generation import generate_pairs, sequence_hidden, sequence_logits
-from nlhf_torch.models import load_models, logprob_head
+from nlhf_torch.models import AdapterDisabled, load_models, logprob_head
 from nlhf_torch.optim import build_optimizer, build_scheduler
 from nlhf_torch.preference.scorers import build_scorer
 
@@ -121,6 +121,7 @@ class TorchStepper:
         if isinstance(head, str) and isinstance(tr.logprob_chunk, int):
             raise InputError(f"training.logprob_chunk: {head}; set logprob_chunk: off")
         self._logprob_head = head if isinstance(head, tuple) else None
+        self._reference_chunked = self._logprob_head is not None and self._chunkable_reference()
         self._kv_pool = fastdecode.KVCachePool()  # the fused decode's cache, once per run
         if self.params and not self.master_weights:
             check_training_dtype(
@@ -299,6 +300,49 @@ class TorchStepper:
         rows, positions = completions.shape
         return self.spec.training.logprob_chunk_size(rows, positions, vocab)
 
+    def _chunkable_reference(self) -> bool:
+        """Whether μ's LM head is known (:func:`logprob_head`), so its log-probs can be
+        chunked too; an explicit ``logprob_chunk`` refuses a reference whose head is not."""
+        if isinstance(self.reference, AdapterDisabled):  # LoRA: the policy's own head
+            return True
+        head = logprob_head(self.reference)
+        if isinstance(head, str) and isinstance(self.spec.training.logprob_chunk, int):
+            raise InputError(
+                f"training.logprob_chunk: reference.model: {head}; set logprob_chunk: off"
+            )
+        return isinstance(head, tuple)
+
+    def _frozen_logprobs(self, model: Any, input_ids: Any, attn: Any, comp: Any, cmask: Any) -> Any:
+        """log μ(y|x) (B,) of a frozen model without gradient: under ``training.logprob_chunk``
+        from its final hidden states ``chunk`` positions at a time
+        (:func:`kernels.chunked_token_logprobs`; a LoRA policy's μ is the policy with its
+        adapter disabled), so no B×T×V logits; else from the full logits."""
+        chunk = self._logprob_chunk(comp) if self._reference_chunked else None
+        with torch.no_grad():
+            if chunk is None:
+                return self._logprobs(model, input_ids, attn, comp, cmask)
+            lora = isinstance(model, AdapterDisabled)
+            net = self.policy if lora else model
+            with self.policy.disable_adapter() if lora else contextlib.nullcontext():
+                head, softcap = logprob_head(net)
+                hidden = sequence_hidden(net, input_ids, attn, comp, cmask)
+                temp = self.spec.training.generation.temperature
+                lp, _ = kernels.chunked_token_logprobs(
+                    hidden, head, comp, temp, chunk, softcap=softcap
+                )
+        return (lp * cmask.to(lp.dtype)).sum(-1)
+
+    def _decoded_logprobs(self, reference_logits: Any, comp: Any, cmask: Any) -> Any:
+        """log μ(y_n|·) (B, T) from the decode's reference logits, without gradient;
+        under ``training.logprob_chunk`` their log-softmax runs chunk by chunk
+        (:func:`kernels.chunked_logits_logprobs`)."""
+        temp = self.spec.training.generation.temperature
+        chunk = self._logprob_chunk(comp)
+        with torch.no_grad():
+            if chunk is None:
+                return kernels.token_logprobs(reference_logits, comp, temp)
+            return kernels.chunked_logits_logprobs(reference_logits, comp, temp, chunk)
+
     def _chunked_logprobs(
         self, input_ids: Any, attn: Any, y: Any, ym: Any, chunk: int, reference_logits: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -335,8 +379,8 @@ class TorchStepper:
     def _chunked_loss(
         self, input_ids: Any, attn: Any, pairs: Any, preference: np.ndarray, tau: float, chunk: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """:meth:`_loss` through :meth:`_chunked_logprobs` (``training.logprob_chunk``)."""
-        temp = self.spec.training.generation.temperature
+        """:meth:`_loss` through :meth:`_chunked_logprobs` (``training.logprob_chunk``); μ's
+        log-probs through :meth:`_frozen_logprobs` and :meth:`_decoded_logprobs`."""
         pref = torch.as_tensor(preference, dtype=torch.float64).to(self._device)
         ref = pairs.reference_logits
         estimator = getattr(self.algo, "kl_estimator", "sampled")
@@ -346,13 +390,11 @@ class TorchStepper:
         if self.rule.loss == "online_ipo":
             yp, ypm = pairs.y_prime, pairs.y_prime_mask
             lp_p, _ = self._chunked_logprobs(input_ids, attn, yp, ypm, chunk, None)
-            with torch.no_grad():
-                ref_p = sequence_logits(self.reference, input_ids, attn, yp, ypm)
-                lq_p = kernels.sequence_logprobs(ref_p, yp, ypm, temp)
-                lq_y = kernels.sequence_logprobs(ref, pairs.y, pairs.y_mask, temp)
+            lq_p = self._frozen_logprobs(self.reference, input_ids, attn, yp, ypm)
+            lq_y = self._sequence(self._decoded_logprobs(ref, pairs.y, pairs.y_mask), pairs.y_mask)
             seq_lp_p = (lp_p * ypm.to(lp_p.dtype)).sum(-1)
             return kernels.online_ipo_loss_from_logprobs(seq_lp, lq_y, seq_lp_p, lq_p, pref, tau)
-        lq = None if exact is not None else kernels.token_logprobs(ref, pairs.y, temp)
+        lq = None if exact is not None else self._decoded_logprobs(ref, pairs.y, pairs.y_mask)
         kl_terms = kernels.kl_from_logprobs(lp, lq, pairs.y_mask, estimator, exact)
         return kernels.nash_md_pg_loss_from_logprobs(seq_lp, kl_terms, pref, tau)
 
@@ -397,6 +439,11 @@ class TorchStepper:
             )
         return loss, metrics
 
+    @staticmethod
+    def _sequence(token_lp: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+        """Σ_n m_n log π(y_n|·) (B,) of token log-probs (B, T)."""
+        return (token_lp * cmask.to(token_lp.dtype)).sum(-1)
+
     def _logprobs(self, model: Any, input_ids: Any, attn: Any, comp: Any, cmask: Any) -> Any:
         """log π(y|x) (B,) of completions ``comp`` under ``model`` at the sampling
         temperature."""
@@ -426,8 +473,7 @@ class TorchStepper:
             k = self.rule.num_samples(self.algo)
             win = torch.as_tensor(sppo_win_rates(preference, k)).to(self._device)
             lp = self._policy_logprobs(input_ids, attn, comp, cmask)
-            with torch.no_grad():
-                lq = self._logprobs(self.reference, input_ids, attn, comp, cmask)
+            lq = self._frozen_logprobs(self.reference, input_ids, attn, comp, cmask)
             loss, metrics = kernels.sppo_loss(lp, lp.detach(), win, self.algo.eta)
             extra = {"preference": pref.mean(), "kl": (lp - lq).mean(), "logprob": lp.mean()}
             return loss, {**metrics, **{key: v.detach() for key, v in extra.items()}}
@@ -435,10 +481,8 @@ class TorchStepper:
         y, ym, yp, ypm = pairs.y, pairs.y_mask, pairs.y_prime, pairs.y_prime_mask
         lp_y = self._policy_logprobs(input_ids, attn, y, ym)
         lp_p = self._policy_logprobs(input_ids, attn, yp, ypm)
-        with torch.no_grad():
-            temp = self.spec.training.generation.temperature
-            lq_y = kernels.sequence_logprobs(pairs.reference_logits, y, ym, temp)
-            lq_p = self._logprobs(self.reference, input_ids, attn, yp, ypm)
+        lq_y = self._sequence(self._decoded_logprobs(pairs.reference_logits, y, ym), ym)
+        lq_p = self._frozen_logprobs(self.reference, input_ids, attn, yp, ypm)
         if self.rule.loss == "egpo":
             return kernels.egpo_loss(lp_y, lp_p, lq_y, lq_p, pref, tau)
         anchor_y, anchor_p = lp_y.detach(), lp_p.detach()
