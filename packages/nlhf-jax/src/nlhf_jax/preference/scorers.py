@@ -12,7 +12,8 @@ so both backends give the same numbers (``tests/test_cross_backend_jax_torch_pre
   after the filled template (chat-formatted for instruct judges; no special tokens added)
   and the answers' shared prefix.
 - ``pairwise_model``: a ``task: preference_model`` output directory of either backend
-  (:func:`nlhf_jax.preference.model.load_preference_model`).
+  (:func:`nlhf_jax.preference.model.load_preference_model`), its comparisons cut as its
+  training pairs were (``nlhf_preference.json``).
 - ``oracle``: :class:`nlhf.preference.scorers.OracleScorer`.
 """
 
@@ -20,7 +21,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from nlhf.data.tokenizer import chat_wrapper, load_tokenizer, reward_texts_as_trained
+from nlhf.data.tokenizer import (
+    chat_wrapper,
+    load_tokenizer,
+    pairs_as_trained,
+    reward_texts_as_trained,
+)
 from nlhf.errors import InputError
 from nlhf.preference import scorers as core
 from nlhf.preference.format import PreferenceConfig, judge_answer_ids
@@ -112,11 +118,13 @@ def load_judge(spec: LLMJudgePreference) -> JudgeScorer:
 
 def load_pairwise(spec: PairwiseModelPreference) -> PairwiseScorer:
     """A ``task: preference_model`` output directory (either backend's), scored
-    ``batch_size`` comparisons at a time, ``max_length`` capping the saved limit."""
+    ``batch_size`` comparisons at a time, ``max_length`` capping the saved limit; each
+    comparison (x, y, y′) is cut as training cut its pairs (x, chosen, rejected)
+    (:func:`nlhf.data.tokenizer.pairs_as_trained`)."""
     model = load_preference_model(spec.path, dtype=spec.dtype)
     model.batch_size = spec.batch_size
     model.config.max_length = min(model.config.max_length, spec.max_length)
-    return PairwiseScorer(model)
+    return PairwiseScorer(model, pairs=pairs_as_trained(model.tokenizer, model.config))
 
 
 LOADERS: Loaders = {

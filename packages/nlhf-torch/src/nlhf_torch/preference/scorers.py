@@ -9,7 +9,8 @@ batching live there). Every scorer returns float64 NumPy.
 - ``llm_judge``: a causal LM, v = ℓ(a₁ᵏ) − ℓ(a₂ᵏ) at the answers' first differing token
   from :class:`nlhf_torch.preference.model.PairwiseModel` with head ``lm``, without
   special tokens (the template, chat-formatted for instruct judges, is the whole input).
-- ``pairwise_model``: :func:`nlhf_torch.preference.serve.from_spec`.
+- ``pairwise_model``: :func:`nlhf_torch.preference.serve.from_spec`, a trained model's
+  comparisons cut as its training pairs were (``nlhf_preference.json``).
 - ``oracle``: :class:`nlhf.preference.scorers.OracleScorer`.
 """
 
@@ -23,6 +24,7 @@ from nlhf.data.tokenizer import (
     chat_wrapper,
     check_model_path,
     load_tokenizer,
+    pairs_as_trained,
     reward_texts_as_trained,
 )
 from nlhf.errors import InputError
@@ -41,7 +43,7 @@ from nlhf_torch.preference.model import BradleyTerryModel, PairwiseModel, Prefer
 Device = torch.device | str
 
 
-def _host_scores(model: PreferenceModel) -> Callable[[Sequence[str]], np.ndarray]:
+def host_scores(model: PreferenceModel) -> Callable[[Sequence[str]], np.ndarray]:
     """``model.scores`` without gradients, as float64 NumPy on the host."""
 
     @torch.no_grad()
@@ -82,7 +84,7 @@ def load_bradley_terry(spec: BradleyTerryPreference, device: Device = "cpu") -> 
     scorer.eval().requires_grad_(False)
     texts = reward_texts_as_trained(scorer.tokenizer, scorer.config)  # capped max_length
     return BradleyTerryScorer(
-        _host_scores(scorer), batch_size=spec.batch_size, model=scorer, texts=texts
+        host_scores(scorer), batch_size=spec.batch_size, model=scorer, texts=texts
     )
 
 
@@ -108,7 +110,7 @@ def load_judge(spec: LLMJudgePreference, device: Device = "cpu") -> JudgeScorer:
     judge.add_special_tokens = False
     judge.eval().requires_grad_(False)
     return JudgeScorer(
-        _host_scores(judge),
+        host_scores(judge),
         template=spec.template,
         batch_size=spec.batch_size,
         model=judge,
@@ -118,11 +120,14 @@ def load_judge(spec: LLMJudgePreference, device: Device = "cpu") -> JudgeScorer:
 
 def load_pairwise(spec: PairwiseModelPreference, device: Device = "cpu") -> PairwiseScorer:
     """A ``task: preference_model`` output directory (either backend's), served with the
-    spec's ``batch_size``, ``max_length`` cap and ``dtype``."""
+    spec's ``batch_size``, ``max_length`` cap and ``dtype``; each comparison (x, y, y′) is
+    cut as training cut its pairs (x, chosen, rejected)
+    (:func:`nlhf.data.tokenizer.pairs_as_trained`)."""
     from nlhf_torch.preference.serve import from_spec
 
     check_model_path(spec.path, "preference.path")
-    return PairwiseScorer(from_spec(spec, device))
+    model = from_spec(spec, device)
+    return PairwiseScorer(model, pairs=pairs_as_trained(model.tokenizer, model.config))
 
 
 def loaders(device: Device = "cpu") -> Loaders:

@@ -8,16 +8,23 @@ docs/serving.md).
 (:func:`serve`):
 
 - ``POST /v1/preference`` ``{"comparisons": [{"prompt", "response_a", "response_b"}, …]}``
-  → ``{"probs": [P(a ≻ b | prompt), …]}`` (pairwise: σ(v(x,a,b) − v(x,b,a)); Bradley–Terry:
-  σ(r(x,a) − r(x,b)));
+  → ``{"probs": [P(a ≻ b | prompt), …]}`` (pairwise: σ(v(x,a,b) − v(x,b,a)), the
+  comparison cut as ``pairwise_model`` cuts it; Bradley–Terry: σ(r(x,a) − r(x,b)) of the
+  served rewards);
 - ``POST /v1/reward`` ``{"items": [{"prompt", "response"}, …]}`` → ``{"rewards": [r, …]}``
-  (Bradley–Terry models only);
+  (Bradley–Terry models only), each ``prompt + response`` cut as ``bradley_terry_reward``
+  cuts it;
 - ``POST /v1/chat/completions``: the OpenAI chat-completions shape for a judge LM (a
   pairwise model with ``head: lm``): one next token after the last user message, with
   ``logprobs``/``top_logprobs`` (the k most likely tokens plus the model's two answer
   tokens), so an ``openai_judge`` preference can be pointed at it;
 - ``GET /health`` (no token needed) and ``GET /v1/model`` (kind, head, template, limits,
   batching counters).
+
+A model saved by ``task: preference_model`` reads its rows as it was trained (its
+``nlhf_preference.json``: :func:`nlhf.data.tokenizer.pairs_as_trained`,
+:func:`nlhf.data.tokenizer.reward_texts_as_trained`), so ``preference: {name: remote}``
+gives what the in-process scorer of the same directory gives.
 
 Comparisons (and judge conversations) from concurrent requests are scored together: a
 :class:`MicroBatcher` collects them for up to ``max_wait_ms`` or ``max_batch`` items, then
@@ -44,9 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nlhf.data.tokenizer import pairs_as_trained, reward_texts_as_trained
 from nlhf.errors import InputError
+from nlhf.preference.scorers import BradleyTerryScorer, PairwiseScorer
 
 from nlhf_torch.preference.model import PreferenceModel, load_preference_model
+from nlhf_torch.preference.scorers import host_scores
 
 TOKEN_ENV = "NLHF_SERVE_TOKEN"
 
@@ -86,6 +96,19 @@ def from_spec(preference: Any, device: str | torch.device = "cpu") -> Preference
         max_length=preference.max_length,
         dtype=preference.dtype,
     )
+
+
+def as_trained(model: PreferenceModel) -> BradleyTerryScorer | PairwiseScorer:
+    """The in-process scorer of a loaded ``model`` that the server answers with: a
+    Bradley–Terry model as ``bradley_terry_reward`` reads it (each ``prompt + response``
+    cut alone, :func:`nlhf.data.tokenizer.reward_texts_as_trained`), a pairwise model as
+    ``pairwise_model`` reads it (:func:`nlhf.data.tokenizer.pairs_as_trained`)."""
+    if model.config.kind == "bradley_terry":
+        texts = reward_texts_as_trained(model.tokenizer, model.config)
+        return BradleyTerryScorer(
+            host_scores(model), batch_size=2 * model.batch_size, model=model, texts=texts
+        )
+    return PairwiseScorer(model, pairs=pairs_as_trained(model.tokenizer, model.config))
 
 
 # ------------------------------------------------------------------------- options
@@ -266,18 +289,15 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
 
     kind, head = model.config.kind, model.config.head
     lock = threading.Lock()
+    scorer = as_trained(model)
 
     def probs(items: list[Comparison]) -> list[float]:
-        return model.prob(
+        return scorer.prob(
             [c.prompt for c in items], [c.response_a for c in items], [c.response_b for c in items]
-        )
+        ).tolist()
 
-    @torch.no_grad()
     def rewards(items: list[RewardItem]) -> list[float]:
-        from nlhf.preference.scorers import reward_texts
-
-        texts = reward_texts([i.prompt for i in items], [i.response for i in items])
-        return model.scores(texts).double().tolist()
+        return scorer.reward([i.prompt for i in items], [i.response for i in items]).tolist()
 
     wait = options.max_wait_ms / 1000
     pref_batcher = MicroBatcher(probs, options.max_batch, wait, options.max_queue, lock)
@@ -347,6 +367,8 @@ def build_app(model: PreferenceModel, options: ServeOptions) -> Any:
             "template": model.config.template if kind == "pairwise" else None,
             "answer_tokens": list(model.config.answer_tokens) if head == "lm" else None,
             "max_length": model.config.max_length,
+            "max_prompt_length": model.config.max_prompt_length,
+            "truncation": model.config.truncation,
             "device": str(model.device),
             "dtype": str(next(model.model.parameters()).dtype).removeprefix("torch."),
             "endpoints": ["/v1/preference"]
