@@ -16,7 +16,7 @@ Users who want float64 everywhere set ``JAX_ENABLE_X64=1`` themselves.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from nlhf.algorithms.params import KLEstimator
 
 __all__ = [
     "JaxKernels",
+    "chunked_logits_logprobs",
     "chunked_sequence_logprobs",
     "chunked_token_logprobs",
     "dpo_loss",
@@ -100,6 +101,39 @@ def sequence_logprobs(
     return jnp.sum(lp * jnp.asarray(mask).astype(lp.dtype), axis=-1)
 
 
+def _map_chunks(
+    one: Callable[..., tuple[jax.Array, jax.Array]],
+    chunk: int,
+    small: Sequence[jax.Array],
+    large: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+    """``one(i0, *small_chunks, large)`` over chunks of ``chunk`` positions, outputs
+    (B, T) each. The ``small`` inputs (B, T, ...) are cut and stacked for ``jax.lax.map``;
+    ``large`` (B, T, V, the reference logits) is not: ``one`` slices its chunk itself
+    from position i0 (``jax.lax.dynamic_slice_in_dim``), so no B×T×V copy of it is made.
+    The last ``T mod chunk`` positions run as one more, shorter call."""
+    b, t = small[0].shape[:2]
+    n = t // chunk
+    cut = n * chunk
+    outs: list[tuple[jax.Array, jax.Array]] = []
+    if n:
+
+        def stacked(x: jax.Array) -> jax.Array:  # (B, cut, ...) -> (n, B, chunk, ...)
+            return jnp.moveaxis(x[:, :cut].reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+        def body(args: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+            i, *parts = args
+            return one(i * chunk, chunk, *parts, large)
+
+        starts = jnp.arange(n, dtype=jnp.int32)
+        mapped = jax.lax.map(body, (starts, *(stacked(x) for x in small)))
+        outs.append(tuple(jnp.moveaxis(m, 0, 1).reshape(b, cut) for m in mapped))
+    if cut < t:
+        outs.append(one(cut, t - cut, *(x[:, cut:] for x in small), large))
+    first, second = zip(*outs, strict=True)
+    return jnp.concatenate(first, axis=1), jnp.concatenate(second, axis=1)
+
+
 def chunked_token_logprobs(
     hidden: jax.Array,
     head: Callable[[jax.Array], jax.Array],
@@ -111,24 +145,22 @@ def chunked_token_logprobs(
     reference_logits: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """log π(y_n|·) (B, T) from the final hidden states (B, T, H) without holding the
-    B×T×V logits: ``jax.lax.map`` over chunks of ``chunk`` positions (the last one
-    padded), each under ``jax.checkpoint`` so the backward recomputes its logits:
-    ℓ = head(h) (the model's ``logits``, Gemma's soft-cap included; or c·tanh(ℓ/c) with
-    ``softcap`` c), log_softmax(ℓ/T) gathered at y. With ``reference_logits`` (B, T, V)
-    also the exact KL terms per position (:func:`exact_terms`), else None. The torch
-    backend's ``chunked_token_logprobs`` is the same computation."""
-    b, t = tokens.shape
-    n = -(-t // chunk)
-    pad = n * chunk - t
+    B×T×V logits: ``jax.lax.map`` over chunks of ``chunk`` positions (the last
+    ``T mod chunk`` in one more call), each under ``jax.checkpoint`` so the backward
+    recomputes its logits: ℓ = head(h) (the model's ``logits``, Gemma's soft-cap included;
+    or c·tanh(ℓ/c) with ``softcap`` c), log_softmax(ℓ/T) gathered at y. With
+    ``reference_logits`` (B, T, V) also the exact KL terms per position
+    (:func:`exact_terms`), else None; each chunk reads its slice of them in place
+    (:func:`_map_chunks`), so they are not copied. The torch backend's
+    ``chunked_token_logprobs`` is the same computation."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of positions; got {chunk}")
+    ref = None if reference_logits is None else jnp.asarray(reference_logits)
 
-    def chunks(x: jax.Array) -> jax.Array:  # (B, T, ...) -> (n, B, chunk, ...)
-        widths = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
-        x = jnp.pad(x, widths).reshape(b, n, chunk, *x.shape[2:])
-        return jnp.moveaxis(x, 1, 0)
-
-    @jax.checkpoint
-    def one(args: tuple[jax.Array, jax.Array, jax.Array | None]) -> tuple[jax.Array, jax.Array]:
-        h, tok, ref = args
+    @functools.partial(jax.checkpoint, static_argnums=(1,))
+    def one(
+        start: jax.Array, size: int, h: jax.Array, tok: jax.Array, ref: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array]:
         logits = _float(head(h))
         if softcap is not None:
             logits = jnp.tanh(logits / softcap) * softcap
@@ -136,16 +168,31 @@ def chunked_token_logprobs(
         lp = jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
         if ref is None:
             return lp, jnp.zeros_like(lp)
-        logq = jax.nn.log_softmax(_float(ref) / temperature, axis=-1)
+        part = jax.lax.dynamic_slice_in_dim(ref, start, size, axis=1)
+        logq = jax.nn.log_softmax(_float(part) / temperature, axis=-1)
         return lp, exact_terms(logp, logq)
 
-    ref = None if reference_logits is None else chunks(reference_logits)
-    lp, exact = jax.lax.map(one, (chunks(hidden), chunks(jnp.asarray(tokens)), ref))
+    lp, exact = _map_chunks(one, chunk, (hidden, jnp.asarray(tokens)), ref)
+    return lp, (None if reference_logits is None else exact)
 
-    def unchunk(x: jax.Array) -> jax.Array:
-        return jnp.moveaxis(x, 0, 1).reshape(b, n * chunk)[:, :t]
 
-    return unchunk(lp), (None if reference_logits is None else unchunk(exact))
+def chunked_logits_logprobs(
+    logits: jax.Array, tokens: jax.Array, temperature: Any, chunk: int
+) -> jax.Array:
+    """:func:`token_logprobs` (B, T) of logits that exist already (B, T, V) — μ's from the
+    decode — ``chunk`` positions at a time (:func:`_map_chunks`: each chunk sliced in
+    place), so the log-softmax never makes a second B×T×V array."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of positions; got {chunk}")
+
+    def one(start: jax.Array, size: int, tok: jax.Array, ref: jax.Array | None):
+        assert ref is not None
+        part = jax.lax.dynamic_slice_in_dim(ref, start, size, axis=1)
+        lp = token_logprobs(part, tok, temperature)
+        return lp, lp
+
+    lp, _ = _map_chunks(one, chunk, (jnp.asarray(tokens),), jnp.asarray(logits))
+    return lp
 
 
 def chunked_sequence_logprobs(

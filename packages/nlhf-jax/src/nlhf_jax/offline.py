@@ -6,7 +6,9 @@ One jitted forward per micro-batch scores both responses: the B prompts twice (l
 to a multiple of :data:`nlhf_jax.trainer.PROMPT_BUCKET`) followed by the B chosen then the B
 rejected responses (right-padded to a multiple of the same bucket, so shapes, and
 compilations, repeat), :func:`nlhf_jax.generation.sequence_logits`; log-probs at the spec's
-generation temperature. The loss is :func:`nlhf_jax.kernels.dpo_loss` or
+generation temperature (under ``training.logprob_chunk`` from the final hidden states through
+the LM head chunk by chunk, :func:`nlhf_jax.kernels.chunked_sequence_logprobs`, for the policy
+and the reference alike: no B×T×V logits). The loss is :func:`nlhf_jax.kernels.dpo_loss` or
 :func:`~nlhf_jax.kernels.offline_ipo_loss` with the cached reference log-probs; the
 micro-batches' gradients, each times its weight, are summed before one optax update
 (:mod:`nlhf_jax.optim`: torch's clipping and AdamW). With ``policy.lora``
@@ -36,7 +38,7 @@ from nlhf.training import TrainerState, Update
 from nlhf.training.offline import PairTokens, run_offline
 
 from nlhf_jax import kernels, lora
-from nlhf_jax.generation import sequence_logits
+from nlhf_jax.generation import sequence_hidden, sequence_logits
 from nlhf_jax.models import load_model, save_model, to_hf_state_dict
 from nlhf_jax.optim import build_optimizer
 from nlhf_jax.trainer import (
@@ -98,6 +100,7 @@ class JaxOfflineStepper:
             trust_remote_code=pol.trust_remote_code,
         )
         self.pad = self.tokenizer.pad_token_id
+        self.vocab = policy.config.vocab_size
         # state: what the optimizer trains (all parameters, or the LoRA A/B); frozen: the rest
         trainable = lora.LORA_FILTER if self.lora is not None else nnx.Param
         self.graphdef, self.state, self.frozen = nnx.split(policy, trainable, ...)
@@ -127,8 +130,17 @@ class JaxOfflineStepper:
 
     # ------------------------------------------------------------------ jitted pieces
     def _logprobs(self, model: Any, batch: dict[str, Any]) -> jax.Array:
-        logits = sequence_logits(model, batch["ids"], batch["mask"], batch["y"], batch["ym"])
-        return kernels.sequence_logprobs(logits, batch["y"], batch["ym"], self.temperature)
+        """log π(y|x) (2B,) of ``model``: full logits, or under ``training.logprob_chunk``
+        the final hidden states through ``model.logits`` chunk by chunk."""
+        ids, mask, y, ym = batch["ids"], batch["mask"], batch["y"], batch["ym"]
+        chunk = self.spec.training.logprob_chunk_size(*y.shape, self.vocab)
+        if chunk is None:
+            logits = sequence_logits(model, ids, mask, y, ym)
+            return kernels.sequence_logprobs(logits, y, ym, self.temperature)
+        hidden = sequence_hidden(model, ids, mask, y, ym)
+        return kernels.chunked_sequence_logprobs(
+            hidden, model.logits, y, ym, self.temperature, chunk
+        )
 
     def _policy_logprobs(self, state: Any, frozen: Any, batch: dict[str, Any]) -> jax.Array:
         return self._logprobs(nnx.merge(self.graphdef, state, frozen), batch)

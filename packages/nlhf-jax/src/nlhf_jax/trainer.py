@@ -233,21 +233,25 @@ class JaxStepper:
         sg = jax.lax.stop_gradient
         ids, mask, y, ym, ref_logits = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
         pairwise = kind in ("online_ipo", "egpo", "inpo")
+        chunk = self._logprob_chunk(y)
+        ref_p = lq_p = lq_k = None  # μ's logits / log-probs of y' (pairwise), of sppo's y
         if pairwise or kind == "sppo":
             reference = self._reference(state, frozen, ref_state)
-        if pairwise:
+        if pairwise and chunk is None:
             ref_p = sequence_logits(reference, ids, mask, batch["yp"], batch["ypm"])
-        if kind == "sppo":  # the responses include y' rows: μ's logits of all of them
-            ref_logits = sequence_logits(reference, ids, mask, y, ym)
+            lq_p = kernels.sequence_logprobs(ref_p, batch["yp"], batch["ypm"], temp)
+        elif pairwise:
+            lq_p = self._frozen_logprobs(reference, ids, mask, batch["yp"], batch["ypm"], chunk)
+        if kind == "sppo":  # the responses include y' rows: μ's log-probs of all of them
+            lq_k = self._frozen_logprobs(reference, ids, mask, y, ym, chunk)
 
         def loss_fn(s):
             model = self._model(s, frozen)
             if dkey is not None:
                 model = lora.with_lora_dropout(model, dkey)
-            chunk = self._logprob_chunk(y)
             if chunk is not None and kind in ("nash_md_pg", "online_ipo"):
-                ipo_ref = ref_p if kind == "online_ipo" else None
-                return self._chunked_loss(model, batch, ipo_ref, pref, tau, chunk, estimator)
+                ipo_lq = lq_p if kind == "online_ipo" else None
+                return self._chunked_loss(model, batch, ipo_lq, pref, tau, chunk, estimator)
 
             def policy_logprobs(comp, cmask):
                 """log π_θ(y|x) per row; under ``logprob_chunk`` from the hidden states
@@ -261,7 +265,7 @@ class JaxStepper:
 
             if kind == "sppo":
                 lp = policy_logprobs(y, ym)
-                lq = kernels.sequence_logprobs(ref_logits, y, ym, temp)
+                lq = lq_k
                 loss, metrics = kernels.sppo_loss(lp, sg(lp), pref, self.algo.eta)
                 extra = {"kl": jnp.mean(lp - lq), "logprob": jnp.mean(lp)}
                 extra["preference"] = batch["pair_preference"]
@@ -269,8 +273,7 @@ class JaxStepper:
             if kind in ("egpo", "inpo"):  # inpo/onpo, egpo: on sequence log-probs
                 lp_y = policy_logprobs(y, ym)
                 lp_p = policy_logprobs(batch["yp"], batch["ypm"])
-                lq_y = kernels.sequence_logprobs(ref_logits, y, ym, temp)
-                lq_p = kernels.sequence_logprobs(ref_p, batch["yp"], batch["ypm"], temp)
+                lq_y = self._decoded_logprobs(ref_logits, y, ym, chunk)
                 if kind == "egpo":
                     return kernels.egpo_loss(lp_y, lp_p, lq_y, lq_p, pref, tau)
                 return kernels.inpo_loss(
@@ -312,10 +315,33 @@ class JaxStepper:
         vocab = self.policy.config.vocab_size
         return self.spec.training.logprob_chunk_size(rows, positions, vocab)
 
-    def _chunked_loss(self, model, batch, ref_p, pref, tau, chunk, estimator):
+    def _frozen_logprobs(self, model, ids, mask, comp, cmask, chunk):
+        """log μ(y|x) (B,) of a frozen model (the reference; no gradient is taken through
+        it): from its full logits, or under ``training.logprob_chunk`` from its final hidden
+        states through its head ``chunk`` positions at a time
+        (:func:`kernels.chunked_sequence_logprobs`), no B×T×V logits."""
+        temp = self.spec.training.generation.temperature
+        if chunk is None:
+            logits = sequence_logits(model, ids, mask, comp, cmask)
+            return kernels.sequence_logprobs(logits, comp, cmask, temp)
+        hidden = sequence_hidden(model, ids, mask, comp, cmask)
+        return kernels.chunked_sequence_logprobs(hidden, model.logits, comp, cmask, temp, chunk)
+
+    def _decoded_logprobs(self, ref_logits, comp, cmask, chunk):
+        """log μ(y|x) (B,) from the decode's reference logits (B, T, V); under
+        ``training.logprob_chunk`` their log-softmax runs chunk by chunk
+        (:func:`kernels.chunked_logits_logprobs`)."""
+        temp = self.spec.training.generation.temperature
+        if chunk is None:
+            return kernels.sequence_logprobs(ref_logits, comp, cmask, temp)
+        lq = kernels.chunked_logits_logprobs(ref_logits, comp, temp, chunk)
+        return jnp.sum(lq * cmask.astype(lq.dtype), axis=-1)
+
+    def _chunked_loss(self, model, batch, lq_p, pref, tau, chunk, estimator):
         """The loss of ``_loss_grads`` from :func:`kernels.chunked_token_logprobs` over
-        the model's hidden states (``training.logprob_chunk``): no B×T×V policy logits.
-        ``ref_p``: μ's logits of y′ (online IPO) or None."""
+        the model's hidden states (``training.logprob_chunk``): no B×T×V policy logits;
+        μ's log-probs of y from the decode's logits chunk by chunk. ``lq_p``: log μ(y′|x)
+        (online IPO) or None."""
         temp = self.spec.training.generation.temperature
         ids, mask, y, ym, ref = (batch[k] for k in ("ids", "mask", "y", "ym", "ref"))
 
@@ -325,17 +351,16 @@ class JaxStepper:
                 hidden, model.logits, comp, temp, chunk, reference_logits=reference_logits
             )
 
-        exact_ref = ref if ref_p is None and estimator == "exact" else None
+        exact_ref = ref if lq_p is None and estimator == "exact" else None
         lp, exact = token_logprobs(y, ym, exact_ref)
         seq_lp = jnp.sum(lp * ym.astype(lp.dtype), axis=-1)
-        if ref_p is not None:
+        if lq_p is not None:
             yp, ypm = batch["yp"], batch["ypm"]
             lp_p, _ = token_logprobs(yp, ypm, None)
             seq_lp_p = jnp.sum(lp_p * ypm.astype(lp_p.dtype), axis=-1)
-            lq_y = kernels.sequence_logprobs(ref, y, ym, temp)
-            lq_p = kernels.sequence_logprobs(ref_p, yp, ypm, temp)
+            lq_y = self._decoded_logprobs(ref, y, ym, chunk)
             return kernels.online_ipo_loss_from_logprobs(seq_lp, lq_y, seq_lp_p, lq_p, pref, tau)
-        lq = None if exact is not None else kernels.token_logprobs(ref, y, temp)
+        lq = None if exact is not None else kernels.chunked_logits_logprobs(ref, y, temp, chunk)
         kl_terms = kernels.kl_from_logprobs(lp, lq, ym, estimator, exact)
         return kernels.nash_md_pg_loss_from_logprobs(seq_lp, kl_terms, pref, tau)
 
