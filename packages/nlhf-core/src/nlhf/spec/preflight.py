@@ -36,7 +36,9 @@ bytes / bytes of its ``dtype``); s = bytes of ``policy.dtype``:
 Preference scorers (``preference.batch_size`` × ``max_length``), ``task: preference_model``
 (``training.batch_size`` × ``data.max_length``, both presentation orders) and ``task:
 offline`` (the same sizes: the chosen and rejected rows of each pair) count the
-token-id, full-logits, KV-cache and weight-file terms. A tabular game of n responses needs 4·n²·8 bytes: P, A = P − ½, and the Newton
+token-id, full-logits, KV-cache and weight-file terms; ``task: offline`` scores the pairs of
+policy and reference in chunks under ``training.logprob_chunk``, so its logits term is
+B·c·V·4 there (c for T = ``data.max_length``). A tabular game of n responses needs 4·n²·8 bytes: P, A = P − ½, and the Newton
 matrices J and A·D of :func:`nlhf.tabular.solvers.regularized_nash`.
 
 Available memory is ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup v2 limit
@@ -370,6 +372,10 @@ def estimate_memory(spec: RunSpec) -> list[MemoryEstimate]:
     pairs_task = spec.task in ("preference_model", "offline")  # both score 2 rows per pair
     if pairs_task and spec.policy is not None and data is not None:
         lm_head = spec.preference_training is None or spec.preference_training.head == "lm"
+        shape = model_shape(spec.policy.model)
+        chunk = None  # task: offline scores the pairs in chunks under training.logprob_chunk
+        if spec.task == "offline" and shape.vocab:
+            chunk = tr.logprob_chunk_size(rows, data.max_length, shape.vocab)
         blame = _largest_ratio(
             [(("training", "batch_size"), rows, 8), (("data", "max_length"), data.max_length, 512)]
         )
@@ -379,10 +385,11 @@ def estimate_memory(spec: RunSpec) -> list[MemoryEstimate]:
                 _sequence_terms(
                     rows,
                     data.max_length,
-                    model_shape(spec.policy.model),
+                    shape,
                     spec.policy.dtype,
                     sequences=2,
                     logits=lm_head,
+                    chunk=chunk,
                 ),
                 f"B={rows}, T={data.max_length}",
                 "lower training.batch_size (or raise training.grad_accum) or data.max_length",
