@@ -484,8 +484,12 @@ class TrainingSpec(Section):
     """Completion positions per chunk of the loss's log-softmax: hidden states go through
     the LM head ``logprob_chunk`` positions at a time and each chunk's logits are
     recomputed in the backward pass, so B×T×V logits are never held at once
-    (:meth:`logprob_chunk_size`). ``off``: one full-logits forward. ``auto``: chunks of
-    about 2²² logits for vocabularies of at least 32768 tokens, else ``off``."""
+    (:meth:`logprob_chunk_size`). The reference's log-probabilities (no gradient) run in
+    the same chunks: its forward of y′ (and of sppo's responses), the log-softmax of the
+    decode's reference logits of y, and ``task: offline``'s pair log-probs of policy and
+    reference; those decode logits themselves (B×T×V float32, kept for the KL term) are
+    the one such array left. ``off``: one full-logits forward. ``auto``: chunks of about
+    2²² logits for vocabularies of at least 32768 tokens, else ``off``."""
 
     def grad_accum_problem(self) -> str | None:
         """Why ``batch_size / grad_accum`` is not a whole micro-batch size, or None."""
