@@ -319,3 +319,33 @@ def test_chunked_reference_resume_is_bit_exact(
     assert max(float((a[k] - init[k]).abs().max()) for k in a if k in init) > 1e-5
     for k in a:
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
+
+
+@pytest.mark.parametrize(("algorithm", "decoded"), [("sppo", False), ("exact", True)])
+def test_reference_decodes_only_where_a_loss_reads_it(
+    torch_tiny: dict[str, str],
+    tmp_path: Path,
+    plugins: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    algorithm: str,
+    decoded: bool,
+) -> None:
+    """SPPO's loss reads π_t, not μ, so its sampler call leaves μ out of the decode (no
+    reference logits, fewer forward calls); Nash-MD-PG's exact KL still gets them."""
+    import nlhf_torch.trainer as trainer_module
+
+    calls: list[tuple[bool, Any]] = []
+    real = trainer_module.generate_pairs
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        pairs = real(*args, **kwargs)
+        calls.append((kwargs["return_reference_logits"], pairs))
+        return pairs
+
+    monkeypatch.setattr(trainer_module, "generate_pairs", spy)
+    _stepper(_spec(torch_tiny, tmp_path, algorithm, "off"), plugins)
+    [(asked, pairs)] = calls
+    assert asked is decoded
+    assert (pairs.reference_logits is not None) is decoded
+    steps, models = pairs.stats["steps"], 1 + int(decoded)  # prefill + one call per step
+    assert pairs.stats["forward_calls"] == models * steps

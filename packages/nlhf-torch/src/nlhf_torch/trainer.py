@@ -202,7 +202,16 @@ class TorchStepper:
             return {"uniforms": torch.as_tensor(u, dtype=torch.float64).to(self._device)}
         return {"generator": self.generator}
 
-    def _generate(self, input_ids: Any, attn: Any, beta: float, sampling: dict[str, Any]) -> Any:
+    def _generate(
+        self,
+        input_ids: Any,
+        attn: Any,
+        beta: float,
+        sampling: dict[str, Any],
+        reference_logits: bool = True,
+    ) -> Any:
+        """The pair sampler's call; ``reference_logits``: μ also decodes the y rows and
+        returns its logits (what the KL terms read; sppo's loss needs none)."""
         gen = self.spec.training.generation
         pairs = generate_pairs(
             self.policy,
@@ -216,7 +225,7 @@ class TorchStepper:
             pad_token_id=self.pad_id,
             opponent=self.rule.opponent,
             opponent_model=self.ema,
-            return_reference_logits=True,
+            return_reference_logits=reference_logits,
             cache_pool=self._kv_pool,
             **sampling,
         )
@@ -239,7 +248,8 @@ class TorchStepper:
         n, k = len(prompt_ids), self.rule.num_samples(self.algo)
         m, layout = sample_layout(n, k)
         input_ids, attn = left_pad(list(prompt_ids) * m, self.pad_id, self._device)
-        pairs = self._generate(input_ids, attn, 0.0, self._sampling(step, offset, n * m))
+        sampling = self._sampling(step, offset, n * m)
+        pairs = self._generate(input_ids, attn, 0.0, sampling, reference_logits=False)
         drawn = (token_rows(pairs.y, pairs.y_mask), token_rows(pairs.y_prime, pairs.y_prime_mask))
         responses = [drawn[which][row] for row, which in layout]
         comp, cmask = right_pad(responses, self.pad_id, self._device)
