@@ -69,8 +69,17 @@ def _cmd(spec: Path, backend: str, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "NLHF_FAST_DECODE": os.environ.get("NLHF_FAST_DECODE", "1")}
+def _env(spec: Path) -> dict[str, str]:
+    """The children's environment. Jax children share one persistent compilation cache next
+    to ``spec``: the interrupted and resumed runs load the programs the uninterrupted run
+    compiled instead of compiling them again (XLA keys an entry by the program, so a run
+    that traces a different program compiles it anew); torch ignores it."""
+    return {
+        **os.environ,
+        "NLHF_FAST_DECODE": os.environ.get("NLHF_FAST_DECODE", "1"),
+        "JAX_COMPILATION_CACHE_DIR": str(spec.parent / "jax-compilation-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
 
 
 def _weights(out: Path) -> dict[str, np.ndarray]:
@@ -88,16 +97,16 @@ def straight(spec_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     runs = {}
     for backend in BACKENDS:
         out = tmp_path_factory.mktemp(f"straight-{backend}") / "run"
-        subprocess.run(_cmd(spec_file, backend, out), check=True, env=_env(), timeout=600)
+        subprocess.run(_cmd(spec_file, backend, out), check=True, env=_env(spec_file), timeout=600)
         runs[backend] = out
     return runs
 
 
 def _start_and_wait(cmd: list[str], out: Path, steps: int) -> subprocess.Popen[str]:
-    """Start ``cmd`` and wait until ``steps`` records are in its metrics.jsonl."""
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    """Start ``cmd`` (``nlhf run SPEC …``) and wait until ``steps`` records are in its
+    metrics.jsonl."""
+    env = _env(Path(cmd[4]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if (out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= steps:
@@ -110,7 +119,7 @@ def _start_and_wait(cmd: list[str], out: Path, steps: int) -> subprocess.Popen[s
 
 
 def _resume_and_compare(spec: Path, backend: str, out: Path, straight: Path) -> None:
-    subprocess.run(_cmd(spec, backend, out, "--resume"), check=True, env=_env(), timeout=600)
+    subprocess.run(_cmd(spec, backend, out, "--resume"), check=True, env=_env(spec), timeout=600)
     assert _strip(read_metrics(out)) == _strip(read_metrics(straight))
     want = _weights(straight)
     got = _weights(out)
@@ -175,7 +184,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_exactly(
     argv = _cmd(spec_file, backend, out)[3:]  # after "python -m nlhf.cli"
     proc = subprocess.run(
         [sys.executable, "-c", KILL_IN_CHECKPOINT, *argv],
-        env=_env(),
+        env=_env(spec_file),
         capture_output=True,
         text=True,
         timeout=600,
@@ -223,13 +232,13 @@ def _kill_tree(pid: int) -> None:
 @pytest.fixture(scope="module")
 def straight_deepspeed(spec_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("straight-ds") / "run"
-    subprocess.run(_cmd(spec_file, "torch", out, *DS), check=True, env=_env(), timeout=900)
+    subprocess.run(_cmd(spec_file, "torch", out, *DS), check=True, env=_env(spec_file), timeout=900)
     return out
 
 
 def _resume_deepspeed(spec: Path, out: Path, straight: Path) -> None:
     cmd = _cmd(spec, "torch", out, *DS, "--resume")
-    subprocess.run(cmd, check=True, env=_env(), timeout=900)
+    subprocess.run(cmd, check=True, env=_env(spec), timeout=900)
     assert _strip(read_metrics(out)) == _strip(read_metrics(straight))
     for name, value in _weights(straight).items():
         np.testing.assert_array_equal(_weights(out)[name], value, err_msg=name)
@@ -265,7 +274,7 @@ def test_deepspeed_sigkill_during_a_checkpoint_write_resumes_exactly(
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**_env(), "NLHF_TEST_KILL_AT": ".step-3.", "PYTHONPATH": str(site)}
+    env = {**_env(spec_file), "NLHF_TEST_KILL_AT": ".step-3.", "PYTHONPATH": str(site)}
     out = tmp_path / "run"
     proc = subprocess.run(
         _cmd(spec_file, "torch", out, *DS), env=env, capture_output=True, text=True, timeout=900
