@@ -108,15 +108,25 @@ def trl_python(install: bool, share: bool = False) -> Path | None:
     return py if subprocess.run(check, capture_output=True).returncode == 0 else None
 
 
+PIN_CPUS: set[int] | None = None
+"""``--pin``: the CPUs every child is restricted to (``sched_setaffinity``), so a runtime
+with threads of its own (XLA's CPU client) gets no more cores than ``--threads``."""
+
+
 def run_child(
     cmd: list[str], env: dict[str, str], log: Path, timeout: float
 ) -> tuple[int, float, float]:
-    """Run ``cmd``; return (exit code, wall seconds, peak RSS MiB of that child)."""
+    """Run ``cmd`` (on :data:`PIN_CPUS` when set); return (exit code, wall seconds, peak
+    RSS MiB of that child)."""
     t0 = time.perf_counter()
+    cpus = PIN_CPUS
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     with log.open("ab") as f:
         f.write(f"\n$ {' '.join(cmd)}\n".encode())
         f.flush()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=pin
+        )
         deadline = t0 + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -484,6 +494,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, help="override the workload's steps")
     ap.add_argument("--warmup", type=int, help="override the workload's warm-up steps")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per child")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="restrict every child to the first --threads CPUs this process may use "
+        "(Linux), so no method uses more cores than --threads",
+    )
     ap.add_argument("--methods", help="comma list of " + ",".join(SCRIPTS))
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--skip-jax", action="store_true")
@@ -550,6 +566,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"building the workload assets under {args.assets_dir}", flush=True)
     assets = build_assets(w, args.assets_dir)
     env = child_env(args.threads)
+    global PIN_CPUS
+    if args.pin:
+        PIN_CPUS = set(sorted(os.sched_getaffinity(0))[: args.threads])
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     failures: list[str] = []
     peaks: list[dict[str, Any]] = []
@@ -635,6 +654,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "python": platform.python_version(),
         },
         "threads": args.threads,
+        "pinned_cpus": sorted(PIN_CPUS) if PIN_CPUS is not None else None,
         "rounds": rounds,
         "order": methods,
         "summary": summary,
