@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,30 @@ def torch_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     data = root / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     return {"model": str(model), "tied": str(tied), "data": str(data)}
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/models/smollm2-135m-instruct (read-only), built from the installed GGUF through
+    the ``nlhf_prepare_spec`` hook's code path once per test run (30–50 s of CPU) for every
+    test file that uses the real model. pytest-xdist workers share the one build (under a
+    file lock in the run's common temporary directory): the worker that builds it checks
+    that it is built once, the others that they find it built."""
+    from filelock import FileLock
+    from nlhf.packaged import SMOLLM2, ensure_packaged_models, is_built
+    from nlhf.spec import RunSpec
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by this run's workers
+    path = root / "packaged" / "models" / SMOLLM2.name
+    spec = RunSpec.model_validate(
+        {"task": "preference_model", "policy": {"model": str(path)}, "data": {"path": "x"}}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / "packaged" / "smollm2.lock")):
+        if not is_built(path):
+            assert ensure_packaged_models(spec) == [path]
+            assert is_built(path)
+        assert ensure_packaged_models(spec) == []  # built once
+    return path

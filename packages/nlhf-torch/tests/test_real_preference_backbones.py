@@ -6,7 +6,8 @@ SmolLM2-135M-Instruct with an ``lm`` head (pairwise judge) and a score head (Bra
 For each, ``nlhf preference-eval`` on the run's held-out pairs (a file of the split's rows)
 gives the run's own ``eval`` numbers: the run scored them with the model in memory, the
 command with the one reloaded from disk. Slow: real models (SmolLM2 is built from the
-installed package into a temporary directory, about 30 s); no network."""
+installed package once per test run, the ``smollm2`` fixture of conftest.py, about 30 s);
+no network."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from nlhf import cli
-from nlhf.packaged import MINILM, SMOLLM2, ensure_packaged_models
+from nlhf.packaged import MINILM, ensure_packaged_models
 from nlhf.spec.models import RunSpec
 from nlhf.testing.tolerances import assert_close
 from nlhf_torch.preference.model import load_preference_model
@@ -96,16 +97,6 @@ def test_minilm_bradley_terry_of_the_contract_spec(
     spec = spec_for(model, data, **contract["preference_training"])
     ensure_packaged_models(spec)
     check_run(spec, data["root"] / "minilm-bt", data, "BertForSequenceClassification")
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("dec") / "models" / SMOLLM2.name
-    spec = RunSpec.model_validate(
-        {"task": "preference_model", "policy": {"model": str(path)}, "data": {"path": "x"}}
-    )
-    assert ensure_packaged_models(spec) == [path]
-    return path
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from nlhf.data.tokenizer import load_tokenizer, tokenize_prompts
-from nlhf.packaged import SMOLLM2, ensure_packaged_models, is_built
 from nlhf.plugins import build_plugins
 from nlhf.spec import RunSpec
 from nlhf.testing.tolerances import assert_close
@@ -51,23 +50,6 @@ class _Plugin:
     @nlhf.hookimpl
     def nlhf_register_oracles(self, register: Any) -> None:
         register("probe", lambda **kw: ProbeOracle())
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runs/models/smollm2-135m-instruct, built once through the hook's code path."""
-    path = tmp_path_factory.mktemp("real") / "models" / SMOLLM2.name
-    spec = RunSpec.model_validate(
-        {
-            "task": "preference_model",
-            "policy": {"model": str(path)},
-            "data": {"path": str(DATA), "format": "hh_rlhf"},
-        }
-    )
-    assert ensure_packaged_models(spec) == [path]
-    assert is_built(path)
-    assert ensure_packaged_models(spec) == []  # built once
-    return path
 
 
 def _spec(model: Path, out: Path, lora: bool) -> RunSpec:
