@@ -66,8 +66,15 @@ def _doc(ckpt, reward, prompts, out, mesh, lora=None):
 def _run(docs, tmp_path):
     script = tmp_path / "run_mesh.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")  # fmt: skip
+    # the runs share a persistent compilation cache: a program two runs trace alike (same
+    # program, shardings and devices, XLA's key) is compiled once
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax-compilation-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     out = subprocess.run(
         [sys.executable, str(script), json.dumps(docs)],
         env=env, capture_output=True, text=True, timeout=400,
