@@ -64,6 +64,15 @@ def reward_server(tiny_ckpts: dict[str, Path], tmp_path_factory: pytest.TempPath
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def token_server(tiny_ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The reward model served with ``NLHF_SERVE_TOKEN=s3cret`` (the token tests share it)."""
+    tmp = tmp_path_factory.mktemp("serve_token")
+    proc = serve(tiny_ckpts["llama_rm"], tmp, env={"NLHF_SERVE_TOKEN": "s3cret"})
+    yield proc
+    proc.stop()
+
+
 def post(server: Any, path: str, body: Any, **kw: Any) -> httpx.Response:
     return httpx.post(server.url + path, json=body, timeout=60, **kw)
 
@@ -201,36 +210,31 @@ def test_the_queue_is_bounded() -> None:
 
 
 @pytest.mark.slow  # a real server process (model load: tens of seconds here)
-def test_token_is_required_when_set(tiny_ckpts: dict[str, Path], tmp_path: Path) -> None:
-    proc = serve(tiny_ckpts["llama_rm"], tmp_path, env={"NLHF_SERVE_TOKEN": "s3cret"})
-    try:
-        assert httpx.get(proc.url + "/health", timeout=10).status_code == 200
-        assert httpx.get(proc.url + "/v1/model", timeout=10).status_code == 401
-        headers = {"Authorization": "Bearer s3cret"}
-        assert httpx.get(proc.url + "/v1/model", headers=headers, timeout=10).status_code == 200
-        wrong = {"Authorization": "Bearer nope"}
-        assert httpx.get(proc.url + "/v1/model", headers=wrong, timeout=10).status_code == 401
-        assert "s3cret" not in proc.output()
-    finally:
-        proc.stop()
+def test_token_is_required_when_set(token_server: Any) -> None:
+    proc = token_server
+    assert httpx.get(proc.url + "/health", timeout=10).status_code == 200
+    assert httpx.get(proc.url + "/v1/model", timeout=10).status_code == 401
+    headers = {"Authorization": "Bearer s3cret"}
+    assert httpx.get(proc.url + "/v1/model", headers=headers, timeout=10).status_code == 200
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.get(proc.url + "/v1/model", headers=wrong, timeout=10).status_code == 401
+    assert "s3cret" not in proc.output()
 
 
 @pytest.mark.slow  # a real server process (model load: tens of seconds here)
 def test_remote_token_from_the_environment(
-    tiny_ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    token_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    proc = serve(tiny_ckpts["llama_rm"], tmp_path, env={"NLHF_SERVE_TOKEN": "s3cret"})
-    try:
-        monkeypatch.setenv("MY_TOKEN", "s3cret")
-        good = RemoteScorer(RemotePreference(url=proc.url, token_env="MY_TOKEN"))
-        assert good.prob(PROMPTS, YS, YPS).shape == (4,)
-        monkeypatch.setenv("MY_TOKEN", "wrong")
-        bad = RemoteScorer(RemotePreference(url=proc.url, token_env="MY_TOKEN", retries=5))
-        with pytest.raises(RemotePreferenceError, match="HTTP 401"):
-            bad.prob(PROMPTS, YS, YPS)
-        assert bad.http.requests == 1  # a wrong token is not retried
-    finally:
-        proc.stop()
+    proc = token_server
+    monkeypatch.setenv("MY_TOKEN", "s3cret")
+    good = RemoteScorer(RemotePreference(url=proc.url, token_env="MY_TOKEN"))
+    assert good.prob(PROMPTS, YS, YPS).shape == (4,)
+    monkeypatch.setenv("MY_TOKEN", "wrong")
+    bad = RemoteScorer(RemotePreference(url=proc.url, token_env="MY_TOKEN", retries=5))
+    with pytest.raises(RemotePreferenceError, match="HTTP 401"):
+        bad.prob(PROMPTS, YS, YPS)
+    assert bad.http.requests == 1  # a wrong token is not retried
+    assert "s3cret" not in proc.output()
 
 
 @pytest.mark.slow  # a real server process (model load: tens of seconds here)
