@@ -14,6 +14,7 @@ vocabulary mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import warnings
@@ -26,6 +27,9 @@ from typing import Any
 import torch
 from nlhf.data.tokenizer import check_model_path, load_tokenizer
 from nlhf.errors import InputError
+
+from nlhf_torch import kernels
+from nlhf_torch.generation import sequence_hidden
 
 DTYPES = {
     "float32": torch.float32,
@@ -133,6 +137,48 @@ class AdapterDisabled(torch.nn.Module):
         policy = self._policy[0]
         with policy.disable_adapter(), torch.no_grad():
             return policy(*args, **kwargs)
+
+
+def chunk_head(
+    model: Any, logprob_chunk: int | str, field: str = ""
+) -> tuple[torch.nn.Module, float | None] | None:
+    """``model``'s :func:`logprob_head` for ``training.logprob_chunk`` (μ of a LoRA policy,
+    an :class:`AdapterDisabled`, reads its policy's head), or None where the setting is
+    ``off`` or the head is not known; an explicit chunk size refuses a model whose head is
+    not known (``field``: where the spec names it, e.g. ``"reference.model: "``)."""
+    if logprob_chunk == "off":
+        return None
+    if isinstance(model, AdapterDisabled):
+        model = model._policy[0]
+    head = logprob_head(model)
+    if isinstance(head, str):
+        if isinstance(logprob_chunk, int):
+            raise InputError(f"training.logprob_chunk: {field}{head}; set logprob_chunk: off")
+        return None
+    return head
+
+
+def chunked_model_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    comp: torch.Tensor,
+    cmask: torch.Tensor,
+    temperature: float,
+    chunk: int,
+) -> torch.Tensor:
+    """log π(y|x) (B,) of ``model`` from its final hidden states through its LM head
+    ``chunk`` completion positions at a time (:func:`nlhf_torch.kernels.chunked_sequence_logprobs`),
+    so no B×T×V logits; an :class:`AdapterDisabled` μ runs as its policy with the adapter
+    off. Gradients flow as the caller's mode allows."""
+    lora = isinstance(model, AdapterDisabled)
+    net = model._policy[0] if lora else model
+    with net.disable_adapter() if lora else contextlib.nullcontext():
+        head, softcap = logprob_head(net)
+        hidden = sequence_hidden(net, input_ids, attention_mask, comp, cmask)
+        return kernels.chunked_sequence_logprobs(
+            hidden, head, comp, cmask, temperature, chunk, softcap=softcap
+        )
 
 
 @dataclass

@@ -17,7 +17,6 @@ are a Nash run's (:mod:`nlhf_torch.trainer`): ``save_pretrained`` weights, the t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -26,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from nlhf.errors import InputError
 from nlhf.precision import check_training_dtype
 from nlhf.runio import atomic_directory
 from nlhf.spec.models import RunSpec
@@ -35,8 +33,8 @@ from nlhf.training.offline import PairTokens, run_offline
 
 from nlhf_torch import kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
-from nlhf_torch.generation import sequence_hidden, sequence_logits
-from nlhf_torch.models import AdapterDisabled, load_models, logprob_head
+from nlhf_torch.generation import sequence_logits
+from nlhf_torch.models import chunk_head, chunked_model_logprobs, load_models
 from nlhf_torch.optim import build_optimizer, build_scheduler
 from nlhf_torch.trainer import left_pad, right_pad
 
@@ -63,9 +61,10 @@ class TorchOfflineStepper:
         self.tokenizer = models.tokenizer
         self.pad_id = self.tokenizer.pad_token_id
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self._chunkable = {
-            "policy": self._chunkable_head(self.policy, "policy.model"),
-            "reference": self._chunkable_head(self.reference, "reference.model"),
+        chunks = spec.training.logprob_chunk  # the LM heads for chunked log-probs, or None
+        self._heads = {
+            "policy": chunk_head(self.policy, chunks, "policy.model: "),
+            "reference": chunk_head(self.reference, chunks, "reference.model: "),
         }
         if self.params:
             check_training_dtype(
@@ -84,19 +83,6 @@ class TorchOfflineStepper:
             self.scheduler.load_state_dict(blob["scheduler"])
             set_rng_state(blob["rng"])
 
-    def _chunkable_head(self, net: Any, field: str) -> bool:
-        """Whether ``net``'s LM head is known (:func:`logprob_head`), so its log-probs can
-        run in chunks (a LoRA policy's μ: the policy's head); an explicit
-        ``logprob_chunk`` refuses a model whose head is not."""
-        if self.spec.training.logprob_chunk == "off":
-            return False
-        if isinstance(net, AdapterDisabled):
-            net = self.policy
-        head = logprob_head(net)
-        if isinstance(head, str) and isinstance(self.spec.training.logprob_chunk, int):
-            raise InputError(f"training.logprob_chunk: {field}: {head}; set logprob_chunk: off")
-        return isinstance(head, tuple)
-
     def _logprobs(
         self, which: Literal["policy", "reference"], pairs: PairTokens
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,24 +93,16 @@ class TorchOfflineStepper:
         ids, mask = left_pad(pairs.prompt * 2, self.pad_id, self._device)
         comp, cmask = right_pad(pairs.chosen + pairs.rejected, self.pad_id, self._device)
         temperature = self.spec.training.generation.temperature
-        chunk = None
-        if self._chunkable[which]:
-            head, _ = logprob_head(self.policy)
+        chunk, head = None, self._heads[which]
+        if head is not None:
             rows, positions = comp.shape
-            vocab = int(head.weight.shape[0])
+            vocab = int(head[0].weight.shape[0])
             chunk = self.spec.training.logprob_chunk_size(rows, positions, vocab)
         if chunk is None:
             logits = sequence_logits(net, ids, mask, comp, cmask)
             logprobs = kernels.sequence_logprobs(logits, comp, cmask, temperature)
-        else:
-            lora = isinstance(net, AdapterDisabled)  # μ: the policy with its adapter off
-            model = self.policy if lora else net
-            with self.policy.disable_adapter() if lora else contextlib.nullcontext():
-                head, softcap = logprob_head(model)
-                hidden = sequence_hidden(model, ids, mask, comp, cmask)
-                logprobs = kernels.chunked_sequence_logprobs(
-                    hidden, head, comp, cmask, temperature, chunk, softcap=softcap
-                )
+        else:  # a LoRA policy's μ: the policy with its adapter off
+            logprobs = chunked_model_logprobs(net, ids, mask, comp, cmask, temperature, chunk)
         return logprobs[: len(pairs)], logprobs[len(pairs) :]
 
     @torch.no_grad()

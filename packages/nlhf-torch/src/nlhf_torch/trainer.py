@@ -37,7 +37,7 @@ from nlhf_torch import fastdecode, kernels
 from nlhf_torch.checkpoint import STATE_FILE, load_state, rng_state, set_rng_state
 from nlhf_torch.distributed import describe_run
 from nlhf_torch.generation import generate_pairs, sequence_hidden, sequence_logits
-from nlhf_torch.models import AdapterDisabled, load_models, logprob_head
+from nlhf_torch.models import chunk_head, chunked_model_logprobs, load_models
 from nlhf_torch.optim import build_optimizer, build_scheduler
 from nlhf_torch.preference.scorers import build_scorer
 
@@ -117,11 +117,10 @@ class TorchStepper:
             # non-reentrant checkpoints need no gradient on the embeddings' output; the hook
             # transformers adds for it would send sampling to the HF path (foreign hooks)
             self.policy.disable_input_require_grads()
-        head = logprob_head(self.policy) if tr.logprob_chunk != "off" else None
-        if isinstance(head, str) and isinstance(tr.logprob_chunk, int):
-            raise InputError(f"training.logprob_chunk: {head}; set logprob_chunk: off")
-        self._logprob_head = head if isinstance(head, tuple) else None
-        self._reference_chunked = self._logprob_head is not None and self._chunkable_reference()
+        self._logprob_head = chunk_head(self.policy, tr.logprob_chunk)
+        self._reference_chunked = self._logprob_head is not None and (
+            chunk_head(self.reference, tr.logprob_chunk, "reference.model: ") is not None
+        )
         self._kv_pool = fastdecode.KVCachePool()  # the fused decode's cache, once per run
         if self.params and not self.master_weights:
             check_training_dtype(
@@ -310,18 +309,6 @@ class TorchStepper:
         rows, positions = completions.shape
         return self.spec.training.logprob_chunk_size(rows, positions, vocab)
 
-    def _chunkable_reference(self) -> bool:
-        """Whether μ's LM head is known (:func:`logprob_head`), so its log-probs can be
-        chunked too; an explicit ``logprob_chunk`` refuses a reference whose head is not."""
-        if isinstance(self.reference, AdapterDisabled):  # LoRA: the policy's own head
-            return True
-        head = logprob_head(self.reference)
-        if isinstance(head, str) and isinstance(self.spec.training.logprob_chunk, int):
-            raise InputError(
-                f"training.logprob_chunk: reference.model: {head}; set logprob_chunk: off"
-            )
-        return isinstance(head, tuple)
-
     def _frozen_logprobs(self, model: Any, input_ids: Any, attn: Any, comp: Any, cmask: Any) -> Any:
         """log μ(y|x) (B,) of a frozen model without gradient: under ``training.logprob_chunk``
         from its final hidden states ``chunk`` positions at a time
@@ -331,16 +318,8 @@ class TorchStepper:
         with torch.no_grad():
             if chunk is None:
                 return self._logprobs(model, input_ids, attn, comp, cmask)
-            lora = isinstance(model, AdapterDisabled)
-            net = self.policy if lora else model
-            with self.policy.disable_adapter() if lora else contextlib.nullcontext():
-                head, softcap = logprob_head(net)
-                hidden = sequence_hidden(net, input_ids, attn, comp, cmask)
-                temp = self.spec.training.generation.temperature
-                lp, _ = kernels.chunked_token_logprobs(
-                    hidden, head, comp, temp, chunk, softcap=softcap
-                )
-        return (lp * cmask.to(lp.dtype)).sum(-1)
+            temp = self.spec.training.generation.temperature
+            return chunked_model_logprobs(model, input_ids, attn, comp, cmask, temp, chunk)
 
     def _decoded_logprobs(self, reference_logits: Any, comp: Any, cmask: Any) -> Any:
         """log μ(y_n|·) (B, T) from the decode's reference logits, without gradient;
