@@ -228,9 +228,9 @@ def test_frozen_logprobs_equal_the_full_logits(
     batch = s.sample(1, 0, ids, 0.25).payload[2]
     reference = s._reference(s.state, s.frozen, s.ref_state)
     args = (reference, batch["ids"], batch["mask"], batch["yp"], batch["ypm"])
-    got = s._frozen_logprobs(*args, 2)
-    want = s._frozen_logprobs(*args, None)
-    policy = s._frozen_logprobs(s._model(s.state, s.frozen), *args[1:], None)
+    got = s._sequence_logprobs(*args, 2)
+    want = s._sequence_logprobs(*args, None)
+    policy = s._sequence_logprobs(s._model(s.state, s.frozen), *args[1:], None)
     assert_close(got, want, what="log μ(y'|x), chunked vs full")
     assert not np.allclose(np.asarray(want), np.asarray(policy))  # μ is not the policy
     decoded = s._decoded_logprobs(batch["ref"], batch["y"], batch["ym"], 3)

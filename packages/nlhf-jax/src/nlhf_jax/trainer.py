@@ -237,13 +237,12 @@ class JaxStepper:
         ref_p = lq_p = lq_k = None  # μ's logits / log-probs of y' (pairwise), of sppo's y
         if pairwise or kind == "sppo":
             reference = self._reference(state, frozen, ref_state)
-        if pairwise and chunk is None:
+        if kind == "online_ipo" and chunk is None:  # its full-logits kernel takes μ's logits
             ref_p = sequence_logits(reference, ids, mask, batch["yp"], batch["ypm"])
-            lq_p = kernels.sequence_logprobs(ref_p, batch["yp"], batch["ypm"], temp)
         elif pairwise:
-            lq_p = self._frozen_logprobs(reference, ids, mask, batch["yp"], batch["ypm"], chunk)
+            lq_p = self._sequence_logprobs(reference, ids, mask, batch["yp"], batch["ypm"], chunk)
         if kind == "sppo":  # the responses include y' rows: μ's log-probs of all of them
-            lq_k = self._frozen_logprobs(reference, ids, mask, y, ym, chunk)
+            lq_k = self._sequence_logprobs(reference, ids, mask, y, ym, chunk)
 
         def loss_fn(s):
             model = self._model(s, frozen)
@@ -254,14 +253,7 @@ class JaxStepper:
                 return self._chunked_loss(model, batch, ipo_lq, pref, tau, chunk, estimator)
 
             def policy_logprobs(comp, cmask):
-                """log π_θ(y|x) per row; under ``logprob_chunk`` from the hidden states
-                chunk by chunk (:func:`kernels.chunked_token_logprobs`), no B×T×V logits."""
-                if chunk is None:
-                    logits = sequence_logits(model, ids, mask, comp, cmask)
-                    return kernels.sequence_logprobs(logits, comp, cmask, temp)
-                hidden = sequence_hidden(model, ids, mask, comp, cmask)
-                lp, _ = kernels.chunked_token_logprobs(hidden, model.logits, comp, temp, chunk)
-                return jnp.sum(lp * cmask.astype(lp.dtype), axis=-1)
+                return self._sequence_logprobs(model, ids, mask, comp, cmask, chunk)
 
             if kind == "sppo":
                 lp = policy_logprobs(y, ym)
@@ -315,10 +307,10 @@ class JaxStepper:
         vocab = self.policy.config.vocab_size
         return self.spec.training.logprob_chunk_size(rows, positions, vocab)
 
-    def _frozen_logprobs(self, model, ids, mask, comp, cmask, chunk):
-        """log μ(y|x) (B,) of a frozen model (the reference; no gradient is taken through
-        it): from its full logits, or under ``training.logprob_chunk`` from its final hidden
-        states through its head ``chunk`` positions at a time
+    def _sequence_logprobs(self, model, ids, mask, comp, cmask, chunk):
+        """log π(y|x) (B,) of ``model`` (the policy, or the frozen reference, through which
+        no gradient is taken): from its full logits, or under ``training.logprob_chunk``
+        from its final hidden states through its head ``chunk`` positions at a time
         (:func:`kernels.chunked_sequence_logprobs`), no B×T×V logits."""
         temp = self.spec.training.generation.temperature
         if chunk is None:
