@@ -65,18 +65,15 @@ class PreferenceConfig:
         path = Path(spec.path)
         if not (path / CONFIG_NAME).is_file():
             return cls(kind="bradley_terry", head="classification", max_length=spec.max_length)
-        saved = cls.load(path)
+        saved = cls.for_directory(path)
         if saved.kind != "bradley_terry":
             raise InputError(
                 f"preference.path: {spec.path} is a {saved.kind} preference model ("
                 f"{CONFIG_NAME}), not a Bradley–Terry reward; use preference.name: pairwise_model"
             )
-        explicit = "max_length" in spec.model_fields_set
-        return replace(
-            saved,
-            max_length=spec.max_length if explicit else saved.max_length,
-            max_prompt_length=saved.max_prompt_length or saved.max_length,
-        )
+        if "max_length" in spec.model_fields_set:  # the spec's budget, the saved prompt cut
+            return replace(saved, max_length=spec.max_length)
+        return saved
 
     @classmethod
     def for_directory(cls, directory: Path, field: str = "preference.path") -> PreferenceConfig:
